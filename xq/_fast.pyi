@@ -1,0 +1,108 @@
+"""Type stub and contract of the hot path: xq/_fast.pyx (Cython) and its pure-Python twin xq/_pyfast.py.
+
+Both modules export exactly these names with exactly this behaviour; tests run the same bodies against both.
+
+Ring byte layout (one single-producer/single-consumer ring, in one shared mapping):
+
+    offset  size  field
+    0       8     head: total bytes ever written (producer stores, release)
+    64      8     tail: total bytes ever consumed (consumer stores, release)
+    128     4     sleeping: 1 while the consumer is (about to be) blocked on the eventfd
+    256     cap   data: frames, each 8-byte aligned
+
+A frame is `u32 len | u32 flags | len bytes | pad to 8`. flags bit 0 (MORE) says the logical message
+continues in the next frame; flags bit 1 (WRAP) marks the rest of the data region as skipped (len 0), the
+next frame starts at data offset 0. A logical message is `u32 head_len | u32 body_len | head | body`, cut
+into frames of at most `max_chunk` bytes so a message larger than the ring streams through it.
+"""
+
+from typing import Sequence
+
+HEADER_SIZE: int  # 256
+IMPLEMENTATION: str  # "cython" or "python"
+
+
+class RingFull(Exception):
+    """Raised by nothing; reserved.  write() returns the offset reached instead of raising."""
+
+
+class Ring:
+    """One direction of a shared-memory SPSC ring.
+
+    buf: a writable buffer (anonymous MAP_SHARED mmap) of HEADER_SIZE + capacity bytes, capacity a power of
+    two >= 4096.  efd: an eventfd (non-blocking) the producer writes to wake a sleeping consumer.
+    Exactly one process writes and exactly one process reads.
+    """
+
+    capacity: int
+    max_chunk: int  # capacity // 4
+
+    def __init__(self, buf: memoryview | bytearray, efd: int) -> None: ...
+    @staticmethod
+    def size_for(capacity: int) -> int:
+        """Bytes the shared mapping must have for a ring of that capacity."""
+    def reset(self) -> None:
+        """Zero the header (creator only, before anyone else uses it)."""
+
+    # --- producer side ---
+    def write(self, head: bytes, body: bytes | memoryview = b"", offset: int = 0) -> int:
+        """Write the logical message prefix+head+body from logical `offset` on, as much as fits.
+
+        Returns the new offset; the message is complete when it equals message_size(head, body).  A
+        message of at most max_chunk bytes is written whole or not at all (returns 0 then).  Wakes the
+        consumer (eventfd write) if it is sleeping.  head must be < 64 KiB; body < 4 GiB.
+        """
+    @staticmethod
+    def message_size(head: bytes, body: bytes | memoryview = b"") -> int: ...
+    def free(self) -> int:
+        """Bytes free right now (producer side)."""
+
+    # --- consumer side ---
+    def read(self) -> tuple[bytes, bytes] | None:
+        """Next complete message as (head, body), or None if none is complete yet.
+
+        Partial messages are assembled across calls without an intermediate copy of body.
+        """
+    def read_many(self, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to limit complete messages."""
+    def empty(self) -> bool: ...
+    def arm(self) -> bool:
+        """Consumer is about to sleep: set sleeping, full fence, re-check.  Returns False (and clears
+        sleeping) if data is already there; True if the caller may block on the eventfd."""
+    def disarm(self) -> None:
+        """Clear sleeping and drain the eventfd counter (non-blocking)."""
+    def wait(self, timeout: float) -> bool:
+        """arm(); if armed, poll the eventfd up to timeout seconds; disarm().  True if data is there."""
+
+
+# --- task/result heads (the supervisor never looks inside payloads) ---
+
+def encode_task_head(seq: int, attempt: int, ct: bytes, qidx: int, task_id: bytes, name: bytes) -> bytes:
+    """u64 seq | u16 attempt | u8 ct (ord of b'j'/b'b') | u8 qidx | u16 id_len | u16 name_len | id | name."""
+def decode_task_head(head: bytes) -> tuple[int, int, bytes, int, bytes, bytes]:
+    """Inverse of encode_task_head: (seq, attempt, ct, qidx, task_id, name).  ValueError if malformed."""
+
+# status codes in result heads
+ST_DONE: int      # 1
+ST_FAILED: int    # 2
+ST_BYE: int       # 3: the child stops (recycled); seq is the last seq it finished, body empty
+
+def encode_result_head(seq: int, status: int, rct: bytes, started: float, finished: float, error: bytes) -> bytes:
+    """u64 seq | u8 status | u8 rct | u16 pad | u32 err_len | f64 started | f64 finished | error."""
+def decode_result_head(head: bytes) -> tuple[int, int, bytes, float, float, bytes]:
+    """Inverse: (seq, status, rct, started, finished, error)."""
+
+
+# --- producer side encoding ---
+
+def new_ids(n: int) -> list[bytes]:
+    """n task ids: 26-char Crockford base32 of 48-bit ms timestamp + 80 bits (40 random per process,
+    40-bit counter starting at a random value, bumped per id; monotonic within a process)."""
+def encode_payloads(payloads: Sequence[object]) -> tuple[list[bytes], list[bytes]]:
+    """(data, ct) per payload: bytes/bytearray/memoryview pass raw with ct b'b'; anything else is orjson
+    dumped with ct b'j'.  TypeError naming the index and type if a payload cannot be serialized."""
+def pack_command(args: Sequence[bytes | str | int | float]) -> bytes:
+    """One RESP array of bulk strings (the wire form of a Redis command)."""
+def pack_enqueue(sha: bytes, keys: Sequence[bytes], fixed: Sequence[bytes | str | int],
+                 ids: Sequence[bytes], data: Sequence[bytes], ct: Sequence[bytes]) -> bytes:
+    """EVALSHA sha len(keys) *keys *fixed then per task: id, data, ct — packed as RESP in one go."""
