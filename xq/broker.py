@@ -1,0 +1,221 @@
+"""The one module that sends commands to Redis.
+
+Everything above it (producer, supervisor) calls these methods; a test can wrap a Broker to inject
+faults.  Hot paths (enqueue_many, the supervisor's claim+complete step) send RESP built by `_fast` on a
+dedicated connection and read the replies with hiredis: one round trip per batch, no per-command Python
+objects from redis-py's pipeline machinery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+from typing import Iterable, Sequence
+from urllib.parse import urlparse
+
+import redis
+from redis.exceptions import NoScriptError
+
+from . import scripts
+from ._impl import fast
+from .errors import ConfigError
+from .keys import QueueKeys
+
+log = logging.getLogger("xq")
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+# What a lost connection looks like; callers back off and retry on these.
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, socket.timeout, OSError)
+
+
+def make_client(url: str, **kw) -> redis.Redis:
+    """A redis.Redis for url, or ConfigError naming what is wrong with the URL."""
+    if not isinstance(url, str) or not url:
+        raise ConfigError(f"invalid Redis URL {url!r}: expected redis://host:port/db, rediss://... or unix://path")
+    scheme = urlparse(url).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"invalid Redis URL {url!r}: scheme {scheme!r} is not one of redis, rediss, unix")
+    kw.setdefault("socket_connect_timeout", 5)
+    kw.setdefault("socket_keepalive", True)
+    try:
+        return redis.Redis.from_url(url, **kw)
+    except ValueError as e:
+        raise ConfigError(f"invalid Redis URL {url!r}: {e}") from None
+
+
+def redacted(url: str) -> str:
+    """url with any password replaced, for logs."""
+    p = urlparse(url)
+    if p.password:
+        return url.replace(f":{p.password}@", ":***@", 1)
+    return url
+
+
+class Broker:
+    """Redis access for xq: scripts by name, raw pipelined sends, the blocking wake-up wait."""
+
+    def __init__(self, url: str, *, socket_timeout: float | None = 30.0):
+        self.url = url
+        self.client = make_client(url, socket_timeout=socket_timeout)
+        self._sha = {name: hashlib.sha1(src.encode()).hexdigest().encode() for name, src in scripts.ALL.items()}
+        self._conn = None    # dedicated connection for raw pipelined sends
+        self._wconn = None   # dedicated connection for the blocking wake-up wait
+
+    # --- connection management ---
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+    def load_scripts(self) -> None:
+        for name, src in scripts.ALL.items():
+            sha = self.client.script_load(src)
+            assert sha.encode() == self._sha[name], name
+
+    def sha(self, name: str) -> bytes:
+        return self._sha[name]
+
+    def _raw(self):
+        if self._conn is None:
+            self._conn = self.client.connection_pool.make_connection()
+            self._conn.connect()
+        return self._conn
+
+    def reset(self) -> None:
+        """Drop the dedicated connections (after an error); the next call reconnects."""
+        for c in (self._conn, self._wconn):
+            if c is not None:
+                try:
+                    c.disconnect()
+                except Exception:
+                    pass
+        self._conn = self._wconn = None
+
+    def close(self) -> None:
+        self.reset()
+        self.client.close()
+
+    def execute_packed(self, commands: Sequence[bytes]) -> list:
+        """Send packed RESP commands in one write, read one reply per command (one round trip).
+
+        Error replies come back as exception objects in the list, not raised, so one bad reply does not
+        desynchronise the connection.  A NOSCRIPT reply (Redis restarted or flushed) reloads the scripts
+        and resends that command once.
+        """
+        conn = self._raw()
+        try:
+            conn.send_packed_command([b"".join(commands)] if len(commands) > 1 else list(commands),
+                                     check_health=False)
+            out = []
+            for _ in commands:
+                try:
+                    out.append(conn.read_response())
+                except redis.ResponseError as e:
+                    out.append(e)
+        except BaseException:
+            self.reset()
+            raise
+        if any(isinstance(x, NoScriptError) for x in out):
+            self.load_scripts()
+            for i, x in enumerate(out):
+                if isinstance(x, NoScriptError):
+                    out[i] = self.execute_packed([commands[i]])[0]
+        return out
+
+    def run(self, name: str, keys: Sequence, argv: Sequence):
+        """Run one script, raising its error reply."""
+        reply = self.execute_packed([self.pack(name, keys, argv)])[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def pack(self, name: str, keys: Sequence, argv: Sequence) -> bytes:
+        return fast.pack_command([b"EVALSHA", self._sha[name], len(keys), *keys, *argv])
+
+    # --- producer ---
+    def pack_enqueue(self, qk: QueueKeys, name: str, priority: int, max_retries: int,
+                     ids: Sequence[bytes], data: Sequence[bytes], ct: Sequence[bytes]) -> bytes:
+        return fast.pack_enqueue(self._sha["enqueue"], (qk.ready[priority], qk.wake),
+                                 (qk.task_prefix, qk.name, name, priority, max_retries), ids, data, ct)
+
+    def register_queue(self, queue: str) -> None:
+        from .keys import QUEUES
+        self.client.sadd(QUEUES, queue)
+
+    def queues(self) -> list[str]:
+        from .keys import QUEUES
+        return sorted(x.decode() for x in self.client.smembers(QUEUES))
+
+    def task_record(self, qk: QueueKeys, task_id: str) -> dict[bytes, bytes]:
+        return self.client.hgetall(qk.task(task_id))
+
+    def find_queue(self, task_id: str, queues: Iterable[str]) -> str | None:
+        """Which of queues holds a record for task_id (one pipelined round trip)."""
+        queues = list(queues)
+        if not queues:
+            return None
+        pipe = self.client.pipeline(transaction=False)
+        for q in queues:
+            pipe.exists(QueueKeys(q).task(task_id))
+        for q, hit in zip(queues, pipe.execute()):
+            if hit:
+                return q
+        return None
+
+    def lease_score(self, qk: QueueKeys, task_id: str):
+        return self.client.zscore(qk.leases, task_id)
+
+    # --- supervisor ---
+    @staticmethod
+    def claim_keys(queues: Sequence[QueueKeys]) -> list[str]:
+        keys: list[str] = []
+        for qk in queues:
+            keys.extend(qk.ready)
+            keys.append(qk.wake)
+            keys.append(qk.leases)
+        return keys
+
+    @staticmethod
+    def claim_tail(queues: Sequence[QueueKeys]) -> list[str]:
+        tail: list[str] = []
+        for qk in queues:
+            tail += (qk.task_prefix, qk.events, qk.name)
+        return tail
+
+    def pack_claim(self, keys: Sequence[str], tail: Sequence[str], want: int, worker: str, lease_ms: int,
+                   max_payload: int, ttl: int) -> bytes:
+        return fast.pack_command([b"EVALSHA", self._sha["claim"], len(keys), *keys,
+                                  want, worker, lease_ms, max_payload, ttl, *tail])
+
+    def pack_complete(self, qk: QueueKeys, ttl: int, items: list) -> bytes:
+        return fast.pack_command([b"EVALSHA", self._sha["complete"], 1, qk.leases,
+                                  qk.task_prefix, qk.events, qk.name, ttl, *items])
+
+    def release(self, qk: QueueKeys, mode: str, ids: Sequence, *, error: str = "", holder: str = "",
+                ttl: int = 0) -> tuple[list[bytes], list[bytes]]:
+        """Requeue or fail tasks; see scripts.RELEASE for the modes."""
+        reply = self.run("release", [qk.leases, qk.wake, *qk.ready],
+                         [qk.task_prefix, qk.events, qk.name, ttl, mode, error, holder, *ids])
+        return reply[0], reply[1]
+
+    def renew(self, qk: QueueKeys, worker: str, lease_ms: int, ids: Sequence) -> list[bytes]:
+        """Extend this worker's leases; returns the ids it no longer holds."""
+        return self.run("renew", [qk.leases], [qk.task_prefix, worker, lease_ms, *ids])
+
+    # --- blocking wake-up wait (idle supervisors) ---
+    def start_wait(self, wake_keys: Sequence[str], timeout: float) -> int:
+        """Send BZPOPMIN on the wake markers without waiting; returns the socket fd to poll."""
+        if self._wconn is None:
+            self._wconn = self.client.connection_pool.make_connection()
+            self._wconn.connect()
+        self._wconn.send_packed_command([fast.pack_command([b"BZPOPMIN", *wake_keys, f"{timeout:.3f}"])],
+                                        check_health=False)
+        return self._wconn._sock.fileno()
+
+    def finish_wait(self) -> None:
+        """Read the BZPOPMIN reply once its socket is readable."""
+        try:
+            self._wconn.read_response()
+        except BaseException:
+            self.reset()
+            raise
