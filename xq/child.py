@@ -1,0 +1,149 @@
+"""What a child process does: read task frames from its ring, run handlers, write result frames back.
+
+A child never talks to Redis.  It decodes the payload (orjson or raw bytes), runs the handler, and
+encodes the result; the supervisor owns every Redis interaction and every lease.
+
+Control block shared with the supervisor (one anonymous shared mapping per child, 8-byte words):
+    CTL_STOP     supervisor sets 1: finish the current task, start no other, exit 0
+    CTL_CURRENT  child sets the seq of the task it is running, 0 between tasks; read by the supervisor
+                 after the child died to tell the one lost attempt from tasks never started
+    CTL_READY    child sets 1 once booted
+    CTL_DONE     tasks finished by this child
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+import traceback
+
+import orjson
+
+from . import context
+from ._impl import fast
+
+CTL_STOP, CTL_CURRENT, CTL_READY, CTL_DONE = 0, 1, 2, 3
+CTL_SIZE = 4096
+EXIT_BOOT_FAILED = 3
+MAX_ERROR = 8192
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    # A supervisor killed by SIGKILL cannot stop its children; the kernel can.  PDEATHSIG fires when the
+    # parent exits, even while this child is deep in C code; the getppid() check closes the race where
+    # the parent died before prctl ran.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def _error_text(e: BaseException) -> bytes:
+    text = f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exception(e))
+    b = text.encode("utf-8", "replace")
+    return b if len(b) <= MAX_ERROR else b[: MAX_ERROR // 2] + b"\n...\n" + b[-MAX_ERROR // 2:]
+
+
+class Runner:
+    """Decodes one task frame, runs its handler, returns (status, rct, body, error)."""
+
+    def __init__(self, app, queues: list[str]):
+        self.specs = {name.encode(): spec for name, spec in app.tasks.items()}
+        self.queues = queues
+        self.known = ", ".join(sorted(app.tasks)) or "(none)"
+
+    def run(self, head: bytes, body: bytes) -> tuple[int, int, bytes, bytes, bytes]:
+        seq, attempt, ct, qidx, tid, name = fast.decode_task_head(head)
+        spec = self.specs.get(name)
+        if spec is None:
+            return seq, fast.ST_FAILED, b"j", b"", (
+                f"unknown task name {name.decode('utf-8', 'replace')!r}; this worker knows: {self.known}"
+            ).encode()
+        try:
+            if ct == b"j":
+                payload = orjson.loads(body)
+            elif ct == b"b":
+                payload = body
+            else:
+                return seq, fast.ST_FAILED, b"j", b"", (
+                    f"unknown payload content type {ct!r}: expected 'j' (JSON) or 'b' (bytes)").encode()
+        except orjson.JSONDecodeError as e:
+            return seq, fast.ST_FAILED, b"j", b"", f"malformed JSON payload: {e}".encode()
+        context._set(context.TaskContext(tid.decode(), name.decode(), self.queues[qidx], attempt))
+        try:
+            result = spec.resolve()(payload)
+        except BaseException as e:  # noqa: BLE001 - a handler's SystemExit must not end the child silently
+            return seq, fast.ST_FAILED, b"j", b"", _error_text(e)
+        finally:
+            context._set(None)
+        if isinstance(result, (bytes, bytearray, memoryview)):
+            return seq, fast.ST_DONE, b"b", bytes(result), b""
+        try:
+            return seq, fast.ST_DONE, b"j", orjson.dumps(result), b""
+        except TypeError as e:
+            return seq, fast.ST_FAILED, b"j", b"", (
+                f"result of type {type(result).__name__} cannot be serialized to JSON: {e}").encode()
+
+
+def child_main(app, queues: list[str], inring, outring, ctl, parent_pid: int) -> None:
+    """Entry point of a forked child; never returns (exits the process)."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the supervisor's to handle
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        _die_with_parent(parent_pid)
+        runner = Runner(app, queues)
+        ctl[CTL_READY] = 1
+    except BaseException:
+        traceback.print_exc()
+        os._exit(EXIT_BOOT_FAILED)
+    try:
+        code = _loop(runner, inring, outring, ctl, parent_pid)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _loop(runner: Runner, inring, outring, ctl, parent_pid: int) -> int:
+    read, run, now = inring.read, runner.run, time.time
+    encode = fast.encode_result_head
+    done = 0
+    while not ctl[CTL_STOP]:
+        msg = read()
+        if msg is None:
+            # Sleep until the supervisor writes; the timeout only bounds how late a dead parent or a
+            # stop request is noticed.
+            if not inring.wait(0.5) and os.getppid() != parent_pid:
+                return 0
+            continue
+        if ctl[CTL_STOP]:
+            break  # read but not started: the supervisor re-dispatches it
+        head, body = msg
+        if not head:
+            continue  # a wake-up frame (stop request), nothing to run
+        ctl[CTL_CURRENT] = int.from_bytes(head[:8], "little")
+        started = now()
+        seq, status, rct, result, error = run(head, body)
+        rhead = encode(seq, status, rct, started, now(), error)
+        off, size = 0, outring.message_size(rhead, result)
+        while True:
+            off = outring.write(rhead, result, off)
+            if off == size:
+                break
+            time.sleep(0.0002)  # ring full: the supervisor drains it continuously
+            if os.getppid() != parent_pid:
+                return 0
+        ctl[CTL_CURRENT] = 0
+        done += 1
+        ctl[CTL_DONE] = done
+    return 0

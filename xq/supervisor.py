@@ -1,0 +1,622 @@
+"""The supervisor: one per machine; claims batches from Redis, fans them out to prefork children over
+shared-memory rings, writes results back in pipelined batches, renews leases and recovers lost ones.
+
+Shape of the main loop (gunicorn-like: signal handlers only record the signal; the loop acts on it):
+
+    drain result rings -> one round trip: COMPLETE per queue + CLAIM -> dispatch into rings -> periodic
+    work (lease renewal, expired-lease recovery, child memory) -> sleep in poll() only when there is
+    nothing to do, on: result eventfds, child pidfds, the signal pipe, and the BZPOPMIN socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import select
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from . import child as childmod
+from ._impl import fast
+from .broker import CONNECTION_ERRORS, Broker, redacted
+from .keys import queue_keys
+
+log = logging.getLogger("xq")
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BOOT = 3        # children fail to boot: halt instead of respawning forever
+EXIT_APP_IMPORT = 4  # MODULE:APP could not be imported (raised by the CLI)
+
+RING_CAPACITY = 1 << 21          # 2 MiB each way per child; larger messages stream through in chunks
+BUFFER_SECONDS = 0.010           # keep ~10 ms of work queued in each child's ring
+MAX_DEPTH = 1024
+BOOT_FAILURES_TO_HALT = 5
+
+
+@dataclass
+class Config:
+    """Options of `xq run`."""
+
+    queues: list[str]
+    procs: int
+    burst: bool = False
+    lease: float = 30.0
+    result_ttl: int = 86400
+    max_payload: int = 32 * 1024 * 1024
+    grace: float = 30.0
+    max_tasks_per_child: int = 0
+    max_memory_per_child: int = 0      # bytes of RSS; 0 = no limit
+    prefetch: int = 0                  # tasks claimed ahead per child beyond its ring; 0 = one each
+    wait_timeout: float = 1.0          # BZPOPMIN timeout: bounds the cost of a missed wake-up
+
+
+@dataclass
+class Child:
+    """One prefork child and its two rings."""
+
+    slot: int
+    pid: int
+    pidfd: int
+    inring: object                     # supervisor -> child
+    outring: object                    # child -> supervisor
+    maps: list                         # mmaps to close after exit
+    efds: list                         # eventfds to close after exit
+    ctl: memoryview                    # shared control words (see child.py)
+    unacked: deque = field(default_factory=deque)   # seqs written to the ring, in order
+    partial: list | None = None        # [seq, head, body, offset] of a message not fully written yet
+    done: int = 0
+    stopping: bool = False
+    started: float = 0.0
+
+
+class Supervisor:
+    def __init__(self, app, broker: Broker, cfg: Config, worker_id: str | None = None):
+        self.app = app
+        self.broker = broker
+        self.cfg = cfg
+        self.qks = [queue_keys(q) for q in cfg.queues]
+        self.qnames = list(cfg.queues)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.children: dict[int, Child] = {}       # pid -> child
+        self.inflight: dict[int, tuple] = {}       # seq -> (qidx, id, name, payload, ct, attempt)
+        self.buffer: deque[int] = deque()          # claimed seqs not yet in a ring
+        self.completions: dict[int, list] = {}     # qidx -> flat COMPLETE args
+        self.seq = 0
+        self.avg = 0.001                           # EWMA of task run time, seconds
+        self.depth = 1
+        self.accepting = True
+        self.stop_deadline = None
+        self.hard = False
+        self.idle = False                          # the last claim found the queues empty
+        self.drained = False                       # ... and nothing was in flight then (burst exit)
+        self.waiting = False                       # a BZPOPMIN is outstanding
+        self.redis_ok = False
+        self.next_redis_try = 0.0
+        self.backoff = 0.1
+        self.boot_failures = 0
+        self.exit_code = EXIT_OK
+        self.signals: deque[int] = deque()
+        now = time.monotonic()
+        self.next_renew = now + cfg.lease / 6
+        self.next_recover = now
+        self.next_rss = now + 5.0
+        self._claim_keys = Broker.claim_keys(self.qks)
+        self._claim_tail = Broker.claim_tail(self.qks)
+        self._wake_keys = [qk.wake for qk in self.qks]
+        self.lease_ms = int(cfg.lease * 1000)
+
+    # ------------------------------------------------------------------ lifecycle
+    def run(self) -> int:
+        self._install_signals()
+        log.info("xq supervisor %s: %d children, queues %s, Redis %s, %s hot path%s", self.worker_id,
+                 self.cfg.procs, ",".join(self.qnames), redacted(self.broker.url), fast.IMPLEMENTATION,
+                 ", burst" if self.cfg.burst else "")
+        try:
+            for slot in range(self.cfg.procs):
+                self._spawn(slot)
+            while True:
+                if self._tick():
+                    break
+        finally:
+            self._teardown()
+        return self.exit_code
+
+    def _install_signals(self) -> None:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sig_r, self._sig_w = r, w
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
+            signal.signal(s, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            s = self.signals.popleft()
+            if s == signal.SIGCHLD:
+                continue  # pidfds tell us; the signal only wakes poll()
+            if self.accepting:
+                log.info("received %s: stop claiming, finish running tasks (grace %.0f s), return the rest; "
+                         "send it again to stop at once", signal.Signals(s).name, self.cfg.grace)
+                self._begin_stop()
+            elif not self.hard:
+                log.warning("received %s again: stopping now; running tasks go back to their queues",
+                            signal.Signals(s).name)
+                self._hard_stop()
+
+    def _begin_stop(self) -> None:
+        self.accepting = False
+        self.stop_deadline = time.monotonic() + self.cfg.grace
+        for c in self.children.values():
+            c.stopping = True
+            c.ctl[childmod.CTL_STOP] = 1
+            c.inring.write(b"", b"")  # an empty frame wakes a sleeping child; it reads nothing runnable
+        self._return_buffer()
+
+    def _hard_stop(self) -> None:
+        self.hard = True
+        for c in list(self.children.values()):
+            self._kill(c.pid)
+
+    def _kill(self, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _teardown(self) -> None:
+        for c in list(self.children.values()):
+            self._kill(c.pid)
+            try:
+                os.waitpid(c.pid, 0)
+            except ChildProcessError:
+                pass
+            self._close_child(c)
+        self.children.clear()
+        signal.set_wakeup_fd(-1)
+        os.close(self._sig_r)
+        os.close(self._sig_w)
+        self.broker.reset()
+
+    # ------------------------------------------------------------------ children
+    def _spawn(self, slot: int) -> Child:
+        size = fast.Ring.size_for(RING_CAPACITY)
+        m_in, m_out, m_ctl = mmap.mmap(-1, size), mmap.mmap(-1, size), mmap.mmap(-1, childmod.CTL_SIZE)
+        e_in = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        e_out = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        inring, outring = fast.Ring(m_in, e_in), fast.Ring(m_out, e_out)
+        inring.reset()
+        outring.reset()
+        ctl = memoryview(m_ctl).cast("Q")
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # child
+            for c in self.children.values():   # other children's rings are not ours to touch
+                for fd in c.efds + [c.pidfd]:
+                    _close_quiet(fd)
+            _close_quiet(self._sig_r)
+            _close_quiet(self._sig_w)
+            childmod.child_main(self.app, self.qnames, inring, outring, ctl, parent)
+        c = Child(slot, pid, os.pidfd_open(pid), inring, outring, [m_in, m_out, m_ctl], [e_in, e_out], ctl,
+                  started=time.monotonic())
+        self.children[pid] = c
+        return c
+
+    def _close_child(self, c: Child) -> None:
+        for fd in c.efds + [c.pidfd]:
+            _close_quiet(fd)
+        c.ctl.release()
+        c.inring = c.outring = None
+        for m in c.maps:
+            try:
+                m.close()
+            except BufferError:
+                pass  # a ring object still references it; it goes with the last reference
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            c = self.children.pop(pid, None)
+            if c is not None:
+                self._on_child_exit(c, status)
+
+    def _on_child_exit(self, c: Child, status: int) -> None:
+        self._drain(c)  # results written before it died are valid
+        current = c.ctl[childmod.CTL_CURRENT]
+        booted = c.ctl[childmod.CTL_READY]
+        seqs = list(c.unacked)
+        if c.partial is not None:
+            seqs.append(c.partial[0])
+        how = _describe_exit(status)
+        lost = [s for s in seqs if s == current]
+        unstarted = [s for s in seqs if s != current]
+        # Never started: back to the front of the local buffer, in order, for another child.
+        self.buffer.extendleft(reversed(unstarted))
+        clean = os.waitstatus_to_exitcode(status) == 0 and c.stopping
+        if lost:
+            t = self.inflight.pop(lost[0])
+            if self.hard or (not self.accepting and clean):
+                self._release(t[0], "return", [t[1]])
+            else:
+                err = f"worker process {c.pid} {how} while running the task"
+                log.error("task %s (%s): %s", t[1].decode(), t[2].decode(), err)
+                self._release(t[0], "retry", [t[1]], error=err)
+        if not clean and not self.hard and self.accepting:
+            log.warning("child %d %s; respawning", c.pid, how)
+        self._close_child(c)
+        if not booted and os.waitstatus_to_exitcode(status) == childmod.EXIT_BOOT_FAILED:
+            self.boot_failures += 1
+            if self.boot_failures >= BOOT_FAILURES_TO_HALT:
+                log.critical("children failed to boot %d times in a row; halting", self.boot_failures)
+                self.exit_code = EXIT_BOOT
+                self._begin_stop()
+                self._hard_stop()
+                return
+        elif booted:
+            self.boot_failures = 0
+        if self.accepting and not self.hard:
+            self._spawn(c.slot)
+
+    # ------------------------------------------------------------------ the loop
+    def _tick(self) -> bool:
+        """One turn of the main loop; True when the supervisor should exit."""
+        self._handle_signals()
+        self._reap()
+        got = self._drain_all()
+        now = time.monotonic()
+        if not self.accepting and self.stop_deadline is not None and now >= self.stop_deadline \
+                and self.children and not self.hard:
+            log.warning("grace period of %.0f s ran out; stopping the remaining children", self.cfg.grace)
+            self._hard_stop()
+        if self.accepting and self.buffer:
+            self._dispatch()
+        self._redis_work(now)
+        if self.accepting and self.buffer:
+            self._dispatch()
+        if not self.accepting:
+            if not self.children:
+                self._return_buffer()
+                if not self.completions and not self.buffer or not self._redis_reachable_for_exit(now):
+                    return True
+        elif self.cfg.burst and not self.inflight and not self.completions and self.redis_ok:
+            if self.drained:
+                log.info("burst mode: queues are empty and nothing is running; stopping")
+                self._begin_stop()
+                return False
+            self.idle = False  # the queues may have refilled since the last claim: look once more now
+        if got or self._busy():
+            return False
+        self._sleep()
+        return False
+
+    def _busy(self) -> bool:
+        """Is there Redis work to do right now (so the loop must not sleep)?"""
+        if self.completions and self.redis_ok:
+            return True
+        return self.accepting and self.redis_ok and not self.idle and self._want() > 0
+
+    def _redis_reachable_for_exit(self, now: float) -> bool:
+        # While stopping, keep trying to flush completions and returns for up to the grace period;
+        # past it, what is left is safe anyway: leases expire and any supervisor recovers the tasks.
+        return self.stop_deadline is None or now < self.stop_deadline + 10.0
+
+    def _want(self) -> int:
+        live = sum(1 for c in self.children.values() if not c.stopping)
+        cap = live * (self.depth + max(self.cfg.prefetch, 1))
+        return cap - len(self.inflight)
+
+    # ------------------------------------------------------------------ results
+    def _drain_all(self) -> int:
+        n = 0
+        for c in list(self.children.values()):
+            n += self._drain(c)
+        return n
+
+    def _drain(self, c: Child) -> int:
+        if c.outring is None:
+            return 0
+        msgs = c.outring.read_many(4096)
+        if not msgs:
+            return 0
+        decode = fast.decode_result_head
+        inflight, completions, unacked = self.inflight, self.completions, c.unacked
+        avg = self.avg
+        for head, body in msgs:
+            seq, status, rct, started, finished, error = decode(head)
+            if unacked and unacked[0] == seq:
+                unacked.popleft()
+            else:
+                try:
+                    unacked.remove(seq)
+                except ValueError:
+                    pass
+            t = inflight.pop(seq, None)
+            if t is None:
+                continue
+            avg += 0.05 * ((finished - started) - avg)
+            items = completions.get(t[0])
+            if items is None:
+                items = completions[t[0]] = []
+            items += (t[1], b"done" if status == fast.ST_DONE else b"failed", body, rct, error,
+                      int(started * 1000), int(finished * 1000))
+        self.avg = avg
+        self.depth = max(1, min(MAX_DEPTH, int(BUFFER_SECONDS / max(avg, 1e-6))))
+        c.done += len(msgs)
+        if self.cfg.max_tasks_per_child and c.done >= self.cfg.max_tasks_per_child and not c.stopping:
+            self._recycle(c, f"reached --max-tasks-per-child={self.cfg.max_tasks_per_child}")
+        return len(msgs)
+
+    def _recycle(self, c: Child, why: str) -> None:
+        log.info("recycling child %d: %s", c.pid, why)
+        c.stopping = True
+        c.ctl[childmod.CTL_STOP] = 1
+        c.inring.write(b"", b"")
+
+    # ------------------------------------------------------------------ dispatch
+    def _dispatch(self) -> None:
+        """Move claimed tasks from the local buffer into the rings of the least-loaded children."""
+        kids = [c for c in self.children.values() if not c.stopping]
+        if not kids:
+            return
+        for c in kids:
+            if c.partial is not None and not self._continue(c):
+                continue
+        depth = self.depth
+        buffer, inflight = self.buffer, self.inflight
+        encode = fast.encode_task_head
+        while buffer:
+            best = None
+            for c in kids:
+                if c.partial is None and len(c.unacked) < depth and \
+                        (best is None or len(c.unacked) < len(best.unacked)):
+                    best = c
+            if best is None:
+                return
+            # Fill the chosen child up to its share in one go: fewer choices, same balance.
+            room = depth - len(best.unacked)
+            while buffer and room > 0:
+                seq = buffer[0]
+                qidx, tid, name, payload, ct, att = inflight[seq]
+                head = encode(seq, att, ct, qidx, tid, name)
+                off = best.inring.write(head, payload, 0)
+                size = best.inring.message_size(head, payload)
+                if off == 0 and size <= best.inring.max_chunk:
+                    room = 0  # ring full for now
+                    kids.remove(best)
+                    break
+                buffer.popleft()
+                if off < size:
+                    best.partial = [seq, head, payload, off]
+                    kids.remove(best)
+                    break
+                best.unacked.append(seq)
+                room -= 1
+            if not kids:
+                return
+
+    def _continue(self, c: Child) -> bool:
+        seq, head, body, off = c.partial
+        off = c.inring.write(head, body, off)
+        if off == c.inring.message_size(head, body):
+            c.partial = None
+            c.unacked.append(seq)
+            return True
+        c.partial[3] = off
+        return False
+
+    # ------------------------------------------------------------------ Redis
+    def _redis_work(self, now: float) -> None:
+        if not self.redis_ok:
+            if now < self.next_redis_try:
+                return
+            try:
+                self.broker.ping()
+                self.broker.load_scripts()
+            except CONNECTION_ERRORS as e:
+                self._redis_down(e, now)
+                return
+            if self.backoff > 0.1:
+                log.info("Redis at %s is reachable again", redacted(self.broker.url))
+            self.redis_ok, self.backoff, self.idle, self.waiting = True, 0.1, False, False
+        try:
+            if self.waiting and self._wait_ready():
+                self.broker.finish_wait()
+                self.waiting, self.idle = False, False
+            want = self._want() if self.accepting and not self.idle and not self.waiting else 0
+            if self.completions or want > 0:
+                self._step(want)
+            if now >= self.next_renew:
+                self._renew()
+                self.next_renew = now + self.cfg.lease / 6
+            if now >= self.next_recover:
+                self._recover()
+                self.next_recover = now + min(1.0, self.cfg.lease / 4)
+            if now >= self.next_rss and self.cfg.max_memory_per_child:
+                self._check_memory()
+                self.next_rss = now + 2.0
+        except CONNECTION_ERRORS as e:
+            self._redis_down(e, now)
+
+    def _redis_down(self, e: Exception, now: float) -> None:
+        log.error("Redis at %s unreachable (%s: %s); retrying in %.1f s; running tasks continue, results are "
+                  "kept until it is back", redacted(self.broker.url), type(e).__name__, e, self.backoff)
+        self.broker.reset()
+        self.redis_ok = False
+        self.waiting = False
+        self.next_redis_try = now + self.backoff
+        self.backoff = min(self.backoff * 2, 5.0)
+
+    def _wait_ready(self) -> bool:
+        fd = self.broker._wconn._sock.fileno() if self.broker._wconn is not None else -1
+        if fd < 0:
+            return True
+        r, _, _ = select.select([fd], [], [], 0)
+        return bool(r)
+
+    def _step(self, want: int) -> None:
+        """One round trip: the COMPLETE of every queue with results, then one CLAIM of up to want tasks."""
+        broker, cfg = self.broker, self.cfg
+        done = self.completions
+        cmds = [broker.pack_complete(self.qks[q], cfg.result_ttl, items) for q, items in done.items()]
+        if want > 0:
+            cmds.append(broker.pack_claim(self._claim_keys, self._claim_tail, want, self.worker_id,
+                                          self.lease_ms, cfg.max_payload, cfg.result_ttl))
+        replies = broker.execute_packed(cmds)
+        self.completions = {}
+        for r in replies[:len(done)]:
+            if isinstance(r, Exception):
+                log.error("writing results failed: %s", r)
+        if want <= 0:
+            return
+        reply = replies[-1]
+        if isinstance(reply, Exception):
+            log.error("claim failed: %s", reply)
+            self.idle = True
+            return
+        tasks, notes = reply
+        for i in range(0, len(notes), 2):
+            log.warning("queue entry %s: %s", notes[i].decode(errors="replace"), notes[i + 1].decode(errors="replace"))
+        n = len(tasks) // 6
+        inflight, buffer = self.inflight, self.buffer
+        self.drained = n == 0 and not notes and not inflight
+        seq = self.seq
+        for i in range(0, len(tasks), 6):
+            seq += 1
+            inflight[seq] = (tasks[i], tasks[i + 1], tasks[i + 2], tasks[i + 3], tasks[i + 4], tasks[i + 5])
+            buffer.append(seq)
+        self.seq = seq
+        if n < want and not notes:
+            self.idle = True
+
+    def _by_queue(self, seqs) -> dict[int, list]:
+        out: dict[int, list] = {}
+        for s in seqs:
+            t = self.inflight[s]
+            out.setdefault(t[0], []).append(t[1])
+        return out
+
+    def _renew(self) -> None:
+        for q, ids in self._by_queue(list(self.inflight)).items():
+            for i in range(0, len(ids), 5000):
+                for lost in self.broker.renew(self.qks[q], self.worker_id, self.lease_ms, ids[i:i + 5000]):
+                    log.warning("task %s: this worker's lease was lost (it ran out during an outage?); another "
+                                "worker may run it too", lost.decode())
+
+    def _recover(self) -> None:
+        for qk in self.qks:
+            requeued, failed = self.broker.release(qk, "expired", [], error="recovered by " + self.worker_id,
+                                                   ttl=self.cfg.result_ttl)
+            if requeued or failed:
+                self.idle = False
+                log.warning("queue %s: recovered %d task(s) with expired leases (%d requeued, %d failed)",
+                            qk.name, len(requeued) + len(failed), len(requeued), len(failed))
+
+    def _release(self, qidx, mode: str, ids: list, error: str = "") -> None:
+        try:
+            self.broker.release(self.qks[qidx], mode, ids, error=error, holder=self.worker_id,
+                                ttl=self.cfg.result_ttl)
+        except CONNECTION_ERRORS as e:
+            # The lease stays: once it expires, any live supervisor recovers the task.
+            log.error("could not release %d task(s) (%s); their leases will expire and be recovered", len(ids), e)
+
+    def _return_buffer(self) -> None:
+        """Give claimed-but-unstarted tasks back to the head of their queues."""
+        if not self.buffer:
+            return
+        seqs = list(self.buffer)
+        self.buffer.clear()
+        for q, ids in self._by_queue(seqs).items():
+            self._release(q, "return", ids)
+        for s in seqs:
+            self.inflight.pop(s, None)
+
+    def _check_memory(self) -> None:
+        import psutil
+
+        for c in list(self.children.values()):
+            if c.stopping:
+                continue
+            try:
+                rss = psutil.Process(c.pid).memory_info().rss
+            except psutil.Error:
+                continue
+            if rss > self.cfg.max_memory_per_child:
+                self._recycle(c, f"RSS {rss // 1048576} MiB over --max-memory-per-child="
+                                 f"{self.cfg.max_memory_per_child // 1048576} MiB")
+
+    # ------------------------------------------------------------------ sleeping
+    def _sleep(self) -> None:
+        now = time.monotonic()
+        timeout = min(self.next_renew, self.next_recover) - now
+        if self.cfg.max_memory_per_child:
+            timeout = min(timeout, self.next_rss - now)
+        if not self.redis_ok:
+            timeout = min(timeout, self.next_redis_try - now)
+        if self.stop_deadline is not None:
+            timeout = min(timeout, max(self.stop_deadline - now, 0.0) + 0.01)
+        if any(c.partial is not None for c in self.children.values()) or \
+                (self.buffer and any(not c.stopping for c in self.children.values())):
+            timeout = min(timeout, 0.001)  # a ring is full: check again soon
+        timeout = max(0.0, min(timeout, 1.0))
+        p = select.poll()
+        p.register(self._sig_r, select.POLLIN)
+        armed = []
+        for c in self.children.values():
+            p.register(c.pidfd, select.POLLIN)
+            if c.outring.arm():
+                armed.append(c)
+                p.register(c.efds[1], select.POLLIN)
+            else:
+                timeout = 0.0
+        if self.accepting and self.redis_ok and self.idle and self._want() > 0 and timeout > 0:
+            if not self.waiting:
+                try:
+                    self.broker.start_wait(self._wake_keys, self.cfg.wait_timeout)
+                    self.waiting = True
+                except CONNECTION_ERRORS as e:
+                    self._redis_down(e, now)
+            if self.waiting:
+                p.register(self.broker._wconn._sock.fileno(), select.POLLIN)
+        try:
+            p.poll(timeout * 1000.0)
+        except InterruptedError:
+            pass
+        for c in armed:
+            if c.outring is not None:
+                c.outring.disarm()
+        try:
+            while os.read(self._sig_r, 512):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+
+def _close_quiet(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"was killed by signal {sig} ({name})"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
