@@ -1,0 +1,74 @@
+"""`xq demo`: the README's main job, end to end on a real Redis and a real supervisor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import click
+import orjson
+
+
+def run_demo(*, tasks: int, procs: str, url: str | None, data_dir: str | None) -> int:
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        click.echo("xq demo needs Pillow: pip install 'xq[images]'", err=True)
+        return 1
+    from .embedded import resolve_url
+    from .examples.thumbs import make_images
+    from .keys import queue_keys
+    from .producer import Producer
+
+    url, private = resolve_url(url, data_dir=data_dir, log=lambda m: click.echo(f"xq demo: {m}"))
+    try:
+        producer = Producer(url)
+        queue = "demo"
+        images = make_images(24)
+        click.echo(f"xq demo: {tasks} thumbnail tasks of 640x480 JPEGs ({sum(map(len, images)) // len(images) // 1024}"
+                   f" KiB each, sent as raw bytes) on {url}")
+        t0 = time.perf_counter()
+        ids = producer.enqueue_many("image.thumbnail", [images[i % len(images)] for i in range(tasks)], queue=queue)
+        t_enq = time.perf_counter() - t0
+        click.echo(f"xq demo: enqueued {len(ids)} tasks in {t_enq * 1000:.0f} ms ({len(ids) / t_enq:,.0f}/s)")
+        pubsub = producer.broker.client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(queue_keys(queue).events)
+        want = set(ids)
+        cmd = [sys.executable, "-m", "xq.cli", "run", "xq.examples.thumbs:app", "--procs", procs,
+               "--queues", queue, "--redis", url, "--burst", "--result-ttl", "3600", "--log-level", "warning"]
+        t1 = time.perf_counter()
+        sup = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        done = failed = 0
+        last = t1
+        with click.progressbar(length=len(ids), label="thumbnails", show_pos=True) as bar:
+            while want and sup.poll() is None:
+                msg = pubsub.get_message(timeout=0.5)
+                if not msg:
+                    continue
+                step = 0
+                for ev in orjson.loads(msg["data"]):
+                    if ev["id"] in want and ev["state"] in ("done", "failed"):
+                        want.discard(ev["id"])
+                        step += 1
+                        if ev["state"] == "done":
+                            done += 1
+                        else:
+                            failed += 1
+                if step:
+                    last = time.perf_counter()
+                    bar.update(step)
+        elapsed = last - t1
+        code = sup.wait(timeout=120)
+        pubsub.close()
+        thumb = producer.result(ids[0], timeout=10)
+        click.echo(f"xq demo: {done} done, {failed} failed, {len(want)} missing in {elapsed:.2f} s: "
+                   f"{done / elapsed:,.0f} thumbnails/s with --procs {procs}; first thumbnail is a "
+                   f"{len(thumb)}-byte JPEG; supervisor exited with code {code}")
+        producer.close()
+        return 0 if (code == 0 and not want and not failed) else 1
+    finally:
+        if private is not None:
+            private.stop()
+            click.echo("xq demo: stopped the private redis-server")

@@ -1,0 +1,1 @@
+"""Example apps shipped with xq (the demo uses thumbs)."""
