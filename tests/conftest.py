@@ -1,0 +1,72 @@
+"""Shared fixtures: real redis-servers on free loopback ports (never the system Redis on 6379)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import pytest
+import redis
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `import helpers`, `import xqrun`
+
+from helpers import free_port, load_embedded, wait_until  # noqa: E402,F401 - re-exported for tests
+
+embedded = load_embedded()
+EmbeddedRedis = embedded.EmbeddedRedis
+
+
+def _require_redis_server() -> None:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not on PATH: the tests need a real one (apt-get install redis-server, "
+                    "or run .ci/run, which installs it)", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One private redis-server (AOF on) for the whole session, on a free port in a pytest tmp dir."""
+    _require_redis_server()
+    server = EmbeddedRedis(data_dir=tmp_path_factory.mktemp("redis-session"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The session server's URL, emptied first (FLUSHALL + SCRIPT FLUSH) so each test starts clean."""
+    if not redis_server.running:
+        pytest.fail(f"the session redis-server ({redis_server.url}) is no longer running; log tail:\n"
+                    f"{redis_server.log_tail()}", pytrace=False)
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=10)
+    try:
+        client.flushall()
+        client.script_flush()
+    finally:
+        client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def r(redis_url):
+    """A redis-py client on the clean session server."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def fresh_redis(tmp_path):
+    """A private redis-server of this test's own, for tests that kill, stop or restart it."""
+    _require_redis_server()
+    server = EmbeddedRedis(data_dir=tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
