@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import socket
 from typing import Iterable, Sequence
 from urllib.parse import urlparse
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
+from redis.retry import Retry
 
 from . import scripts
 from ._impl import fast
@@ -37,6 +40,9 @@ def make_client(url: str, **kw) -> redis.Redis:
     scheme = urlparse(url).scheme
     if scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"invalid Redis URL {url!r}: scheme {scheme!r} is not one of redis, rediss, unix")
+    # No silent client-side retries: a resent EVALSHA could enqueue twice, and the supervisor has its own
+    # capped backoff that keeps children running meanwhile.
+    kw.setdefault("retry", Retry(NoBackoff(), 0))
     kw.setdefault("socket_connect_timeout", 5)
     kw.setdefault("socket_keepalive", True)
     try:
@@ -89,6 +95,22 @@ class Broker:
                     c.disconnect()
                 except Exception:
                     pass
+        self._conn = self._wconn = None
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close the inherited sockets' fds without shutdown() (which would cut the
+        parent's connections too) and drop every reference to them."""
+        pool = self.client.connection_pool
+        conns = [self._conn, self._wconn, *getattr(pool, "_available_connections", ()),
+                 *getattr(pool, "_in_use_connections", ())]
+        for c in conns:
+            sock = getattr(c, "_sock", None)
+            if sock is not None:
+                try:
+                    os.close(sock.detach())
+                except OSError:
+                    pass
+                c._sock = None
         self._conn = self._wconn = None
 
     def close(self) -> None:

@@ -63,8 +63,9 @@ return #ids
 # ARGV[4] -> max payload bytes: a larger payload fails its task instead of being handed out
 # ARGV[5] -> result ttl, seconds (0 keeps records forever), for records this script finishes
 # ARGV[6..] -> for each queue, 3 values: task key prefix, events channel, queue name
-# Output: {tasks, notes}: tasks is flat, 6 values a task: queue index (0-based), id, name, payload, ct,
-#         attempt; notes is flat, 2 values a skipped id: id, reason (for the supervisor's log)
+# Output: {tasks, notes, leased}: tasks is flat, 6 values a task: queue index (0-based), id, name, payload,
+#         ct, attempt; notes is flat, 2 values a skipped id: id, reason (for the supervisor's log); leased is
+#         the number of leases held on these queues by anyone after this claim (burst mode waits for 0)
 CLAIM = _PRELUDE + """
 local now = now_ms()
 local want = tonumber(ARGV[1])
@@ -72,7 +73,7 @@ local worker = ARGV[2]
 local deadline = now + tonumber(ARGV[3])
 local maxp = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
-local out, notes = {}, {}
+local out, notes, leased = {}, {}, 0
 local nq = (#ARGV - 5) / 3
 for q = 1, nq do
   local base = (q - 1) * 12
@@ -115,6 +116,7 @@ for q = 1, nq do
   end
   if #leases > 0 then push_chunks('ZADD', KEYS[base + 12], leases) end
   publish(channel, events)
+  leased = leased + redis.call('ZCARD', KEYS[base + 12])
   -- Work left behind wakes the next idle supervisor; the one that took the marker may have filled up.
   for p = 1, 10 do
     if redis.call('LLEN', KEYS[base + p]) > 0 then
@@ -123,7 +125,7 @@ for q = 1, nq do
     end
   end
 end
-return {out, notes}
+return {out, notes, leased}
 """
 
 # KEYS[1] -> xq:{Q}:leases

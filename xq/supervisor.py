@@ -94,7 +94,9 @@ class Supervisor:
         self.hard = False
         self.idle = False                          # the last claim found the queues empty
         self.drained = False                       # ... and nothing was in flight then (burst exit)
+        self.recheck = False                       # ... but it ran while tasks were in flight
         self.waiting = False                       # a BZPOPMIN is outstanding
+        self.ring_full = False                     # the last dispatch found a ring out of bytes
         self.redis_ok = False
         self.next_redis_try = 0.0
         self.backoff = 0.1
@@ -202,6 +204,7 @@ class Supervisor:
                     _close_quiet(fd)
             _close_quiet(self._sig_r)
             _close_quiet(self._sig_w)
+            self.broker.forget_after_fork()
             childmod.child_main(self.app, self.qnames, inring, outring, ctl, parent)
         c = Child(slot, pid, os.pidfd_open(pid), inring, outring, [m_in, m_out, m_ctl], [e_in, e_out], ctl,
                   started=time.monotonic())
@@ -294,7 +297,9 @@ class Supervisor:
                 log.info("burst mode: queues are empty and nothing is running; stopping")
                 self._begin_stop()
                 return False
-            self.idle = False  # the queues may have refilled since the last claim: look once more now
+            if self.idle and self.recheck:
+                # The last claim ran while tasks were still in flight; the queues may have refilled since.
+                self.idle, self.recheck = False, False
         if got or self._busy():
             return False
         self._sleep()
@@ -372,6 +377,7 @@ class Supervisor:
         for c in kids:
             if c.partial is not None and not self._continue(c):
                 continue
+        self.ring_full = False
         depth = self.depth
         buffer, inflight = self.buffer, self.inflight
         encode = fast.encode_task_head
@@ -392,7 +398,7 @@ class Supervisor:
                 off = best.inring.write(head, payload, 0)
                 size = best.inring.message_size(head, payload)
                 if off == 0 and size <= best.inring.max_chunk:
-                    room = 0  # ring full for now
+                    self.ring_full = True
                     kids.remove(best)
                     break
                 buffer.popleft()
@@ -484,12 +490,14 @@ class Supervisor:
             log.error("claim failed: %s", reply)
             self.idle = True
             return
-        tasks, notes = reply
+        tasks, notes, leased = reply
         for i in range(0, len(notes), 2):
             log.warning("queue entry %s: %s", notes[i].decode(errors="replace"), notes[i + 1].decode(errors="replace"))
         n = len(tasks) // 6
         inflight, buffer = self.inflight, self.buffer
-        self.drained = n == 0 and not notes and not inflight
+        # Burst exit also waits for other supervisors' leases: a dead one's tasks come back on expiry.
+        self.drained = n == 0 and not notes and not inflight and leased == 0
+        self.recheck = n < want and bool(inflight)
         seq = self.seq
         for i in range(0, len(tasks), 6):
             seq += 1
@@ -565,9 +573,8 @@ class Supervisor:
             timeout = min(timeout, self.next_redis_try - now)
         if self.stop_deadline is not None:
             timeout = min(timeout, max(self.stop_deadline - now, 0.0) + 0.01)
-        if any(c.partial is not None for c in self.children.values()) or \
-                (self.buffer and any(not c.stopping for c in self.children.values())):
-            timeout = min(timeout, 0.001)  # a ring is full: check again soon
+        if self.ring_full or any(c.partial is not None for c in self.children.values()):
+            timeout = min(timeout, 0.001)  # a ring is out of bytes: the child frees space without telling us
         timeout = max(0.0, min(timeout, 1.0))
         p = select.poll()
         p.register(self._sig_r, select.POLLIN)
