@@ -1,0 +1,106 @@
+"""Handlers for the end-to-end tests: each counts its executions in Redis, outside xq."""
+
+import os
+import signal
+import time
+
+import redis
+
+import xq
+
+app = xq.App("tests")
+_r = None
+
+
+def r() -> redis.Redis:
+    global _r
+    if _r is None:
+        _r = redis.Redis.from_url(os.environ["XQ_TEST_REDIS"])
+    return _r
+
+
+def count() -> None:
+    r().hincrby("test:execs", xq.current().id, 1)
+
+
+@app.task("count")
+def count_task(payload):
+    count()
+    return payload
+
+
+@app.task("echo")
+def echo(payload):
+    return payload
+
+
+@app.task("reverse")
+def reverse(payload: bytes) -> bytes:
+    return payload[::-1]
+
+
+@app.task("ctx")
+def ctx(payload):
+    c = xq.current()
+    return {"id": c.id, "name": c.name, "queue": c.queue, "attempt": c.attempt}
+
+
+@app.task("sleep")
+def sleep(payload):
+    r().rpush("test:started", xq.current().id)
+    r().set("test:running_pid", os.getpid())
+    time.sleep(payload["s"])
+    count()
+    return payload
+
+
+@app.task("boom")
+def boom(payload):
+    raise ValueError(f"boom {payload}")
+
+
+@app.task("unserializable")
+def unserializable(payload):
+    return {1, 2, 3}
+
+
+@app.task("crash_once")
+def crash_once(payload):
+    """SIGKILLs its own child on the first attempt, succeeds on the next."""
+    count()
+    if xq.current().attempt == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+@app.task("always_crash")
+def always_crash(payload):
+    count()
+    os._exit(13)
+
+
+@app.task("pid")
+def pid(payload):
+    return os.getpid()
+
+
+@app.task("grow")
+def grow(payload):
+    global _hog
+    _hog = bytearray(payload["mb"] * 1024 * 1024)
+    return os.getpid()
+
+
+@app.task("other", queue="other")
+def other(payload):
+    count()
+    return "other"
+
+
+@app.task("thumb", queue="default")
+class Thumb(xq.Processor):
+    def setup(self):
+        self.prefix = b"T:"
+
+    def process(self, payload):
+        return self.prefix + payload[:4]

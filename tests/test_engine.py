@@ -1,0 +1,210 @@
+"""End to end: the real `xq run` against a real redis-server; Redis state is checked directly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import xq
+from xq.keys import queue_keys
+from xqrun import TESTS, XQRun, wait_for
+
+IMPLS = [pytest.param(False, id="cython"), pytest.param(True, id="pure")]
+
+
+def execs(r) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in r.hgetall("test:execs").items()}
+
+
+def states(r, ids, queue="default") -> dict[str, int]:
+    qk = queue_keys(queue)
+    pipe = r.pipeline(transaction=False)
+    for i in ids:
+        pipe.hget(qk.task(i), "state")
+    out: dict[str, int] = {}
+    for s in pipe.execute():
+        out[(s or b"missing").decode()] = out.get((s or b"missing").decode(), 0) + 1
+    return out
+
+
+def assert_queue_empty(r, queue="default"):
+    qk = queue_keys(queue)
+    assert sum(r.llen(k) for k in qk.ready) == 0
+    assert r.zcard(qk.leases) == 0
+
+
+@pytest.mark.parametrize("pure", IMPLS)
+def test_10k_tasks_each_done_exactly_once(redis_url, r, pure):
+    p = xq.Producer(redis_url)
+    ids = p.enqueue_many("count", list(range(10_000)))
+    assert len(set(ids)) == 10_000
+    with XQRun(redis_url, burst=True, pure=pure) as w:
+        assert w.wait(120) == 0, w.output()
+    assert states(r, ids) == {"done": 10_000}
+    counts = execs(r)
+    assert len(counts) == 10_000 and set(counts.values()) == {1}
+    assert_queue_empty(r)
+    assert p.result(ids[1234], timeout=5) == 1234
+
+
+def test_results_status_context_and_processor(redis_url, r):
+    p = xq.Producer(redis_url)
+    with XQRun(redis_url) as w:
+        a = p.enqueue("echo", {"a": [1, 2], "b": "x"})
+        assert p.result(a, timeout=20) == {"a": [1, 2], "b": "x"}
+        b = p.enqueue("reverse", b"\x00\x01binary\xff")
+        assert p.result(b, timeout=20) == b"\xffyranib\x01\x00"
+        c = p.enqueue("ctx", None, queue="default")
+        assert p.result(c, timeout=20) == {"id": c, "name": "ctx", "queue": "default", "attempt": 1}
+        d = p.enqueue("thumb", b"abcdefgh")
+        assert p.result(d, timeout=20) == b"T:abcd"
+        st = p.status(a)
+        assert st["status"] == "done" and st["attempts"] == 1 and st["error"] is None
+        assert st["enqueued_at"] <= st["claimed_at"] and st["started_at"] <= st["finished_at"]
+        assert st["worker"] and st["name"] == "echo" and st["queue"] == "default"
+        # status from a producer that did not enqueue it: found through the queue index
+        assert xq.Producer(redis_url).status(a)["status"] == "done"
+    assert w.proc.returncode == 0
+
+
+def test_idle_supervisor_starts_new_task_and_result_waits(redis_url, r):
+    p = xq.Producer(redis_url)
+    with XQRun(redis_url, procs=1) as w:
+        first = p.enqueue("echo", 1)
+        assert p.result(first, timeout=20) == 1
+        # idle now (blocked on the wake marker); a new task is picked up at once
+        for i in range(20):
+            assert p.result(p.enqueue("echo", i), timeout=10) == i
+        assert w.proc.poll() is None
+
+
+def test_handler_error_fails_only_that_task(redis_url, r):
+    p = xq.Producer(redis_url)
+    bad = p.enqueue("boom", 7)
+    good = p.enqueue_many("echo", [1, 2, 3])
+    with XQRun(redis_url, burst=True) as w:
+        assert w.wait(60) == 0
+    st = p.status(bad)
+    assert st["status"] == "failed" and "ValueError: boom 7" in st["error"] and st["attempts"] == 1
+    with pytest.raises(xq.TaskFailed, match="boom 7"):
+        p.result(bad, timeout=5)
+    assert states(r, good) == {"done": 3}
+
+
+def test_unknown_name_unserializable_result_and_malformed_payload(redis_url, r):
+    p = xq.Producer(redis_url)
+    unknown = p.enqueue("no.such.task", {})
+    unser = p.enqueue("unserializable", None)
+    # a foreign producer writes a payload that is not JSON
+    qk = queue_keys("default")
+    r.hset(qk.task("MALFORMED1"), mapping={"name": "echo", "queue": "default", "payload": b"{not json",
+                                           "ct": "j", "state": "queued", "pri": 5, "maxr": 3, "att": 0})
+    r.rpush(qk.ready[5], "MALFORMED1")
+    # an id with no record at all, and one whose record is already finished
+    r.rpush(qk.ready[5], "NORECORD1")
+    ok = p.enqueue("echo", "fine")
+    with XQRun(redis_url, burst=True) as w:
+        assert w.wait(60) == 0
+        log = w.output()
+    assert "unknown task name 'no.such.task'" in p.status(unknown)["error"]
+    assert "cannot be serialized to JSON" in p.status(unser)["error"]
+    st = p.status("MALFORMED1", queue="default")
+    assert st["status"] == "failed" and "malformed JSON payload" in st["error"]
+    assert "NORECORD1" in log and "no task record" in log
+    assert p.result(ok, timeout=5) == "fine"
+    assert_queue_empty(r)
+
+
+def test_oversized_payload(redis_url, r):
+    p = xq.Producer(redis_url, max_payload=1000)
+    with pytest.raises(xq.PayloadTooLarge, match="payload #1 is 2000 bytes, over max_payload=1000"):
+        p.enqueue_many("echo", [b"x", b"y" * 2000])
+    assert r.llen(queue_keys("default").ready[5]) == 0  # nothing of that batch was enqueued
+    big = xq.Producer(redis_url).enqueue("reverse", b"z" * 5000)
+    small = xq.Producer(redis_url).enqueue("reverse", b"ab")
+    with XQRun(redis_url, "--max-payload", "4096", burst=True) as w:
+        assert w.wait(60) == 0
+    st = p.status(big)
+    assert st["status"] == "failed" and "payload of 5000 bytes exceeds max_payload of 4096 bytes" in st["error"]
+    assert p.result(small, timeout=5) == b"ba"
+
+
+def test_large_payload_streams_through_ring(redis_url, r):
+    p = xq.Producer(redis_url)
+    blob = os.urandom(5 * 1024 * 1024 + 13)  # larger than a ring
+    with XQRun(redis_url, procs=1) as w:
+        tid = p.enqueue("reverse", blob)
+        assert p.result(tid, timeout=60) == blob[::-1]
+
+
+def test_bad_input_errors():
+    with pytest.raises(xq.ConfigError, match="invalid Redis URL 'http://x'"):
+        xq.Producer("http://x")
+    p = xq.Producer("redis://127.0.0.1:1/0")
+    with pytest.raises(xq.ConfigError, match="invalid queue name 'a b'"):
+        p.enqueue("echo", 1, queue="a b")
+    with pytest.raises(xq.ConfigError, match="invalid priority 11"):
+        p.enqueue("echo", 1, priority=11)
+    with pytest.raises(xq.ConfigError, match="unknown enqueue option"):
+        p.enqueue("echo", 1, colour="red")
+    with pytest.raises(TypeError):
+        p.enqueue("echo", object())
+
+
+def test_cli_bad_url_and_import_failure(redis_url):
+    env = {**os.environ, "XQ_TEST_REDIS": redis_url}
+    out = subprocess.run([sys.executable, "-m", "xq.cli", "run", "apps.basic:app", "--redis", "http://nope"],
+                         cwd=TESTS, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "invalid Redis URL 'http://nope'" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "xq.cli", "run", "apps.broken:app", "--redis", redis_url],
+                         cwd=TESTS, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 4 and "cannot import module 'apps.broken'" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "xq.cli", "run", "apps.basic:nothing", "--redis", redis_url],
+                         cwd=TESTS, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 4 and "is not an xq.App" in out.stderr
+
+
+def test_priorities_and_queue_order(redis_url, r):
+    p = xq.Producer(redis_url)
+    low = p.enqueue_many("count", ["low"] * 5, priority="low")
+    high = p.enqueue_many("count", ["high"] * 5, priority=0)
+    other = p.enqueue_many("other", [1, 2])
+    with XQRun(redis_url, procs=1, burst=True, queues="other,default") as w:
+        assert w.wait(60) == 0
+    fin = {i: p.status(i)["finished_at"] for i in low + high + other}
+    assert max(fin[i] for i in other) <= min(fin[i] for i in high)
+    assert max(fin[i] for i in high) <= min(fin[i] for i in low)
+
+
+def test_redis_cli_producer_per_protocol(redis_server, redis_url, r):
+    """A producer with no xq at all, following docs/protocol.md."""
+    script = (
+        "MULTI\n"
+        "HSET xq:{default}:t:01CLIPRODUCER0000000000000 name echo queue default payload "
+        "\"{\\\"from\\\":\\\"redis-cli\\\"}\" ct j state queued pri 5 maxr 3 att 0 enq 1700000000000\n"
+        "RPUSH xq:{default}:ready:5 01CLIPRODUCER0000000000000\n"
+        "ZADD xq:{default}:wake 0 1\n"
+        "EXEC\n"
+        "SADD xq:queues default\n"
+    )
+    out = subprocess.run(["redis-cli", "-p", str(redis_server.port)], input=script, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    with XQRun(redis_url, burst=True) as w:
+        assert w.wait(60) == 0
+    p = xq.Producer(redis_url)
+    assert p.result("01CLIPRODUCER0000000000000", timeout=5) == {"from": "redis-cli"}
+
+
+def test_no_shared_memory_left_behind(redis_url):
+    before = set(os.listdir("/dev/shm"))
+    p = xq.Producer(redis_url)
+    p.enqueue_many("echo", list(range(100)))
+    with XQRun(redis_url) as w:
+        wait_for(lambda: len(w.children()) == 2, what="children")
+        w.kill()  # SIGKILL: nothing gets to clean up
+    assert set(os.listdir("/dev/shm")) - before == set()
