@@ -1,0 +1,148 @@
+"""Engine benchmarks: enqueue, drain, CPU-bound efficiency, latency, supervisor memory.
+
+Run: python -m pytest bench/test_engine_bench.py --benchmark-only -s
+Each prints its figure; pytest-benchmark's table gives the raw timings.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import psutil
+import pytest
+
+import xq
+from benchutil import drain_window, xq_run
+
+N_ENQUEUE = 100_000
+N_DRAIN = 100_000
+
+
+@pytest.mark.benchmark(group="enqueue")
+def test_enqueue_many(benchmark, bench_redis, rdb):
+    p = xq.Producer(bench_redis)
+    payloads = [{"i": i} for i in range(N_ENQUEUE)]
+
+    def run():
+        p.enqueue_many("noop", payloads)
+
+    benchmark.pedantic(run, setup=rdb.flushall, rounds=5, iterations=1)
+    rate = N_ENQUEUE / benchmark.stats.stats.median
+    benchmark.extra_info["tasks_per_s"] = round(rate)
+    print(f"\nenqueue_many: {rate:,.0f} tasks/s ({N_ENQUEUE} tasks, median of 5)")
+
+
+@pytest.mark.benchmark(group="drain")
+def test_drain_noop(benchmark, bench_redis, rdb):
+    p = xq.Producer(bench_redis)
+    rates = []
+
+    def setup():
+        rdb.flushall()
+        ids = p.enqueue_many("noop", [None] * N_DRAIN)
+        return (ids,), {}
+
+    def run(ids):
+        proc = xq_run(bench_redis, "--burst", "--result-ttl", "600")
+        assert proc.wait(timeout=300) == 0
+        first, last = drain_window(rdb, "default", ids)
+        rates.append(len(ids) / (last - first))
+
+    benchmark.pedantic(run, setup=setup, rounds=3, iterations=1)
+    rate = statistics.median(rates)
+    benchmark.extra_info["tasks_per_s"] = round(rate)
+    print(f"\ndrain of {N_DRAIN} no-op tasks, --procs auto: {rate:,.0f} tasks/s (first claim -> last finish, "
+          f"median of 3; wall time incl. process start in the table)")
+
+
+@pytest.mark.benchmark(group="cpu")
+def test_cpu_bound_efficiency(benchmark, bench_redis, rdb):
+    from benchapp import thumbnail
+    from xq.examples.thumbs import make_images
+
+    images = make_images(8, size=(800, 600))
+    for im in images:  # warm up
+        thumbnail(im)
+    t0 = time.process_time()
+    reps = 300
+    for i in range(reps):
+        thumbnail(images[i % len(images)])
+    per_task = (time.process_time() - t0) / reps
+    cores = len(os.sched_getaffinity(0))
+    ideal = cores / per_task
+    n = max(1000, int(ideal * 4))
+    p = xq.Producer(bench_redis)
+    effs = []
+
+    def setup():
+        rdb.flushall()
+        return (p.enqueue_many("thumb", [images[i % len(images)] for i in range(n)]),), {}
+
+    def run(ids):
+        proc = xq_run(bench_redis, "--burst")
+        assert proc.wait(timeout=300) == 0
+        first, last = drain_window(rdb, "default", ids)
+        effs.append(len(ids) / (last - first) / ideal)
+
+    benchmark.pedantic(run, setup=setup, rounds=3, iterations=1)
+    eff = statistics.median(effs)
+    benchmark.extra_info.update(per_task_ms=round(per_task * 1000, 2), efficiency=round(eff, 4))
+    print(f"\nCPU-bound: {per_task * 1000:.2f} ms CPU per thumbnail in-process, ideal {ideal:,.0f}/s on {cores} "
+          f"cores; achieved {eff * ideal:,.0f}/s = {eff:.1%} efficiency (median of 3, {n} tasks)")
+
+
+@pytest.mark.benchmark(group="latency")
+def test_idle_latency(benchmark, bench_redis, rdb):
+    p = xq.Producer(bench_redis)
+    proc = xq_run(bench_redis)
+    try:
+        p.result(p.enqueue("stamp", None), timeout=30)  # supervisor is up and idle
+        starts, results = [], []
+
+        def one():
+            time.sleep(0.002)  # let the supervisor go idle (blocked on the wake marker) again
+            t0 = time.time()
+            tid = p.enqueue("stamp", None)
+            started = p.result(tid, timeout=10)
+            t1 = time.time()
+            starts.append(started - t0)
+            results.append(t1 - t0)
+
+        benchmark.pedantic(one, rounds=2000, iterations=1, warmup_rounds=50)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    starts.sort()
+    results.sort()
+    q = lambda xs, f: xs[min(len(xs) - 1, int(len(xs) * f))] * 1000  # noqa: E731
+    benchmark.extra_info.update(start_p50_ms=q(starts, .5), start_p99_ms=q(starts, .99),
+                                result_p50_ms=q(results, .5), result_p99_ms=q(results, .99))
+    print(f"\nidle latency over {len(starts)} tasks: enqueue->handler start p50 {q(starts, .5):.3f} ms, "
+          f"p99 {q(starts, .99):.3f} ms; enqueue->result() p50 {q(results, .5):.3f} ms, p99 {q(results, .99):.3f} ms")
+
+
+@pytest.mark.benchmark(group="memory")
+def test_supervisor_rss_flat(benchmark, bench_redis, rdb):
+    total, step = 1_000_000, 100_000
+    p = xq.Producer(bench_redis)
+    samples = []
+
+    def run():
+        proc = xq_run(bench_redis, "--result-ttl", "30")
+        sup = psutil.Process(proc.pid)
+        try:
+            for k in range(total // step):
+                ids = p.enqueue_many("noop", [None] * step)
+                p.result(ids[-1], timeout=120)
+                samples.append(sup.memory_info().rss)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    first, peak, last = samples[0], max(samples), samples[-1]
+    benchmark.extra_info.update(rss_first_mb=first / 2**20, rss_last_mb=last / 2**20, rss_peak_mb=peak / 2**20)
+    print(f"\nsupervisor RSS over {total:,} tasks: after 100k {first / 2**20:.1f} MB, peak {peak / 2**20:.1f} MB, "
+          f"at the end {last / 2**20:.1f} MB (growth {(last - first) / 2**20:+.1f} MB)")
