@@ -91,7 +91,7 @@ class Runner:
                 f"result of type {type(result).__name__} cannot be serialized to JSON: {e}").encode()
 
 
-def child_main(app, queues: list[str], inring, outring, ctl, parent_pid: int) -> None:
+def child_main(app, queues: list[str], inring, outring, ctl, parent_pid: int, max_tasks: int = 0) -> None:
     """Entry point of a forked child; never returns (exits the process)."""
     code = 0
     try:
@@ -106,7 +106,7 @@ def child_main(app, queues: list[str], inring, outring, ctl, parent_pid: int) ->
         traceback.print_exc()
         os._exit(EXIT_BOOT_FAILED)
     try:
-        code = _loop(runner, inring, outring, ctl, parent_pid)
+        code = _loop(runner, inring, outring, ctl, parent_pid, max_tasks)
     except BaseException:
         traceback.print_exc()
         code = 1
@@ -114,7 +114,7 @@ def child_main(app, queues: list[str], inring, outring, ctl, parent_pid: int) ->
         os._exit(code)
 
 
-def _loop(runner: Runner, inring, outring, ctl, parent_pid: int) -> int:
+def _loop(runner: Runner, inring, outring, ctl, parent_pid: int, max_tasks: int) -> int:
     read, run, now = inring.read, runner.run, time.time
     encode = fast.encode_result_head
     done = 0
@@ -146,4 +146,6 @@ def _loop(runner: Runner, inring, outring, ctl, parent_pid: int) -> int:
         ctl[CTL_CURRENT] = 0
         done += 1
         ctl[CTL_DONE] = done
+        if done == max_tasks:
+            break  # recycled: exit 0; tasks still in the ring go to other children
     return 0

@@ -205,7 +205,8 @@ class Supervisor:
             _close_quiet(self._sig_r)
             _close_quiet(self._sig_w)
             self.broker.forget_after_fork()
-            childmod.child_main(self.app, self.qnames, inring, outring, ctl, parent)
+            childmod.child_main(self.app, self.qnames, inring, outring, ctl, parent,
+                                self.cfg.max_tasks_per_child)
         c = Child(slot, pid, os.pidfd_open(pid), inring, outring, [m_in, m_out, m_ctl], [e_in, e_out], ctl,
                   started=time.monotonic())
         self.children[pid] = c
@@ -246,7 +247,8 @@ class Supervisor:
         unstarted = [s for s in seqs if s != current]
         # Never started: back to the front of the local buffer, in order, for another child.
         self.buffer.extendleft(reversed(unstarted))
-        clean = os.waitstatus_to_exitcode(status) == 0 and c.stopping
+        # Exit 0 is a child that stopped on request or after --max-tasks-per-child: nothing was lost.
+        clean = os.waitstatus_to_exitcode(status) == 0
         if lost:
             t = self.inflight.pop(lost[0])
             if self.hard or (not self.accepting and clean):
@@ -257,6 +259,8 @@ class Supervisor:
                 self._release(t[0], "retry", [t[1]], error=err)
         if not clean and not self.hard and self.accepting:
             log.warning("child %d %s; respawning", c.pid, how)
+        elif clean and not c.stopping and self.accepting:
+            log.info("child %d recycled after %d tasks (--max-tasks-per-child)", c.pid, c.ctl[childmod.CTL_DONE])
         self._close_child(c)
         if not booted and os.waitstatus_to_exitcode(status) == childmod.EXIT_BOOT_FAILED:
             self.boot_failures += 1
@@ -282,10 +286,10 @@ class Supervisor:
                 and self.children and not self.hard:
             log.warning("grace period of %.0f s ran out; stopping the remaining children", self.cfg.grace)
             self._hard_stop()
-        if self.accepting and self.buffer:
+        if self.accepting and (self.buffer or self.partials()):
             self._dispatch()
         self._redis_work(now)
-        if self.accepting and self.buffer:
+        if self.accepting and (self.buffer or self.partials()):
             self._dispatch()
         if not self.accepting:
             if not self.children:
@@ -304,6 +308,10 @@ class Supervisor:
             return False
         self._sleep()
         return False
+
+    def partials(self) -> bool:
+        """Is a large message half-written into some child's ring?"""
+        return any(c.partial is not None for c in self.children.values())
 
     def _busy(self) -> bool:
         """Is there Redis work to do right now (so the loop must not sleep)?"""
@@ -358,8 +366,6 @@ class Supervisor:
         self.avg = avg
         self.depth = max(1, min(MAX_DEPTH, int(BUFFER_SECONDS / max(avg, 1e-6))))
         c.done += len(msgs)
-        if self.cfg.max_tasks_per_child and c.done >= self.cfg.max_tasks_per_child and not c.stopping:
-            self._recycle(c, f"reached --max-tasks-per-child={self.cfg.max_tasks_per_child}")
         return len(msgs)
 
     def _recycle(self, c: Child, why: str) -> None:
@@ -573,7 +579,7 @@ class Supervisor:
             timeout = min(timeout, self.next_redis_try - now)
         if self.stop_deadline is not None:
             timeout = min(timeout, max(self.stop_deadline - now, 0.0) + 0.01)
-        if self.ring_full or any(c.partial is not None for c in self.children.values()):
+        if self.ring_full or self.partials():
             timeout = min(timeout, 0.001)  # a ring is out of bytes: the child frees space without telling us
         timeout = max(0.0, min(timeout, 1.0))
         p = select.poll()

@@ -21,6 +21,7 @@ def r() -> redis.Redis:
 
 def count() -> None:
     r().hincrby("test:execs", xq.current().id, 1)
+    r().rpush("test:order", xq.current().id)
 
 
 @app.task("count")
