@@ -103,6 +103,10 @@ def encode_payloads(payloads: Sequence[object]) -> tuple[list[bytes], list[bytes
     dumped with ct b'j'.  TypeError naming the index and type if a payload cannot be serialized."""
 def pack_command(args: Sequence[bytes | str | int | float]) -> bytes:
     """One RESP array of bulk strings (the wire form of a Redis command)."""
-def pack_enqueue(sha: bytes, keys: Sequence[bytes], fixed: Sequence[bytes | str | int],
-                 ids: Sequence[bytes], data: Sequence[bytes], ct: Sequence[bytes]) -> bytes:
-    """EVALSHA sha len(keys) *keys *fixed then per task: id, data, ct — packed as RESP in one go."""
+def pack_enqueue(sha: bytes, keys: Sequence[bytes | str], fixed: Sequence[bytes | str | int],
+                 ids: Sequence[bytes], payloads: Sequence[object], first: int, max_payload: int) -> bytes:
+    """EVALSHA sha len(keys) *keys *fixed, then per task: id, data, ct — packed as RESP in one go.
+
+    Each payload is encoded as encode_payloads does and dropped once copied, so a large batch keeps only
+    packed bytes alive.  TypeError / xq.errors.PayloadTooLarge name the payload's index (first + i).
+    """

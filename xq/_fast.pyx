@@ -489,16 +489,35 @@ def pack_command(args):
     return _pack([_b(a) for a in args])
 
 
-def pack_enqueue(sha, keys, fixed, ids, data, ct):
-    """EVALSHA sha nkeys *keys *fixed, then id, data, ct per task, as RESP."""
+def pack_enqueue(sha, keys, fixed, ids, payloads, Py_ssize_t first, Py_ssize_t max_payload):
+    """EVALSHA sha nkeys *keys *fixed, then id, data, ct per task, as RESP; payloads are encoded here
+    (raw bytes as ct b'b', else orjson as b'j') and dropped at once, so only the packed bytes stay alive."""
+    from xq.errors import PayloadTooLarge
     cdef list parts = [b"EVALSHA", _b(sha), _b(len(keys))]
     cdef Py_ssize_t i, n = len(ids)
+    cdef bytes d
+    dumps = orjson.dumps
     for k in keys:
         parts.append(_b(k))
     for f in fixed:
         parts.append(_b(f))
     for i in range(n):
+        p = payloads[i]
         parts.append(_b(ids[i]))
-        parts.append(_b(data[i]))
-        parts.append(_b(ct[i]))
+        if PyBytes_CheckExact(p):
+            d = <bytes>p
+            ct = b"b"
+        elif isinstance(p, (bytearray, memoryview)):
+            d = bytes(p)
+            ct = b"b"
+        else:
+            try:
+                d = dumps(p)
+            except TypeError as e:
+                raise TypeError(f"payload #{first + i} of type {type(p).__name__} cannot be serialized to JSON: {e}") from None
+            ct = b"j"
+        if PyBytes_GET_SIZE(d) > max_payload:
+            raise PayloadTooLarge(f"payload #{first + i} is {PyBytes_GET_SIZE(d)} bytes, over max_payload={max_payload} bytes")
+        parts.append(d)
+        parts.append(ct)
     return _pack(parts)

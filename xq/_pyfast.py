@@ -299,8 +299,16 @@ def pack_command(args) -> bytes:
     return b"".join(parts)
 
 
-def pack_enqueue(sha, keys, fixed, ids, data, ct) -> bytes:
+def pack_enqueue(sha, keys, fixed, ids, payloads, first, max_payload) -> bytes:
+    from xq.errors import PayloadTooLarge
+
     args = [b"EVALSHA", sha, len(keys), *keys, *fixed]
-    for i in range(len(ids)):
-        args += (ids[i], data[i], ct[i])
+    for i, p in enumerate(payloads):
+        try:
+            (d,), (ct,) = encode_payloads([p])
+        except TypeError as e:
+            raise TypeError(str(e).replace("payload #0", f"payload #{first + i}", 1)) from None
+        if len(d) > max_payload:
+            raise PayloadTooLarge(f"payload #{first + i} is {len(d)} bytes, over max_payload={max_payload} bytes")
+        args += (ids[i], d, ct)
     return pack_command(args)

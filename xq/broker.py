@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from . import scripts
 from ._impl import fast
+from .app import DEFAULT_MAX_RETRIES
 from .errors import ConfigError
 from .keys import QueueKeys
 
@@ -144,6 +145,33 @@ class Broker:
                     out[i] = self.execute_packed([commands[i]])[0]
         return out
 
+    def send_packed(self, command: bytes) -> None:
+        """Send one packed command without reading its reply (see read_replies)."""
+        try:
+            self._raw().send_packed_command([command], check_health=False)
+        except BaseException:
+            self.reset()
+            raise
+
+    def read_replies(self, commands: Sequence[bytes]) -> list:
+        """The replies of commands sent with send_packed, in order; NOSCRIPT handled as in execute_packed."""
+        conn = self._raw()
+        out = []
+        try:
+            for _ in commands:
+                try:
+                    out.append(conn.read_response())
+                except redis.ResponseError as e:
+                    out.append(e)
+        except BaseException:
+            self.reset()
+            raise
+        for i, x in enumerate(out):
+            if isinstance(x, NoScriptError):
+                self.load_scripts()
+                out[i] = self.execute_packed([commands[i]])[0]
+        return out
+
     def run(self, name: str, keys: Sequence, argv: Sequence):
         """Run one script, raising its error reply."""
         reply = self.execute_packed([self.pack(name, keys, argv)])[0]
@@ -155,10 +183,11 @@ class Broker:
         return fast.pack_command([b"EVALSHA", self._sha[name], len(keys), *keys, *argv])
 
     # --- producer ---
-    def pack_enqueue(self, qk: QueueKeys, name: str, priority: int, max_retries: int,
-                     ids: Sequence[bytes], data: Sequence[bytes], ct: Sequence[bytes]) -> bytes:
+    def pack_enqueue(self, qk: QueueKeys, name: str, priority: int, max_retries: int, ids: Sequence[bytes],
+                     payloads: Sequence, first: int, max_payload: int) -> bytes:
+        maxr = b"" if max_retries == DEFAULT_MAX_RETRIES else max_retries
         return fast.pack_enqueue(self._sha["enqueue"], (qk.ready[priority], qk.wake),
-                                 (qk.task_prefix, qk.name, name, priority, max_retries), ids, data, ct)
+                                 (qk.task_prefix, name, priority, maxr), ids, payloads, first, max_payload)
 
     def register_queue(self, queue: str) -> None:
         from .keys import QUEUES

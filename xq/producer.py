@@ -12,7 +12,7 @@ import orjson
 from ._impl import fast
 from .app import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, App
 from .broker import DEFAULT_URL, Broker
-from .errors import ConfigError, PayloadTooLarge, ResultTimeout, TaskFailed, UnknownTask
+from .errors import ConfigError, ResultTimeout, TaskFailed, UnknownTask
 from .keys import DEFAULT_PRIORITY, PRIORITIES, check_queue, queue_keys
 
 PRIORITY_NAMES = {"critical": 0, "high": 2, "normal": 5, "low": 8}
@@ -33,6 +33,22 @@ def check_priority(priority) -> int:
 
 def _ms(v: bytes | None) -> float | None:
     return int(v) / 1000.0 if v not in (None, b"") else None
+
+
+def id_time(task_id: str) -> float | None:
+    """Creation time (unix seconds) embedded in an xq task id, None for a foreign id."""
+    if len(task_id) != 26:
+        return None
+    v = 0
+    for ch in task_id[:10]:
+        k = _CROCKFORD.find(ch)
+        if k < 0:
+            return None
+        v = v * 32 + k
+    return v / 1000.0  # 26 chars carry 130 bits, the top 2 zero: the first 10 are the 48-bit ms timestamp
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
 class Producer:
@@ -87,12 +103,6 @@ class Producer:
         while len(cache) > 100_000:
             cache.popitem(last=False)
 
-    def _check_sizes(self, data: list[bytes]) -> None:
-        limit = self.max_payload
-        for i, d in enumerate(data):
-            if len(d) > limit:
-                raise PayloadTooLarge(f"payload #{i} is {len(d)} bytes, over max_payload={limit} bytes")
-
     def enqueue(self, name: str, payload: Any = None, *, queue: str | None = None,
                 priority: int | str = DEFAULT_PRIORITY, max_retries: int | None = None, **opts) -> str:
         """Enqueue one task; returns its id."""
@@ -108,15 +118,17 @@ class Producer:
         """
         queue, priority, max_retries = self._options(name, queue, priority, max_retries, opts)
         payloads = payloads if isinstance(payloads, (list, tuple)) else list(payloads)
-        data, ct = fast.encode_payloads(payloads)
-        self._check_sizes(data)
-        ids = fast.new_ids(len(data))
+        ids = fast.new_ids(len(payloads))
         qk = queue_keys(queue)
-        step = self.chunk
-        commands = [self.broker.pack_enqueue(qk, name, priority, max_retries,
-                                             ids[i:i + step], data[i:i + step], ct[i:i + step])
+        step, broker = self.chunk, self.broker
+        # Every chunk is encoded and packed before anything is sent, so a bad payload enqueues nothing.
+        commands = [broker.pack_enqueue(qk, name, priority, max_retries, ids[i:i + step], payloads[i:i + step],
+                                        i, self.max_payload)
                     for i in range(0, len(ids), step)]
-        for reply in self.broker.execute_packed(commands):
+        # Replies are one integer per chunk, so all can be sent before any is read.
+        for cmd in commands:
+            broker.send_packed(cmd)
+        for reply in broker.read_replies(commands):
             if isinstance(reply, Exception):
                 raise reply
         out = [i.decode() for i in ids]
@@ -152,7 +164,7 @@ class Producer:
             "attempts": int(g(b"att") or 0),
             "max_retries": int(g(b"maxr") or DEFAULT_MAX_RETRIES),
             "priority": int(g(b"pri") or DEFAULT_PRIORITY),
-            "enqueued_at": _ms(g(b"enq")),
+            "enqueued_at": _ms(g(b"enq")) or id_time(task_id),
             "claimed_at": _ms(g(b"claimed")),
             "started_at": _ms(g(b"started")),
             "finished_at": _ms(g(b"fin")),
