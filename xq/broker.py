@@ -238,9 +238,9 @@ class Broker:
         return fast.pack_command([b"EVALSHA", self._sha["claim"], len(keys), *keys,
                                   want, worker, lease_ms, max_payload, ttl, *tail])
 
-    def pack_complete(self, qk: QueueKeys, ttl: int, items: list) -> bytes:
+    def pack_complete(self, qk: QueueKeys, ttl: int, event: bytes, items: list) -> bytes:
         return fast.pack_command([b"EVALSHA", self._sha["complete"], 1, qk.leases,
-                                  qk.task_prefix, qk.events, qk.name, ttl, *items])
+                                  qk.task_prefix, qk.events, ttl, event, *items])
 
     def release(self, qk: QueueKeys, mode: str, ids: Sequence, *, error: str = "", holder: str = "",
                 ttl: int = 0) -> tuple[list[bytes], list[bytes]]:

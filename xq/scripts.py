@@ -133,28 +133,38 @@ return {out, notes, leased}
 # KEYS[1] -> xq:{Q}:leases
 # ARGV[1] -> task key prefix
 # ARGV[2] -> events channel
-# ARGV[3] -> queue name
-# ARGV[4] -> result ttl, seconds (0 keeps records forever)
-# ARGV[5..] -> per task, 7 values: id, state ('done'|'failed'), result, rct, error, started ms, finished ms
+# ARGV[3] -> result ttl, seconds (0 keeps records forever)
+# ARGV[4] -> the event message for these tasks, built by the caller (published as is; '' publishes nothing)
+# ARGV[5..] -> per task, 6 values: id, state ('done'|'failed'), result or error text, rct, started ms,
+#              finished ms
 # Output: the number of records written (a record that expired or was deleted meanwhile is not recreated)
+# Cost matters here (one call per task at 100k tasks/s): no EXISTS, HSET's count of new fields tells a
+# missing record (all 4 new: 'state' is in every live record), which is then deleted again.
 COMPLETE = _PRELUDE + """
-local now = now_ms()
-local prefix, channel, queue, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local ids, events = {}, {}
-for i = 5, #ARGV, 7 do
+local prefix, ttl = ARGV[1], tonumber(ARGV[3])
+local ids = {}
+local written = 0
+for i = 5, #ARGV, 6 do
   local id = ARGV[i]
   local key = prefix .. id
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('HSET', key, 'state', ARGV[i + 1], 'result', ARGV[i + 2], 'rct', ARGV[i + 3],
-               'error', ARGV[i + 4], 'started', ARGV[i + 5], 'fin', ARGV[i + 6])
+  local n
+  if ARGV[i + 1] == 'done' then
+    n = redis.call('HSET', key, 'state', 'done', 'result', ARGV[i + 2], 'started', ARGV[i + 4], 'fin', ARGV[i + 5])
+  else
+    n = redis.call('HSET', key, 'state', ARGV[i + 1], 'error', ARGV[i + 2], 'started', ARGV[i + 4], 'fin', ARGV[i + 5])
+  end
+  if n == 4 then
+    redis.call('DEL', key)
+  else
+    if ARGV[i + 3] ~= 'j' then redis.call('HSET', key, 'rct', ARGV[i + 3]) end
     if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-    events[#events + 1] = event(id, queue, ARGV[i + 1], now)
+    written = written + 1
   end
   ids[#ids + 1] = id
 end
 push_chunks('ZREM', KEYS[1], ids)
-publish(channel, events)
-return #events
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[4]) end
+return written
 """
 
 # KEYS[1] -> xq:{Q}:leases

@@ -361,8 +361,10 @@ class Supervisor:
             items = completions.get(t[0])
             if items is None:
                 items = completions[t[0]] = []
-            items += (t[1], b"done" if status == fast.ST_DONE else b"failed", body, rct, error,
-                      int(started * 1000), int(finished * 1000))
+            if status == fast.ST_DONE:
+                items += (t[1], b"done", body, rct, int(started * 1000), int(finished * 1000))
+            else:
+                items += (t[1], b"failed", error, rct, int(started * 1000), int(finished * 1000))
         self.avg = avg
         self.depth = max(1, min(MAX_DEPTH, int(BUFFER_SECONDS / max(avg, 1e-6))))
         c.done += len(msgs)
@@ -480,7 +482,8 @@ class Supervisor:
         """One round trip: the COMPLETE of every queue with results, then one CLAIM of up to want tasks."""
         broker, cfg = self.broker, self.cfg
         done = self.completions
-        cmds = [broker.pack_complete(self.qks[q], cfg.result_ttl, items) for q, items in done.items()]
+        cmds = [broker.pack_complete(self.qks[q], cfg.result_ttl, self._event(q, items), items)
+                for q, items in done.items()]
         if want > 0:
             cmds.append(broker.pack_claim(self._claim_keys, self._claim_tail, want, self.worker_id,
                                           self.lease_ms, cfg.max_payload, cfg.result_ttl))
@@ -512,6 +515,11 @@ class Supervisor:
         self.seq = seq
         if n < want and not notes:
             self.idle = True
+
+    def _event(self, qidx: int, items: list) -> bytes:
+        """The events message of one COMPLETE: a JSON array of {"id","queue","state","ts"} (see scripts)."""
+        tail = b'","queue":"%s","state":"%%s","ts":%d}' % (self.qnames[qidx].encode(), int(time.time() * 1000))
+        return b"[" + b",".join([b'{"id":"' + items[i] + tail % items[i + 1] for i in range(0, len(items), 6)]) + b"]"
 
     def _by_queue(self, seqs) -> dict[int, list]:
         out: dict[int, list] = {}
