@@ -172,12 +172,30 @@ class Broker:
                 out[i] = self.execute_packed([commands[i]])[0]
         return out
 
+    def reply_ready(self) -> bool:
+        """Can read_reply() return without waiting (pipelined replies on the main connection)?"""
+        return self._conn is not None and self._conn.can_read(timeout=0)
+
+    def read_reply(self):
+        """The next reply on the main connection; an error reply is returned, not raised."""
+        try:
+            return self._conn.read_response()
+        except redis.ResponseError as e:
+            return e
+        except BaseException:
+            self.reset()
+            raise
+
+    def main_fileno(self) -> int:
+        return self._raw()._sock.fileno()
+
     def run(self, name: str, keys: Sequence, argv: Sequence):
-        """Run one script, raising its error reply."""
-        reply = self.execute_packed([self.pack(name, keys, argv)])[0]
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
+        """Run one script on the client pool (not the pipelined main connection), raising its error reply."""
+        try:
+            return self.client.evalsha(self._sha[name], len(keys), *keys, *argv)
+        except NoScriptError:
+            self.load_scripts()
+            return self.client.evalsha(self._sha[name], len(keys), *keys, *argv)
 
     def pack(self, name: str, keys: Sequence, argv: Sequence) -> bytes:
         return fast.pack_command([b"EVALSHA", self._sha[name], len(keys), *keys, *argv])

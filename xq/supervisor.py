@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 from . import child as childmod
 from ._impl import fast
+from redis.exceptions import NoScriptError
+
 from .broker import CONNECTION_ERRORS, Broker, redacted
 from .keys import queue_keys
 
@@ -36,6 +38,7 @@ RING_CAPACITY = 1 << 21          # 2 MiB each way per child; larger messages str
 BUFFER_SECONDS = 0.010           # keep ~10 ms of work queued in each child's ring
 MAX_DEPTH = 1024
 BOOT_FAILURES_TO_HALT = 5
+MAX_STEPS = 2                    # round trips in flight at once
 
 
 @dataclass
@@ -102,6 +105,8 @@ class Supervisor:
         self.backoff = 0.1
         self.boot_failures = 0
         self.exit_code = EXIT_OK
+        self.pending: deque[tuple] = deque()       # replies expected on the main connection, in order
+        self.claiming = 0                          # tasks asked for by claims in flight
         self.signals: deque[int] = deque()
         now = time.monotonic()
         self.next_renew = now + cfg.lease / 6
@@ -296,7 +301,8 @@ class Supervisor:
                 self._return_buffer()
                 if not self.completions and not self.buffer or not self._redis_reachable_for_exit(now):
                     return True
-        elif self.cfg.burst and not self.inflight and not self.completions and self.redis_ok:
+        elif self.cfg.burst and not self.inflight and not self.completions and self.redis_ok \
+                and not self.pending:
             if self.drained:
                 log.info("burst mode: queues are empty and nothing is running; stopping")
                 self._begin_stop()
@@ -315,19 +321,39 @@ class Supervisor:
 
     def _busy(self) -> bool:
         """Is there Redis work to do right now (so the loop must not sleep)?"""
-        if self.completions and self.redis_ok:
+        if not self.redis_ok:
+            return False
+        if self.pending and self.broker.reply_ready():
             return True
-        return self.accepting and self.redis_ok and not self.idle and self._want() > 0
+        if len(self.pending) >= MAX_STEPS:
+            return False  # wait for a reply (its socket is in the poll set)
+        if self.completions:
+            return True
+        return self._claim_size() > 0
 
     def _redis_reachable_for_exit(self, now: float) -> bool:
         # While stopping, keep trying to flush completions and returns for up to the grace period;
         # past it, what is left is safe anyway: leases expire and any supervisor recovers the tasks.
         return self.stop_deadline is None or now < self.stop_deadline + 10.0
 
+    def _claim_size(self) -> int:
+        """How many tasks to claim now: 0 unless a worthwhile batch is free (a quarter of the capacity),
+        or nothing at all is in flight or being claimed."""
+        if not self.accepting or self.idle or self.waiting:
+            return 0
+        want = self._want()
+        if want <= 0:
+            return 0
+        if self.claiming or self.inflight:
+            live = sum(1 for c in self.children.values() if not c.stopping)
+            if want < live * (self.depth + max(self.cfg.prefetch, 1)) // 4:
+                return 0
+        return want
+
     def _want(self) -> int:
         live = sum(1 for c in self.children.values() if not c.stopping)
         cap = live * (self.depth + max(self.cfg.prefetch, 1))
-        return cap - len(self.inflight)
+        return cap - len(self.inflight) - self.claiming
 
     # ------------------------------------------------------------------ results
     def _drain_all(self) -> int:
@@ -389,34 +415,30 @@ class Supervisor:
         depth = self.depth
         buffer, inflight = self.buffer, self.inflight
         encode = fast.encode_task_head
-        while buffer:
-            best = None
-            for c in kids:
-                if c.partial is None and len(c.unacked) < depth and \
-                        (best is None or len(c.unacked) < len(best.unacked)):
-                    best = c
-            if best is None:
-                return
-            # Fill the chosen child up to its share in one go: fewer choices, same balance.
-            room = depth - len(best.unacked)
+        # Even shares: each child gets up to (its unacked + the buffer) / children, capped by depth.
+        total = len(buffer) + sum(len(c.unacked) for c in kids)
+        share = min(depth, -(-total // len(kids)))
+        for c in sorted(kids, key=lambda c: len(c.unacked)):
+            if c.partial is not None:
+                continue
+            ring = c.inring
+            room = share - len(c.unacked)
             while buffer and room > 0:
                 seq = buffer[0]
                 qidx, tid, name, payload, ct, att = inflight[seq]
                 head = encode(seq, att, ct, qidx, tid, name)
-                off = best.inring.write(head, payload, 0)
-                size = best.inring.message_size(head, payload)
-                if off == 0 and size <= best.inring.max_chunk:
+                off = ring.write(head, payload, 0)
+                size = ring.message_size(head, payload)
+                if off == 0 and size <= ring.max_chunk:
                     self.ring_full = True
-                    kids.remove(best)
                     break
                 buffer.popleft()
                 if off < size:
-                    best.partial = [seq, head, payload, off]
-                    kids.remove(best)
+                    c.partial = [seq, head, payload, off]
                     break
-                best.unacked.append(seq)
+                c.unacked.append(seq)
                 room -= 1
-            if not kids:
+            if not buffer:
                 return
 
     def _continue(self, c: Child) -> bool:
@@ -447,9 +469,11 @@ class Supervisor:
             if self.waiting and self._wait_ready():
                 self.broker.finish_wait()
                 self.waiting, self.idle = False, False
-            want = self._want() if self.accepting and not self.idle and not self.waiting else 0
-            if self.completions or want > 0:
-                self._step(want)
+            self._collect()
+            if len(self.pending) < MAX_STEPS:
+                want = self._claim_size()
+                if self.completions or want > 0:
+                    self._send_step(want)
             if now >= self.next_renew:
                 self._renew()
                 self.next_renew = now + self.cfg.lease / 6
@@ -463,6 +487,14 @@ class Supervisor:
             self._redis_down(e, now)
 
     def _redis_down(self, e: Exception, now: float) -> None:
+        # Results sent but not confirmed are kept to be sent again (COMPLETE is idempotent).  A claim
+        # whose reply was lost leased tasks we never saw: their leases expire and any supervisor
+        # recovers them.
+        for entry in self.pending:
+            if entry[0] == "complete":
+                self._requeue_completions(entry[1], entry[2])
+        self.pending.clear()
+        self.claiming = 0
         log.error("Redis at %s unreachable (%s: %s); retrying in %.1f s; running tasks continue, results are "
                   "kept until it is back", redacted(self.broker.url), type(e).__name__, e, self.backoff)
         self.broker.reset()
@@ -478,8 +510,10 @@ class Supervisor:
         r, _, _ = select.select([fd], [], [], 0)
         return bool(r)
 
-    def _step(self, want: int) -> None:
-        """One round trip: the COMPLETE of every queue with results, then one CLAIM of up to want tasks."""
+    def _send_step(self, want: int) -> None:
+        """Send one round trip without waiting: the COMPLETE of every queue with results, then one CLAIM of
+        up to want tasks.  Up to MAX_STEPS run at once, so Redis executes one while this process dispatches
+        the previous one's tasks and drains results."""
         broker, cfg = self.broker, self.cfg
         done = self.completions
         cmds = [broker.pack_complete(self.qks[q], cfg.result_ttl, self._event(q, items), items)
@@ -487,17 +521,44 @@ class Supervisor:
         if want > 0:
             cmds.append(broker.pack_claim(self._claim_keys, self._claim_tail, want, self.worker_id,
                                           self.lease_ms, cfg.max_payload, cfg.result_ttl))
-        replies = broker.execute_packed(cmds)
+        broker.send_packed(b"".join(cmds) if len(cmds) > 1 else cmds[0])
         self.completions = {}
-        for r in replies[:len(done)]:
-            if isinstance(r, Exception):
-                log.error("writing results failed: %s", r)
-        if want <= 0:
-            return
-        reply = replies[-1]
+        for q, items in done.items():
+            self.pending.append(("complete", q, items))
+        if want > 0:
+            self.pending.append(("claim", want, bool(self.inflight)))
+            self.claiming += want
+
+    def _collect(self, block: bool = False) -> int:
+        """Process the replies that have arrived (or wait for the oldest one if block)."""
+        broker, n = self.broker, 0
+        while self.pending and (block or broker.reply_ready()):
+            block = False
+            entry = self.pending[0]
+            reply = broker.read_reply()
+            self.pending.popleft()
+            n += 1
+            if entry[0] == "complete":
+                if isinstance(reply, Exception):
+                    self._requeue_completions(entry[1], entry[2])
+                    if not isinstance(reply, NoScriptError):
+                        log.error("writing results failed: %s", reply)
+            else:
+                self.claiming -= entry[1]
+                self._claimed(reply, entry[1], entry[2])
+            if isinstance(reply, NoScriptError):
+                broker.load_scripts()  # Redis restarted or was flushed: the next step runs again
+        return n
+
+    def _requeue_completions(self, qidx: int, items: list) -> None:
+        cur = self.completions.get(qidx)
+        self.completions[qidx] = items + cur if cur else items
+
+    def _claimed(self, reply, want: int, busy: bool) -> None:
         if isinstance(reply, Exception):
-            log.error("claim failed: %s", reply)
-            self.idle = True
+            if not isinstance(reply, NoScriptError):
+                log.error("claim failed: %s", reply)
+                self.idle = True
             return
         tasks, notes, leased = reply
         for i in range(0, len(notes), 2):
@@ -505,8 +566,8 @@ class Supervisor:
         n = len(tasks) // 6
         inflight, buffer = self.inflight, self.buffer
         # Burst exit also waits for other supervisors' leases: a dead one's tasks come back on expiry.
-        self.drained = n == 0 and not notes and not inflight and leased == 0
-        self.recheck = n < want and bool(inflight)
+        self.drained = n == 0 and not notes and not inflight and leased == 0 and not busy
+        self.recheck = n < want and (bool(inflight) or busy)
         seq = self.seq
         for i in range(0, len(tasks), 6):
             seq += 1
@@ -609,6 +670,8 @@ class Supervisor:
                     self._redis_down(e, now)
             if self.waiting:
                 p.register(self.broker._wconn._sock.fileno(), select.POLLIN)
+        if self.pending and self.redis_ok:
+            p.register(self.broker.main_fileno(), select.POLLIN)
         try:
             p.poll(timeout * 1000.0)
         except InterruptedError:
