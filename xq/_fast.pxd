@@ -23,6 +23,8 @@ cdef class Ring:
     cdef readonly Py_ssize_t capacity
     cdef readonly Py_ssize_t max_chunk  # largest frame payload: cap // 4
     cdef int efd                  # eventfd the producer writes to wake the consumer
+    cdef uint64_t seen_tail       # producer: last tail read; free space is re-read only when it looks short
+    cdef uint64_t seen_head       # consumer: last head read; re-read only when caught up with it
     cdef object asm_head          # consumer: bytes of the head of a message being assembled
     cdef object asm_body          # consumer: bytes of its body, allocated once, filled chunk by chunk
     cdef Py_ssize_t asm_filled    # logical bytes of it received so far (prefix excluded)
@@ -30,3 +32,4 @@ cdef class Ring:
 
     cdef inline void _wake(self) noexcept nogil
     cdef object _read_one(self)
+    cdef Py_ssize_t _write(self, Py_buffer hb, Py_buffer bb, Py_ssize_t offset) except -1

@@ -52,6 +52,9 @@ class Ring:
         message of at most max_chunk bytes is written whole or not at all (returns 0 then).  Wakes the
         consumer (eventfd write) if it is sleeping.  head must be < 64 KiB; body < 4 GiB.
         """
+    def write_many(self, messages: list[tuple[bytes, bytes]], start: int = 0) -> int:
+        """Write messages[start:] while each fits whole; returns how many were written.  Stops at the first
+        that does not fit now or is larger than max_chunk (send that one with write())."""
     @staticmethod
     def message_size(head: bytes, body: bytes | memoryview = b"") -> int: ...
     def free(self) -> int:

@@ -75,6 +75,8 @@ cdef class Ring:
         self.efd = efd
         self.asm_head = None
         self.asm_body = None
+        self.seen_tail = xq_load_acquire_u64(self.tail)
+        self.seen_head = xq_load_acquire_u64(self.head)
 
     def __dealloc__(self):
         if self.view.buf != NULL:
@@ -92,6 +94,7 @@ cdef class Ring:
     def reset(self):
         """Zero the header (creator only)."""
         memset(self.view.buf, 0, HDR)
+        self.seen_tail = self.seen_head = 0
 
     def free(self):
         return self.cap - (xq_load_acquire_u64(self.head) - xq_load_acquire_u64(self.tail))
@@ -100,13 +103,52 @@ cdef class Ring:
         cdef uint64_t one = 1
         # head was stored with release; the full fence orders it before the sleeping load, pairing
         # with the fence in arm(): either the consumer sees the new head or we see sleeping == 1.
+        # The exchange (a locked write) only happens when someone sleeps: the common case is a load.
         xq_fence()
-        if xq_xchg_u32(self.sleeping, 0) == 1:
+        if xq_load_u32(self.sleeping) == 1 and xq_xchg_u32(self.sleeping, 0) == 1:
             c_write(self.efd, &one, 8)
 
     def write(self, head, body=b"", Py_ssize_t offset=0):
         """Write prefix+head+body from logical offset on, as much as fits; returns the new offset."""
         cdef Py_buffer hb, bb
+        PyObject_GetBuffer(head, &hb, PyBUF_SIMPLE)
+        try:
+            PyObject_GetBuffer(body, &bb, PyBUF_SIMPLE)
+        except BaseException:
+            PyBuffer_Release(&hb)
+            raise
+        try:
+            return self._write(hb, bb, offset)
+        finally:
+            PyBuffer_Release(&bb)
+            PyBuffer_Release(&hb)
+
+    def write_many(self, list messages, Py_ssize_t start=0):
+        """Write messages[start:] ((head, body) bytes pairs) while they fit whole; returns how many were
+        written.  Stops at the first one that does not fit or is larger than max_chunk (use write())."""
+        cdef Py_buffer hb, bb
+        cdef Py_ssize_t i, n = len(messages), done = 0, size
+        cdef object m, h, b
+        for i in range(start, n):
+            m = messages[i]
+            h = (<tuple>m)[0]
+            b = (<tuple>m)[1]
+            if not (PyBytes_CheckExact(h) and PyBytes_CheckExact(b)):
+                raise TypeError("write_many takes (bytes, bytes) pairs")
+            size = 8 + PyBytes_GET_SIZE(h) + PyBytes_GET_SIZE(b)
+            if size > self.max_chunk:
+                break
+            # bytes are immutable and kept alive by the list: their storage can be lent as is.
+            hb.buf = PyBytes_AS_STRING(h)
+            hb.len = PyBytes_GET_SIZE(h)
+            bb.buf = PyBytes_AS_STRING(b)
+            bb.len = PyBytes_GET_SIZE(b)
+            if self._write(hb, bb, 0) != size:
+                break
+            done += 1
+        return done
+
+    cdef Py_ssize_t _write(self, Py_buffer hb, Py_buffer bb, Py_ssize_t offset) except -1:
         cdef Py_ssize_t hl, bl, total, n, end, lo, hi, seg_start, seg_len
         cdef uint64_t pos, tail, free, at, contiguous, need
         cdef bint small, wrote = False, blocked = False
@@ -116,13 +158,7 @@ cdef class Ring:
         cdef Py_ssize_t lens[3]
         cdef char *o
         cdef int k
-        PyObject_GetBuffer(head, &hb, PyBUF_SIMPLE)
-        try:
-            PyObject_GetBuffer(body, &bb, PyBUF_SIMPLE)
-        except BaseException:
-            PyBuffer_Release(&hb)
-            raise
-        try:
+        if True:
             hl = hb.len
             bl = bb.len
             if hl >= 65536:
@@ -135,7 +171,9 @@ cdef class Ring:
             segs[2] = <const char *>bb.buf; starts[2] = 8 + hl; lens[2] = bl
             with nogil:
                 pos = self.head[0]  # only this process writes head
-                tail = xq_load_acquire_u64(self.tail)
+                tail = self.seen_tail
+                if self.cap - (pos - tail) < <uint64_t>(total + 16) + self.max_chunk:
+                    tail = self.seen_tail = xq_load_acquire_u64(self.tail)
                 small = total <= self.max_chunk
                 if small:
                     need = align8(8 + total)
@@ -181,9 +219,6 @@ cdef class Ring:
                 if wrote:
                     self._wake()
             return offset
-        finally:
-            PyBuffer_Release(&bb)
-            PyBuffer_Release(&hb)
 
     cdef object _read_one(self):
         cdef uint64_t tail, headp, at, nxt
@@ -193,9 +228,10 @@ cdef class Ring:
         cdef object h, b
         while True:
             tail = self.tail[0]  # only this process writes tail
-            headp = xq_load_acquire_u64(self.head)
-            if tail == headp:
-                return None
+            if tail == self.seen_head:
+                self.seen_head = xq_load_acquire_u64(self.head)
+                if tail == self.seen_head:
+                    return None
             at = tail & self.mask
             p = self.data + at
             n = get_u32(p)

@@ -121,6 +121,15 @@ class Ring:
             self._wake()
         return offset
 
+    def write_many(self, messages, start: int = 0) -> int:
+        done = 0
+        for h, b in messages[start:]:
+            size = 8 + len(h) + len(b)
+            if size > self.max_chunk or self.write(h, b) != size:
+                break
+            done += 1
+        return done
+
     # --- consumer ---
     def _frame(self):
         q, data, mask = self._q, self._data, self._mask

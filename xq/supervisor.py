@@ -422,22 +422,27 @@ class Supervisor:
             if c.partial is not None:
                 continue
             ring = c.inring
-            room = share - len(c.unacked)
-            while buffer and room > 0:
-                seq = buffer[0]
+            room = min(share - len(c.unacked), len(buffer))
+            if room <= 0:
+                continue
+            seqs = [buffer[i] for i in range(room)]
+            msgs = []
+            for seq in seqs:
                 qidx, tid, name, payload, ct, att = inflight[seq]
-                head = encode(seq, att, ct, qidx, tid, name)
-                off = ring.write(head, payload, 0)
-                size = ring.message_size(head, payload)
-                if off == 0 and size <= ring.max_chunk:
-                    self.ring_full = True
-                    break
+                msgs.append((encode(seq, att, ct, qidx, tid, name), payload))
+            k = ring.write_many(msgs)
+            for seq in seqs[:k]:
                 buffer.popleft()
-                if off < size:
-                    c.partial = [seq, head, payload, off]
-                    break
                 c.unacked.append(seq)
-                room -= 1
+            if k < len(msgs):
+                head, payload = msgs[k]
+                size = ring.message_size(head, payload)
+                if size <= ring.max_chunk:
+                    self.ring_full = True  # out of bytes for now
+                else:  # a large message streams through in chunks
+                    buffer.popleft()
+                    c.partial = [seqs[k], head, payload, 0]
+                    self._continue(c)
             if not buffer:
                 return
 

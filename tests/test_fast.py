@@ -1,0 +1,208 @@
+"""The hot path: the same test bodies against the Cython module and its pure-Python twin."""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import random
+
+import hiredis
+import pytest
+
+from xq import _fast, _pyfast
+from xq.errors import PayloadTooLarge
+
+IMPLS = {"cython": _fast, "python": _pyfast}
+
+
+@pytest.fixture(params=list(IMPLS))
+def impl(request):
+    assert IMPLS[request.param].IMPLEMENTATION == request.param
+    return IMPLS[request.param]
+
+
+def make_ring(mod, capacity=4096, reader_mod=None):
+    m = mmap.mmap(-1, mod.Ring.size_for(capacity))
+    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    w = mod.Ring(m, efd)
+    w.reset()
+    return w, (reader_mod or mod).Ring(m, efd), efd
+
+
+def test_task_head_round_trip(impl):
+    h = impl.encode_task_head(2**63 + 5, 7, b"b", 3, b"01ABC", b"image.thumbnail")
+    assert impl.decode_task_head(h) == (2**63 + 5, 7, b"b", 3, b"01ABC", b"image.thumbnail")
+    with pytest.raises(ValueError, match="too short"):
+        impl.decode_task_head(h[:10])
+    with pytest.raises(ValueError, match="does not match"):
+        impl.decode_task_head(h + b"x")
+
+
+def test_result_head_round_trip(impl):
+    h = impl.encode_result_head(9, impl.ST_FAILED, b"j", 1.25, 2.5, b"ValueError: bad")
+    assert impl.decode_result_head(h) == (9, impl.ST_FAILED, b"j", 1.25, 2.5, b"ValueError: bad")
+    with pytest.raises(ValueError):
+        impl.decode_result_head(h[:-1])
+
+
+def test_heads_are_byte_identical_across_implementations():
+    args = (12, 3, b"j", 1, b"ID", b"name")
+    assert _fast.encode_task_head(*args) == _pyfast.encode_task_head(*args)
+    args = (12, 1, b"b", 1.5, 2.5, b"err")
+    assert _fast.encode_result_head(*args) == _pyfast.encode_result_head(*args)
+
+
+def test_small_messages_and_wrap_around(impl):
+    w, r, _ = make_ring(impl)
+    rnd = random.Random(3)
+    sent, got = [], []
+    for _ in range(20_000):
+        h, b = os.urandom(rnd.randrange(0, 30)), os.urandom(rnd.randrange(0, 900))
+        if w.write(h, b) == 0:
+            got += r.read_many(1000)
+            assert w.write(h, b) == w.message_size(h, b)
+        sent.append((h, b))
+    got += r.read_many(10**6)
+    assert got == sent
+    assert r.read() is None and r.empty()
+
+
+@pytest.mark.parametrize("writer,reader", [("cython", "python"), ("python", "cython")])
+def test_implementations_share_the_ring_format(writer, reader):
+    w, r, _ = make_ring(IMPLS[writer], reader_mod=IMPLS[reader])
+    rnd = random.Random(5)
+    sent, got = [], []
+    for _ in range(5000):
+        msg = (os.urandom(rnd.randrange(0, 20)), os.urandom(rnd.choice([0, 10, 700, 5000])))
+        off, size = 0, w.message_size(*msg)
+        while off < size:
+            off = w.write(*msg, off)
+            got += r.read_many(100)
+        sent.append(msg)
+    got += r.read_many(10**6)
+    assert got == sent
+
+
+def test_small_message_is_all_or_nothing(impl):
+    w, r, _ = make_ring(impl)
+    n = 0
+    while w.write(b"h", b"x" * 500):
+        n += 1
+    assert 0 < n < 9 and w.free() < 520
+    assert w.write(b"h", b"x" * 500) == 0  # nothing half-written
+    assert len(r.read_many(100)) == n
+
+
+def test_message_larger_than_the_ring_streams_through_another_process(impl):
+    w, r, efd = make_ring(impl, capacity=65536)
+    blob = os.urandom(3 * 1024 * 1024 + 7)
+    pid = os.fork()
+    if pid == 0:  # reader
+        try:
+            deadline = 0
+            while deadline < 2000:
+                m = r.read()
+                if m is not None:
+                    ok = m[0] == b"hd" and hashlib.sha256(m[1]).digest() == hashlib.sha256(blob).digest()
+                    os._exit(0 if ok else 1)
+                if not r.wait(0.05):
+                    deadline += 1
+            os._exit(2)
+        except BaseException:
+            os._exit(3)
+    off, size = 0, w.message_size(b"hd", blob)
+    for _ in range(1_000_000):
+        off = w.write(b"hd", blob, off)
+        if off == size:
+            break
+        os.sched_yield()
+    assert off == size
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_arm_sees_pending_data(impl):
+    w, r, _ = make_ring(impl)
+    assert r.arm() is True
+    r.disarm()
+    w.write(b"a", b"b")
+    assert r.arm() is False
+    r.disarm()
+
+
+def test_sleeping_consumer_is_woken_by_write(impl):
+    w, r, _ = make_ring(impl)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        woke = r.wait(30.0)  # the writer comes long before this timeout
+        os.write(wfd, b"1" if woke and r.read() == (b"wake", b"up") else b"0")
+        os._exit(0)
+    os.close(wfd)
+    for _ in range(200):  # let the child reach its sleep
+        os.sched_yield()
+    w.write(b"wake", b"up")
+    assert os.read(rfd, 1) == b"1"
+    os.waitpid(pid, 0)
+    os.close(rfd)
+
+
+def test_ids_unique_sortable_and_fork_safe(impl):
+    ids = impl.new_ids(100_000)
+    assert len(set(ids)) == 100_000 and all(len(i) == 26 for i in ids)
+    assert ids == sorted(ids)
+    later = impl.new_ids(1)[0]
+    assert later > ids[-1]
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(wfd, impl.new_ids(1)[0])
+        os._exit(0)
+    os.close(wfd)
+    child_id = os.read(rfd, 26)
+    os.waitpid(pid, 0)
+    assert child_id[10:16] != later[10:16]  # another process, other random bits
+
+
+def test_encode_payloads(impl):
+    data, ct = impl.encode_payloads([b"\x00raw", bytearray(b"ba"), {"a": [1, 2]}, None, "s"])
+    assert data == [b"\x00raw", b"ba", b'{"a":[1,2]}', b"null", b'"s"']
+    assert ct == [b"b", b"b", b"j", b"j", b"j"]
+    with pytest.raises(TypeError, match="payload #1 of type object cannot be serialized"):
+        impl.encode_payloads([1, object()])
+
+
+def test_pack_command_is_valid_resp(impl):
+    cmd = impl.pack_command([b"SET", "k\u00e9", 5, 1.5, b""])
+    assert cmd == b"*5\r\n$3\r\nSET\r\n$3\r\nk\xc3\xa9\r\n$1\r\n5\r\n$3\r\n1.5\r\n$0\r\n\r\n"
+    reader = hiredis.Reader()
+    reader.feed(cmd)
+    assert reader.gets() == [b"SET", b"k\xc3\xa9", b"5", b"1.5", b""]
+
+
+def test_pack_enqueue(impl):
+    cmd = impl.pack_enqueue(b"sha", ["k1", "k2"], ["pre", 5, b""], [b"i1", b"i2"], [b"raw", {"x": 1}], 0, 100)
+    reader = hiredis.Reader()
+    reader.feed(cmd)
+    assert reader.gets() == [b"EVALSHA", b"sha", b"2", b"k1", b"k2", b"pre", b"5", b"",
+                             b"i1", b"raw", b"b", b"i2", b'{"x":1}', b"j"]
+    assert cmd == _pyfast.pack_enqueue(b"sha", ["k1", "k2"], ["pre", 5, b""], [b"i1", b"i2"], [b"raw", {"x": 1}],
+                                       0, 100)
+    with pytest.raises(PayloadTooLarge, match="payload #11 is 8 bytes, over max_payload=5"):
+        impl.pack_enqueue(b"sha", [], [], [b"a", b"b"], [b"1", b"12345678"], 10, 5)
+    with pytest.raises(TypeError, match="payload #10"):
+        impl.pack_enqueue(b"sha", [], [], [b"a"], [object()], 10, 5)
+
+
+def test_write_many_stops_at_what_does_not_fit(impl):
+    w, r, _ = make_ring(impl)
+    msgs = [(b"h%d" % i, b"x" * 300) for i in range(20)]
+    n = w.write_many(msgs)
+    assert 0 < n < 20
+    got = r.read_many(100)
+    assert got == msgs[:n]
+    assert w.write_many(msgs, n) > 0
+    big = [(b"", b"y" * w.max_chunk)]
+    assert w.write_many(big) == 0  # larger than a chunk: write() streams it
