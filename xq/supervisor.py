@@ -35,10 +35,11 @@ EXIT_BOOT = 3        # children fail to boot: halt instead of respawning forever
 EXIT_APP_IMPORT = 4  # MODULE:APP could not be imported (raised by the CLI)
 
 RING_CAPACITY = 1 << 21          # 2 MiB each way per child; larger messages stream through in chunks
-BUFFER_SECONDS = 0.010           # keep ~10 ms of work queued in each child's ring
+BUFFER_SECONDS = 0.030           # keep ~30 ms of work queued in each child's ring
 MAX_DEPTH = 1024
 BOOT_FAILURES_TO_HALT = 5
 MAX_STEPS = 2                    # round trips in flight at once
+RESULT_DELAY = 0.005             # longest a result waits while its child still has work queued
 
 
 @dataclass
@@ -659,9 +660,14 @@ class Supervisor:
         p = select.poll()
         p.register(self._sig_r, select.POLLIN)
         armed = []
+        low = max(1, self.depth // 2)
         for c in self.children.values():
             p.register(c.pidfd, select.POLLIN)
-            if c.outring.arm():
+            if len(c.unacked) > low and not c.stopping and self.accepting:
+                # Plenty queued in its ring: its results can wait a few ms and be written in one batch,
+                # instead of waking this process for every task.
+                timeout = min(timeout, RESULT_DELAY)
+            elif c.outring.arm():
                 armed.append(c)
                 p.register(c.efds[1], select.POLLIN)
             else:
