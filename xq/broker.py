@@ -118,33 +118,6 @@ class Broker:
         self.reset()
         self.client.close()
 
-    def execute_packed(self, commands: Sequence[bytes]) -> list:
-        """Send packed RESP commands in one write, read one reply per command (one round trip).
-
-        Error replies come back as exception objects in the list, not raised, so one bad reply does not
-        desynchronise the connection.  A NOSCRIPT reply (Redis restarted or flushed) reloads the scripts
-        and resends that command once.
-        """
-        conn = self._raw()
-        try:
-            conn.send_packed_command([b"".join(commands)] if len(commands) > 1 else list(commands),
-                                     check_health=False)
-            out = []
-            for _ in commands:
-                try:
-                    out.append(conn.read_response())
-                except redis.ResponseError as e:
-                    out.append(e)
-        except BaseException:
-            self.reset()
-            raise
-        if any(isinstance(x, NoScriptError) for x in out):
-            self.load_scripts()
-            for i, x in enumerate(out):
-                if isinstance(x, NoScriptError):
-                    out[i] = self.execute_packed([commands[i]])[0]
-        return out
-
     def send_packed(self, command: bytes) -> None:
         """Send one packed command without reading its reply (see read_replies)."""
         try:
@@ -154,22 +127,14 @@ class Broker:
             raise
 
     def read_replies(self, commands: Sequence[bytes]) -> list:
-        """The replies of commands sent with send_packed, in order; NOSCRIPT handled as in execute_packed."""
-        conn = self._raw()
-        out = []
-        try:
-            for _ in commands:
-                try:
-                    out.append(conn.read_response())
-                except redis.ResponseError as e:
-                    out.append(e)
-        except BaseException:
-            self.reset()
-            raise
+        """The replies of commands sent with send_packed, in order (errors as values, NOSCRIPT retried once)."""
+        out = [self.read_reply() for _ in commands]
+        # NOSCRIPT: Redis restarted or was flushed; reload and run that command again, once.
         for i, x in enumerate(out):
             if isinstance(x, NoScriptError):
                 self.load_scripts()
-                out[i] = self.execute_packed([commands[i]])[0]
+                self.send_packed(commands[i])
+                out[i] = self.read_reply()
         return out
 
     def reply_ready(self) -> bool:
@@ -196,9 +161,6 @@ class Broker:
         except NoScriptError:
             self.load_scripts()
             return self.client.evalsha(self._sha[name], len(keys), *keys, *argv)
-
-    def pack(self, name: str, keys: Sequence, argv: Sequence) -> bytes:
-        return fast.pack_command([b"EVALSHA", self._sha[name], len(keys), *keys, *argv])
 
     # --- producer ---
     def pack_enqueue(self, qk: QueueKeys, name: str, priority: int, max_retries: int, ids: Sequence[bytes],
