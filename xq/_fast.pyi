@@ -113,3 +113,18 @@ def pack_enqueue(sha: bytes, keys: Sequence[bytes | str], fixed: Sequence[bytes 
     Each payload is encoded as encode_payloads does and dropped once copied, so a large batch keeps only
     packed bytes alive.  TypeError / xq.errors.PayloadTooLarge name the payload's index (first + i).
     """
+
+
+# --- supervisor loops ---
+
+def take_claimed(tasks: list, inflight: dict, buffer, seq: int) -> int:
+    """Record a CLAIM reply (6 values a task: qidx, id, name, payload, ct, attempt) as inflight[seq] and
+    append seq to buffer (a deque); returns the last seq used."""
+def fill_ring(ring: Ring, buffer, inflight: dict, unacked, room: int) -> tuple[int, int]:
+    """Move up to room seqs from buffer into ring (heads encoded here), appending them to unacked.
+    Returns (written, why): 0 room/buffer exhausted, 1 ring out of bytes, 2 next message > max_chunk."""
+def drain_results(ring: Ring, inflight: dict, completions: dict, unacked, limit: int) -> tuple[int, float]:
+    """Read up to limit result frames; append COMPLETE args (id, state, result or error, rct, started ms,
+    finished ms) to completions[qidx]; returns (frames read, total run time in seconds)."""
+def build_event(queue: bytes, items: list, ts: int) -> bytes:
+    """JSON array of {"id","queue","state","ts"} for COMPLETE items (6 a task)."""

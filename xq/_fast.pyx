@@ -557,3 +557,99 @@ def pack_enqueue(sha, keys, fixed, ids, payloads, Py_ssize_t first, Py_ssize_t m
         parts.append(d)
         parts.append(ct)
     return _pack(parts)
+
+
+# ---------------------------------------------------------------- supervisor loops
+
+def take_claimed(list tasks, dict inflight, buffer, uint64_t seq):
+    """Record a CLAIM reply (6 values a task) as inflight[seq] = tuple and queue seq in buffer; returns
+    the last seq used."""
+    cdef Py_ssize_t i, n = len(tasks)
+    append = buffer.append
+    for i in range(0, n, 6):
+        seq += 1
+        inflight[seq] = (tasks[i], tasks[i + 1], tasks[i + 2], tasks[i + 3], tasks[i + 4], tasks[i + 5])
+        append(seq)
+    return seq
+
+
+def fill_ring(Ring ring, buffer, dict inflight, unacked, Py_ssize_t room):
+    """Move up to room tasks from the head of buffer into ring (head encoded here, payload copied once),
+    appending their seqs to unacked.  Returns (written, why): why 0 = room or buffer exhausted, 1 = ring
+    out of bytes, 2 = the next task is larger than a chunk (stream it with Ring.write)."""
+    cdef Py_buffer hb, bb
+    cdef Py_ssize_t done = 0, size
+    cdef object seq, t, head, payload
+    popleft = buffer.popleft
+    append = unacked.append
+    while done < room and buffer:
+        seq = buffer[0]
+        t = inflight[seq]
+        payload = (<tuple>t)[3]
+        head = encode_task_head(seq, (<tuple>t)[5], (<tuple>t)[4], (<tuple>t)[0], (<tuple>t)[1], (<tuple>t)[2])
+        size = 8 + PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(payload)
+        if size > ring.max_chunk:
+            return done, 2
+        hb.buf = PyBytes_AS_STRING(head)
+        hb.len = PyBytes_GET_SIZE(head)
+        bb.buf = PyBytes_AS_STRING(payload)
+        bb.len = PyBytes_GET_SIZE(payload)
+        if ring._write(hb, bb, 0) != size:
+            return done, 1
+        popleft()
+        append(seq)
+        done += 1
+    return done, 0
+
+
+def drain_results(Ring ring, dict inflight, dict completions, unacked, Py_ssize_t limit):
+    """Read up to limit result frames; for each, retire its seq and append COMPLETE arguments (id, state,
+    result-or-error, rct, started ms, finished ms) to completions[queue index].  Returns (frames, total
+    run time in seconds)."""
+    cdef Py_ssize_t n = 0
+    cdef double busy = 0.0
+    cdef object m, t, items
+    cdef list li
+    while n < limit:
+        m = ring._read_one()
+        if m is None:
+            break
+        n += 1
+        seq, status, rct, started, finished, error = decode_result_head((<tuple>m)[0])
+        if unacked and unacked[0] == seq:
+            unacked.popleft()
+        else:
+            try:
+                unacked.remove(seq)
+            except ValueError:
+                pass
+        t = inflight.pop(seq, None)
+        if t is None:
+            continue
+        busy += finished - started
+        items = completions.get((<tuple>t)[0])
+        if items is None:
+            items = completions[(<tuple>t)[0]] = []
+        li = <list>items
+        li.append((<tuple>t)[1])
+        if status == ST_DONE:
+            li.append(b"done")
+            li.append((<tuple>m)[1])
+        else:
+            li.append(b"failed")
+            li.append(error)
+        li.append(rct)
+        li.append(<int64_t>(started * 1000))
+        li.append(<int64_t>(finished * 1000))
+    return n, busy
+
+
+def build_event(bytes queue, list items, int64_t ts):
+    """The events message of one COMPLETE: a JSON array of {"id","queue","state","ts"} (6 items a task)."""
+    cdef list parts = []
+    cdef Py_ssize_t i
+    tail = b'","queue":"' + queue + b'","state":"'
+    end = b'","ts":' + str(ts).encode() + b"}"
+    for i in range(0, len(items), 6):
+        parts.append(b'{"id":"' + items[i] + tail + items[i + 1] + end)
+    return b"[" + b",".join(parts) + b"]"

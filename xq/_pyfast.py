@@ -321,3 +321,61 @@ def pack_enqueue(sha, keys, fixed, ids, payloads, first, max_payload) -> bytes:
             raise PayloadTooLarge(f"payload #{first + i} is {len(d)} bytes, over max_payload={max_payload} bytes")
         args += (ids[i], d, ct)
     return pack_command(args)
+
+
+# ---------------------------------------------------------------- supervisor loops
+
+def take_claimed(tasks, inflight, buffer, seq):
+    for i in range(0, len(tasks), 6):
+        seq += 1
+        inflight[seq] = (tasks[i], tasks[i + 1], tasks[i + 2], tasks[i + 3], tasks[i + 4], tasks[i + 5])
+        buffer.append(seq)
+    return seq
+
+
+def fill_ring(ring, buffer, inflight, unacked, room):
+    done = 0
+    while done < room and buffer:
+        seq = buffer[0]
+        qidx, tid, name, payload, ct, att = inflight[seq]
+        head = encode_task_head(seq, att, ct, qidx, tid, name)
+        size = 8 + len(head) + len(payload)
+        if size > ring.max_chunk:
+            return done, 2
+        if ring.write(head, payload) != size:
+            return done, 1
+        buffer.popleft()
+        unacked.append(seq)
+        done += 1
+    return done, 0
+
+
+def drain_results(ring, inflight, completions, unacked, limit):
+    n, busy = 0, 0.0
+    for head, body in ring.read_many(limit):
+        n += 1
+        seq, status, rct, started, finished, error = decode_result_head(head)
+        if unacked and unacked[0] == seq:
+            unacked.popleft()
+        else:
+            try:
+                unacked.remove(seq)
+            except ValueError:
+                pass
+        t = inflight.pop(seq, None)
+        if t is None:
+            continue
+        busy += finished - started
+        items = completions.setdefault(t[0], [])
+        if status == ST_DONE:
+            items += (t[1], b"done", body, rct, int(started * 1000), int(finished * 1000))
+        else:
+            items += (t[1], b"failed", error, rct, int(started * 1000), int(finished * 1000))
+    return n, busy
+
+
+def build_event(queue, items, ts):
+    tail = b'","queue":"' + queue + b'","state":"'
+    end = b'","ts":%d}' % ts
+    return b"[" + b",".join([b'{"id":"' + items[i] + tail + items[i + 1] + end
+                              for i in range(0, len(items), 6)]) + b"]"

@@ -85,6 +85,7 @@ class Supervisor:
         self.cfg = cfg
         self.qks = [queue_keys(q) for q in cfg.queues]
         self.qnames = list(cfg.queues)
+        self._qnames_b = [q.encode() for q in self.qnames]
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.children: dict[int, Child] = {}       # pid -> child
         self.inflight: dict[int, tuple] = {}       # seq -> (qidx, id, name, payload, ct, attempt)
@@ -366,36 +367,13 @@ class Supervisor:
     def _drain(self, c: Child) -> int:
         if c.outring is None:
             return 0
-        msgs = c.outring.read_many(4096)
-        if not msgs:
-            return 0
-        decode = fast.decode_result_head
-        inflight, completions, unacked = self.inflight, self.completions, c.unacked
-        avg = self.avg
-        for head, body in msgs:
-            seq, status, rct, started, finished, error = decode(head)
-            if unacked and unacked[0] == seq:
-                unacked.popleft()
-            else:
-                try:
-                    unacked.remove(seq)
-                except ValueError:
-                    pass
-            t = inflight.pop(seq, None)
-            if t is None:
-                continue
-            avg += 0.05 * ((finished - started) - avg)
-            items = completions.get(t[0])
-            if items is None:
-                items = completions[t[0]] = []
-            if status == fast.ST_DONE:
-                items += (t[1], b"done", body, rct, int(started * 1000), int(finished * 1000))
-            else:
-                items += (t[1], b"failed", error, rct, int(started * 1000), int(finished * 1000))
-        self.avg = avg
-        self.depth = max(1, min(MAX_DEPTH, int(BUFFER_SECONDS / max(avg, 1e-6))))
-        c.done += len(msgs)
-        return len(msgs)
+        n, busy = fast.drain_results(c.outring, self.inflight, self.completions, c.unacked, 4096)
+        if n:
+            # EWMA of run time, weighted by how many tasks this batch holds
+            self.avg += min(1.0, 0.05 * n) * (busy / n - self.avg)
+            self.depth = max(1, min(MAX_DEPTH, int(BUFFER_SECONDS / max(self.avg, 1e-6))))
+            c.done += n
+        return n
 
     def _recycle(self, c: Child, why: str) -> None:
         log.info("recycling child %d: %s", c.pid, why)
@@ -410,40 +388,25 @@ class Supervisor:
         if not kids:
             return
         for c in kids:
-            if c.partial is not None and not self._continue(c):
-                continue
+            if c.partial is not None:
+                self._continue(c)
         self.ring_full = False
         depth = self.depth
         buffer, inflight = self.buffer, self.inflight
-        encode = fast.encode_task_head
         # Even shares: each child gets up to (its unacked + the buffer) / children, capped by depth.
         total = len(buffer) + sum(len(c.unacked) for c in kids)
         share = min(depth, -(-total // len(kids)))
         for c in sorted(kids, key=lambda c: len(c.unacked)):
             if c.partial is not None:
                 continue
-            ring = c.inring
-            room = min(share - len(c.unacked), len(buffer))
-            if room <= 0:
-                continue
-            seqs = [buffer[i] for i in range(room)]
-            msgs = []
-            for seq in seqs:
-                qidx, tid, name, payload, ct, att = inflight[seq]
-                msgs.append((encode(seq, att, ct, qidx, tid, name), payload))
-            k = ring.write_many(msgs)
-            for seq in seqs[:k]:
-                buffer.popleft()
-                c.unacked.append(seq)
-            if k < len(msgs):
-                head, payload = msgs[k]
-                size = ring.message_size(head, payload)
-                if size <= ring.max_chunk:
-                    self.ring_full = True  # out of bytes for now
-                else:  # a large message streams through in chunks
-                    buffer.popleft()
-                    c.partial = [seqs[k], head, payload, 0]
-                    self._continue(c)
+            written, why = fast.fill_ring(c.inring, buffer, inflight, c.unacked, share - len(c.unacked))
+            if why == 1:
+                self.ring_full = True  # out of bytes for now
+            elif why == 2:  # a large message streams through in chunks
+                seq = buffer.popleft()
+                t = inflight[seq]
+                c.partial = [seq, fast.encode_task_head(seq, t[5], t[4], t[0], t[1], t[2]), t[3], 0]
+                self._continue(c)
             if not buffer:
                 return
 
@@ -574,19 +537,13 @@ class Supervisor:
         # Burst exit also waits for other supervisors' leases: a dead one's tasks come back on expiry.
         self.drained = n == 0 and not notes and not inflight and leased == 0 and not busy
         self.recheck = n < want and (bool(inflight) or busy)
-        seq = self.seq
-        for i in range(0, len(tasks), 6):
-            seq += 1
-            inflight[seq] = (tasks[i], tasks[i + 1], tasks[i + 2], tasks[i + 3], tasks[i + 4], tasks[i + 5])
-            buffer.append(seq)
-        self.seq = seq
+        self.seq = fast.take_claimed(tasks, inflight, buffer, self.seq)
         if n < want and not notes:
             self.idle = True
 
     def _event(self, qidx: int, items: list) -> bytes:
-        """The events message of one COMPLETE: a JSON array of {"id","queue","state","ts"} (see scripts)."""
-        tail = b'","queue":"%s","state":"%%s","ts":%d}' % (self.qnames[qidx].encode(), int(time.time() * 1000))
-        return b"[" + b",".join([b'{"id":"' + items[i] + tail % items[i + 1] for i in range(0, len(items), 6)]) + b"]"
+        """The events message of one COMPLETE (format in scripts.py)."""
+        return fast.build_event(self._qnames_b[qidx], items, int(time.time() * 1000))
 
     def _by_queue(self, seqs) -> dict[int, list]:
         out: dict[int, list] = {}
