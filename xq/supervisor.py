@@ -39,7 +39,7 @@ BUFFER_SECONDS = 0.030           # keep ~30 ms of work queued in each child's ri
 MAX_DEPTH = 1024
 BOOT_FAILURES_TO_HALT = 5
 MAX_STEPS = 2                    # round trips in flight at once
-RESULT_DELAY = 0.005             # longest a result waits while its child still has work queued
+RESULT_DELAY = 0.010             # longest a result waits while its child still has work queued
 
 
 @dataclass
@@ -91,6 +91,7 @@ class Supervisor:
         self.inflight: dict[int, tuple] = {}       # seq -> (qidx, id, name, payload, ct, attempt)
         self.buffer: deque[int] = deque()          # claimed seqs not yet in a ring
         self.completions: dict[int, list] = {}     # qidx -> flat COMPLETE args
+        self.results_due = 0.0                     # monotonic time by which buffered results are sent
         self.seq = 0
         self.avg = 0.001                           # EWMA of task run time, seconds
         self.depth = 1
@@ -329,9 +330,16 @@ class Supervisor:
             return True
         if len(self.pending) >= MAX_STEPS:
             return False  # wait for a reply (its socket is in the poll set)
-        if self.completions:
+        if self._results_due():
             return True
         return self._claim_size() > 0
+
+    def _results_due(self) -> bool:
+        return bool(self.completions) and time.monotonic() >= self.results_due
+
+    def _low(self) -> int:
+        """A child with at most this many tasks queued is running short: its results go out at once."""
+        return max(1, self.depth // 3)
 
     def _redis_reachable_for_exit(self, now: float) -> bool:
         # While stopping, keep trying to flush completions and returns for up to the grace period;
@@ -367,8 +375,16 @@ class Supervisor:
     def _drain(self, c: Child) -> int:
         if c.outring is None:
             return 0
+        first = not self.completions
         n, busy = fast.drain_results(c.outring, self.inflight, self.completions, c.unacked, 4096)
         if n:
+            # Results wait (up to RESULT_DELAY) only while their child has plenty queued: then they go out
+            # in one batch with the next claim instead of one round trip, and one wake-up, per result.
+            now = time.monotonic()
+            if len(c.unacked) <= self._low() or c.stopping or not self.accepting:
+                self.results_due = now
+            elif first:
+                self.results_due = now + RESULT_DELAY
             # EWMA of run time, weighted by how many tasks this batch holds
             self.avg += min(1.0, 0.05 * n) * (busy / n - self.avg)
             self.depth = max(1, min(MAX_DEPTH, int(BUFFER_SECONDS / max(self.avg, 1e-6))))
@@ -441,7 +457,7 @@ class Supervisor:
             self._collect()
             if len(self.pending) < MAX_STEPS:
                 want = self._claim_size()
-                if self.completions or want > 0:
+                if want > 0 or self._results_due():
                     self._send_step(want)
             if now >= self.next_renew:
                 self._renew()
@@ -522,6 +538,7 @@ class Supervisor:
     def _requeue_completions(self, qidx: int, items: list) -> None:
         cur = self.completions.get(qidx)
         self.completions[qidx] = items + cur if cur else items
+        self.results_due = 0.0
 
     def _claimed(self, reply, want: int, busy: bool) -> None:
         if isinstance(reply, Exception):
@@ -617,10 +634,14 @@ class Supervisor:
         p = select.poll()
         p.register(self._sig_r, select.POLLIN)
         armed = []
-        low = max(1, self.depth // 2)
+        low = self._low()
+        if self.completions and self.redis_ok:
+            timeout = min(timeout, max(0.0, self.results_due - now))
+        # With every round trip slot taken, a result could not be sent anyway: the next reply wakes us.
+        steps_full = self.redis_ok and len(self.pending) >= MAX_STEPS
         for c in self.children.values():
             p.register(c.pidfd, select.POLLIN)
-            if len(c.unacked) > low and not c.stopping and self.accepting:
+            if (len(c.unacked) > low or steps_full) and not c.stopping and self.accepting:
                 # Plenty queued in its ring: its results can wait a few ms and be written in one batch,
                 # instead of waking this process for every task.
                 timeout = min(timeout, RESULT_DELAY)
