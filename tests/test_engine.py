@@ -82,6 +82,16 @@ def test_idle_supervisor_starts_new_task_and_result_waits(redis_url, r):
         assert w.proc.poll() is None
 
 
+@pytest.mark.parametrize("retain", [True, False], ids=["retain-memory", "no-retain-memory"])
+def test_children_retain_freed_memory_unless_told_not_to(redis_url, r, retain):
+    # Kept memory spares big-buffer handlers a page fault per page per task; --no-retain-memory gives
+    # freed memory back to the OS at once (glibc's default behaviour).
+    p = xq.Producer(redis_url)
+    with XQRun(redis_url, *([] if retain else ["--no-retain-memory"]), procs=1):
+        kept = p.result(p.enqueue("mem.kept", None), timeout=20)
+    assert kept >= 20 if retain else kept <= 4
+
+
 def test_handler_error_fails_only_that_task(redis_url, r):
     p = xq.Producer(redis_url)
     bad = p.enqueue("boom", 7)

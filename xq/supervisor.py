@@ -57,6 +57,7 @@ class Config:
     max_memory_per_child: int = 0      # bytes of RSS; 0 = no limit
     prefetch: int = 0                  # tasks claimed ahead per child beyond its ring; 0 = one each
     wait_timeout: float = 1.0          # BZPOPMIN timeout: bounds the cost of a missed wake-up
+    retain_memory: bool = True         # children keep freed memory for the next task (child.retain_freed_memory)
 
 
 @dataclass
@@ -214,7 +215,7 @@ class Supervisor:
             _close_quiet(self._sig_w)
             self.broker.forget_after_fork()
             childmod.child_main(self.app, self.qnames, inring, outring, ctl, parent,
-                                self.cfg.max_tasks_per_child)
+                                self.cfg.max_tasks_per_child, self.cfg.retain_memory)
         c = Child(slot, pid, os.pidfd_open(pid), inring, outring, [m_in, m_out, m_ctl], [e_in, e_out], ctl,
                   started=time.monotonic())
         self.children[pid] = c

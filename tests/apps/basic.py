@@ -105,3 +105,16 @@ class Thumb(xq.Processor):
 
     def process(self, payload):
         return self.prefix + payload[:4]
+
+
+@app.task("mem.kept")
+def mem_kept(payload):
+    """Allocates and frees 24 MiB in 1 MiB blocks; returns how many MiB of it the process still holds."""
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    before = rss()
+    blocks = [b"x" * (1 << 20) for _ in range(24)]
+    del blocks
+    return (rss() - before) / (1 << 20)
