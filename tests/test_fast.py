@@ -206,3 +206,66 @@ def test_write_many_stops_at_what_does_not_fit(impl):
     assert w.write_many(msgs, n) > 0
     big = [(b"", b"y" * w.max_chunk)]
     assert w.write_many(big) == 0  # larger than a chunk: write() streams it
+
+
+# --- the supervisor loops: same results from both implementations ---
+
+def claim_reply(n, payload=b"p"):
+    out = []
+    for i in range(n):
+        out += [i % 2, b"id%d" % i, b"noop", payload, b"j", 1]
+    return out
+
+
+def test_take_claimed_and_fill_ring(impl):
+    from collections import deque
+
+    inflight, buffer, unacked = {}, deque(), deque()
+    assert impl.take_claimed(claim_reply(5), inflight, buffer, 10) == 15
+    assert list(buffer) == [11, 12, 13, 14, 15]
+    assert inflight[11] == (0, b"id0", b"noop", b"p", b"j", 1) and inflight[12][0] == 1
+    w, r, _ = make_ring(impl)
+    assert impl.fill_ring(w, buffer, inflight, unacked, 3) == (3, 0)        # room exhausted
+    assert list(unacked) == [11, 12, 13] and list(buffer) == [14, 15]
+    heads = [impl.decode_task_head(h) for h, _ in r.read_many(10)]
+    assert [h[0] for h in heads] == [11, 12, 13]
+    assert impl.fill_ring(w, buffer, inflight, unacked, 10) == (2, 0)       # buffer exhausted
+    assert not buffer
+
+
+def test_fill_ring_stops_when_out_of_bytes_or_at_a_large_message(impl):
+    from collections import deque
+
+    w, r, _ = make_ring(impl)
+    inflight, buffer, unacked = {}, deque(), deque()
+    impl.take_claimed(claim_reply(40, b"x" * 300), inflight, buffer, 0)
+    written, why = impl.fill_ring(w, buffer, inflight, unacked, 40)
+    assert 0 < written < 40 and why == 1 and len(buffer) == 40 - written
+    r.read_many(100)
+    big = {}
+    impl.take_claimed(claim_reply(1, b"y" * w.max_chunk), big, deque(), 0)
+    buf2 = deque([1])
+    assert impl.fill_ring(w, buf2, big, deque(), 5) == (0, 2) and list(buf2) == [1]  # caller streams it
+
+
+def test_drain_results_and_build_event(impl):
+    from collections import deque
+
+    w, r, _ = make_ring(impl)
+    inflight = {1: (0, b"a", b"n", b"", b"j", 1), 2: (1, b"b", b"n", b"", b"j", 1), 3: (0, b"c", b"n", b"", b"j", 2)}
+    unacked = deque([1, 2, 3])
+    w.write(impl.encode_result_head(2, impl.ST_FAILED, b"j", 1.0, 1.5, b"boom"), b"")
+    w.write(impl.encode_result_head(1, impl.ST_DONE, b"b", 2.0, 2.25, b""), b"res")
+    w.write(impl.encode_result_head(9, impl.ST_DONE, b"j", 2.0, 2.5, b""), b"unknown seq: ignored")
+    completions = {}
+    n, busy = impl.drain_results(r, inflight, completions, unacked, 100)
+    assert (n, busy) == (3, 0.75)
+    assert list(unacked) == [3] and list(inflight) == [3]
+    assert completions == {0: [b"a", b"done", b"res", b"b", 2000, 2250],
+                           1: [b"b", b"failed", b"boom", b"j", 1000, 1500]}
+    ev = impl.build_event(b"q", completions[0] + [b"c", b"failed", b"", b"j", 0, 0], 123)
+    assert ev == _pyfast.build_event(b"q", completions[0] + [b"c", b"failed", b"", b"j", 0, 0], 123)
+    import orjson
+
+    assert orjson.loads(ev) == [{"id": "a", "queue": "q", "state": "done", "ts": 123},
+                                {"id": "c", "queue": "q", "state": "failed", "ts": 123}]
