@@ -69,6 +69,7 @@ class Broker:
         self._sha = {name: hashlib.sha1(src.encode()).hexdigest().encode() for name, src in scripts.ALL.items()}
         self._conn = None    # dedicated connection for raw pipelined sends
         self._wconn = None   # dedicated connection for the blocking wake-up wait
+        self._wid = 0        # its CLIENT ID, to unblock it
 
     # --- connection management ---
     def ping(self) -> bool:
@@ -234,19 +235,35 @@ class Broker:
         return self.run("renew", [qk.leases], [qk.task_prefix, worker, lease_ms, *ids])
 
     # --- blocking wake-up wait (idle supervisors) ---
-    def start_wait(self, wake_keys: Sequence[str], timeout: float) -> int:
-        """Send BZPOPMIN on the wake markers without waiting; returns the socket fd to poll."""
+    def start_wait(self, wake_keys: Sequence[str], timeout: float, claim: bytes) -> int:
+        """Send BZPOPMIN on the wake markers and, behind it on the same connection, a packed CLAIM, without
+        waiting; returns the socket fd to poll.  Redis runs the claim the moment the wait ends (a marker
+        arrived or the timeout passed): the wake-up carries the tasks, with no round trip of its own."""
         if self._wconn is None:
-            self._wconn = self.client.connection_pool.make_connection()
-            self._wconn.connect()
-        self._wconn.send_packed_command([fast.pack_command([b"BZPOPMIN", *wake_keys, f"{timeout:.3f}"])],
+            conn = self.client.connection_pool.make_connection()
+            conn.connect()
+            conn.send_command("CLIENT", "ID")
+            self._wid = conn.read_response()
+            self._wconn = conn
+        self._wconn.send_packed_command([fast.pack_command([b"BZPOPMIN", *wake_keys, f"{timeout:.3f}"]) + claim],
                                         check_health=False)
         return self._wconn._sock.fileno()
 
-    def finish_wait(self) -> None:
-        """Read the BZPOPMIN reply once its socket is readable."""
+    def finish_wait(self):
+        """The CLAIM reply of the wait, once its socket is readable (an error reply is returned, not raised)."""
         try:
-            self._wconn.read_response()
+            self._wconn.read_response()  # the marker, or nil on timeout
+            try:
+                return self._wconn.read_response()
+            except redis.ResponseError as e:
+                return e
         except BaseException:
             self.reset()
             raise
+
+    def cancel_wait(self) -> None:
+        """End an outstanding wait at once (as if it timed out): its CLAIM runs and replies right away."""
+        self.client.client_unblock(self._wid)
+
+    def wait_fileno(self) -> int:
+        return self._wconn._sock.fileno() if self._wconn is not None else -1

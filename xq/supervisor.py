@@ -102,7 +102,7 @@ class Supervisor:
         self.idle = False                          # the last claim found the queues empty
         self.drained = False                       # ... and nothing was in flight then (burst exit)
         self.recheck = False                       # ... but it ran while tasks were in flight
-        self.waiting = False                       # a BZPOPMIN is outstanding
+        self.waiting: tuple | bool = False         # (want, busy) of the CLAIM queued behind an outstanding BZPOPMIN
         self.ring_full = False                     # the last dispatch found a ring out of bytes
         self.redis_ok = False
         self.next_redis_try = 0.0
@@ -169,6 +169,7 @@ class Supervisor:
             c.ctl[childmod.CTL_STOP] = 1
             c.inring.write(b"", b"")  # an empty frame wakes a sleeping child; it reads nothing runnable
         self._return_buffer()
+        self._end_wait()
 
     def _hard_stop(self) -> None:
         self.hard = True
@@ -303,7 +304,8 @@ class Supervisor:
         if not self.accepting:
             if not self.children:
                 self._return_buffer()
-                if not self.completions and not self.buffer or not self._redis_reachable_for_exit(now):
+                if not self.completions and not self.buffer and not self.waiting \
+                        or not self._redis_reachable_for_exit(now):
                     return True
         elif self.cfg.burst and not self.inflight and not self.completions and self.redis_ok \
                 and not self.pending:
@@ -453,8 +455,7 @@ class Supervisor:
             self.redis_ok, self.backoff, self.idle, self.waiting = True, 0.1, False, False
         try:
             if self.waiting and self._wait_ready():
-                self.broker.finish_wait()
-                self.waiting, self.idle = False, False
+                self._wait_claimed(self.broker.finish_wait())
             self._collect()
             if len(self.pending) < MAX_STEPS:
                 want = self._claim_size()
@@ -490,11 +491,30 @@ class Supervisor:
         self.backoff = min(self.backoff * 2, 5.0)
 
     def _wait_ready(self) -> bool:
-        fd = self.broker._wconn._sock.fileno() if self.broker._wconn is not None else -1
+        fd = self.broker.wait_fileno()
         if fd < 0:
             return True
         r, _, _ = select.select([fd], [], [], 0)
         return bool(r)
+
+    def _wait_claimed(self, reply) -> None:
+        """The reply of the CLAIM sent behind the BZPOPMIN wait (see Broker.start_wait)."""
+        want, busy = self.waiting
+        self.waiting, self.idle = False, False
+        self.claiming -= want
+        if isinstance(reply, NoScriptError):
+            self.broker.load_scripts()
+        self._claimed(reply, want, busy)
+        if not self.accepting:
+            self._return_buffer()  # the wait was ended by a stop: these tasks go straight back
+
+    def _end_wait(self) -> None:
+        """Stopping: end the wait now so its claim replies at once and its tasks can be returned."""
+        if self.waiting and self.redis_ok:
+            try:
+                self.broker.cancel_wait()
+            except CONNECTION_ERRORS as e:
+                self._redis_down(e, time.monotonic())
 
     def _send_step(self, want: int) -> None:
         """Send one round trip without waiting: the COMPLETE of every queue with results, then one CLAIM of
@@ -651,15 +671,19 @@ class Supervisor:
                 p.register(c.efds[1], select.POLLIN)
             else:
                 timeout = 0.0
-        if self.accepting and self.redis_ok and self.idle and self._want() > 0 and timeout > 0:
-            if not self.waiting:
+        if self.accepting and self.redis_ok and self.idle and not self.waiting and timeout > 0:
+            want = self._want()
+            if want > 0:
                 try:
-                    self.broker.start_wait(self._wake_keys, self.cfg.wait_timeout)
-                    self.waiting = True
+                    claim = self.broker.pack_claim(self._claim_keys, self._claim_tail, want, self.worker_id,
+                                                   self.lease_ms, self.cfg.max_payload, self.cfg.result_ttl)
+                    self.broker.start_wait(self._wake_keys, self.cfg.wait_timeout, claim)
+                    self.waiting = (want, bool(self.inflight))
+                    self.claiming += want
                 except CONNECTION_ERRORS as e:
                     self._redis_down(e, now)
-            if self.waiting:
-                p.register(self.broker._wconn._sock.fileno(), select.POLLIN)
+        if self.waiting:
+            p.register(self.broker.wait_fileno(), select.POLLIN)
         if self.pending and self.redis_ok:
             p.register(self.broker.main_fileno(), select.POLLIN)
         try:
