@@ -269,3 +269,16 @@ def test_drain_results_and_build_event(impl):
 
     assert orjson.loads(ev) == [{"id": "a", "queue": "q", "state": "done", "ts": 123},
                                 {"id": "c", "queue": "q", "state": "failed", "ts": 123}]
+
+
+def test_done_event_carries_a_small_json_result(impl):
+    items = [b"a", b"done", b'{"k":[1,2]}', b"j", 0, 0,
+             b"b", b"done", b"[" + b"1," * impl.EVENT_RESULT_MAX + b"1]", b"j", 0, 0,   # too large: read it
+             b"c", b"done", b"raw", b"b", 0, 0,                                          # bytes: read it
+             b"d", b"failed", b"boom", b"j", 0, 0]
+    import orjson
+
+    ev = orjson.loads(impl.build_event(b"q", items, 5))
+    assert ev[0] == {"id": "a", "queue": "q", "state": "done", "ts": 5, "result": {"k": [1, 2]}}
+    assert [("result" in e) for e in ev] == [True, False, False, False]
+    assert impl.build_event(b"q", items, 5) == _pyfast.build_event(b"q", items, 5)

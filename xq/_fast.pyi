@@ -126,5 +126,8 @@ def fill_ring(ring: Ring, buffer, inflight: dict, unacked, room: int) -> tuple[i
 def drain_results(ring: Ring, inflight: dict, completions: dict, unacked, limit: int) -> tuple[int, float]:
     """Read up to limit result frames; append COMPLETE args (id, state, result or error, rct, started ms,
     finished ms) to completions[qidx]; returns (frames read, total run time in seconds)."""
+EVENT_RESULT_MAX: int
+
 def build_event(queue: bytes, items: list, ts: int) -> bytes:
-    """JSON array of {"id","queue","state","ts"} for COMPLETE items (6 a task)."""
+    """JSON array of {"id","queue","state","ts"} for COMPLETE items (6 a task), plus "result" for a done
+    task whose result is JSON (rct 'j') of at most EVENT_RESULT_MAX bytes."""

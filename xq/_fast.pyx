@@ -644,12 +644,21 @@ def drain_results(Ring ring, dict inflight, dict completions, unacked, Py_ssize_
     return n, busy
 
 
+EVENT_RESULT_MAX = 512  # bytes of JSON result carried inline in a completion event
+
+
 def build_event(bytes queue, list items, int64_t ts):
-    """The events message of one COMPLETE: a JSON array of {"id","queue","state","ts"} (6 items a task)."""
+    """The events message of one COMPLETE: a JSON array of {"id","queue","state","ts"} (6 items a task),
+    plus "result" for a done task whose result is JSON of at most EVENT_RESULT_MAX bytes."""
     cdef list parts = []
     cdef Py_ssize_t i
+    cdef bytes body
     tail = b'","queue":"' + queue + b'","state":"'
-    end = b'","ts":' + str(ts).encode() + b"}"
+    end = b'","ts":' + str(ts).encode()
     for i in range(0, len(items), 6):
-        parts.append(b'{"id":"' + items[i] + tail + items[i + 1] + end)
+        body = items[i + 2]
+        if items[i + 1] == b"done" and items[i + 3] == b"j" and len(body) <= EVENT_RESULT_MAX:
+            parts.append(b'{"id":"' + items[i] + tail + b'done' + end + b',"result":' + body + b"}")
+        else:
+            parts.append(b'{"id":"' + items[i] + tail + items[i + 1] + end + b"}")
     return b"[" + b",".join(parts) + b"]"

@@ -374,8 +374,17 @@ def drain_results(ring, inflight, completions, unacked, limit):
     return n, busy
 
 
+EVENT_RESULT_MAX = 512  # bytes of JSON result carried inline in a completion event
+
+
 def build_event(queue, items, ts):
     tail = b'","queue":"' + queue + b'","state":"'
-    end = b'","ts":%d}' % ts
-    return b"[" + b",".join([b'{"id":"' + items[i] + tail + items[i + 1] + end
-                              for i in range(0, len(items), 6)]) + b"]"
+    end = b'","ts":%d' % ts
+    parts = []
+    for i in range(0, len(items), 6):
+        body = items[i + 2]
+        if items[i + 1] == b"done" and items[i + 3] == b"j" and len(body) <= EVENT_RESULT_MAX:
+            parts.append(b'{"id":"' + items[i] + tail + b"done" + end + b',"result":' + body + b"}")
+        else:
+            parts.append(b'{"id":"' + items[i] + tail + items[i + 1] + end + b"}")
+    return b"[" + b",".join(parts) + b"]"

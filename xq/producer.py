@@ -228,6 +228,8 @@ class Producer:
                 continue
             for ev in orjson.loads(msg["data"]):
                 if ev["id"] == task_id and ev["state"] in TERMINAL:
+                    if "result" in ev:  # a small JSON result travels in the event: no read needed
+                        return ev["result"]
                     done, value = self._terminal(task_id, q)
                     if done:
                         return value

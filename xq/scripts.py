@@ -10,7 +10,8 @@ built inside the script from the prefix in ARGV and an id popped from a list. It
 front (the id is only known after the pop) and it shares the queue's `{Q}` hash tag, so it is in the same
 Redis Cluster slot as the declared keys.
 
-Events are published as a JSON array of objects `{"id", "queue", "state", "ts"}` (ts in ms); queue names
+Events are published as a JSON array of objects `{"id", "queue", "state", "ts"}` (ts in ms; a completion event
+built by the supervisor may add "result", see _fast.build_event); queue names
 and ids are restricted to characters that need no JSON escaping (see keys.check_queue and ids).
 """
 
