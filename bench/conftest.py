@@ -19,8 +19,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def bench_redis():
+    """A fresh redis-server for each benchmark, so none inherits another's data or memory state (run right
+    after the CPU benchmark on a shared server, idle start latency p50 read 0.46 ms instead of 0.37 ms)."""
     port = _free_port()
     d = tempfile.mkdtemp(prefix="xq-bench-redis-")
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
