@@ -140,7 +140,7 @@ return {out, notes, leased}
 #              finished ms
 # Output: the number of records written (a record that expired or was deleted meanwhile is not recreated)
 # Cost matters here (one call per task at 100k tasks/s): no EXISTS, HSET's count of new fields tells a
-# missing record (all 4 new: 'state' is in every live record), which is then deleted again.
+# missing record (all fields new: 'state' is in every live record), which is then deleted again.
 COMPLETE = _PRELUDE + """
 local prefix, ttl = ARGV[1], tonumber(ARGV[3])
 local ids = {}
@@ -148,16 +148,20 @@ local written = 0
 for i = 5, #ARGV, 6 do
   local id = ARGV[i]
   local key = prefix .. id
-  local n
-  if ARGV[i + 1] == 'done' then
-    n = redis.call('HSET', key, 'state', 'done', 'result', ARGV[i + 2], 'started', ARGV[i + 4], 'fin', ARGV[i + 5])
+  local n, fields
+  if ARGV[i + 1] ~= 'done' then
+    n, fields = redis.call('HSET', key, 'state', ARGV[i + 1], 'error', ARGV[i + 2], 'started', ARGV[i + 4],
+                           'fin', ARGV[i + 5]), 4
+  elseif ARGV[i + 3] == 'j' then
+    n, fields = redis.call('HSET', key, 'state', 'done', 'result', ARGV[i + 2], 'started', ARGV[i + 4],
+                           'fin', ARGV[i + 5]), 4
   else
-    n = redis.call('HSET', key, 'state', ARGV[i + 1], 'error', ARGV[i + 2], 'started', ARGV[i + 4], 'fin', ARGV[i + 5])
+    n, fields = redis.call('HSET', key, 'state', 'done', 'result', ARGV[i + 2], 'started', ARGV[i + 4],
+                           'fin', ARGV[i + 5], 'rct', ARGV[i + 3]), 5
   end
-  if n == 4 then
+  if n == fields then
     redis.call('DEL', key)
   else
-    if ARGV[i + 3] ~= 'j' then redis.call('HSET', key, 'rct', ARGV[i + 3]) end
     if ttl > 0 then redis.call('EXPIRE', key, ttl) end
     written = written + 1
   end
