@@ -1,0 +1,81 @@
+"""Where the CPU goes in a drain: Redis, the supervisor and each child, plus Redis' per-command times.
+
+    python3 bench/profile.py drain [--tasks 100000]     # no-op tasks
+    python3 bench/profile.py cpu [--tasks 2400]         # ~5 ms Pillow thumbnails of 55 KB JPEGs
+
+Starts its own redis-server, enqueues, runs `xq run --burst`, samples CPU times with psutil while it runs
+(children are sampled until they exit, so a child's last few ms may be missed), and prints per-task
+figures.  The benchmarks in this folder measure speed; this tells where the time went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import psutil
+import redis
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import xq  # noqa: E402
+from benchutil import drain_window, private_redis, xq_run  # noqa: E402
+
+
+def cpu(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return t.user + t.system
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=["drain", "cpu"])
+    ap.add_argument("--tasks", type=int, default=None)
+    a = ap.parse_args()
+    with private_redis() as (url, pid):
+        r = redis.Redis.from_url(url)
+        p = xq.Producer(url)
+        if a.kind == "drain":
+            n = a.tasks or 100_000
+            ids = p.enqueue_many("noop", [None] * n)
+        else:
+            from xq.examples.thumbs import make_images
+
+            n = a.tasks or 2400
+            images = make_images(8, size=(1200, 900))
+            ids = p.enqueue_many("thumb", [images[i % 8] for i in range(n)])
+        rp = psutil.Process(pid)
+        r.config_resetstat()
+        r0 = cpu(rp)
+        proc = xq_run(url, "--burst", "--result-ttl", "600")
+        sup = psutil.Process(proc.pid)
+        kids: dict[int, float] = {}
+        s = 0.0
+        while proc.poll() is None:
+            try:
+                for k in sup.children():
+                    kids[k.pid] = cpu(k)
+                s = cpu(sup)
+                switches = sup.num_ctx_switches()
+            except psutil.NoSuchProcess:
+                pass
+            time.sleep(0.02)
+        redis_cpu = cpu(rp) - r0
+        stats = r.info("commandstats")
+        first, last = drain_window(r, "default", ids)
+        us = 1e6 / n
+        print(f"{n} {a.kind} tasks: {n / (last - first):,.0f} tasks/s (first claim -> last finish)")
+        print(f"CPU per task: Redis {redis_cpu * us:.1f} us, supervisor {s * us:.1f} us (incl. its start and "
+              f"stop), children {sum(kids.values()) * us:.1f} us (" + " + ".join(f"{c:.2f}" for c in kids.values())
+              + " s)")
+        print(f"supervisor context switches: {switches.voluntary} voluntary, {switches.involuntary} involuntary")
+        print("Redis commands (calls, total ms; commands run by scripts are counted too):")
+        for name, st in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:10]:
+            print(f"  {name[8:]:<14} {st['calls']:>8} calls {st['usec'] / 1000:>9.1f} ms")
+        r.close()
+
+
+if __name__ == "__main__":
+    main()
