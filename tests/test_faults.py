@@ -109,6 +109,30 @@ def test_graceful_sigterm_returns_unstarted_tasks(redis_url, r, pure):
     assert set(execs(r).values()) == {1}
 
 
+def test_sigterm_while_idle_ends_the_wait_and_its_claim(redis_url, r):
+    # An idle supervisor has a CLAIM queued behind its BZPOPMIN.  A stop must end that wait (its claim
+    # then runs at once, and whatever it took goes back), so nothing is left leased, and no claim of a
+    # departed supervisor fires later on a task enqueued after it exited.  Tasks enqueued as the signal
+    # lands are either done or back in the queue, each run at most once.
+    p = xq.Producer(redis_url)
+    qk = queue_keys("default")
+    for round_ in range(5):
+        with XQRun(redis_url, procs=1) as w:
+            assert p.result(p.enqueue("count", round_), timeout=20) == round_  # up, and idle again
+            racing = p.enqueue_many("count", [round_] * 3)
+            w.signal(signal.SIGTERM)
+            assert w.wait(20) == 0, w.output()
+        assert r.zcard(qk.leases) == 0
+        st = states(r, racing)
+        assert set(st) <= {"done", "queued"} and sum(st.values()) == 3
+        queued = {x.decode() for x in r.lrange(qk.ready[5], 0, -1)}
+        assert queued == {i for i in racing if p.status(i)["status"] == "queued"}
+    assert max(execs(r).values()) == 1
+    late = p.enqueue("count", "late")
+    time.sleep(0.3)
+    assert p.status(late)["status"] == "queued" and r.zcard(qk.leases) == 0
+
+
 def test_second_signal_stops_hard_and_loses_nothing(redis_url, r):
     p = xq.Producer(redis_url)
     long = p.enqueue("sleep", {"s": 60})
