@@ -4,7 +4,7 @@ Key schema (Q is a queue name; `{Q}` is a Redis Cluster hash tag, so every key o
 slot and one Lua script may touch them all):
 
     xq:queues               set     names of every queue ever enqueued to (inspection only)
-    xq:{Q}:ready:P          list    ids ready to run at priority P (0 = highest .. 9), FIFO (RPUSH, LPOP)
+    xq:{Q}:ready:P          list    ids ready to run at priority P (0 = highest .. 9), FIFO (RPUSH, LMPOP)
     xq:{Q}:wake             zset    wake-up marker: one member "1"; producers ZADD it, idle supervisors
                                     BZPOPMIN it, so an idle queue costs no polling
     xq:{Q}:leases           zset    id -> lease deadline (ms, Redis server time) of every claimed task

@@ -82,38 +82,45 @@ for q = 1, nq do
   local base = (q - 1) * 12
   local prefix, channel, queue = ARGV[3 + q * 3], ARGV[4 + q * 3], ARGV[5 + q * 3]
   local leases, events = {}, {}
-  for p = 1, 10 do
-    if want <= 0 then break end
-    local ids = redis.call('LPOP', KEYS[base + p], want)
-    if ids then
-      for _, id in ipairs(ids) do
-        local key = prefix .. id
-        local f = redis.call('HMGET', key, 'name', 'payload', 'ct', 'state', 'att')
-        if not f[1] or not f[2] then
-          notes[#notes + 1] = id
-          notes[#notes + 1] = 'no task record with name and payload at ' .. key .. ': dropped from the queue'
-        elseif f[4] ~= 'queued' then
-          notes[#notes + 1] = id
-          notes[#notes + 1] = 'state is ' .. tostring(f[4]) .. ', not queued: stale queue entry dropped'
-        elseif #f[2] > maxp then
-          redis.call('HSET', key, 'state', 'failed', 'fin', now, 'error',
-                     'payload of ' .. #f[2] .. ' bytes exceeds max_payload of ' .. maxp .. ' bytes')
-          if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-          events[#events + 1] = event(id, queue, 'failed', now)
-        else
-          local att = (tonumber(f[5]) or 0) + 1
-          redis.call('HSET', key, 'state', 'running', 'att', att, 'claimed', now, 'worker', worker)
-          leases[#leases + 1] = deadline
-          leases[#leases + 1] = id
-          local n = #out
-          out[n + 1] = q - 1
-          out[n + 2] = id
-          out[n + 3] = f[1]
-          out[n + 4] = f[2]
-          out[n + 5] = f[3] or 'j'
-          out[n + 6] = att
-          want = want - 1
-        end
+  -- LMPOP pops from the first non-empty level; the next call starts again at that level (skipped
+  -- entries do not count towards want, so it may still hold tasks).
+  local first = 1
+  while want > 0 do
+    local args = {11 - first}
+    for p = first, 10 do args[#args + 1] = KEYS[base + p] end
+    args[#args + 1], args[#args + 2], args[#args + 3] = 'LEFT', 'COUNT', want
+    local got = redis.call('LMPOP', unpack(args))
+    if not got then break end
+    for p = first, 10 do
+      if KEYS[base + p] == got[1] then first = p break end
+    end
+    for _, id in ipairs(got[2]) do
+      local key = prefix .. id
+      local f = redis.call('HMGET', key, 'name', 'payload', 'ct', 'state', 'att')
+      if not f[1] or not f[2] then
+        notes[#notes + 1] = id
+        notes[#notes + 1] = 'no task record with name and payload at ' .. key .. ': dropped from the queue'
+      elseif f[4] ~= 'queued' then
+        notes[#notes + 1] = id
+        notes[#notes + 1] = 'state is ' .. tostring(f[4]) .. ', not queued: stale queue entry dropped'
+      elseif #f[2] > maxp then
+        redis.call('HSET', key, 'state', 'failed', 'fin', now, 'error',
+                   'payload of ' .. #f[2] .. ' bytes exceeds max_payload of ' .. maxp .. ' bytes')
+        if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+        events[#events + 1] = event(id, queue, 'failed', now)
+      else
+        local att = (tonumber(f[5]) or 0) + 1
+        redis.call('HSET', key, 'state', 'running', 'att', att, 'claimed', now, 'worker', worker)
+        leases[#leases + 1] = deadline
+        leases[#leases + 1] = id
+        local n = #out
+        out[n + 1] = q - 1
+        out[n + 2] = id
+        out[n + 3] = f[1]
+        out[n + 4] = f[2]
+        out[n + 5] = f[3] or 'j'
+        out[n + 6] = att
+        want = want - 1
       end
     end
   end
@@ -121,11 +128,9 @@ for q = 1, nq do
   publish(channel, events)
   leased = leased + redis.call('ZCARD', KEYS[base + 12])
   -- Work left behind wakes the next idle supervisor; the one that took the marker may have filled up.
-  for p = 1, 10 do
-    if redis.call('LLEN', KEYS[base + p]) > 0 then
-      redis.call('ZADD', KEYS[base + 11], 0, '1')
-      break
-    end
+  -- (An empty list does not exist in Redis, so one EXISTS over the ten levels tells.)
+  if redis.call('EXISTS', unpack(KEYS, base + 1, base + 10)) > 0 then
+    redis.call('ZADD', KEYS[base + 11], 0, '1')
   end
 end
 return {out, notes, leased}
