@@ -71,6 +71,21 @@ def test_results_status_context_and_processor(redis_url, r):
     assert w.proc.returncode == 0
 
 
+def test_status_moves_queued_running_done(redis_url, r):
+    p = xq.Producer(redis_url)
+    tid = p.enqueue("sleep", {"s": 1.0})
+    st = p.status(tid)
+    assert st["status"] == "queued" and st["attempts"] == 0 and st["worker"] is None
+    with XQRun(redis_url, procs=1) as w:
+        wait_for(lambda: r.llen("test:started") >= 1, what="task started")
+        st = p.status(tid)
+        assert st["status"] == "running" and st["attempts"] == 1
+        assert st["worker"] and st["claimed_at"] >= st["enqueued_at"] and st["finished_at"] is None
+        assert p.result(tid, timeout=20) == {"s": 1.0}
+        assert p.status(tid)["status"] == "done"
+    assert w.proc.returncode == 0
+
+
 def test_idle_supervisor_starts_new_task_and_result_waits(redis_url, r):
     p = xq.Producer(redis_url)
     with XQRun(redis_url, procs=1) as w:
