@@ -109,6 +109,18 @@ def test_graceful_sigterm_returns_unstarted_tasks(redis_url, r, pure):
     assert set(execs(r).values()) == {1}
 
 
+def test_task_longer_than_its_lease_is_not_delivered_twice(redis_url, r):
+    # The child is blocked in C (time.sleep) for four leases; its supervisor renews the lease, and
+    # another supervisor recovering expired leases every 0.25 s never takes the task.
+    p = xq.Producer(redis_url)
+    tid = p.enqueue("sleep", {"s": 4.0})
+    with XQRun(redis_url, "--lease", "1", procs=1), XQRun(redis_url, "--lease", "1", procs=1):
+        assert p.result(tid, timeout=30) == {"s": 4.0}
+        assert r.llen("test:started") == 1
+    assert execs(r) == {tid: 1}
+    assert p.status(tid)["attempts"] == 1
+
+
 def test_sigterm_while_idle_ends_the_wait_and_its_claim(redis_url, r):
     # An idle supervisor has a CLAIM queued behind its BZPOPMIN.  A stop must end that wait (its claim
     # then runs at once, and whatever it took goes back), so nothing is left leased, and no claim of a
