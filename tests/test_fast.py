@@ -282,3 +282,22 @@ def test_done_event_carries_a_small_json_result(impl):
     assert ev[0] == {"id": "a", "queue": "q", "state": "done", "ts": 5, "result": {"k": [1, 2]}}
     assert [("result" in e) for e in ev] == [True, False, False, False]
     assert impl.build_event(b"q", items, 5) == _pyfast.build_event(b"q", items, 5)
+
+
+def test_missing_extension_falls_back_to_the_twin_and_says_so_once(redis_url):
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, sys\n"
+        "sys.modules['xq._fast'] = None  # as if the extension had never been built\n"
+        "logging.basicConfig(level=logging.INFO, format='%(name)s %(levelname)s %(message)s')\n"
+        "import xq, xq._impl, xq.supervisor, xq.child, xq.producer\n"
+        "print(xq._impl.IMPLEMENTATION)\n"
+        f"print(len(xq.Producer({redis_url!r}).enqueue_many('noop', [1, b'2'])))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if k != "XQ_PURE"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["python", "2"]
+    assert out.stderr.count("xq WARNING xq._fast extension not built; running the slow pure-Python path") == 1
