@@ -15,6 +15,7 @@ import socket
 from typing import Iterable, Sequence
 from urllib.parse import urlparse
 
+import hiredis
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
@@ -70,6 +71,7 @@ class Broker:
         self._conn = None    # dedicated connection for raw pipelined sends
         self._wconn = None   # dedicated connection for the blocking wake-up wait
         self._wid = 0        # its CLIENT ID, to unblock it
+        self._wreader = None  # hiredis reader of its replies
 
     # --- connection management ---
     def ping(self) -> bool:
@@ -238,28 +240,43 @@ class Broker:
     def start_wait(self, wake_keys: Sequence[str], timeout: float, claim: bytes) -> int:
         """Send BZPOPMIN on the wake markers and, behind it on the same connection, a packed CLAIM, without
         waiting; returns the socket fd to poll.  Redis runs the claim the moment the wait ends (a marker
-        arrived or the timeout passed): the wake-up carries the tasks, with no round trip of its own."""
+        arrived or the timeout passed): the wake-up carries the tasks, with no round trip of its own.
+        redis-py only opens this connection (AUTH, SELECT, TLS); its replies are read with a hiredis
+        reader of our own, since this is the idle path every task's start latency goes through."""
         if self._wconn is None:
             conn = self.client.connection_pool.make_connection()
             conn.connect()
             conn.send_command("CLIENT", "ID")
             self._wid = conn.read_response()
-            self._wconn = conn
-        self._wconn.send_packed_command([fast.pack_command([b"BZPOPMIN", *wake_keys, f"{timeout:.3f}"]) + claim],
-                                        check_health=False)
+            self._wconn, self._wreader = conn, hiredis.Reader()
+        try:
+            self._wconn._sock.sendall(fast.pack_command([b"BZPOPMIN", *wake_keys, f"{timeout:.3f}"]) + claim)
+        except BaseException:
+            self.reset()
+            raise
         return self._wconn._sock.fileno()
 
     def finish_wait(self):
         """The CLAIM reply of the wait, once its socket is readable (an error reply is returned, not raised)."""
         try:
-            self._wconn.read_response()  # the marker, or nil on timeout
-            try:
-                return self._wconn.read_response()
-            except redis.ResponseError as e:
-                return e
+            replies = []
+            while len(replies) < 2:  # the marker (or nil on timeout), then the claim
+                reply = self._wreader.gets()
+                if reply is not False:
+                    replies.append(reply)
+                    continue
+                data = self._wconn._sock.recv(65536)
+                if not data:
+                    raise redis.ConnectionError("Redis closed the connection of the wake-up wait")
+                self._wreader.feed(data)
         except BaseException:
             self.reset()
             raise
+        reply = replies[1]
+        if isinstance(reply, hiredis.ReplyError):
+            msg = str(reply)
+            return NoScriptError(msg) if msg.startswith("NOSCRIPT") else redis.ResponseError(msg)
+        return reply
 
     def cancel_wait(self) -> None:
         """End an outstanding wait at once (as if it timed out): its CLAIM runs and replies right away."""

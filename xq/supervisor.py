@@ -103,6 +103,7 @@ class Supervisor:
         self.drained = False                       # ... and nothing was in flight then (burst exit)
         self.recheck = False                       # ... but it ran while tasks were in flight
         self.waiting: tuple | bool = False         # (want, busy) of the CLAIM queued behind an outstanding BZPOPMIN
+        self.wait_woke = False                     # the last poll() saw the wait's reply arrive
         self.ring_full = False                     # the last dispatch found a ring out of bytes
         self.redis_ok = False
         self.next_redis_try = 0.0
@@ -288,6 +289,11 @@ class Supervisor:
     # ------------------------------------------------------------------ the loop
     def _tick(self) -> bool:
         """One turn of the main loop; True when the supervisor should exit."""
+        if self.waiting and self.wait_woke:
+            # Woken with tasks after idling: hand them to the children before anything else.
+            self._take_wait()
+            if self.accepting and self.buffer:
+                self._dispatch()
         self._handle_signals()
         self._reap()
         got = self._drain_all()
@@ -455,7 +461,7 @@ class Supervisor:
             self.redis_ok, self.backoff, self.idle, self.waiting = True, 0.1, False, False
         try:
             if self.waiting and self._wait_ready():
-                self._wait_claimed(self.broker.finish_wait())
+                self._take_wait()
             self._collect()
             if len(self.pending) < MAX_STEPS:
                 want = self._claim_size()
@@ -496,6 +502,15 @@ class Supervisor:
             return True
         r, _, _ = select.select([fd], [], [], 0)
         return bool(r)
+
+    def _take_wait(self) -> None:
+        self.wait_woke = False
+        try:
+            reply = self.broker.finish_wait()
+        except CONNECTION_ERRORS as e:
+            self._redis_down(e, time.monotonic())
+            return
+        self._wait_claimed(reply)
 
     def _wait_claimed(self, reply) -> None:
         """The reply of the CLAIM sent behind the BZPOPMIN wait (see Broker.start_wait)."""
@@ -682,22 +697,25 @@ class Supervisor:
                     self.claiming += want
                 except CONNECTION_ERRORS as e:
                     self._redis_down(e, now)
+        wait_fd = self.broker.wait_fileno() if self.waiting else -1
         if self.waiting:
-            p.register(self.broker.wait_fileno(), select.POLLIN)
+            p.register(wait_fd, select.POLLIN)
         if self.pending and self.redis_ok:
             p.register(self.broker.main_fileno(), select.POLLIN)
         try:
-            p.poll(timeout * 1000.0)
+            ready = p.poll(timeout * 1000.0)
         except InterruptedError:
-            pass
+            ready = [(self._sig_r, select.POLLIN)]
         for c in armed:
             if c.outring is not None:
                 c.outring.disarm()
-        try:
-            while os.read(self._sig_r, 512):
+        self.wait_woke = any(fd == wait_fd for fd, _ in ready)
+        if any(fd == self._sig_r for fd, _ in ready):
+            try:
+                while os.read(self._sig_r, 512):
+                    pass
+            except (BlockingIOError, OSError):
                 pass
-        except (BlockingIOError, OSError):
-            pass
 
 
 def _close_quiet(fd: int) -> None:
