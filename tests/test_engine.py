@@ -62,6 +62,8 @@ def test_results_status_context_and_processor(redis_url, r):
         assert p.result(c, timeout=20) == {"id": c, "name": "ctx", "queue": "default", "attempt": 1}
         d = p.enqueue("thumb", b"abcdefgh")
         assert p.result(d, timeout=20) == b"T:abcd"
+        big = {"big": "x" * 2000}  # over the size a completion event carries inline: read from the record
+        assert p.result(p.enqueue("echo", big), timeout=20) == big
         st = p.status(a)
         assert st["status"] == "done" and st["attempts"] == 1 and st["error"] is None
         assert st["enqueued_at"] <= st["claimed_at"] and st["started_at"] <= st["finished_at"]
