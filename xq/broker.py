@@ -167,10 +167,12 @@ class Broker:
 
     # --- producer ---
     def pack_enqueue(self, qk: QueueKeys, name: str, priority: int, max_retries: int, ids: Sequence[bytes],
-                     payloads: Sequence, first: int, max_payload: int) -> bytes:
+                     payloads: Sequence, first: int, max_payload: int, *, delay_ms="", eta_ms="",
+                     expires_in_ms="", expires_at_ms="", timeout_ms="") -> bytes:
         maxr = b"" if max_retries == DEFAULT_MAX_RETRIES else max_retries
-        return fast.pack_enqueue(self._sha["enqueue"], (qk.ready[priority], qk.wake),
-                                 (qk.task_prefix, name, priority, maxr), ids, payloads, first, max_payload)
+        return fast.pack_enqueue(self._sha["enqueue"], (qk.ready[priority], qk.wake, qk.sched),
+                                 (qk.task_prefix, name, priority, maxr, delay_ms, eta_ms, expires_in_ms,
+                                  expires_at_ms, timeout_ms, qk.events, qk.name), ids, payloads, first, max_payload)
 
     def register_queue(self, queue: str) -> None:
         from .keys import QUEUES
@@ -196,6 +198,45 @@ class Broker:
                 return q
         return None
 
+    def cancel(self, qk: QueueKeys, task_id: str, ttl: int) -> tuple[str, str]:
+        """(outcome, state before); see scripts.CANCEL."""
+        out, before = self.run("cancel", [qk.sched], [qk.task_prefix, qk.events, qk.control, qk.name, ttl, task_id])
+        return out.decode(), before.decode()
+
+    def dead_ids(self, qk: QueueKeys, offset: int, limit: int) -> list[tuple[str, float]]:
+        """(id, time of death) of the dead-letter set, oldest first."""
+        rows = self.client.zrange(qk.dead, offset, offset + limit - 1, withscores=True)
+        return [(i.decode(), score / 1000.0) for i, score in rows]
+
+    def scheduled_ids(self, qk: QueueKeys, offset: int, limit: int) -> list[tuple[str, float]]:
+        """(id, due time) of scheduled and retrying tasks, soonest first."""
+        rows = self.client.zrange(qk.sched, offset, offset + limit - 1, withscores=True)
+        return [(i.decode(), score / 1000.0) for i, score in rows]
+
+    def dead_count(self, qk: QueueKeys) -> int:
+        return self.client.zcard(qk.dead)
+
+    def replay(self, qk: QueueKeys, ids: Sequence[str], priority: int | None, mode: str = "requeue") -> list[str]:
+        reply = self.run("replay", [qk.dead, qk.wake, *qk.ready],
+                         [qk.task_prefix, qk.events, qk.name, "" if priority is None else priority, mode, *ids])
+        return [i.decode() for i in reply]
+
+    def purge_dead(self, qk: QueueKeys, batch: int = 1000) -> int:
+        total = 0
+        while True:
+            n = self.run("purge", [qk.dead], [qk.task_prefix, batch])
+            total += n
+            if n < batch:
+                return total
+
+    def cron_fire(self, qk: QueueKeys, entry_key: str, tick_ms: int, mode: str, task_id: bytes = b"",
+                  name: str = "", payload: bytes = b"", ct: bytes = b"j", priority: int = 5) -> tuple[int, int]:
+        """(fired 1/0, the last tick fired before, ms or -1); see scripts.CRON."""
+        fired, last = self.run("cron", [qk.cron, qk.ready[priority], qk.wake],
+                               [entry_key, tick_ms, mode, qk.task_prefix, task_id, name, payload, ct, priority,
+                                qk.events, qk.name])
+        return int(fired), int(last)
+
     def lease_score(self, qk: QueueKeys, task_id: str):
         return self.client.zscore(qk.leases, task_id)
 
@@ -205,15 +246,16 @@ class Broker:
         keys: list[str] = []
         for qk in queues:
             keys.extend(qk.ready)
-            keys.append(qk.wake)
-            keys.append(qk.leases)
+            keys += (qk.wake, qk.leases, qk.sched, qk.dead)
         return keys
 
     @staticmethod
-    def claim_tail(queues: Sequence[QueueKeys]) -> list[str]:
-        tail: list[str] = []
-        for qk in queues:
-            tail += (qk.task_prefix, qk.events, qk.name)
+    def claim_tail(queues: Sequence[QueueKeys], weights: Sequence[int | None] | None = None,
+                   level_weights: Sequence[int] | None = None) -> list[str]:
+        tail: list = [",".join(map(str, level_weights)) if level_weights else ""]
+        for i, qk in enumerate(queues):
+            w = weights[i] if weights else None
+            tail += (qk.task_prefix, qk.events, qk.name, "" if w is None else w)
         return tail
 
     def pack_claim(self, keys: Sequence[str], tail: Sequence[str], want: int, worker: str, lease_ms: int,
@@ -222,19 +264,22 @@ class Broker:
                                   want, worker, lease_ms, max_payload, ttl, *tail])
 
     def pack_complete(self, qk: QueueKeys, ttl: int, event: bytes, items: list) -> bytes:
-        return fast.pack_command([b"EVALSHA", self._sha["complete"], 1, qk.leases,
-                                  qk.task_prefix, qk.events, ttl, event, *items])
+        return fast.pack_command([b"EVALSHA", self._sha["complete"], 3, qk.leases, qk.sched, qk.dead,
+                                  qk.task_prefix, qk.events, ttl, event, qk.name, *items])
 
     def release(self, qk: QueueKeys, mode: str, ids: Sequence, *, error: str = "", holder: str = "",
-                ttl: int = 0) -> tuple[list[bytes], list[bytes]]:
-        """Requeue or fail tasks; see scripts.RELEASE for the modes."""
-        reply = self.run("release", [qk.leases, qk.wake, *qk.ready],
-                         [qk.task_prefix, qk.events, qk.name, ttl, mode, error, holder, *ids])
+                ttl: int = 0, outcome: str = "lost", delay_ms: int = 0, started_ms="",
+                max_retries: bytes = b"{}") -> tuple[list[bytes], list[bytes]]:
+        """Requeue, retry, cancel or kill tasks; see scripts.RELEASE for the modes.  Returns (requeued, dead)."""
+        reply = self.run("release", [qk.leases, qk.wake, qk.sched, qk.dead, *qk.ready],
+                         [qk.task_prefix, qk.events, qk.name, ttl, mode, error, holder, outcome, int(delay_ms),
+                          started_ms, max_retries, *ids])
         return reply[0], reply[1]
 
-    def renew(self, qk: QueueKeys, worker: str, lease_ms: int, ids: Sequence) -> list[bytes]:
-        """Extend this worker's leases; returns the ids it no longer holds."""
-        return self.run("renew", [qk.leases], [qk.task_prefix, worker, lease_ms, *ids])
+    def renew(self, qk: QueueKeys, worker: str, lease_ms: int, ids: Sequence) -> tuple[list[bytes], list[bytes]]:
+        """Extend this worker's leases; returns (ids it no longer holds, held ids whose cancel was requested)."""
+        lost, cancel = self.run("renew", [qk.leases], [qk.task_prefix, worker, lease_ms, *ids])
+        return lost, cancel
 
     # --- blocking wake-up wait (idle supervisors) ---
     def start_wait(self, wake_keys: Sequence[str], timeout: float, claim: bytes) -> int:

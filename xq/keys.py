@@ -8,8 +8,12 @@ slot and one Lua script may touch them all):
     xq:{Q}:wake             zset    wake-up marker: one member "1"; producers ZADD it, idle supervisors
                                     BZPOPMIN it, so an idle queue costs no polling
     xq:{Q}:leases           zset    id -> lease deadline (ms, Redis server time) of every claimed task
+    xq:{Q}:sched            zset    id -> due time (ms, Redis server time) of scheduled and retrying tasks
+    xq:{Q}:dead             zset    id -> time of death (ms): the dead-letter set
+    xq:{Q}:cron             hash    periodic entry -> the last tick fired (ms), so each tick fires once
     xq:{Q}:t:<id>           hash    the task record: message, state, attempts, timestamps, result
     xq:{Q}:events           channel Pub/Sub channel of task state changes (JSON arrays of events)
+    xq:{Q}:control          channel Pub/Sub channel to supervisors: ids whose cancellation was requested
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def check_queue(name: str) -> str:
 class QueueKeys:
     """The key names of one queue."""
 
-    __slots__ = ("name", "ready", "wake", "leases", "task_prefix", "events")
+    __slots__ = ("name", "ready", "wake", "leases", "sched", "dead", "cron", "task_prefix", "events", "control")
 
     def __init__(self, name: str):
         check_queue(name)
@@ -45,8 +49,12 @@ class QueueKeys:
         self.ready = [f"{base}ready:{p}" for p in range(PRIORITIES)]
         self.wake = base + "wake"
         self.leases = base + "leases"
+        self.sched = base + "sched"
+        self.dead = base + "dead"
+        self.cron = base + "cron"
         self.task_prefix = base + "t:"
         self.events = base + "events"
+        self.control = base + "control"
 
     def task(self, task_id: str | bytes) -> str:
         if isinstance(task_id, bytes):

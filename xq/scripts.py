@@ -10,9 +10,22 @@ built inside the script from the prefix in ARGV and an id popped from a list. It
 front (the id is only known after the pop) and it shares the queue's `{Q}` hash tag, so it is in the same
 Redis Cluster slot as the declared keys.
 
-Events are published as a JSON array of objects `{"id", "queue", "state", "ts"}` (ts in ms; a completion event
-built by the supervisor may add "result", see _fast.build_event); queue names
-and ids are restricted to characters that need no JSON escaping (see keys.check_queue and ids).
+Events are published as a JSON array of objects `{"id", "queue", "state", "ts"}` (ts in ms), with extra
+fields by state: "attempt" and "worker" (running), "next" (retrying: ms of the next attempt), "reason"
+(dead), "result" (done, when small JSON; see _fast.build_event).  Scripts build events only while someone is
+subscribed to the channel (PUBSUB NUMSUB), so they cost nothing when nobody listens.  Queue names and ids
+are restricted to characters that need no JSON escaping (see keys.check_queue and ids); free text goes
+through cjson.
+
+Statuses (the `state` field of a task record; see docs/design.md for the state machine):
+    scheduled  waiting in sched for its due time (enqueued with delay/eta)
+    queued     in a ready list
+    running    claimed: leased to a supervisor, in its buffer, ring or a child
+    retrying   an attempt failed and attempts remain: in sched until its next attempt
+    done       finished; result stored
+    dead       out of attempts, or failed without retry: in the dead-letter set, with its reason
+    expired    not started before its `expires` time: never ran
+    canceled   canceled by request before or while running
 """
 
 _PRELUDE = """
@@ -20,8 +33,11 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function event(id, queue, state, ts)
-  return '{"id":"' .. id .. '","queue":"' .. queue .. '","state":"' .. state .. '","ts":' .. ts .. '}'
+local function listening(channel)
+  return redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0
+end
+local function event(id, queue, state, ts, extra)
+  return '{"id":"' .. id .. '","queue":"' .. queue .. '","state":"' .. state .. '","ts":' .. ts .. (extra or '') .. '}'
 end
 local function publish(channel, events)
   if #events > 0 then redis.call('PUBLISH', channel, '[' .. table.concat(events, ',') .. ']') end
@@ -31,44 +47,123 @@ local function push_chunks(cmd, key, items)
     redis.call(cmd, key, unpack(items, i, math.min(i + 3999, #items)))
   end
 end
+-- Attempt history: a JSON array in the record's 'hist' field, one object per attempt that did not succeed
+-- (a successful attempt is the record's own att/worker/started/fin).  The error is split into its first
+-- line and a traceback cut to its last 2000 bytes.
+local function add_history(key, hist, att, worker, started, finished, outcome, err)
+  err = err or ''
+  local nl = string.find(err, '\\n', 1, true)
+  local msg, tb = err, ''
+  if nl then msg, tb = string.sub(err, 1, nl - 1), string.sub(err, nl + 1) end
+  if #msg > 500 then msg = string.sub(msg, 1, 500) .. '...' end
+  if #tb > 2000 then tb = '...' .. string.sub(tb, -2000) end
+  local e = cjson.encode({n = att, worker = worker or '', start = tonumber(started), ['end'] = tonumber(finished),
+                          outcome = outcome, error = msg, traceback = tb})
+  if hist and #hist > 2 then hist = string.sub(hist, 1, -2) .. ',' .. e .. ']' else hist = '[' .. e .. ']' end
+  redis.call('HSET', key, 'hist', hist)
+end
+-- An attempt ended without success: schedule the next one if attempts remain and retry is allowed
+-- (delay < 0: no retry), else the task is dead.  Returns the event.
+local function attempt_failed(key, id, queue, now, sched, dead, f, started, finished, outcome, err, delay)
+  -- f: HMGET of att, maxr, worker, hist
+  local att = tonumber(f[1]) or 1
+  add_history(key, f[4], att, f[3], started, finished, outcome, err)
+  if delay >= 0 and att <= (tonumber(f[2]) or 3) then
+    local due = now + delay
+    redis.call('HSET', key, 'state', 'retrying', 'due', due, 'error', err)
+    redis.call('ZADD', sched, due, id)
+    return event(id, queue, 'retrying', now, ',"attempt":' .. att .. ',"next":' .. due), due
+  end
+  local reason
+  if delay < 0 then reason = outcome .. ', not retried'
+  else reason = outcome .. ' on the last of ' .. att .. ' attempts' end
+  redis.call('HSET', key, 'state', 'dead', 'fin', finished, 'dead', now, 'reason', reason, 'error', err)
+  redis.call('PERSIST', key)
+  redis.call('ZADD', dead, now, id)
+  return event(id, queue, 'dead', now, ',"reason":' .. cjson.encode(reason)), nil
+end
 """
 
 # KEYS[1] -> xq:{Q}:ready:P, the ready list of the task's priority
 # KEYS[2] -> xq:{Q}:wake
+# KEYS[3] -> xq:{Q}:sched
 # ARGV[1] -> task key prefix xq:{Q}:t:
 # ARGV[2] -> task name
 # ARGV[3] -> priority (0..9)
 # ARGV[4] -> max_retries, or '' for the default (3), which is then not stored
-# ARGV[5..] -> per task, 3 values: id, payload, ct ('j' JSON, 'b' raw bytes)
+# ARGV[5] -> delay ms before the task is due, or ''
+# ARGV[6] -> absolute due time (unix ms, the producer's clock), or ''
+# ARGV[7] -> expires: ms from now, or ''
+# ARGV[8] -> expires: absolute unix ms, or ''
+# ARGV[9] -> processing timeout ms, or ''
+# ARGV[10] -> events channel
+# ARGV[11] -> queue name
+# ARGV[12..] -> per task, 3 values: id, payload, ct ('j' JSON, 'b' raw bytes)
 # Output: the number of tasks enqueued
 # The record holds only what is not implied, since every field costs Redis time at 200k+ tasks/s: the
 # queue is in the key, a missing att is 0, a missing maxr the default, a missing ct 'j', and the enqueue
 # time is the first 48 bits of an xq id (foreign producers may set 'enq' instead).
+# A due time not after now makes the task ready at once.  A scheduled task earlier than every other one
+# sets the wake marker, so an idle supervisor wakes and shortens its sleep to the new earliest due time.
 ENQUEUE = _PRELUDE + """
 local prefix, name, pri, maxr = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ids = {}
-for i = 5, #ARGV, 3 do
+local due, exp, timeout, now = nil, nil, ARGV[9], nil
+if ARGV[5] ~= '' or ARGV[6] ~= '' or ARGV[7] ~= '' then now = now_ms() end
+if ARGV[5] ~= '' then due = now + tonumber(ARGV[5]) elseif ARGV[6] ~= '' then due = tonumber(ARGV[6]) end
+if due and due <= now then due = nil end
+if ARGV[7] ~= '' then exp = now + tonumber(ARGV[7]) elseif ARGV[8] ~= '' then exp = ARGV[8] end
+local state = due and 'scheduled' or 'queued'
+local ids, sched = {}, {}
+for i = 12, #ARGV, 3 do
   local key = prefix .. ARGV[i]
-  redis.call('HSET', key, 'name', name, 'payload', ARGV[i + 1], 'state', 'queued', 'pri', pri)
+  redis.call('HSET', key, 'name', name, 'payload', ARGV[i + 1], 'state', state, 'pri', pri)
   if ARGV[i + 2] ~= 'j' then redis.call('HSET', key, 'ct', ARGV[i + 2]) end
   if maxr ~= '' then redis.call('HSET', key, 'maxr', maxr) end
+  if exp then redis.call('HSET', key, 'exp', exp) end
+  if timeout ~= '' then redis.call('HSET', key, 'to', timeout) end
+  if due then
+    redis.call('HSET', key, 'due', due)
+    sched[#sched + 1] = due
+    sched[#sched + 1] = ARGV[i]
+  end
   ids[#ids + 1] = ARGV[i]
 end
-push_chunks('RPUSH', KEYS[1], ids)
-redis.call('ZADD', KEYS[2], 0, '1')
+if due then
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  push_chunks('ZADD', KEYS[3], sched)
+  if not first[2] or tonumber(first[2]) > due then redis.call('ZADD', KEYS[2], 0, '1') end
+else
+  push_chunks('RPUSH', KEYS[1], ids)
+  redis.call('ZADD', KEYS[2], 0, '1')
+end
+if listening(ARGV[10]) then
+  local events, ts = {}, now or now_ms()
+  local extra = due and (',"next":' .. due) or ''
+  for _, id in ipairs(ids) do events[#events + 1] = event(id, ARGV[11], state, ts, extra) end
+  publish(ARGV[10], events)
+end
 return #ids
 """
 
-# KEYS -> for each queue in priority order, 12 keys: ready:0 .. ready:9, wake, leases
-# ARGV[1] -> max tasks to claim in all
+# KEYS -> for each queue in priority order, 14 keys: ready:0 .. ready:9, wake, leases, sched, dead
+# ARGV[1] -> max tasks to claim in all (0: only move due scheduled/retrying tasks to their ready lists)
 # ARGV[2] -> worker id
 # ARGV[3] -> lease duration, ms
-# ARGV[4] -> max payload bytes: a larger payload fails its task instead of being handed out
+# ARGV[4] -> max payload bytes: a larger payload kills its task (dead) instead of being handed out
 # ARGV[5] -> result ttl, seconds (0 keeps records forever), for records this script finishes
-# ARGV[6..] -> for each queue, 3 values: task key prefix, events channel, queue name
-# Output: {tasks, notes, leased}: tasks is flat, 6 values a task: queue index (0-based), id, name, payload,
-#         ct, attempt; notes is flat, 2 values a skipped id: id, reason (for the supervisor's log); leased is
-#         the number of leases held on these queues by anyone after this claim (burst mode waits for 0)
+# ARGV[6] -> level weights: 10 comma-separated integers for levels 0..9, or '' (strict level order)
+# ARGV[7..] -> for each queue, 4 values: task key prefix, events channel, queue name, weight ('' = strict)
+# Output: {tasks, notes, leased, earliest, now}: tasks is flat, 7 values a task: queue index (0-based), id,
+#         name, payload, ct, attempt, timeout ms ('' if none); notes is flat, 2 values a skipped id: id,
+#         reason (for the supervisor's log); leased is the number of leases held on these queues by anyone
+#         after this claim (burst mode waits for 0); earliest is the due time (ms) of the first scheduled or
+#         retrying task left in these queues, -1 if none; now is the script's time (ms), so the caller can
+#         turn earliest into a local deadline without trusting its own clock against Redis'.
+# Order: due tasks move first (at most 1000 per queue per call; earliest then says more are due), so they
+# can be claimed in the same call.  Strict mode takes the highest non-empty level of the first non-empty
+# queue first.  With level weights, a queue's share first goes to its non-empty levels in proportion to
+# their weights, then strictly by level.  With weights, each queue first gets up to ceil(want * weight / total) of the batch, then
+# what is left is filled in queue order, so no queue starves while another has a backlog.
 CLAIM = _PRELUDE + """
 local now = now_ms()
 local want = tonumber(ARGV[1])
@@ -76,167 +171,329 @@ local worker = ARGV[2]
 local deadline = now + tonumber(ARGV[3])
 local maxp = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
-local out, notes, leased = {}, {}, 0
-local nq = (#ARGV - 5) / 3
+local out, notes, leased, earliest = {}, {}, 0, -1
+local nq = (#ARGV - 6) / 4
+local level_weights = nil
+if ARGV[6] ~= '' then
+  level_weights = {}
+  for w in string.gmatch(ARGV[6], '%d+') do level_weights[#level_weights + 1] = tonumber(w) end
+end
+local qs = {}
+local total_weight = 0
 for q = 1, nq do
-  local base = (q - 1) * 12
-  local prefix, channel, queue = ARGV[3 + q * 3], ARGV[4 + q * 3], ARGV[5 + q * 3]
-  local leases, events = {}, {}
-  -- LMPOP pops from the first non-empty level; the next call starts again at that level (skipped
-  -- entries do not count towards want, so it may still hold tasks).
-  local first = 1
-  while want > 0 do
-    local args = {11 - first}
-    for p = first, 10 do args[#args + 1] = KEYS[base + p] end
-    args[#args + 1], args[#args + 2], args[#args + 3] = 'LEFT', 'COUNT', want
-    local got = redis.call('LMPOP', unpack(args))
-    if not got then break end
-    for p = first, 10 do
-      if KEYS[base + p] == got[1] then first = p break end
+  local a = 3 + q * 4
+  local c = {base = (q - 1) * 14, prefix = ARGV[a], channel = ARGV[a + 1], queue = ARGV[a + 2],
+             weight = tonumber(ARGV[a + 3]), leases = {}, events = {}, first = 1}
+  c.listen = listening(c.channel)
+  qs[q] = c
+  if c.weight then total_weight = total_weight + c.weight end
+  -- due scheduled and retrying tasks go to the tail of their ready lists
+  local sched = KEYS[c.base + 13]
+  local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, 1000)
+  if #due > 0 then
+    for _, id in ipairs(due) do
+      local key = c.prefix .. id
+      local f = redis.call('HMGET', key, 'state', 'pri')
+      if f[1] == 'scheduled' or f[1] == 'retrying' then
+        redis.call('HSET', key, 'state', 'queued')
+        redis.call('RPUSH', KEYS[c.base + 1 + (tonumber(f[2]) or 5)], id)
+        if c.listen then c.events[#c.events + 1] = event(id, c.queue, 'queued', now) end
+      end
     end
-    for _, id in ipairs(got[2]) do
-      local key = prefix .. id
-      local f = redis.call('HMGET', key, 'name', 'payload', 'ct', 'state', 'att')
-      if not f[1] or not f[2] then
-        notes[#notes + 1] = id
-        notes[#notes + 1] = 'no task record with name and payload at ' .. key .. ': dropped from the queue'
-      elseif f[4] ~= 'queued' then
-        notes[#notes + 1] = id
-        notes[#notes + 1] = 'state is ' .. tostring(f[4]) .. ', not queued: stale queue entry dropped'
-      elseif #f[2] > maxp then
-        redis.call('HSET', key, 'state', 'failed', 'fin', now, 'error',
-                   'payload of ' .. #f[2] .. ' bytes exceeds max_payload of ' .. maxp .. ' bytes')
-        if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-        events[#events + 1] = event(id, queue, 'failed', now)
-      else
-        local att = (tonumber(f[5]) or 0) + 1
-        redis.call('HSET', key, 'state', 'running', 'att', att, 'claimed', now, 'worker', worker)
-        leases[#leases + 1] = deadline
-        leases[#leases + 1] = id
-        local n = #out
-        out[n + 1] = q - 1
-        out[n + 2] = id
-        out[n + 3] = f[1]
-        out[n + 4] = f[2]
-        out[n + 5] = f[3] or 'j'
-        out[n + 6] = att
-        want = want - 1
+    redis.call('ZREM', sched, unpack(due))
+  end
+end
+
+-- One popped id: claim it (returns 1), or finish or drop it as its record says (returns 0).
+local function claim_one(c, id)
+  local base = c.base
+  local key = c.prefix .. id
+  local f = redis.call('HMGET', key, 'name', 'payload', 'ct', 'state', 'att', 'to', 'exp')
+  if not f[1] or not f[2] then
+    notes[#notes + 1] = id
+    notes[#notes + 1] = 'no task record with name and payload at ' .. key .. ': dropped from the queue'
+  elseif f[4] ~= 'queued' then
+    if f[4] ~= 'canceled' then  -- a canceled task's entry is left in its list and dropped here
+      notes[#notes + 1] = id
+      notes[#notes + 1] = 'state is ' .. tostring(f[4]) .. ', not queued: stale queue entry dropped'
+    end
+  elseif f[7] and tonumber(f[7]) <= now then
+    redis.call('HSET', key, 'state', 'expired', 'fin', now, 'error', 'expired before it started (expires at ' .. f[7] .. ')')
+    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    if c.listen then c.events[#c.events + 1] = event(id, c.queue, 'expired', now) end
+  elseif #f[2] > maxp then
+    local err = 'PayloadTooLarge: payload of ' .. #f[2] .. ' bytes exceeds max_payload of ' .. maxp .. ' bytes'
+    local h = redis.call('HMGET', key, 'att', 'maxr', 'worker', 'hist')
+    h[1] = (tonumber(f[5]) or 0) + 1
+    redis.call('HSET', key, 'att', h[1])
+    local ev = attempt_failed(key, id, c.queue, now, KEYS[base + 13], KEYS[base + 14],
+                              h, now, now, 'payload too large', err, -1)
+    if c.listen then c.events[#c.events + 1] = ev end
+  else
+    local att = (tonumber(f[5]) or 0) + 1
+    redis.call('HSET', key, 'state', 'running', 'att', att, 'claimed', now, 'worker', worker)
+    c.leases[#c.leases + 1] = deadline
+    c.leases[#c.leases + 1] = id
+    local m = #out
+    out[m + 1] = c.base / 14
+    out[m + 2] = id
+    out[m + 3] = f[1]
+    out[m + 4] = f[2]
+    out[m + 5] = f[3] or 'j'
+    out[m + 6] = att
+    out[m + 7] = f[6] or ''
+    if c.listen then
+      c.events[#c.events + 1] = event(id, c.queue, 'running', now, ',"attempt":' .. att .. ',"worker":' .. cjson.encode(worker))
+    end
+    return 1
+  end
+  return 0
+end
+
+local function take(c, n)
+  local base, taken = c.base, 0
+  if level_weights and n > 0 then
+    -- each non-empty level first gets up to ceil(n * weight / total weight of the non-empty levels)
+    local total, nonempty = 0, {}
+    for p = 1, 10 do
+      if level_weights[p] and level_weights[p] > 0 and redis.call('EXISTS', KEYS[base + p]) == 1 then
+        nonempty[#nonempty + 1] = p
+        total = total + level_weights[p]
+      end
+    end
+    local batch = n
+    for _, p in ipairs(nonempty) do
+      local quota = math.min(n - taken, math.ceil(batch * level_weights[p] / total))
+      while quota > 0 do
+        local ids = redis.call('LPOP', KEYS[base + p], quota)
+        if not ids then break end
+        for _, id in ipairs(ids) do
+          local got = claim_one(c, id)
+          taken, quota = taken + got, quota - got
+        end
       end
     end
   end
-  if #leases > 0 then push_chunks('ZADD', KEYS[base + 12], leases) end
-  publish(channel, events)
+  -- LMPOP pops from the first non-empty level; the next call starts again at that level (skipped
+  -- entries do not count towards n, so it may still hold tasks).
+  while n > taken do
+    local args = {11 - c.first}
+    for p = c.first, 10 do args[#args + 1] = KEYS[base + p] end
+    args[#args + 1], args[#args + 2], args[#args + 3] = 'LEFT', 'COUNT', n - taken
+    local got = redis.call('LMPOP', unpack(args))
+    if not got then break end
+    for p = c.first, 10 do
+      if KEYS[base + p] == got[1] then c.first = p break end
+    end
+    for _, id in ipairs(got[2]) do taken = taken + claim_one(c, id) end
+  end
+  return taken
+end
+
+if total_weight > 0 and want > 0 then
+  local batch = want
+  for q = 1, nq do
+    local c = qs[q]
+    if want > 0 and c.weight and c.weight > 0 then
+      want = want - take(c, math.min(want, math.ceil(batch * c.weight / total_weight)))
+    end
+  end
+end
+for q = 1, nq do
+  if want <= 0 then break end
+  want = want - take(qs[q], want)
+end
+
+for q = 1, nq do
+  local c = qs[q]
+  local base = c.base
+  if #c.leases > 0 then push_chunks('ZADD', KEYS[base + 12], c.leases) end
+  publish(c.channel, c.events)
   leased = leased + redis.call('ZCARD', KEYS[base + 12])
   -- Work left behind wakes the next idle supervisor; the one that took the marker may have filled up.
   -- (An empty list does not exist in Redis, so one EXISTS over the ten levels tells.)
   if redis.call('EXISTS', unpack(KEYS, base + 1, base + 10)) > 0 then
     redis.call('ZADD', KEYS[base + 11], 0, '1')
   end
+  local first = redis.call('ZRANGE', KEYS[base + 13], 0, 0, 'WITHSCORES')
+  if first[2] then
+    local t = tonumber(first[2])
+    if earliest < 0 or t < earliest then earliest = t end
+  end
 end
-return {out, notes, leased}
+return {out, notes, leased, earliest, now}
 """
 
 # KEYS[1] -> xq:{Q}:leases
+# KEYS[2] -> xq:{Q}:sched
+# KEYS[3] -> xq:{Q}:dead
 # ARGV[1] -> task key prefix
 # ARGV[2] -> events channel
 # ARGV[3] -> result ttl, seconds (0 keeps records forever)
-# ARGV[4] -> the event message for these tasks, built by the caller (published as is; '' publishes nothing)
-# ARGV[5..] -> per task, 6 values: id, state ('done'|'failed'), result or error text, rct, started ms,
-#              finished ms
+# ARGV[4] -> the event message for the done tasks, built by the caller (published as is; '' publishes nothing)
+# ARGV[5] -> queue name
+# ARGV[6..] -> per task, 6 values: id, outcome, text, extra, started ms, finished ms, where outcome/text/extra
+#              are done/result/rct ('j' or 'b'), retry/error/'<delay ms>,<max_retries of the task>'
+#              (a retryable failure; a max_retries in the record wins), failed/error/'' (not to be
+#              retried), canceled/error/''
 # Output: the number of records written (a record that expired or was deleted meanwhile is not recreated)
 # Cost matters here (one call per task at 100k tasks/s): no EXISTS, HSET's count of new fields tells a
-# missing record (all fields new: 'state' is in every live record), which is then deleted again.
+# missing record (all fields new: 'state' is in every live record), which is then deleted again.  Only
+# the failure paths read the record.
 COMPLETE = _PRELUDE + """
-local prefix, ttl = ARGV[1], tonumber(ARGV[3])
-local ids = {}
+local prefix, ttl, queue = ARGV[1], tonumber(ARGV[3]), ARGV[5]
+local ids, events = {}, {}
 local written = 0
-for i = 5, #ARGV, 6 do
+local now, listen = nil, nil
+for i = 6, #ARGV, 6 do
   local id = ARGV[i]
   local key = prefix .. id
-  local n, fields
-  if ARGV[i + 1] ~= 'done' then
-    n, fields = redis.call('HSET', key, 'state', ARGV[i + 1], 'error', ARGV[i + 2], 'started', ARGV[i + 4],
-                           'fin', ARGV[i + 5]), 4
-  elseif ARGV[i + 3] == 'j' then
-    n, fields = redis.call('HSET', key, 'state', 'done', 'result', ARGV[i + 2], 'started', ARGV[i + 4],
-                           'fin', ARGV[i + 5]), 4
+  local outcome = ARGV[i + 1]
+  if outcome == 'done' then
+    local n, fields
+    if ARGV[i + 3] == 'j' then
+      n, fields = redis.call('HSET', key, 'state', 'done', 'result', ARGV[i + 2], 'started', ARGV[i + 4],
+                             'fin', ARGV[i + 5]), 4
+    else
+      n, fields = redis.call('HSET', key, 'state', 'done', 'result', ARGV[i + 2], 'started', ARGV[i + 4],
+                             'fin', ARGV[i + 5], 'rct', ARGV[i + 3]), 5
+    end
+    if n == fields then
+      redis.call('DEL', key)
+    else
+      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+      written = written + 1
+    end
   else
-    n, fields = redis.call('HSET', key, 'state', 'done', 'result', ARGV[i + 2], 'started', ARGV[i + 4],
-                           'fin', ARGV[i + 5], 'rct', ARGV[i + 3]), 5
-  end
-  if n == fields then
-    redis.call('DEL', key)
-  else
-    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-    written = written + 1
+    local f = redis.call('HMGET', key, 'att', 'maxr', 'worker', 'hist', 'state')
+    -- only a running task: a late report of an attempt whose lease was lost (the task already moved on)
+    -- must not schedule it a second time
+    if f[5] == 'running' then
+      now = now or now_ms()
+      if listen == nil then listen = listening(ARGV[2]) end
+      redis.call('HSET', key, 'started', ARGV[i + 4])
+      local ev
+      if outcome == 'canceled' then
+        add_history(key, f[4], tonumber(f[1]) or 1, f[3], ARGV[i + 4], ARGV[i + 5], 'canceled', ARGV[i + 2])
+        redis.call('HSET', key, 'state', 'canceled', 'fin', ARGV[i + 5], 'error', ARGV[i + 2])
+        if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+        ev = event(id, queue, 'canceled', now)
+      else
+        local delay = -1
+        if outcome == 'retry' then  -- extra is '<delay ms>,<the task's max_retries>'; the record's own wins
+          local d, m = string.match(ARGV[i + 3], '^(%d+),?(%d*)$')
+          delay = tonumber(d) or 0
+          if not f[2] and m and m ~= '' then  -- record it, so status() shows the limit it runs under
+            f[2] = m
+            if m ~= '3' then redis.call('HSET', key, 'maxr', m) end
+          end
+        end
+        ev = attempt_failed(key, id, queue, now, KEYS[2], KEYS[3], f, ARGV[i + 4], ARGV[i + 5],
+                            'failed', ARGV[i + 2], delay)
+      end
+      if listen then events[#events + 1] = ev end
+      written = written + 1
+    end
   end
   ids[#ids + 1] = id
 end
 push_chunks('ZREM', KEYS[1], ids)
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[4]) end
+publish(ARGV[2], events)
 return written
 """
 
 # KEYS[1] -> xq:{Q}:leases
 # KEYS[2] -> xq:{Q}:wake
-# KEYS[3..12] -> xq:{Q}:ready:0 .. ready:9
+# KEYS[3] -> xq:{Q}:sched
+# KEYS[4] -> xq:{Q}:dead
+# KEYS[5..14] -> xq:{Q}:ready:0 .. ready:9
 # ARGV[1] -> task key prefix
 # ARGV[2] -> events channel
 # ARGV[3] -> queue name
 # ARGV[4] -> result ttl, seconds
-# ARGV[5] -> mode: 'return'  claimed but never started: back to the head of its list, attempt not counted
-#                  'retry'   the attempt was lost (child died): back to the head if attempts remain, else failed
-#                  'expired' like retry, for every lease past its deadline (ids are ignored)
-# ARGV[6] -> error text recorded for retry/expired
+# ARGV[5] -> mode: 'return'   claimed but never started: back to the head of its list, attempt not counted
+#                  'lost'     the attempt ended without a result (child died, timed out): retried if
+#                             attempts remain (after ARGV[9] ms, or at the head of its list for 0), else dead
+#                  'canceled' the attempt was stopped by a cancel request: canceled
+#                  'expired'  like lost, for every lease past its deadline (ids are ignored)
+# ARGV[6] -> error text recorded for lost/canceled/expired
 # ARGV[7] -> worker id that must hold the task ('' for any; 'expired' ignores it)
-# ARGV[8..] -> ids, in queue order
-# Output: {requeued ids, failed ids}
+# ARGV[8] -> the attempt's outcome for its history: 'lost', 'timeout', 'canceled'
+# ARGV[9] -> retry delay, ms (0 = at once, at the head of its list)
+# ARGV[10] -> when the attempt started (ms), or ''
+# ARGV[11] -> JSON object: task name -> max_retries, for tasks whose default is not 3 (a record's own wins)
+# ARGV[12..] -> ids, in queue order
+# Output: {requeued ids, dead ids}
 RELEASE = _PRELUDE + """
 local now = now_ms()
-local prefix, channel, queue, ttl, mode, err, holder =
-  ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
+local prefix, channel, queue, ttl, mode, err, holder, outcome, delay =
+  ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local started = ARGV[10]
 local ids = {}
 if mode == 'expired' then
   ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
   holder = ''
 else
-  for i = 8, #ARGV do ids[#ids + 1] = ARGV[i] end
+  for i = 12, #ARGV do ids[#ids + 1] = ARGV[i] end
 end
-local requeued, failed, events, gone = {}, {}, {}, {}
+local defaults = cjson.decode(ARGV[11])
+local listen = listening(channel)
+local requeued, dead, events, gone = {}, {}, {}, {}
 -- LPUSH reverses, so walk backwards to keep the original order at the head of each list.
 for i = #ids, 1, -1 do
   local id = ids[i]
   local key = prefix .. id
-  local f = redis.call('HMGET', key, 'state', 'att', 'maxr', 'pri', 'worker')
+  local f = redis.call('HMGET', key, 'state', 'att', 'maxr', 'pri', 'worker', 'hist', 'claimed', 'name', 'cxl')
   gone[#gone + 1] = id
   if f[1] == 'running' and (holder == '' or f[5] == holder) then
     local att = tonumber(f[2]) or 1
     local pri = tonumber(f[4]) or 5
-    if mode == 'return' then
+    local ev
+    local m, text = mode, err
+    if not f[3] and defaults[f[8] or ''] then
+      f[3] = tostring(defaults[f[8]])
+      redis.call('HSET', key, 'maxr', f[3])
+    end
+    if f[9] then  -- its cancellation was requested: whatever happened to the attempt, it ends here
+      m = 'canceled'
+      if mode ~= 'canceled' then text = 'canceled (requested while it ran; ' .. mode .. ': ' .. err .. ')' end
+    end
+    if m == 'return' then
       redis.call('HSET', key, 'state', 'queued', 'att', math.max(att - 1, 0))
-      redis.call('LPUSH', KEYS[3 + pri], id)
+      redis.call('LPUSH', KEYS[5 + pri], id)
       requeued[#requeued + 1] = id
-    elseif att > (tonumber(f[3]) or 3) then
-      local why = err .. '; gave up after ' .. att .. ' attempts'
-      if mode == 'expired' then why = 'lease expired (worker ' .. tostring(f[5]) .. ' lost); ' .. why end
-      redis.call('HSET', key, 'state', 'failed', 'fin', now, 'error', why)
+      ev = event(id, queue, 'queued', now)
+    elseif m == 'canceled' then
+      add_history(key, f[6], att, f[5], started ~= '' and started or f[7], now, 'canceled', text)
+      redis.call('HSET', key, 'state', 'canceled', 'fin', now, 'error', text)
       if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-      failed[#failed + 1] = id
-      events[#events + 1] = event(id, queue, 'failed', now)
+      ev = event(id, queue, 'canceled', now)
     else
       local why = err
       if mode == 'expired' then why = 'lease expired (worker ' .. tostring(f[5]) .. ' lost); ' .. err end
-      redis.call('HSET', key, 'state', 'queued', 'error', why)
-      redis.call('LPUSH', KEYS[3 + pri], id)
-      requeued[#requeued + 1] = id
-      events[#events + 1] = event(id, queue, 'queued', now)
+      local due
+      ev, due = attempt_failed(key, id, queue, now, KEYS[3], KEYS[4], {f[2], f[3], f[5], f[6]},
+                               started ~= '' and started or f[7], now, outcome, why, delay)
+      if due then
+        if delay <= 0 then  -- at once: straight back to the head of its list
+          redis.call('ZREM', KEYS[3], id)
+          redis.call('HSET', key, 'state', 'queued')
+          redis.call('LPUSH', KEYS[5 + pri], id)
+          ev = event(id, queue, 'queued', now)
+        end
+        requeued[#requeued + 1] = id
+      else
+        dead[#dead + 1] = id
+      end
     end
+    if ev and listen then events[#events + 1] = ev end
   end
 end
 push_chunks('ZREM', KEYS[1], gone)
 if #requeued > 0 then redis.call('ZADD', KEYS[2], 0, '1') end
 publish(channel, events)
-return {requeued, failed}
+return {requeued, dead}
 """
 
 # KEYS[1] -> xq:{Q}:leases
@@ -244,16 +501,18 @@ return {requeued, failed}
 # ARGV[2] -> worker id
 # ARGV[3] -> lease duration, ms
 # ARGV[4..] -> ids this worker believes it holds
-# Output: the ids it no longer holds (recovered by another supervisor after its lease ran out)
+# Output: {lost, cancel}: the ids it no longer holds (recovered by another supervisor after its lease ran
+#         out), and the ids held whose cancellation was requested (in case the control message was missed)
 RENEW = _PRELUDE + """
 local deadline = now_ms() + tonumber(ARGV[3])
-local leases, lost = {}, {}
+local leases, lost, cancel = {}, {}, {}
 for i = 4, #ARGV do
   local id = ARGV[i]
-  local f = redis.call('HMGET', ARGV[1] .. id, 'state', 'worker')
+  local f = redis.call('HMGET', ARGV[1] .. id, 'state', 'worker', 'cxl')
   if f[1] == 'running' and f[2] == ARGV[2] then
     leases[#leases + 1] = deadline
     leases[#leases + 1] = id
+    if f[3] then cancel[#cancel + 1] = id end
   else
     lost[#lost + 1] = id
   end
@@ -263,7 +522,126 @@ if #leases > 0 then
     redis.call('ZADD', KEYS[1], 'XX', unpack(leases, i, math.min(i + 3999, #leases)))
   end
 end
-return lost
+return {lost, cancel}
 """
 
-ALL = {"enqueue": ENQUEUE, "claim": CLAIM, "complete": COMPLETE, "release": RELEASE, "renew": RENEW}
+# KEYS[1] -> xq:{Q}:sched
+# ARGV[1] -> task key prefix
+# ARGV[2] -> events channel
+# ARGV[3] -> control channel
+# ARGV[4] -> queue name
+# ARGV[5] -> result ttl, seconds
+# ARGV[6] -> task id
+# Output: {outcome, state before}: outcome 'canceled' (it was queued, scheduled or retrying: it never runs),
+#         'canceling' (it is running: its supervisor was told, see the control channel), 'finished' (it
+#         already ended: nothing changed), or 'unknown' (no such record)
+# A queued task's id stays in its ready list (removing it would be O(n)); CLAIM drops it.
+CANCEL = _PRELUDE + """
+local id = ARGV[6]
+local key = ARGV[1] .. id
+local state = redis.call('HGET', key, 'state')
+if not state then return {'unknown', ''} end
+local now = now_ms()
+if state == 'queued' or state == 'scheduled' or state == 'retrying' then
+  redis.call('HSET', key, 'state', 'canceled', 'fin', now, 'error', 'canceled while ' .. state)
+  redis.call('ZREM', KEYS[1], id)
+  local ttl = tonumber(ARGV[5])
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+  if listening(ARGV[2]) then publish(ARGV[2], {event(id, ARGV[4], 'canceled', now)}) end
+  return {'canceled', state}
+end
+if state == 'running' then
+  redis.call('HSET', key, 'cxl', now)
+  redis.call('PUBLISH', ARGV[3], id)
+  return {'canceling', state}
+end
+return {'finished', state}
+"""
+
+# KEYS[1] -> xq:{Q}:dead
+# KEYS[2] -> xq:{Q}:wake
+# KEYS[3..12] -> xq:{Q}:ready:0 .. ready:9
+# ARGV[1] -> task key prefix
+# ARGV[2] -> events channel
+# ARGV[3] -> queue name
+# ARGV[4] -> new priority, or '' to keep each task's own
+# ARGV[5] -> mode: 'requeue' (back to this queue's ready lists, attempts start again) or 'remove' (drop
+#            from this queue: the caller has enqueued it elsewhere)
+# ARGV[6..] -> ids
+# Output: the ids replayed (ids not in the dead-letter set are skipped)
+REPLAY = _PRELUDE + """
+local prefix, channel, queue, pri, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local now = now_ms()
+local listen = listening(channel)
+local done, events = {}, {}
+for i = 6, #ARGV do
+  local id = ARGV[i]
+  local key = prefix .. id
+  if redis.call('ZSCORE', KEYS[1], id) then
+    redis.call('ZREM', KEYS[1], id)
+    done[#done + 1] = id
+    if mode == 'remove' then
+      redis.call('DEL', key)
+    elseif redis.call('HGET', key, 'state') == 'dead' then
+      if pri == '' then pri = nil end
+      local p = tonumber(pri or redis.call('HGET', key, 'pri')) or 5
+      redis.call('HDEL', key, 'fin', 'started', 'claimed', 'due', 'dead', 'reason', 'cxl', 'worker')
+      redis.call('HSET', key, 'state', 'queued', 'att', 0, 'pri', p)
+      redis.call('HINCRBY', key, 'replays', 1)
+      redis.call('RPUSH', KEYS[3 + p], id)
+      if listen then events[#events + 1] = event(id, queue, 'queued', now) end
+    end
+  end
+end
+if #done > 0 and mode ~= 'remove' then redis.call('ZADD', KEYS[2], 0, '1') end
+publish(channel, events)
+return done
+"""
+
+# KEYS[1] -> xq:{Q}:dead
+# ARGV[1] -> task key prefix
+# ARGV[2] -> max ids to purge in this call
+# Output: the number of dead tasks purged (their records are deleted)
+PURGE = _PRELUDE + """
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+for _, id in ipairs(ids) do redis.call('DEL', ARGV[1] .. id) end
+if #ids > 0 then push_chunks('ZREM', KEYS[1], ids) end
+return #ids
+"""
+
+# KEYS[1] -> xq:{Q}:cron
+# KEYS[2] -> xq:{Q}:ready:P of the task's priority
+# KEYS[3] -> xq:{Q}:wake
+# ARGV[1] -> periodic entry key (task name and expression)
+# ARGV[2] -> the tick (ms, the schedule's clock)
+# ARGV[3] -> mode: 'fire' (enqueue the task for this tick unless a tick at or after it was fired) or
+#            'init' (record the tick as fired if the entry has no record yet; enqueues nothing)
+# ARGV[4] -> task key prefix
+# ARGV[5] -> task id
+# ARGV[6] -> task name
+# ARGV[7] -> payload
+# ARGV[8] -> ct
+# ARGV[9] -> priority
+# ARGV[10] -> events channel
+# ARGV[11] -> queue name
+# Output: {fired (1/0), the last tick fired before this call (ms) or -1}
+CRON = _PRELUDE + """
+local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+local tick = tonumber(ARGV[2])
+if ARGV[3] == 'init' then
+  if last < 0 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+  return {0, last}
+end
+if last >= tick then return {0, last} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local key = ARGV[4] .. ARGV[5]
+redis.call('HSET', key, 'name', ARGV[6], 'payload', ARGV[7], 'state', 'queued', 'pri', ARGV[9], 'cron', ARGV[1])
+if ARGV[8] ~= 'j' then redis.call('HSET', key, 'ct', ARGV[8]) end
+redis.call('RPUSH', KEYS[2], ARGV[5])
+redis.call('ZADD', KEYS[3], 0, '1')
+if listening(ARGV[10]) then publish(ARGV[10], {event(ARGV[5], ARGV[11], 'queued', now_ms())}) end
+return {1, last}
+"""
+
+ALL = {"enqueue": ENQUEUE, "claim": CLAIM, "complete": COMPLETE, "release": RELEASE, "renew": RENEW,
+       "cancel": CANCEL, "replay": REPLAY, "purge": PURGE, "cron": CRON}
