@@ -6,8 +6,10 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .clock import SystemClock
 from .errors import ConfigError
 from .keys import check_queue
+from .retry import Backoff, Delays, make_backoff
 
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_RETRIES = 3
@@ -23,6 +25,10 @@ class Processor:
     name: str = ""
     queue: str = DEFAULT_QUEUE
     max_retries: int = DEFAULT_MAX_RETRIES
+    retry_on: tuple | None = None
+    backoff = None
+    timeout: float | None = None
+    expires: float | None = None
 
     def setup(self) -> None:
         """Called once in each child before the first task."""
@@ -31,15 +37,35 @@ class Processor:
         raise NotImplementedError
 
 
+def check_seconds(what: str, value, *, allow_none: bool = True, positive: bool = True):
+    """A number of seconds (> 0, or >= 0 if not positive), or None; ConfigError naming what otherwise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0) \
+            or value != value or value == float("inf"):
+        raise ConfigError(f"invalid {what} {value!r}: expected a number of seconds "
+                          f"{'> 0' if positive else '>= 0'}")
+    return float(value)
+
+
 @dataclass
 class TaskSpec:
-    """One registered task: its name, default queue, options and handler."""
+    """One registered task: its name, default queue, options and handler.
+
+    max_retries: attempts after the first; retry_on: exception types that are retried (others, and
+    xq.NonRetryable, kill the task at once); backoff: delays between attempts; timeout: seconds an attempt
+    may run before its child is stopped; expires: seconds after enqueue by which it must have started.
+    """
 
     name: str
     queue: str
     handler: Callable[[Any], Any] | None = None
     processor_cls: type | None = None
     max_retries: int = DEFAULT_MAX_RETRIES
+    retry_on: tuple = (Exception,)
+    backoff: Backoff | Delays = field(default_factory=Backoff)
+    timeout: float | None = None
+    expires: float | None = None
     _instance: Any = field(default=None, repr=False)
 
     def resolve(self) -> Callable[[Any], Any]:
@@ -56,17 +82,24 @@ class TaskSpec:
 class App:
     """A registry of task handlers, imported by `xq run MODULE:APP` in the supervisor and its children."""
 
-    def __init__(self, name: str = "xq", *, default_queue: str = DEFAULT_QUEUE):
+    def __init__(self, name: str = "xq", *, default_queue: str = DEFAULT_QUEUE, clock=None):
         self.name = name
         self.default_queue = check_queue(default_queue)
         self.tasks: dict[str, TaskSpec] = {}
+        self.crons: list = []
+        self.clock = clock or SystemClock()
 
-    def task(self, name: str | None = None, *, queue: str | None = None,
-             max_retries: int = DEFAULT_MAX_RETRIES):
-        """Decorator registering a function (called with the payload) or a Processor-like class."""
+    def task(self, name: str | None = None, *, queue: str | None = None, max_retries: int | None = None,
+             retry_on=None, backoff=None, timeout: float | None = None, expires: float | None = None):
+        """Decorator registering a function (called with the payload) or a Processor-like class.
+
+        max_retries (default 3), retry_on (exception types to retry, default every Exception), backoff
+        (xq.Backoff(base, cap, factor, jitter) — the default, exponential with jitter — or a list of delays in
+        seconds, the last repeating), timeout (seconds per attempt), expires (seconds after enqueue)."""
 
         def deco(obj):
-            self.register(obj, name=name, queue=queue, max_retries=max_retries)
+            self.register(obj, name=name, queue=queue, max_retries=max_retries, retry_on=retry_on,
+                          backoff=backoff, timeout=timeout, expires=expires)
             return obj
 
         if callable(name) and not isinstance(name, str):  # bare @app.task
@@ -74,8 +107,44 @@ class App:
             return deco(fn)
         return deco
 
+    def cron(self, expr: str, *, payload: Any = None, name: str | None = None, queue: str | None = None,
+             priority: int | str = 5, tz: str | None = None, **task_options):
+        """Decorator running a function on a cron schedule, e.g. `@app.cron("*/5 * * * *")`.
+
+        The function takes no arguments, or one (the payload) when payload= is given.  It is also registered
+        as a task (task_options as for task()), so it can be enqueued by hand too.  Each tick fires exactly
+        once across all supervisors serving its queue; see xq/cron.py for the missed-tick policy."""
+        from .cron import CronEntry
+        from .producer import check_priority
+
+        has_payload = payload is not None
+        prio = check_priority(priority)
+
+        def deco(fn):
+            if not callable(fn):
+                raise ConfigError(f"@app.cron needs a function, got {fn!r}")
+            try:
+                params = [p for p in inspect.signature(fn).parameters.values()
+                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+            except (TypeError, ValueError):
+                params = []
+            if not has_payload and params:
+                raise ConfigError(f"cron function {fn.__qualname__} takes {len(params)} argument(s); give it none, "
+                                  f"or pass payload=... to @app.cron")
+            tname = name or f"{fn.__module__}.{fn.__qualname__}"
+            handler = fn if has_payload else (lambda _payload, _fn=fn: _fn())
+            spec = self.tasks.get(tname)
+            if spec is None:
+                spec = self.register(handler, name=tname, queue=queue, **task_options)
+            self.crons.append(CronEntry(expr, tname, queue or spec.queue, payload=payload, has_payload=has_payload,
+                                        priority=prio, tz=tz))
+            return fn
+
+        return deco
+
     def register(self, obj, *, name: str | None = None, queue: str | None = None,
-                 max_retries: int | None = None) -> TaskSpec:
+                 max_retries: int | None = None, retry_on=None, backoff=None, timeout: float | None = None,
+                 expires: float | None = None) -> TaskSpec:
         """Register a function, a class with `name` and `process()`, or an instance of one."""
         if inspect.isclass(obj):
             if not callable(getattr(obj, "process", None)):
@@ -96,13 +165,30 @@ class App:
                             max_retries=max_retries if max_retries is not None else DEFAULT_MAX_RETRIES)
         else:
             raise ConfigError(f"cannot register {obj!r}: expected a function or a class with process()")
-        if not isinstance(spec.max_retries, int) or spec.max_retries < 0:
+        if isinstance(spec.max_retries, bool) or not isinstance(spec.max_retries, int) or spec.max_retries < 0:
             raise ConfigError(f"max_retries of task {tname!r} must be an integer >= 0, got {spec.max_retries!r}")
+        if retry_on is None and not inspect.isfunction(obj):
+            retry_on = getattr(obj, "retry_on", None)
+        if retry_on is not None:
+            types = retry_on if isinstance(retry_on, tuple) else tuple(retry_on) if isinstance(retry_on, list) \
+                else (retry_on,)
+            if not all(inspect.isclass(t) and issubclass(t, BaseException) for t in types):
+                raise ConfigError(f"retry_on of task {tname!r} must be exception classes, got {retry_on!r}")
+            spec.retry_on = types
+        spec.backoff = make_backoff(backoff if backoff is not None else getattr(obj, "backoff", None))
+        spec.timeout = check_seconds(f"timeout of task {tname!r}",
+                                     timeout if timeout is not None else getattr(obj, "timeout", None))
+        spec.expires = check_seconds(f"expires of task {tname!r}",
+                                     expires if expires is not None else getattr(obj, "expires", None))
         check_queue(spec.queue)
         if tname in self.tasks:
             raise ConfigError(f"task name {tname!r} is registered twice")
         self.tasks[tname] = spec
         return spec
+
+    def max_retries_overrides(self) -> dict[str, int]:
+        """Task names whose max_retries is not the default (the retry scripts need them)."""
+        return {n: s.max_retries for n, s in self.tasks.items() if s.max_retries != DEFAULT_MAX_RETRIES}
 
     def queues(self) -> list[str]:
         """Queues that registered tasks route to, default queue first."""

@@ -29,3 +29,28 @@ class UnknownTask(XQError, LookupError):
 
 class ResultTimeout(XQError, TimeoutError):
     """Producer.result() gave up waiting."""
+
+
+class Retry(XQError):
+    """Raise in a handler to ask for another attempt: `raise xq.Retry(delay=10)` (seconds; None uses the
+    task's backoff).  Counts as a failed attempt: once max_retries is used up the task is dead."""
+
+    def __init__(self, delay: float | None = None, reason: str = ""):
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0):
+            raise ConfigError(f"invalid Retry delay {delay!r}: expected seconds >= 0 or None")
+        super().__init__(reason or (f"retry requested in {delay} s" if delay is not None else "retry requested"))
+        self.delay = delay
+
+
+class NonRetryable(XQError):
+    """Raise in a handler (or subclass) for a failure no retry can fix: the task goes straight to the
+    dead-letter set, whatever attempts remain."""
+
+
+class Cancelled(BaseException):
+    """Raised inside a running handler when its task is canceled (Producer.cancel).  A BaseException, so
+    `except Exception` does not swallow it; clean up and re-raise (the child is killed after a grace)."""
+
+
+class TaskTimeout(XQError):
+    """The error recorded for an attempt stopped by its processing timeout."""
