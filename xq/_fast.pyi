@@ -89,6 +89,8 @@ def decode_task_head(head: bytes) -> tuple[int, int, bytes, int, bytes, bytes]:
 ST_DONE: int      # 1
 ST_FAILED: int    # 2
 ST_BYE: int       # 3: the child stops (recycled); seq is the last seq it finished, body empty
+ST_RETRY: int     # 4: a retryable failure; body is the retry delay in ms (ASCII digits)
+ST_CANCELED: int  # 5: the task was canceled (before it started, or the handler was interrupted)
 
 def encode_result_head(seq: int, status: int, rct: bytes, started: float, finished: float, error: bytes) -> bytes:
     """u64 seq | u8 status | u8 rct | u16 pad | u32 err_len | f64 started | f64 finished | error."""
@@ -118,16 +120,18 @@ def pack_enqueue(sha: bytes, keys: Sequence[bytes | str], fixed: Sequence[bytes 
 # --- supervisor loops ---
 
 def take_claimed(tasks: list, inflight: dict, buffer, seq: int) -> int:
-    """Record a CLAIM reply (6 values a task: qidx, id, name, payload, ct, attempt) as inflight[seq] and
-    append seq to buffer (a deque); returns the last seq used."""
+    """Record a CLAIM reply (7 values a task: qidx, id, name, payload, ct, attempt, timeout ms or b'') as
+    inflight[seq] and append seq to buffer (a deque); returns the last seq used."""
 def fill_ring(ring: Ring, buffer, inflight: dict, unacked, room: int) -> tuple[int, int]:
     """Move up to room seqs from buffer into ring (heads encoded here), appending them to unacked.
     Returns (written, why): 0 room/buffer exhausted, 1 ring out of bytes, 2 next message > max_chunk."""
 def drain_results(ring: Ring, inflight: dict, completions: dict, unacked, limit: int) -> tuple[int, float]:
-    """Read up to limit result frames; append COMPLETE args (id, state, result or error, rct, started ms,
-    finished ms) to completions[qidx]; returns (frames read, total run time in seconds)."""
+    """Read up to limit result frames; append COMPLETE args to completions[qidx]: (id, b"done", result, rct,
+    started ms, finished ms) for ST_DONE, else (id, outcome, error, body, started ms, finished ms) with
+    outcome b"failed" / b"retry" / b"canceled" (see scripts.COMPLETE); returns (frames read, total run time
+    in seconds)."""
 EVENT_RESULT_MAX: int
 
 def build_event(queue: bytes, items: list, ts: int) -> bytes:
-    """JSON array of {"id","queue","state","ts"} for COMPLETE items (6 a task), plus "result" for a done
-    task whose result is JSON (rct 'j') of at most EVENT_RESULT_MAX bytes."""
+    """JSON array of {"id","queue","state","ts"} for the done tasks among COMPLETE items (6 a task), plus
+    "result" when the result is JSON (rct 'j') of at most EVENT_RESULT_MAX bytes; b"" if none is done."""

@@ -21,6 +21,11 @@ HEADER_SIZE = 256
 ST_DONE = 1
 ST_FAILED = 2
 ST_BYE = 3
+ST_RETRY = 4
+ST_CANCELED = 5
+# COMPLETE outcome per non-done result status; the result body then carries the outcome's extra value
+# (the retry delay in ms, as ASCII digits)
+_OUTCOMES = {2: b"failed", 4: b"retry", 5: b"canceled"}
 
 DEF HDR = 256
 DEF MORE = 1
@@ -562,13 +567,14 @@ def pack_enqueue(sha, keys, fixed, ids, payloads, Py_ssize_t first, Py_ssize_t m
 # ---------------------------------------------------------------- supervisor loops
 
 def take_claimed(list tasks, dict inflight, buffer, uint64_t seq):
-    """Record a CLAIM reply (6 values a task) as inflight[seq] = tuple and queue seq in buffer; returns
+    """Record a CLAIM reply (7 values a task) as inflight[seq] = tuple and queue seq in buffer; returns
     the last seq used."""
     cdef Py_ssize_t i, n = len(tasks)
     append = buffer.append
-    for i in range(0, n, 6):
+    for i in range(0, n, 7):
         seq += 1
-        inflight[seq] = (tasks[i], tasks[i + 1], tasks[i + 2], tasks[i + 3], tasks[i + 4], tasks[i + 5])
+        inflight[seq] = (tasks[i], tasks[i + 1], tasks[i + 2], tasks[i + 3], tasks[i + 4], tasks[i + 5],
+                         tasks[i + 6])
         append(seq)
     return seq
 
@@ -635,10 +641,11 @@ def drain_results(Ring ring, dict inflight, dict completions, unacked, Py_ssize_
         if status == ST_DONE:
             li.append(b"done")
             li.append((<tuple>m)[1])
+            li.append(rct)
         else:
-            li.append(b"failed")
+            li.append(_OUTCOMES.get(status, b"failed"))
             li.append(error)
-        li.append(rct)
+            li.append((<tuple>m)[1])
         li.append(<int64_t>(started * 1000))
         li.append(<int64_t>(finished * 1000))
     return n, busy
@@ -648,8 +655,10 @@ EVENT_RESULT_MAX = 512  # bytes of JSON result carried inline in a completion ev
 
 
 def build_event(bytes queue, list items, int64_t ts):
-    """The events message of one COMPLETE: a JSON array of {"id","queue","state","ts"} (6 items a task),
-    plus "result" for a done task whose result is JSON of at most EVENT_RESULT_MAX bytes."""
+    """The events message of the done tasks of one COMPLETE: a JSON array of {"id","queue","state","ts"} (6
+    items a task), plus "result" for a done task whose result is JSON of at most EVENT_RESULT_MAX bytes.
+    Other outcomes are skipped (the script publishes those, as only it knows the state they lead to); b""
+    if no task is done."""
     cdef list parts = []
     cdef Py_ssize_t i
     cdef bytes body
@@ -657,8 +666,12 @@ def build_event(bytes queue, list items, int64_t ts):
     end = b'","ts":' + str(ts).encode()
     for i in range(0, len(items), 6):
         body = items[i + 2]
-        if items[i + 1] == b"done" and items[i + 3] == b"j" and len(body) <= EVENT_RESULT_MAX:
+        if items[i + 1] != b"done":
+            continue
+        if items[i + 3] == b"j" and len(body) <= EVENT_RESULT_MAX:
             parts.append(b'{"id":"' + items[i] + tail + b'done' + end + b',"result":' + body + b"}")
         else:
-            parts.append(b'{"id":"' + items[i] + tail + items[i + 1] + end + b"}")
+            parts.append(b'{"id":"' + items[i] + tail + b'done' + end + b"}")
+    if not parts:
+        return b""
     return b"[" + b",".join(parts) + b"]"

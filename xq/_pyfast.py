@@ -17,7 +17,8 @@ import orjson
 
 IMPLEMENTATION = "python"
 HEADER_SIZE = 256
-ST_DONE, ST_FAILED, ST_BYE = 1, 2, 3
+ST_DONE, ST_FAILED, ST_BYE, ST_RETRY, ST_CANCELED = 1, 2, 3, 4, 5
+_OUTCOMES = {2: b"failed", 4: b"retry", 5: b"canceled"}
 
 _HEAD, _TAIL, _SLEEP = 0, 8, 32        # word indexes: head at byte 0, tail at 64, sleeping at 128 (u32)
 _MORE, _WRAP = 1, 2
@@ -326,9 +327,10 @@ def pack_enqueue(sha, keys, fixed, ids, payloads, first, max_payload) -> bytes:
 # ---------------------------------------------------------------- supervisor loops
 
 def take_claimed(tasks, inflight, buffer, seq):
-    for i in range(0, len(tasks), 6):
+    for i in range(0, len(tasks), 7):
         seq += 1
-        inflight[seq] = (tasks[i], tasks[i + 1], tasks[i + 2], tasks[i + 3], tasks[i + 4], tasks[i + 5])
+        inflight[seq] = (tasks[i], tasks[i + 1], tasks[i + 2], tasks[i + 3], tasks[i + 4], tasks[i + 5],
+                         tasks[i + 6])
         buffer.append(seq)
     return seq
 
@@ -337,7 +339,7 @@ def fill_ring(ring, buffer, inflight, unacked, room):
     done = 0
     while done < room and buffer:
         seq = buffer[0]
-        qidx, tid, name, payload, ct, att = inflight[seq]
+        qidx, tid, name, payload, ct, att = inflight[seq][:6]
         head = encode_task_head(seq, att, ct, qidx, tid, name)
         size = 8 + len(head) + len(payload)
         if size > ring.max_chunk:
@@ -370,7 +372,8 @@ def drain_results(ring, inflight, completions, unacked, limit):
         if status == ST_DONE:
             items += (t[1], b"done", body, rct, int(started * 1000), int(finished * 1000))
         else:
-            items += (t[1], b"failed", error, rct, int(started * 1000), int(finished * 1000))
+            items += (t[1], _OUTCOMES.get(status, b"failed"), error, body, int(started * 1000),
+                      int(finished * 1000))
     return n, busy
 
 
@@ -383,8 +386,12 @@ def build_event(queue, items, ts):
     parts = []
     for i in range(0, len(items), 6):
         body = items[i + 2]
-        if items[i + 1] == b"done" and items[i + 3] == b"j" and len(body) <= EVENT_RESULT_MAX:
+        if items[i + 1] != b"done":
+            continue
+        if items[i + 3] == b"j" and len(body) <= EVENT_RESULT_MAX:
             parts.append(b'{"id":"' + items[i] + tail + b"done" + end + b',"result":' + body + b"}")
         else:
-            parts.append(b'{"id":"' + items[i] + tail + items[i + 1] + end + b"}")
+            parts.append(b'{"id":"' + items[i] + tail + b"done" + end + b"}")
+    if not parts:
+        return b""
     return b"[" + b",".join(parts) + b"]"

@@ -9,11 +9,17 @@ Control block shared with the supervisor (one anonymous shared mapping per child
                  after the child died to tell the one lost attempt from tasks never started
     CTL_READY    child sets 1 once booted
     CTL_DONE     tasks finished by this child
+    CTL_STARTED  child sets the CLOCK_MONOTONIC time (ms) at which it started CTL_CURRENT; read by the
+                 supervisor to enforce timeouts
+    CTL_CANCEL.. 256 words: the supervisor writes a canceled task's seq into word CTL_CANCEL + seq % 256;
+                 the child skips such a task, or, if it is running it, raises xq.Cancelled in the handler
+                 when SIGUSR1 arrives
 """
 
 from __future__ import annotations
 
 import ctypes
+import linecache
 import os
 import signal
 import time
@@ -23,9 +29,12 @@ import orjson
 
 from . import context
 from ._impl import fast
+from .errors import Cancelled, NonRetryable, Retry
 
-CTL_STOP, CTL_CURRENT, CTL_READY, CTL_DONE = 0, 1, 2, 3
+CTL_STOP, CTL_CURRENT, CTL_READY, CTL_DONE, CTL_STARTED = 0, 1, 2, 3, 4
+CTL_CANCEL, CANCEL_SLOTS = 64, 256
 CTL_SIZE = 4096
+CANCEL_SIGNAL = signal.SIGUSR1
 EXIT_BOOT_FAILED = 3
 MAX_ERROR = 8192
 _PR_SET_PDEATHSIG = 1
@@ -44,22 +53,70 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
+def _format_exception(e: BaseException, depth: int = 0) -> list[str]:
+    """The traceback as `traceback.format_exception` shows it, without its costs: Python 3.11's formatter
+    stats every source file (linecache.checkcache) and parses each line with ast to place ^^^ markers,
+    ~100 us an exception on this project's VM, which made a drain where 10% of tasks failed once spend
+    more CPU formatting tracebacks than running tasks.  Source lines come from linecache as is."""
+    out: list[str] = []
+    if depth < 5:
+        if e.__cause__ is not None:
+            out += _format_exception(e.__cause__, depth + 1)
+            out.append("\nThe above exception was the direct cause of the following exception:\n\n")
+        elif e.__context__ is not None and not e.__suppress_context__:
+            out += _format_exception(e.__context__, depth + 1)
+            out.append("\nDuring handling of the above exception, another exception occurred:\n\n")
+    if e.__traceback__ is not None:
+        out.append("Traceback (most recent call last):\n")
+        for frame, lineno in traceback.walk_tb(e.__traceback__):
+            code = frame.f_code
+            out.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}\n')
+            line = linecache.getline(code.co_filename, lineno, frame.f_globals).strip()
+            if line:
+                out.append(f"    {line}\n")
+    out.append(f"{type(e).__qualname__}: {e}\n" if str(e) else f"{type(e).__qualname__}\n")
+    return out
+
+
 def _error_text(e: BaseException) -> bytes:
-    text = f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exception(e))
+    text = f"{type(e).__name__}: {e}\n" + "".join(_format_exception(e))
     b = text.encode("utf-8", "replace")
     return b if len(b) <= MAX_ERROR else b[: MAX_ERROR // 2] + b"\n...\n" + b[-MAX_ERROR // 2:]
 
 
-class Runner:
-    """Decodes one task frame, runs its handler, returns (status, rct, body, error)."""
+def _failure_policy(spec, attempt: int, e: BaseException) -> float | None:
+    """Seconds until the next attempt, or None if the error must not be retried."""
+    if isinstance(e, Retry):
+        return spec.backoff.delay(attempt) if e.delay is None else e.delay
+    if isinstance(e, NonRetryable) or not isinstance(e, spec.retry_on):
+        return None
+    return spec.backoff.delay(attempt)
 
-    def __init__(self, app, queues: list[str]):
+
+def _ms(seconds: float) -> bytes:
+    return b"%d" % max(0, int(seconds * 1000))
+
+
+class Runner:
+    """Decodes one task frame, runs its handler, returns (seq, status, rct, body, error).
+
+    A failure is ST_RETRY with body b"<delay ms>,<max_retries>" when the task's policy retries it (the
+    COMPLETE script then checks the attempts left), else ST_FAILED (dead at once)."""
+
+    def __init__(self, app, queues: list[str], ctl=None):
         self.specs = {name.encode(): spec for name, spec in app.tasks.items()}
         self.queues = queues
         self.known = ", ".join(sorted(app.tasks)) or "(none)"
+        self.ctl = ctl
+        self.in_handler = False  # a cancel signal raises xq.Cancelled only while a handler runs
+
+    def canceled(self, seq: int) -> bool:
+        return self.ctl is not None and self.ctl[CTL_CANCEL + seq % CANCEL_SLOTS] == seq
 
     def run(self, head: bytes, body: bytes) -> tuple[int, int, bytes, bytes, bytes]:
         seq, attempt, ct, qidx, tid, name = fast.decode_task_head(head)
+        if self.canceled(seq):
+            return seq, fast.ST_CANCELED, b"j", b"", b"canceled before it started"
         spec = self.specs.get(name)
         if spec is None:
             return seq, fast.ST_FAILED, b"j", b"", (
@@ -77,11 +134,24 @@ class Runner:
             return seq, fast.ST_FAILED, b"j", b"", f"malformed JSON payload: {e}".encode()
         context._set(context.TaskContext(tid.decode(), name.decode(), self.queues[qidx], attempt))
         try:
+            self.in_handler = True
+            # Look again now that a cancel signal would raise: the supervisor writes the cancel word, then
+            # signals a child whose CTL_CURRENT is this task, and a signal that came before in_handler was
+            # set was ignored, so a cancel written after the first look would otherwise go unseen.
+            if self.canceled(seq):
+                raise Cancelled("canceled before it started")
             result = spec.resolve()(payload)
+            self.in_handler = False
         except BaseException as e:  # noqa: BLE001 - a handler's SystemExit must not end the child silently
-            return seq, fast.ST_FAILED, b"j", b"", _error_text(e)
+            if self.canceled(seq):
+                return seq, fast.ST_CANCELED, b"j", b"", _error_text(e) if not isinstance(e, Cancelled) \
+                    else (str(e) if e.args else "canceled while running").encode()
+            return self._failure(seq, spec, attempt, e)
         finally:
+            self.in_handler = False
             context._set(None)
+        if self.canceled(seq):
+            return seq, fast.ST_CANCELED, b"j", b"", b"canceled while running (the handler finished anyway)"
         if isinstance(result, (bytes, bytearray, memoryview)):
             return seq, fast.ST_DONE, b"b", bytes(result), b""
         try:
@@ -89,6 +159,19 @@ class Runner:
         except TypeError as e:
             return seq, fast.ST_FAILED, b"j", b"", (
                 f"result of type {type(result).__name__} cannot be serialized to JSON: {e}").encode()
+
+    def _failure(self, seq: int, spec, attempt: int, e: BaseException):
+        try:
+            delay = _failure_policy(spec, attempt, e)
+        except Exception as pe:  # a broken backoff must not lose the task: fail it, saying why
+            return seq, fast.ST_FAILED, b"j", b"", _error_text(e) + f"\n(retry policy failed: {pe!r})".encode()
+        if delay is None:
+            return seq, fast.ST_FAILED, b"j", b"", _error_text(e)
+        return seq, fast.ST_RETRY, b"j", _retry_body(delay, spec.max_retries), _error_text(e)
+
+
+def _retry_body(delay: float, max_retries: int) -> bytes:
+    return _ms(delay) + b",%d" % max_retries
 
 
 # glibc mallopt parameters
@@ -125,7 +208,14 @@ def child_main(app, queues: list[str], inring, outring, ctl, parent_pid: int, ma
         _die_with_parent(parent_pid)
         if retain_memory:
             retain_freed_memory()
-        runner = Runner(app, queues)
+        runner = Runner(app, queues, ctl)
+
+        def on_cancel(signum, frame):
+            cur = ctl[CTL_CURRENT]
+            if runner.in_handler and cur and runner.canceled(cur):
+                raise Cancelled("canceled while running")
+
+        signal.signal(CANCEL_SIGNAL, on_cancel)
         ctl[CTL_READY] = 1
     except BaseException:
         traceback.print_exc()
@@ -140,7 +230,7 @@ def child_main(app, queues: list[str], inring, outring, ctl, parent_pid: int, ma
 
 
 def _loop(runner: Runner, inring, outring, ctl, parent_pid: int, max_tasks: int) -> int:
-    read, run, now = inring.read, runner.run, time.time
+    read, run, now, mono = inring.read, runner.run, time.time, time.monotonic
     encode = fast.encode_result_head
     done = 0
     while not ctl[CTL_STOP]:
@@ -156,6 +246,7 @@ def _loop(runner: Runner, inring, outring, ctl, parent_pid: int, max_tasks: int)
         head, body = msg
         if not head:
             continue  # a wake-up frame (stop request), nothing to run
+        ctl[CTL_STARTED] = int(mono() * 1000)
         ctl[CTL_CURRENT] = int.from_bytes(head[:8], "little")
         started = now()
         seq, status, rct, result, error = run(head, body)

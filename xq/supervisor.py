@@ -11,6 +11,7 @@ Shape of the main loop (gunicorn-like: signal handlers only record the signal; t
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 import os
 import select
@@ -19,6 +20,8 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
+
+import orjson
 
 from . import child as childmod
 from ._impl import fast
@@ -58,6 +61,9 @@ class Config:
     prefetch: int = 0                  # tasks claimed ahead per child beyond its ring; 0 = one each
     wait_timeout: float = 1.0          # BZPOPMIN timeout: bounds the cost of a missed wake-up
     retain_memory: bool = True         # children keep freed memory for the next task (child.retain_freed_memory)
+    weights: list | None = None        # per-queue claim weights (None: strict queue order)
+    level_weights: list | None = None  # weights of priority levels 0..9 within each queue (None: strict)
+    kill_grace: float = 5.0            # seconds between SIGTERM / xq.Cancelled and SIGKILL of a child
 
 
 @dataclass
@@ -77,6 +83,8 @@ class Child:
     done: int = 0
     stopping: bool = False
     started: float = 0.0
+    kill: tuple | None = None          # (reason 'timeout'|'canceled', seq, text): why we are stopping it mid-task
+    kill_at: float = 0.0               # monotonic time of the SIGKILL that follows a SIGTERM / cancel
 
 
 class Supervisor:
@@ -118,9 +126,26 @@ class Supervisor:
         self.next_recover = now
         self.next_rss = now + 5.0
         self._claim_keys = Broker.claim_keys(self.qks)
-        self._claim_tail = Broker.claim_tail(self.qks)
+        self._claim_tail = Broker.claim_tail(self.qks, cfg.weights, cfg.level_weights)
         self._wake_keys = [qk.wake for qk in self.qks]
         self.lease_ms = int(cfg.lease * 1000)
+        # lifecycle
+        self.specs = {name.encode(): spec for name, spec in app.tasks.items()}
+        self.timeouts = {n: int(s.timeout * 1000) for n, s in self.specs.items() if s.timeout}
+        self.watching = bool(self.timeouts)        # some task may have a timeout: watch running children
+        self.next_watch = 0.0
+        self.max_retries_json = orjson.dumps(app.max_retries_overrides())
+        self.next_due: float | None = None         # monotonic time the first scheduled/retrying task is due
+        self.due_unblocked = False                 # the idle wait was ended early for a due task
+        self.canceling: dict[int, float] = {}      # seq -> monotonic SIGKILL deadline (0: not signalled yet)
+        self.control = None                        # Pub/Sub connection of the queues' control channels
+        self.control_ready = False                 # poll() saw it readable
+        self.next_control = 0.0
+        qset = set(self.qnames)
+        self.crons = [e for e in app.crons if e.queue in qset]
+        self.clock = app.clock
+        self.next_cron: dict[str, float] = {}      # entry key -> next tick (clock time)
+        self.cron_ready = False
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> int:
@@ -192,6 +217,7 @@ class Supervisor:
                 pass
             self._close_child(c)
         self.children.clear()
+        self._close_control()
         signal.set_wakeup_fd(-1)
         os.close(self._sig_r)
         os.close(self._sig_w)
@@ -260,15 +286,28 @@ class Supervisor:
         self.buffer.extendleft(reversed(unstarted))
         # Exit 0 is a child that stopped on request or after --max-tasks-per-child: nothing was lost.
         clean = os.waitstatus_to_exitcode(status) == 0
+        started_ms = int(c.ctl[childmod.CTL_STARTED] - time.monotonic() * 1000 + time.time() * 1000)
         if lost:
-            t = self.inflight.pop(lost[0])
-            if self.hard or (not self.accepting and clean):
+            seq = lost[0]
+            t = self.inflight.pop(seq)
+            if self.canceling.pop(seq, None) is not None:  # a cancel was being carried out
+                self._release(t[0], "canceled", [t[1]], error="canceled while running (the child was killed)",
+                              outcome="canceled", started_ms=started_ms)
+            elif c.kill and c.kill[0] == "timeout" and c.kill[1] == seq:
+                spec = self.specs.get(t[2])
+                delay = spec.backoff.delay(t[5]) if spec is not None else 0.0
+                log.error("task %s (%s): %s", t[1].decode(), t[2].decode(), c.kill[2])
+                self._release(t[0], "lost", [t[1]], error=c.kill[2], outcome="timeout",
+                              delay_ms=int(delay * 1000), started_ms=started_ms)
+            elif self.hard or (not self.accepting and clean):
                 self._release(t[0], "return", [t[1]])
             else:
                 err = f"worker process {c.pid} {how} while running the task"
                 log.error("task %s (%s): %s", t[1].decode(), t[2].decode(), err)
-                self._release(t[0], "retry", [t[1]], error=err)
-        if not clean and not self.hard and self.accepting:
+                self._release(t[0], "lost", [t[1]], error=err, outcome="lost", started_ms=started_ms)
+        if c.kill and not self.hard and self.accepting:
+            log.warning("child %d stopped (%s: %s); respawning", c.pid, c.kill[0], how)
+        elif not clean and not self.hard and self.accepting:
             log.warning("child %d %s; respawning", c.pid, how)
         elif clean and not c.stopping and self.accepting:
             log.info("child %d recycled after %d tasks (--max-tasks-per-child)", c.pid, c.ctl[childmod.CTL_DONE])
@@ -298,6 +337,13 @@ class Supervisor:
         self._reap()
         got = self._drain_all()
         now = time.monotonic()
+        if self.control is not None and (self.control_ready or now >= self.next_control):
+            # poll() said a cancel request arrived; a loop too busy to sleep looks every 50 ms
+            self.control_ready = False
+            self.next_control = now + 0.05
+            self._read_control()
+        if (self.watching or self.canceling or self.next_watch) and now >= self.next_watch:
+            self._watch(now)
         if not self.accepting and self.stop_deadline is not None and now >= self.stop_deadline \
                 and self.children and not self.hard:
             log.warning("grace period of %.0f s ran out; stopping the remaining children", self.cfg.grace)
@@ -339,9 +385,14 @@ class Supervisor:
             return True
         if len(self.pending) >= MAX_STEPS:
             return False  # wait for a reply (its socket is in the poll set)
-        if self._results_due():
+        if self._results_due() or self._due_now():
             return True
         return self._claim_size() > 0
+
+    def _due_now(self) -> bool:
+        """Is a scheduled or retrying task due (so a claim must run, to move it, even with no room)?"""
+        return self.next_due is not None and self.accepting and not self.waiting and not self.claiming \
+            and time.monotonic() >= self.next_due
 
     def _results_due(self) -> bool:
         return bool(self.completions) and time.monotonic() >= self.results_due
@@ -412,6 +463,8 @@ class Supervisor:
         kids = [c for c in self.children.values() if not c.stopping]
         if not kids:
             return
+        if self.watching:
+            self.next_watch = 0.0  # new tasks may carry timeouts: look at the children on the next turn
         for c in kids:
             if c.partial is not None:
                 self._continue(c)
@@ -463,10 +516,20 @@ class Supervisor:
             if self.waiting and self._wait_ready():
                 self._take_wait()
             self._collect()
+            if self.waiting and self.next_due is not None and now >= self.next_due and not self.due_unblocked:
+                # A task is due while we wait: end the wait so its claim runs now (BZPOPMIN's own timeout
+                # is only as precise as Redis' 100 ms cron).
+                self.due_unblocked = True
+                self.broker.cancel_wait()
             if len(self.pending) < MAX_STEPS:
                 want = self._claim_size()
-                if want > 0 or self._results_due():
-                    self._send_step(want)
+                due = self._due_now()
+                if want > 0 or due or self._results_due():
+                    self._send_step(want, promote=due)
+            if self.crons and self.accepting:
+                self._cron(now)
+            if self.control is None and self.accepting:
+                self._subscribe_control()
             if now >= self.next_renew:
                 self._renew()
                 self.next_renew = now + self.cfg.lease / 6
@@ -491,6 +554,7 @@ class Supervisor:
         log.error("Redis at %s unreachable (%s: %s); retrying in %.1f s; running tasks continue, results are "
                   "kept until it is back", redacted(self.broker.url), type(e).__name__, e, self.backoff)
         self.broker.reset()
+        self._close_control()
         self.redis_ok = False
         self.waiting = False
         self.next_redis_try = now + self.backoff
@@ -531,7 +595,7 @@ class Supervisor:
             except CONNECTION_ERRORS as e:
                 self._redis_down(e, time.monotonic())
 
-    def _send_step(self, want: int) -> None:
+    def _send_step(self, want: int, promote: bool = False) -> None:
         """Send one round trip without waiting: the COMPLETE of every queue with results, then one CLAIM of
         up to want tasks.  Up to MAX_STEPS run at once, so Redis executes one while this process dispatches
         the previous one's tasks and drains results."""
@@ -539,16 +603,22 @@ class Supervisor:
         done = self.completions
         cmds = [broker.pack_complete(self.qks[q], cfg.result_ttl, self._event(q, items), items)
                 for q, items in done.items()]
-        if want > 0:
-            cmds.append(broker.pack_claim(self._claim_keys, self._claim_tail, want, self.worker_id,
+        claim = want > 0 or promote
+        if claim:  # want 0 only moves due tasks to their ready lists
+            cmds.append(broker.pack_claim(self._claim_keys, self._claim_tail, max(want, 0), self.worker_id,
                                           self.lease_ms, cfg.max_payload, cfg.result_ttl))
+        if not cmds:
+            return
         broker.send_packed(b"".join(cmds) if len(cmds) > 1 else cmds[0])
         self.completions = {}
         for q, items in done.items():
             self.pending.append(("complete", q, items))
-        if want > 0:
+        if claim:
+            want = max(want, 0)
             self.pending.append(("claim", want, bool(self.inflight)))
             self.claiming += want
+            if want == 0:
+                self.next_due = None  # the reply says when the next one is due
 
     def _collect(self, block: bool = False) -> int:
         """Process the replies that have arrived (or wait for the oldest one if block)."""
@@ -582,13 +652,22 @@ class Supervisor:
                 log.error("claim failed: %s", reply)
                 self.idle = True
             return
-        tasks, notes, leased = reply
+        tasks, notes, leased, earliest, rnow = reply
         for i in range(0, len(notes), 2):
             log.warning("queue entry %s: %s", notes[i].decode(errors="replace"), notes[i + 1].decode(errors="replace"))
-        n = len(tasks) // 6
+        n = len(tasks) // 7
         inflight, buffer = self.inflight, self.buffer
-        # Burst exit also waits for other supervisors' leases: a dead one's tasks come back on expiry.
-        self.drained = n == 0 and not notes and not inflight and leased == 0 and not busy
+        if earliest >= 0:
+            # Redis' clock: the delay from its now to the due time, applied to ours
+            self.next_due = time.monotonic() + max(0, earliest - rnow) / 1000.0
+        else:
+            self.next_due = None
+        self.due_unblocked = False
+        if not self.watching and n and any(tasks[6::7]):
+            self.watching = True  # tasks with their own timeout arrived
+        # Burst exit also waits for other supervisors' leases (a dead one's tasks come back on expiry) and
+        # for scheduled and retrying tasks.
+        self.drained = n == 0 and not notes and not inflight and leased == 0 and not busy and earliest < 0
         self.recheck = n < want and (bool(inflight) or busy)
         self.seq = fast.take_claimed(tasks, inflight, buffer, self.seq)
         if n < want and not notes:
@@ -608,23 +687,28 @@ class Supervisor:
     def _renew(self) -> None:
         for q, ids in self._by_queue(list(self.inflight)).items():
             for i in range(0, len(ids), 5000):
-                for lost in self.broker.renew(self.qks[q], self.worker_id, self.lease_ms, ids[i:i + 5000]):
+                lost_ids, cancel = self.broker.renew(self.qks[q], self.worker_id, self.lease_ms, ids[i:i + 5000])
+                for lost in lost_ids:
                     log.warning("task %s: this worker's lease was lost (it ran out during an outage?); another "
                                 "worker may run it too", lost.decode())
+                for tid in cancel:  # in case the control message was missed
+                    self._cancel(tid)
 
     def _recover(self) -> None:
         for qk in self.qks:
             requeued, failed = self.broker.release(qk, "expired", [], error="recovered by " + self.worker_id,
-                                                   ttl=self.cfg.result_ttl)
+                                                   ttl=self.cfg.result_ttl, max_retries=self.max_retries_json)
             if requeued or failed:
                 self.idle = False
                 log.warning("queue %s: recovered %d task(s) with expired leases (%d requeued, %d failed)",
                             qk.name, len(requeued) + len(failed), len(requeued), len(failed))
 
-    def _release(self, qidx, mode: str, ids: list, error: str = "") -> None:
+    def _release(self, qidx, mode: str, ids: list, error: str = "", outcome: str = "lost", delay_ms: int = 0,
+                 started_ms="") -> None:
         try:
             self.broker.release(self.qks[qidx], mode, ids, error=error, holder=self.worker_id,
-                                ttl=self.cfg.result_ttl)
+                                ttl=self.cfg.result_ttl, outcome=outcome, delay_ms=delay_ms, started_ms=started_ms,
+                                max_retries=self.max_retries_json)
         except CONNECTION_ERRORS as e:
             # The lease stays: once it expires, any live supervisor recovers the task.
             log.error("could not release %d task(s) (%s); their leases will expire and be recovered", len(ids), e)
@@ -639,6 +723,173 @@ class Supervisor:
             self._release(q, "return", ids)
         for s in seqs:
             self.inflight.pop(s, None)
+
+    # ------------------------------------------------------------------ timeouts and cancellation
+    def _timeout_ms(self, t: tuple) -> int:
+        """The processing timeout of an inflight task, ms (0: none): its own, else its task's."""
+        return int(t[6]) if t[6] else self.timeouts.get(t[2], 0)
+
+    def _watch(self, now: float) -> None:
+        """Stop children whose task ran past its timeout or was canceled; SIGKILL those past their grace.
+        Sets next_watch to when this must run again (no periodic polling when nothing needs watching)."""
+        nxt = math.inf
+        inflight = self.inflight
+        for seq in [sq for sq in self.canceling if sq not in inflight]:
+            del self.canceling[seq]  # finished (canceled or not)
+        for c in list(self.children.values()):
+            if c.kill_at:
+                if now >= c.kill_at:
+                    log.warning("child %d did not stop within %.1f s of %s; killing it", c.pid, self.cfg.kill_grace,
+                                c.kill[0] if c.kill else "its stop request")
+                    self._kill(c.pid)
+                    c.kill_at = 0.0
+                else:
+                    nxt = min(nxt, c.kill_at - now)
+                continue
+            cur = c.ctl[childmod.CTL_CURRENT]
+            if cur:
+                t = inflight.get(cur)
+                if t is None:
+                    continue
+                if cur in self.canceling:
+                    self._signal_cancel(c, cur, now)
+                    nxt = min(nxt, self.cfg.kill_grace)
+                    continue
+                to = self._timeout_ms(t) if self.watching else 0
+                if to:
+                    left = c.ctl[childmod.CTL_STARTED] / 1000.0 + to / 1000.0 - now
+                    if left <= 0:
+                        self._stop_for_timeout(c, cur, t, to, now)
+                        nxt = min(nxt, self.cfg.kill_grace)
+                    else:
+                        nxt = min(nxt, left)
+            if self.watching:
+                # a queued task cannot run out before its own timeout has passed from now
+                for seq in c.unacked:
+                    if seq != cur:
+                        t = inflight.get(seq)
+                        to = self._timeout_ms(t) if t is not None else 0
+                        if to:
+                            nxt = min(nxt, to / 1000.0)
+                        break
+        if self.canceling:
+            nxt = min(nxt, 0.05)  # a canceled task may start any moment: look again soon, while any is pending
+        self.next_watch = now + nxt
+
+    def _stop_for_timeout(self, c: Child, seq: int, t: tuple, to: int, now: float) -> None:
+        text = f"TaskTimeout: attempt {t[5]} ran longer than its timeout of {to / 1000:g} s; its child was stopped"
+        c.kill = ("timeout", seq, text)
+        c.kill_at = now + self.cfg.kill_grace
+        c.stopping = True
+        try:
+            os.kill(c.pid, signal.SIGTERM)  # children keep SIGTERM's default action: this ends even C code
+        except ProcessLookupError:
+            pass
+
+    def _signal_cancel(self, c: Child, seq: int, now: float) -> None:
+        if self.canceling.get(seq):
+            if now >= self.canceling[seq]:
+                c.kill = ("canceled", seq, "canceled")
+                c.stopping = True
+                self._kill(c.pid)
+            return
+        self.canceling[seq] = now + self.cfg.kill_grace
+        try:
+            os.kill(c.pid, childmod.CANCEL_SIGNAL)
+        except ProcessLookupError:
+            pass
+
+    def _cancel(self, task_id: bytes) -> None:
+        """A cancel request for task_id reached us (control channel or lease renewal)."""
+        seq = next((sq for sq, t in self.inflight.items() if t[1] == task_id), None)
+        if seq is None or seq in self.canceling:
+            return
+        now = time.monotonic()
+        if seq in self.buffer:  # not handed to a child yet
+            self.buffer.remove(seq)
+            t = self.inflight.pop(seq)
+            ms = int(time.time() * 1000)
+            self.completions.setdefault(t[0], []).extend(
+                (t[1], b"canceled", b"canceled before it started", b"", ms, ms))
+            self.results_due = 0.0
+            log.info("task %s canceled before it started", task_id.decode())
+            return
+        for c in self.children.values():
+            if seq in c.unacked or (c.partial is not None and c.partial[0] == seq):
+                c.ctl[childmod.CTL_CANCEL + seq % childmod.CANCEL_SLOTS] = seq
+                self.canceling[seq] = 0.0
+                log.info("task %s canceled while in child %d", task_id.decode(), c.pid)
+                if c.ctl[childmod.CTL_CURRENT] == seq:
+                    self._signal_cancel(c, seq, now)
+                self.next_watch = now
+                return
+
+    def _subscribe_control(self) -> None:
+        ps = self.broker.client.pubsub(ignore_subscribe_messages=True)
+        ps.subscribe(*[qk.control for qk in self.qks])
+        self.control = ps
+
+    def _read_control(self) -> None:
+        ps = self.control
+        if ps is None:
+            return
+        try:
+            while True:
+                msg = ps.get_message(timeout=0.0)
+                if msg is None:
+                    break
+                if msg.get("type") == "message":
+                    self._cancel(msg["data"])
+        except CONNECTION_ERRORS as e:
+            self._redis_down(e, time.monotonic())
+
+    def _close_control(self) -> None:
+        if self.control is not None:
+            try:
+                self.control.close()
+            except Exception:
+                pass
+            self.control = None
+
+    # ------------------------------------------------------------------ periodic tasks
+    def _cron(self, now: float) -> None:
+        """Fire every periodic entry whose tick has come (the CRON script makes each tick fire once)."""
+        t = self.clock.time()
+        if not self.cron_ready:
+            for e in self.crons:
+                last = e.last_at_or_before(t)
+                _, before = self.broker.cron_fire(queue_keys(e.queue), e.key, int(last * 1000), "init")
+                if before >= 0 and before < int(last * 1000):
+                    self._fire(e, last)  # missed while no supervisor ran: once, now
+                self.next_cron[e.key] = e.next_after(t)
+            self.cron_ready = True
+            return
+        for e in self.crons:
+            if t >= self.next_cron[e.key]:
+                tick = e.last_at_or_before(t)
+                self._fire(e, tick)
+                self.next_cron[e.key] = e.next_after(t)
+
+    def _fire(self, e, tick: float) -> None:
+        payload, ct = (orjson.dumps(e.payload), b"j") if not isinstance(e.payload, (bytes, bytearray)) \
+            else (bytes(e.payload), b"b")
+        tid = fast.new_ids(1)[0]
+        fired, last = self.broker.cron_fire(queue_keys(e.queue), e.key, int(tick * 1000), "fire", tid, e.task,
+                                            payload, ct, e.priority)
+        if fired:
+            if last >= 0:
+                skipped = e.ticks_between(last / 1000.0, tick) - 1
+                if skipped > 0:
+                    log.warning("cron %s: %d tick(s) since %s were missed (no supervisor ran); firing once for %s",
+                                e.key, skipped, _iso(last / 1000.0), _iso(tick))
+            log.info("cron %s: fired tick %s as task %s", e.key, _iso(tick), tid.decode())
+
+    def _cron_wait(self) -> float:
+        """Real seconds until the next cron tick."""
+        if not self.crons or not self.cron_ready or not self.accepting:
+            return math.inf
+        t = self.clock.time()
+        return max(0.0, (min(self.next_cron.values()) - t) / self.clock.rate)
 
     def _check_memory(self) -> None:
         import psutil
@@ -666,6 +917,11 @@ class Supervisor:
             timeout = min(timeout, max(self.stop_deadline - now, 0.0) + 0.01)
         if self.ring_full or self.partials():
             timeout = min(timeout, 0.001)  # a ring is out of bytes: the child frees space without telling us
+        if self.next_watch:
+            timeout = min(timeout, self.next_watch - now)
+        if self.next_due is not None and self.redis_ok and self.accepting:
+            timeout = min(timeout, self.next_due - now)
+        timeout = min(timeout, self._cron_wait())
         timeout = max(0.0, min(timeout, 1.0))
         p = select.poll()
         p.register(self._sig_r, select.POLLIN)
@@ -702,6 +958,12 @@ class Supervisor:
             p.register(wait_fd, select.POLLIN)
         if self.pending and self.redis_ok:
             p.register(self.broker.main_fileno(), select.POLLIN)
+        control_fd = -1
+        if self.control is not None and self.redis_ok:
+            sock = getattr(self.control.connection, "_sock", None)
+            if sock is not None:
+                control_fd = sock.fileno()
+                p.register(control_fd, select.POLLIN)
         try:
             ready = p.poll(timeout * 1000.0)
         except InterruptedError:
@@ -710,12 +972,18 @@ class Supervisor:
             if c.outring is not None:
                 c.outring.disarm()
         self.wait_woke = any(fd == wait_fd for fd, _ in ready)
+        if control_fd >= 0 and any(fd == control_fd for fd, _ in ready):
+            self.control_ready = True
         if any(fd == self._sig_r for fd, _ in ready):
             try:
                 while os.read(self._sig_r, 512):
                     pass
             except (BlockingIOError, OSError):
                 pass
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def _close_quiet(fd: int) -> None:
