@@ -10,10 +10,12 @@ Exit codes of `xq run`:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import sys
+import time
 import traceback
 
 import click
@@ -51,6 +53,46 @@ def load_app(ref: str) -> App:
     return app
 
 
+def parse_queues(spec: str) -> tuple[list[str], list[int] | None]:
+    """'a,b' -> strict order; 'a:3,b:1' -> weights (every queue then needs one)."""
+    from .keys import check_queue
+
+    names, weights = [], []
+    for part in spec.split(","):
+        name, sep, w = part.strip().partition(":")
+        names.append(check_queue(name.strip()))
+        if sep:
+            if not w.strip().isdigit() or int(w) < 1:
+                raise ConfigError(f"invalid weight {w!r} for queue {name!r}: expected an integer >= 1")
+            weights.append(int(w))
+    if len(set(names)) != len(names):
+        raise ConfigError(f"queue listed twice in {spec!r}")
+    if weights and len(weights) != len(names):
+        raise ConfigError(f"give every queue a weight or none: {spec!r}")
+    return names, weights or None
+
+
+@contextlib.contextmanager
+def _producer(url: str | None):
+    """A Producer for a CLI command; an xq error becomes a clean one-line message with exit code 1."""
+    from .producer import Producer
+
+    try:
+        with Producer(url) as p:
+            yield p
+    except XQError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def parse_level_weights(spec: str) -> list[int]:
+    """'16,8,...' -> ten integers >= 0 (levels 0..9), at least one > 0."""
+    parts = [p.strip() for p in spec.split(",")]
+    if len(parts) != 10 or not all(p.isdigit() for p in parts) or not any(int(p) for p in parts):
+        raise ConfigError(f"invalid --level-weights {spec!r}: expected ten integers >= 0 for levels 0..9, "
+                          f"not all 0, e.g. 16,8,8,4,4,2,2,1,1,1")
+    return [int(p) for p in parts]
+
+
 def _procs(value: str) -> int:
     if value == "auto":
         return len(os.sched_getaffinity(0))
@@ -72,7 +114,9 @@ def main() -> None:
 @main.command()
 @click.argument("app_ref", metavar="MODULE:APP")
 @click.option("--procs", default="auto", show_default=True, help="child processes: a number or 'auto' (usable cores)")
-@click.option("--queues", default=None, help="comma-separated queues, highest priority first [default: the app's]")
+@click.option("--queues", default=None,
+              help="comma-separated queues, highest priority first [default: the app's]; with weights, e.g. "
+                   "critical:6,default:3,low:1, each claim shares its batch between them in those proportions")
 @click.option("--redis", "url", default=None, help="Redis URL [default: $XQ_REDIS_URL, else redis://127.0.0.1:6379/0]")
 @click.option("--burst", is_flag=True, help="exit 0 once the queues are empty and nothing is running")
 @click.option("--lease", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
@@ -91,13 +135,18 @@ def main() -> None:
 @click.option("--retain-memory/--no-retain-memory", default=True, show_default=True,
               help="children keep memory a task freed for the next task instead of returning it to the OS "
                    "(glibc; much faster for handlers with big buffers, RSS stays at the handler's peak)")
+@click.option("--level-weights", default=None, metavar="W0,...,W9",
+              help="share each claim between priority levels 0..9 in these proportions (levels with weight 0 "
+                   "only get what is left), e.g. 16,8,8,4,4,2,2,1,1,1, instead of the strict default where a "
+                   "busy level starves lower ones")
+@click.option("--kill-grace", type=click.FloatRange(min=0.0), default=5.0, show_default=True,
+              help="seconds a timed-out (SIGTERM) or canceled (xq.Cancelled) child gets before SIGKILL")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grace, max_tasks_per_child,
-        max_memory_per_child, prefetch, retain_memory, log_level) -> None:
+        max_memory_per_child, prefetch, retain_memory, level_weights, kill_grace, log_level) -> None:
     """Run a supervisor and its child processes for MODULE:APP."""
     from .broker import DEFAULT_URL, Broker
-    from .keys import check_queue
     from .supervisor import Config, Supervisor
 
     _setup_logging(log_level)
@@ -105,14 +154,15 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
     url = url or os.environ.get("XQ_REDIS_URL") or DEFAULT_URL
     app = load_app(app_ref)
     try:
-        qs = [check_queue(q.strip()) for q in queues.split(",")] if queues else app.queues()
+        qs, weights = parse_queues(queues) if queues else (app.queues(), None)
+        lweights = parse_level_weights(level_weights) if level_weights else None
         broker = Broker(url)
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
     cfg = Config(queues=qs, procs=n, burst=burst, lease=lease, result_ttl=result_ttl, max_payload=max_payload,
                  grace=grace, max_tasks_per_child=max_tasks_per_child,
                  max_memory_per_child=max_memory_per_child * 1024 * 1024, prefetch=prefetch,
-                 retain_memory=retain_memory)
+                 retain_memory=retain_memory, weights=weights, level_weights=lweights, kill_grace=kill_grace)
     try:
         code = Supervisor(app, broker, cfg).run()
     except Exception:
@@ -126,21 +176,104 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
 @click.argument("payload", default="null")
 @click.option("--queue", default=None, help="queue [default: default]")
 @click.option("--priority", default="5", help="0 (highest) .. 9, or critical/high/normal/low")
+@click.option("--delay", type=float, default=None, help="seconds before it is due (status scheduled until then)")
+@click.option("--eta", type=float, default=None, help="unix time at which it is due")
+@click.option("--expires", type=float, default=None, help="seconds from now by which it must have started")
+@click.option("--timeout", type=float, default=None, help="seconds an attempt may run")
+@click.option("--max-retries", type=int, default=None, help="attempts after the first")
 @click.option("--redis", "url", default=None, help="Redis URL")
-def enqueue(name, payload, queue, priority, url) -> None:
+def enqueue(name, payload, queue, priority, delay, eta, expires, timeout, max_retries, url) -> None:
     """Enqueue task NAME with a JSON PAYLOAD; prints the task id."""
-    from .producer import Producer
-
     try:
         value = orjson.loads(payload)
     except orjson.JSONDecodeError as e:
         raise click.BadParameter(f"not JSON: {e}", param_hint="PAYLOAD") from None
     prio = int(priority) if priority.isdigit() else priority
-    try:
-        with Producer(url) as p:
-            click.echo(p.enqueue(name, value, queue=queue, priority=prio))
-    except XQError as e:
-        raise click.ClickException(str(e)) from None
+    with _producer(url) as p:
+        click.echo(p.enqueue(name, value, queue=queue, priority=prio, delay=delay, eta=eta, expires=expires,
+                             timeout=timeout, max_retries=max_retries))
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--queue", default=None)
+@click.option("--redis", "url", default=None, help="Redis URL")
+def cancel(task_id, queue, url) -> None:
+    """Cancel a task: prints canceled (it never runs), canceling (running: being interrupted) or finished."""
+    with _producer(url) as p:
+        click.echo(p.cancel(task_id, queue=queue))
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect and replay the dead-letter set of a queue."""
+
+
+def _dump(obj) -> str:
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode()
+
+
+@dlq.command("ls")
+@click.argument("queue")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the full records as JSON")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def dlq_ls(queue, offset, limit, as_json, url) -> None:
+    """List dead tasks of QUEUE, oldest first, one page at a time."""
+    with _producer(url) as p:
+        total = p.dead_count(queue)
+        page = p.dead_letters(queue, offset=offset, limit=limit)
+    if as_json:
+        click.echo(_dump({"total": total, "offset": offset, "tasks": page}))
+        return
+    click.echo(f"{total} dead task(s) in {queue}; showing {offset + 1 if page else 0}-{offset + len(page)}")
+    for t in page:
+        died = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["dead_at"])) if t["dead_at"] else "?"
+        err = (t["error"] or "").splitlines()[0] if t["error"] else ""
+        click.echo(f"{t['id']}  {died}  {t['name']}  attempts={t['attempts']}  {t['reason']}: {err[:100]}")
+
+
+@dlq.command("show")
+@click.argument("queue")
+@click.argument("task_id")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def dlq_show(queue, task_id, url) -> None:
+    """Print one dead task's record, with its attempt history, as JSON."""
+    with _producer(url) as p:
+        st = p.status(task_id, queue=queue)
+    if st["status"] != "dead":
+        raise click.ClickException(f"task {task_id} in {queue} is {st['status']}, not dead")
+    click.echo(_dump(st))
+
+
+@dlq.command("replay")
+@click.argument("queue")
+@click.argument("task_ids", nargs=-1)
+@click.option("--priority", default=None, help="new priority: 0..9 or critical/high/normal/low")
+@click.option("--to-queue", default=None, help="replay into this queue instead")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def dlq_replay(queue, task_ids, priority, to_queue, url) -> None:
+    """Replay dead tasks of QUEUE: the TASK_IDS given, or all of them."""
+    prio = None if priority is None else (int(priority) if priority.isdigit() else priority)
+    with _producer(url) as p:
+        done = p.replay(queue, list(task_ids) or None, priority=prio, to_queue=to_queue)
+    skipped = len(task_ids) - len(done) if task_ids else 0
+    click.echo(f"replayed {len(done)} task(s) into {to_queue or queue}"
+               + (f"; {skipped} id(s) were not in the dead-letter set" if skipped else ""))
+
+
+@dlq.command("purge")
+@click.argument("queue")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def dlq_purge(queue, yes, url) -> None:
+    """Delete every dead task of QUEUE."""
+    with _producer(url) as p:
+        n = p.dead_count(queue)
+        if n and not yes:
+            click.confirm(f"delete {n} dead task(s) of {queue}?", abort=True)
+        click.echo(f"purged {p.purge_dead(queue)} dead task(s) from {queue}")
 
 
 @main.command()
@@ -149,13 +282,8 @@ def enqueue(name, payload, queue, priority, url) -> None:
 @click.option("--redis", "url", default=None, help="Redis URL")
 def status(task_id, queue, url) -> None:
     """Print a task's record as JSON."""
-    from .producer import Producer
-
-    try:
-        with Producer(url) as p:
-            click.echo(orjson.dumps(p.status(task_id, queue=queue), option=orjson.OPT_INDENT_2).decode())
-    except XQError as e:
-        raise click.ClickException(str(e)) from None
+    with _producer(url) as p:
+        click.echo(_dump(p.status(task_id, queue=queue)))
 
 
 @main.command()

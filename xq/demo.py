@@ -20,7 +20,7 @@ def run_demo(*, tasks: int, procs: str, url: str | None, data_dir: str | None) -
     from .embedded import resolve_url
     from .examples.thumbs import make_images
     from .keys import queue_keys
-    from .producer import Producer
+    from .producer import TERMINAL, Producer
 
     url, private = resolve_url(url, data_dir=data_dir, log=lambda m: click.echo(f"xq demo: {m}"))
     try:
@@ -49,7 +49,7 @@ def run_demo(*, tasks: int, procs: str, url: str | None, data_dir: str | None) -
                     continue
                 step = 0
                 for ev in orjson.loads(msg["data"]):
-                    if ev["id"] in want and ev["state"] in ("done", "failed"):
+                    if ev["id"] in want and ev["state"] in TERMINAL:
                         want.discard(ev["id"])
                         step += 1
                         if ev["state"] == "done":
@@ -63,7 +63,7 @@ def run_demo(*, tasks: int, procs: str, url: str | None, data_dir: str | None) -
         code = sup.wait(timeout=120)
         pubsub.close()
         thumb = producer.result(ids[0], timeout=10)
-        click.echo(f"xq demo: {done} done, {failed} failed, {len(want)} missing in {elapsed:.2f} s: "
+        click.echo(f"xq demo: {done} done, {failed} dead/expired/canceled, {len(want)} missing in {elapsed:.2f} s: "
                    f"{done / elapsed:,.0f} thumbnails/s with --procs {procs}; first thumbnail is a "
                    f"{len(thumb)}-byte JPEG; supervisor exited with code {code}")
         producer.close()
