@@ -116,7 +116,9 @@ def test_handler_error_fails_only_that_task(redis_url, r):
     with XQRun(redis_url, burst=True) as w:
         assert w.wait(60) == 0
     st = p.status(bad)
-    assert st["status"] == "failed" and "ValueError: boom 7" in st["error"] and st["attempts"] == 1
+    assert st["status"] == "dead" and "ValueError: boom 7" in st["error"] and st["attempts"] == 1
+    assert st["reason"] == "failed on the last of 1 attempts"
+    assert [h["outcome"] for h in st["history"]] == ["failed"] and st["history"][0]["error"] == "ValueError: boom 7"
     with pytest.raises(xq.TaskFailed, match="boom 7"):
         p.result(bad, timeout=5)
     assert states(r, good) == {"done": 3}
@@ -137,10 +139,13 @@ def test_unknown_name_unserializable_result_and_malformed_payload(redis_url, r):
     with XQRun(redis_url, burst=True) as w:
         assert w.wait(60) == 0
         log = w.output()
+    # none of these can succeed on a retry: dead at once, in the dead-letter set
     assert "unknown task name 'no.such.task'" in p.status(unknown)["error"]
     assert "cannot be serialized to JSON" in p.status(unser)["error"]
     st = p.status("MALFORMED1", queue="default")
-    assert st["status"] == "failed" and "malformed JSON payload" in st["error"]
+    assert st["status"] == "dead" and "malformed JSON payload" in st["error"] and st["attempts"] == 1
+    assert st["reason"] == "failed, not retried"
+    assert {t["id"] for t in p.dead_letters("default")} == {unknown, unser, "MALFORMED1"}
     assert "NORECORD1" in log and "no task record" in log
     assert p.result(ok, timeout=5) == "fine"
     assert_queue_empty(r)
@@ -156,7 +161,8 @@ def test_oversized_payload(redis_url, r):
     with XQRun(redis_url, "--max-payload", "4096", burst=True) as w:
         assert w.wait(60) == 0
     st = p.status(big)
-    assert st["status"] == "failed" and "payload of 5000 bytes exceeds max_payload of 4096 bytes" in st["error"]
+    assert st["status"] == "dead" and "payload of 5000 bytes exceeds max_payload of 4096 bytes" in st["error"]
+    assert st["reason"] == "payload too large, not retried"
     assert p.result(small, timeout=5) == b"ba"
 
 

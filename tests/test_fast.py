@@ -213,7 +213,7 @@ def test_write_many_stops_at_what_does_not_fit(impl):
 def claim_reply(n, payload=b"p"):
     out = []
     for i in range(n):
-        out += [i % 2, b"id%d" % i, b"noop", payload, b"j", 1]
+        out += [i % 2, b"id%d" % i, b"noop", payload, b"j", 1, b""]
     return out
 
 
@@ -223,7 +223,7 @@ def test_take_claimed_and_fill_ring(impl):
     inflight, buffer, unacked = {}, deque(), deque()
     assert impl.take_claimed(claim_reply(5), inflight, buffer, 10) == 15
     assert list(buffer) == [11, 12, 13, 14, 15]
-    assert inflight[11] == (0, b"id0", b"noop", b"p", b"j", 1) and inflight[12][0] == 1
+    assert inflight[11] == (0, b"id0", b"noop", b"p", b"j", 1, b"") and inflight[12][0] == 1
     w, r, _ = make_ring(impl)
     assert impl.fill_ring(w, buffer, inflight, unacked, 3) == (3, 0)        # room exhausted
     assert list(unacked) == [11, 12, 13] and list(buffer) == [14, 15]
@@ -252,23 +252,30 @@ def test_drain_results_and_build_event(impl):
     from collections import deque
 
     w, r, _ = make_ring(impl)
-    inflight = {1: (0, b"a", b"n", b"", b"j", 1), 2: (1, b"b", b"n", b"", b"j", 1), 3: (0, b"c", b"n", b"", b"j", 2)}
-    unacked = deque([1, 2, 3])
+    inflight = {1: (0, b"a", b"n", b"", b"j", 1, b""), 2: (1, b"b", b"n", b"", b"j", 1, b""),
+                3: (0, b"c", b"n", b"", b"j", 2, b""), 4: (0, b"d", b"n", b"", b"j", 1, b""),
+                5: (1, b"e", b"n", b"", b"j", 1, b"")}
+    unacked = deque([1, 2, 3, 4, 5])
     w.write(impl.encode_result_head(2, impl.ST_FAILED, b"j", 1.0, 1.5, b"boom"), b"")
     w.write(impl.encode_result_head(1, impl.ST_DONE, b"b", 2.0, 2.25, b""), b"res")
     w.write(impl.encode_result_head(9, impl.ST_DONE, b"j", 2.0, 2.5, b""), b"unknown seq: ignored")
+    w.write(impl.encode_result_head(4, impl.ST_RETRY, b"j", 3.0, 3.5, b"again"), b"1500,3")
+    w.write(impl.encode_result_head(5, impl.ST_CANCELED, b"j", 4.0, 4.25, b"stop"), b"")
     completions = {}
     n, busy = impl.drain_results(r, inflight, completions, unacked, 100)
-    assert (n, busy) == (3, 0.75)
+    assert (n, busy) == (5, 1.5)
     assert list(unacked) == [3] and list(inflight) == [3]
-    assert completions == {0: [b"a", b"done", b"res", b"b", 2000, 2250],
-                           1: [b"b", b"failed", b"boom", b"j", 1000, 1500]}
-    ev = impl.build_event(b"q", completions[0] + [b"c", b"failed", b"", b"j", 0, 0], 123)
-    assert ev == _pyfast.build_event(b"q", completions[0] + [b"c", b"failed", b"", b"j", 0, 0], 123)
+    assert completions == {0: [b"a", b"done", b"res", b"b", 2000, 2250,
+                               b"d", b"retry", b"again", b"1500,3", 3000, 3500],
+                           1: [b"b", b"failed", b"boom", b"", 1000, 1500,
+                               b"e", b"canceled", b"stop", b"", 4000, 4250]}
+    ev = impl.build_event(b"q", completions[0] + [b"c", b"failed", b"", b"", 0, 0], 123)
+    assert ev == _pyfast.build_event(b"q", completions[0] + [b"c", b"failed", b"", b"", 0, 0], 123)
     import orjson
 
-    assert orjson.loads(ev) == [{"id": "a", "queue": "q", "state": "done", "ts": 123},
-                                {"id": "c", "queue": "q", "state": "failed", "ts": 123}]
+    # only done tasks: the script publishes the others, as only it knows the state they lead to
+    assert orjson.loads(ev) == [{"id": "a", "queue": "q", "state": "done", "ts": 123}]
+    assert impl.build_event(b"q", completions[1], 123) == b""
 
 
 def test_done_event_carries_a_small_json_result(impl):
@@ -280,7 +287,7 @@ def test_done_event_carries_a_small_json_result(impl):
 
     ev = orjson.loads(impl.build_event(b"q", items, 5))
     assert ev[0] == {"id": "a", "queue": "q", "state": "done", "ts": 5, "result": {"k": [1, 2]}}
-    assert [("result" in e) for e in ev] == [True, False, False, False]
+    assert [("result" in e) for e in ev] == [True, False, False]  # and no event for d: not done
     assert impl.build_event(b"q", items, 5) == _pyfast.build_event(b"q", items, 5)
 
 

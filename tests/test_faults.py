@@ -26,8 +26,9 @@ def test_child_killing_itself_is_retried(redis_url, r, pure):
         st = p.status(i)
         assert st["status"] == "done" and st["attempts"] == 2
     st = p.status(doomed)
-    assert st["status"] == "failed" and st["attempts"] == 3
-    assert "exited with code 13" in st["error"] and "gave up after 3 attempts" in st["error"]
+    assert st["status"] == "dead" and st["attempts"] == 3 and st["reason"] == "lost on the last of 3 attempts"
+    assert "exited with code 13" in st["error"]
+    assert [h["outcome"] for h in st["history"]] == ["lost"] * 3
     assert states(r, fine) == {"done": 50}
     counts = execs(r)
     assert all(counts[i] == 2 for i in ids) and counts[doomed] == 3

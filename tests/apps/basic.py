@@ -4,19 +4,12 @@ import os
 import signal
 import time
 
-import redis
 
 import xq
 
+from .testredis import r
+
 app = xq.App("tests")
-_r = None
-
-
-def r() -> redis.Redis:
-    global _r
-    if _r is None:
-        _r = redis.Redis.from_url(os.environ["XQ_TEST_REDIS"])
-    return _r
 
 
 def count() -> None:
@@ -55,7 +48,7 @@ def sleep(payload):
     return payload
 
 
-@app.task("boom")
+@app.task("boom", max_retries=0)
 def boom(payload):
     raise ValueError(f"boom {payload}")
 
