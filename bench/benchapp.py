@@ -35,3 +35,21 @@ def thumbnail(data: bytes) -> bytes:
 @app.task("thumb")
 def thumb(payload: bytes) -> bytes:
     return thumbnail(payload)
+
+
+@app.task("noop_retry", max_retries=5, backoff=xq.Backoff(base=0.05, cap=1))
+def noop_retry(payload):
+    """A no-op with retries configured but never used (bench/test_lifecycle_bench.py)."""
+    return None
+
+
+class Flaky(Exception):
+    """The planned failure of a `flaky` task's first attempt."""
+
+
+@app.task("flaky", max_retries=3, backoff=xq.Backoff(base=0.01, cap=0.05))
+def flaky(payload):
+    """Fails its first attempt when the payload says so ({"f": 1}), succeeds otherwise."""
+    if payload and xq.current().attempt == 1:
+        raise Flaky("planned first-attempt failure")
+    return None
