@@ -14,6 +14,21 @@ slot and one Lua script may touch them all):
     xq:{Q}:t:<id>           hash    the task record: message, state, attempts, timestamps, result
     xq:{Q}:events           channel Pub/Sub channel of task state changes (JSON arrays of events)
     xq:{Q}:control          channel Pub/Sub channel to supervisors: ids whose cancellation was requested
+
+Flow control (built by the scripts from the queue's base `xq:{Q}:` and a task record's fields, since
+they are only known once the record is read; the methods below name them for Python readers):
+
+    xq:{Q}:hooked           set     ids of unfinished tasks whose end sets something off (unique key,
+                                    group, concurrency key, dependents): COMPLETE looks only these up
+    xq:{Q}:u:<key>          string  the id holding unique key <key> (PX unique_ttl, if given)
+    xq:{Q}:c:<key>          zset    concurrency slots of <key>: holder id -> its lease deadline (ms)
+    xq:{Q}:cw:<key>         list    ids parked over <key>'s max_concurrency, moved back one per free slot
+    xq:{Q}:r:<key>:<w>      string  starts counted in rate window w (= now // period) of rate key <key>
+    xq:{Q}:rn:<name>:<w>    string  the same for a per-task-name rate limit; `:d` suffix: deferrals
+    xq:{Q}:d:<id>           set     ids waiting for task <id> (depends_on)
+    xq:{Q}:g:<gid>          hash    a group: left, sealed, total, cb (callback id), fired
+    xq:{Q}:gi:<gid>         list    the group's member ids, in the order given
+    xq:{Q}:go:<gid>         hash    member id -> the state it ended in (each member counted once)
 """
 
 from __future__ import annotations
@@ -60,6 +75,31 @@ class QueueKeys:
         if isinstance(task_id, bytes):
             task_id = task_id.decode()
         return self.task_prefix + task_id
+
+    @property
+    def hooked(self) -> str:
+        return self.task_prefix[:-2] + "hooked"
+
+    def unique(self, key: str) -> str:
+        return f"{self.task_prefix[:-2]}u:{key}"
+
+    def slots(self, key: str) -> str:
+        return f"{self.task_prefix[:-2]}c:{key}"
+
+    def parked(self, key: str) -> str:
+        return f"{self.task_prefix[:-2]}cw:{key}"
+
+    def dependents(self, task_id: str) -> str:
+        return f"{self.task_prefix[:-2]}d:{task_id}"
+
+    def group(self, group_id: str) -> str:
+        return f"{self.task_prefix[:-2]}g:{group_id}"
+
+    def group_members(self, group_id: str) -> str:
+        return f"{self.task_prefix[:-2]}gi:{group_id}"
+
+    def group_outcomes(self, group_id: str) -> str:
+        return f"{self.task_prefix[:-2]}go:{group_id}"
 
 
 _cache: dict[str, QueueKeys] = {}

@@ -82,6 +82,138 @@ local function attempt_failed(key, id, queue, now, sched, dead, f, started, fini
   redis.call('ZADD', dead, now, id)
   return event(id, queue, 'dead', now, ',"reason":' .. cjson.encode(reason)), nil
 end
+
+-- Flow control (unique keys, dependencies, groups, per-key concurrency, rate limits) keeps its keys under
+-- the queue's base 'xq:{Q}:' (a task key prefix less its 't:'), built here from the names and ids in a
+-- task's record: they are not known before the record is read, and all share the queue's hash tag.
+local function base_of(prefix)
+  return string.sub(prefix, 1, -3)
+end
+-- A task whose wait ended (its dependencies are done, or its group finished): due later, it is scheduled,
+-- else it joins the tail of its ready list.
+local function make_ready(ctx, id, key, pri, due, now)
+  local base = ctx.base
+  if due and tonumber(due) > now then
+    redis.call('HSET', key, 'state', 'scheduled')
+    redis.call('ZADD', base .. 'sched', tonumber(due), id)
+    if ctx.listen then ctx.events[#ctx.events + 1] = event(id, ctx.queue, 'scheduled', now, ',"next":' .. due) end
+  else
+    redis.call('HSET', key, 'state', 'queued')
+    redis.call('RPUSH', base .. 'ready:' .. (tonumber(pri) or 5), id)
+    if ctx.listen then ctx.events[#ctx.events + 1] = event(id, ctx.queue, 'queued', now) end
+  end
+  redis.call('ZADD', base .. 'wake', 0, '1')
+end
+-- Move parked tasks of a concurrency key back to the head of their ready lists, as many as slots are free
+-- (slots of holders whose lease ran out are free: a crashed holder's token expires with its lease).
+-- Canceled entries are dropped; an entry that will expire is moved without using up a slot.
+local function unpark(base, ck, cm, now)
+  local slots = base .. 'c:' .. ck
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  local free = cm - redis.call('ZCARD', slots)
+  local wait = base .. 'cw:' .. ck
+  local moved = 0
+  while free > 0 do
+    local id = redis.call('LPOP', wait)
+    if not id then break end
+    local f = redis.call('HMGET', base .. 't:' .. id, 'state', 'pri', 'exp', 'att')
+    if f[1] == 'queued' then
+      redis.call('LPUSH', base .. 'ready:' .. (tonumber(f[2]) or 5), id)
+      moved = moved + 1
+      if not (f[3] and (tonumber(f[4]) or 0) == 0 and tonumber(f[3]) <= now) then free = free - 1 end
+    end
+  end
+  if moved > 0 then redis.call('ZADD', base .. 'wake', 0, '1') end
+end
+-- An attempt of a task ended, whatever its outcome: a concurrency slot it held goes back (lim: the
+-- record's 'lim' field, JSON).
+local function release_slot(base, lim, id, now)
+  if not lim then return end
+  local L = cjson.decode(lim)
+  if not L.ck then return end
+  redis.call('ZREM', base .. 'c:' .. L.ck, id)
+  unpark(base, L.ck, L.cm, now)
+end
+-- The last member of a group ended: record the group as finished, and hand the callback (if any) the
+-- members' ids and final states, in the order they were given.
+local function group_fire(ctx, gid, now)
+  local base = ctx.base
+  local g = base .. 'g:' .. gid
+  local f = redis.call('HMGET', g, 'cb', 'fired')
+  if f[2] then return end
+  redis.call('HSET', g, 'fired', now)
+  if ctx.listen then ctx.events[#ctx.events + 1] = event(gid, ctx.queue, 'group_done', now) end
+  if f[1] then
+    local ck = base .. 't:' .. f[1]
+    local h = redis.call('HMGET', ck, 'state', 'pri', 'cbp')
+    if h[1] == 'waiting' then
+      local ids = redis.call('LRANGE', base .. 'gi:' .. gid, 0, -1)
+      local states = {}
+      for i = 1, #ids, 4000 do
+        local part = redis.call('HMGET', base .. 'go:' .. gid, unpack(ids, i, math.min(i + 3999, #ids)))
+        for j = 1, #part do states[#states + 1] = part[j] or 'unknown' end
+      end
+      local payload = '{"group":"' .. gid .. '","ids":["' .. table.concat(ids, '","') .. '"],"statuses":["' ..
+        table.concat(states, '","') .. '"],"payload":' .. (h[3] or 'null') .. '}'
+      redis.call('HSET', ck, 'payload', payload, 'npend', 0)
+      make_ready(ctx, f[1], ck, h[2], nil, now)
+    end
+  end
+  if ctx.ttl and ctx.ttl > 0 then
+    for _, k in ipairs({g, base .. 'gi:' .. gid, base .. 'go:' .. gid}) do redis.call('EXPIRE', k, ctx.ttl) end
+  end
+end
+-- A task reached a final state (done, dead, expired, canceled).  If it is in the queue's hooked set (it
+-- has a unique key, a group, a concurrency key or dependents), do what its end sets off, exactly once
+-- (the SREM): release its unique key, count it in its group, and release or fail its dependents.  A
+-- failed dependent ends too, so this walks the whole chain, iteratively.
+-- ctx: {base, queue, listen, events, ttl}
+local function settle(ctx, id, state, now)
+  local base = ctx.base
+  local work = {id, state}
+  local i = 1
+  while i < #work do
+    local tid, st = work[i], work[i + 1]
+    i = i + 2
+    if redis.call('SREM', base .. 'hooked', tid) == 1 then
+      local f = redis.call('HMGET', base .. 't:' .. tid, 'uk', 'grp')
+      if f[1] then
+        local uk = base .. 'u:' .. f[1]
+        if redis.call('GET', uk) == tid then redis.call('DEL', uk) end
+      end
+      if f[2] and redis.call('HSETNX', base .. 'go:' .. f[2], tid, st) == 1 then
+        local g = base .. 'g:' .. f[2]
+        if redis.call('HINCRBY', g, 'left', -1) <= 0 and redis.call('HGET', g, 'sealed') == '1' then
+          group_fire(ctx, f[2], now)
+        end
+      end
+      local dkey = base .. 'd:' .. tid
+      local deps = redis.call('SMEMBERS', dkey)
+      if #deps > 0 then
+        redis.call('DEL', dkey)
+        for _, did in ipairs(deps) do
+          local dk = base .. 't:' .. did
+          local g = redis.call('HMGET', dk, 'state', 'df', 'pri', 'due')
+          if g[1] == 'waiting' then
+            if st == 'done' or g[2] == 'run' then
+              if redis.call('HINCRBY', dk, 'npend', -1) <= 0 then make_ready(ctx, did, dk, g[3], g[4], now) end
+            else
+              local reason = 'dependency ' .. tid .. ' ended ' .. st
+              redis.call('HSET', dk, 'state', 'dead', 'fin', now, 'dead', now, 'reason', reason, 'error', reason)
+              redis.call('PERSIST', dk)
+              redis.call('ZADD', base .. 'dead', now, did)
+              if ctx.listen then
+                ctx.events[#ctx.events + 1] = event(did, ctx.queue, 'dead', now, ',"reason":' .. cjson.encode(reason))
+              end
+              work[#work + 1] = did
+              work[#work + 1] = 'dead'
+            end
+          end
+        end
+      end
+    end
+  end
+end
 """
 
 # KEYS[1] -> xq:{Q}:ready:P, the ready list of the task's priority
@@ -98,8 +230,13 @@ end
 # ARGV[9] -> processing timeout ms, or ''
 # ARGV[10] -> events channel
 # ARGV[11] -> queue name
-# ARGV[12..] -> per task, 3 values: id, payload, ct ('j' JSON, 'b' raw bytes)
-# Output: the number of tasks enqueued
+# ARGV[12] -> flow options, JSON, or '' for none (see xq/flow.py): uk (unique key), ut (its TTL ms),
+#             ck/cm (concurrency key, max concurrency), rk/rn/rp (rate key, starts, period ms), deps (ids
+#             of this queue the tasks wait for), df ('run': run even if a dependency fails), grp (group id)
+# ARGV[13..] -> per task, 3 values: id, payload, ct ('j' JSON, 'b' raw bytes)
+# Output: the number of tasks enqueued; or, when the unique key is held, the id of the task holding it (a
+#         bulk string; nothing is enqueued); or an error reply 'XQ ...' naming an unknown dependency or a
+#         group that is not open
 # The record holds only what is not implied, since every field costs Redis time at 200k+ tasks/s: the
 # queue is in the key, a missing att is 0, a missing maxr the default, a missing ct 'j', and the enqueue
 # time is the first 48 bits of an xq id (foreign producers may set 'enq' instead).
@@ -113,20 +250,91 @@ if ARGV[5] ~= '' then due = now + tonumber(ARGV[5]) elseif ARGV[6] ~= '' then du
 if due and due <= now then due = nil end
 if ARGV[7] ~= '' then exp = now + tonumber(ARGV[7]) elseif ARGV[8] ~= '' then exp = ARGV[8] end
 local state = due and 'scheduled' or 'queued'
+local flow, extra, pending, born_dead, hooked = nil, {}, {}, nil, false
+local base = base_of(prefix)
+if ARGV[12] ~= '' then
+  flow = cjson.decode(ARGV[12])
+  for _, d in ipairs(flow.deps or {}) do  -- checked before anything is written
+    local st = redis.call('HGET', prefix .. d, 'state')
+    if not st then return redis.error_reply('XQ unknown dependency ' .. d .. ' in queue ' .. ARGV[11]) end
+    if st ~= 'done' and st ~= 'dead' and st ~= 'expired' and st ~= 'canceled' then
+      pending[#pending + 1] = d
+    elseif st ~= 'done' and flow.df ~= 'run' and not born_dead then
+      born_dead = 'dependency ' .. d .. ' ended ' .. st
+    end
+  end
+  if flow.grp and redis.call('HGET', base .. 'g:' .. flow.grp, 'sealed') ~= '0' then
+    return redis.error_reply('XQ group ' .. flow.grp .. ' is not open in queue ' .. ARGV[11])
+  end
+  if flow.uk then
+    local uk = base .. 'u:' .. flow.uk
+    local ok
+    if flow.ut then ok = redis.call('SET', uk, ARGV[13], 'NX', 'PX', flow.ut) else ok = redis.call('SET', uk, ARGV[13], 'NX') end
+    if not ok then return redis.call('GET', uk) end
+    extra[#extra + 1], extra[#extra + 2] = 'uk', flow.uk
+  end
+  if flow.ck or flow.rk then
+    extra[#extra + 1], extra[#extra + 2] = 'lim', cjson.encode({ck = flow.ck, cm = flow.cm, rk = flow.rk, rn = flow.rn, rp = flow.rp})
+  end
+  if flow.grp then extra[#extra + 1], extra[#extra + 2] = 'grp', flow.grp end
+  if flow.deps and #flow.deps > 0 then
+    extra[#extra + 1], extra[#extra + 2] = 'deps', cjson.encode(flow.deps)
+    if flow.df then extra[#extra + 1], extra[#extra + 2] = 'df', flow.df end
+  end
+  if born_dead then
+    state = 'dead'
+    now = now or now_ms()
+    for _, v in ipairs({'reason', born_dead, 'error', born_dead, 'dead', now, 'fin', now}) do extra[#extra + 1] = v end
+  elseif #pending > 0 then
+    state = 'waiting'
+    extra[#extra + 1], extra[#extra + 2] = 'npend', #pending
+  end
+  hooked = flow.uk or flow.ck or flow.grp or born_dead
+end
 local ids, sched = {}, {}
-for i = 12, #ARGV, 3 do
+for i = 13, #ARGV, 3 do
   local key = prefix .. ARGV[i]
   redis.call('HSET', key, 'name', name, 'payload', ARGV[i + 1], 'state', state, 'pri', pri)
   if ARGV[i + 2] ~= 'j' then redis.call('HSET', key, 'ct', ARGV[i + 2]) end
   if maxr ~= '' then redis.call('HSET', key, 'maxr', maxr) end
   if exp then redis.call('HSET', key, 'exp', exp) end
   if timeout ~= '' then redis.call('HSET', key, 'to', timeout) end
+  if #extra > 0 then redis.call('HSET', key, unpack(extra)) end
   if due then
     redis.call('HSET', key, 'due', due)
     sched[#sched + 1] = due
     sched[#sched + 1] = ARGV[i]
   end
   ids[#ids + 1] = ARGV[i]
+end
+if hooked then push_chunks('SADD', base .. 'hooked', ids) end
+if flow and flow.grp then
+  redis.call('HINCRBY', base .. 'g:' .. flow.grp, 'left', #ids)
+  push_chunks('RPUSH', base .. 'gi:' .. flow.grp, ids)
+end
+for _, d in ipairs(pending) do
+  push_chunks('SADD', base .. 'd:' .. d, ids)
+  redis.call('SADD', base .. 'hooked', d)
+end
+if state == 'dead' then
+  local ctx = {base = base, queue = ARGV[11], listen = listening(ARGV[10]), events = {}}
+  for _, id in ipairs(ids) do
+    redis.call('ZADD', base .. 'dead', now, id)
+    settle(ctx, id, 'dead', now)
+  end
+  if ctx.listen then
+    for _, id in ipairs(ids) do ctx.events[#ctx.events + 1] = event(id, ARGV[11], 'dead', now, ',"reason":' .. cjson.encode(born_dead)) end
+    publish(ARGV[10], ctx.events)
+  end
+  return #ids
+end
+if state == 'waiting' then
+  if listening(ARGV[10]) then
+    local events, ts = {}, now or now_ms()
+    for _, id in ipairs(ids) do events[#events + 1] = event(id, ARGV[11], 'waiting', ts) end
+    publish(ARGV[10], events)
+  end
+  return #ids
 end
 if due then
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
@@ -152,7 +360,8 @@ return #ids
 # ARGV[4] -> max payload bytes: a larger payload kills its task (dead) instead of being handed out
 # ARGV[5] -> result ttl, seconds (0 keeps records forever), for records this script finishes
 # ARGV[6] -> level weights: 10 comma-separated integers for levels 0..9, or '' (strict level order)
-# ARGV[7..] -> for each queue, 4 values: task key prefix, events channel, queue name, weight ('' = strict)
+# ARGV[7] -> rate limits by task name, JSON {name: [starts, period ms]}, or '' for none
+# ARGV[8..] -> for each queue, 4 values: task key prefix, events channel, queue name, weight ('' = strict)
 # Output: {tasks, notes, leased, earliest, now}: tasks is flat, 7 values a task: queue index (0-based), id,
 #         name, payload, ct, attempt, timeout ms ('' if none); notes is flat, 2 values a skipped id: id,
 #         reason (for the supervisor's log); leased is the number of leases held on these queues by anyone
@@ -164,6 +373,10 @@ return #ids
 # queue first.  With level weights, a queue's share first goes to its non-empty levels in proportion to
 # their weights, then strictly by level.  With weights, each queue first gets up to ceil(want * weight / total) of the batch, then
 # what is left is filled in queue order, so no queue starves while another has a backlog.
+# Limits: a task over its concurrency key's limit is parked in that key's list (cw) and does not count
+# towards the batch, so the claim goes on with the tasks behind it; a slot's release moves it back.  A task
+# over a rate limit is scheduled for the window in which its turn comes (deferrals of one window are spread
+# over the following ones, `starts` per window), so it is neither failed nor claimed again before then.
 CLAIM = _PRELUDE + """
 local now = now_ms()
 local want = tonumber(ARGV[1])
@@ -172,7 +385,8 @@ local deadline = now + tonumber(ARGV[3])
 local maxp = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
 local out, notes, leased, earliest = {}, {}, 0, -1
-local nq = (#ARGV - 6) / 4
+local nq = (#ARGV - 7) / 4
+local name_limits = ARGV[7] ~= '' and cjson.decode(ARGV[7]) or nil
 local level_weights = nil
 if ARGV[6] ~= '' then
   level_weights = {}
@@ -181,10 +395,11 @@ end
 local qs = {}
 local total_weight = 0
 for q = 1, nq do
-  local a = 3 + q * 4
+  local a = 4 + q * 4
   local c = {base = (q - 1) * 14, prefix = ARGV[a], channel = ARGV[a + 1], queue = ARGV[a + 2],
              weight = tonumber(ARGV[a + 3]), leases = {}, events = {}, first = 1}
   c.listen = listening(c.channel)
+  c.ctx = {base = base_of(c.prefix), queue = c.queue, listen = c.listen, events = c.events, ttl = ttl}
   qs[q] = c
   if c.weight then total_weight = total_weight + c.weight end
   -- due scheduled and retrying tasks go to the tail of their ready lists
@@ -204,11 +419,50 @@ for q = 1, nq do
   end
 end
 
+-- A task with limits may start now: take its concurrency slot and count its start in each rate window
+-- (true); else park or defer it (false).  Nothing is taken unless every limit allows the start.
+local function within_limits(c, id, key, name, lim)
+  local L = lim and cjson.decode(lim) or {}
+  local cbase = c.ctx.base
+  local slots
+  if L.ck then
+    slots = cbase .. 'c:' .. L.ck
+    redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+    if redis.call('ZCARD', slots) >= L.cm then
+      redis.call('RPUSH', cbase .. 'cw:' .. L.ck, id)
+      return false
+    end
+  end
+  local rates = {}
+  if L.rk then rates[#rates + 1] = {cbase .. 'r:' .. L.rk, L.rn, L.rp} end
+  local nl = name_limits and name_limits[name]
+  if nl then rates[#rates + 1] = {cbase .. 'rn:' .. name, nl[1], nl[2]} end
+  for _, r in ipairs(rates) do
+    local win = math.floor(now / r[3])
+    r[4] = r[1] .. ':' .. win
+    if tonumber(redis.call('GET', r[4]) or '0') >= r[2] then
+      local dkey = r[4] .. ':d'
+      local k = redis.call('INCR', dkey)
+      if k == 1 then redis.call('PEXPIRE', dkey, r[3] * 2) end
+      local due = (win + 1 + math.floor((k - 1) / r[2])) * r[3]
+      redis.call('HSET', key, 'state', 'scheduled', 'due', due)
+      redis.call('ZADD', KEYS[c.base + 13], due, id)
+      if c.listen then c.events[#c.events + 1] = event(id, c.queue, 'scheduled', now, ',"next":' .. due) end
+      return false
+    end
+  end
+  for _, r in ipairs(rates) do
+    if redis.call('INCR', r[4]) == 1 then redis.call('PEXPIRE', r[4], r[3] * 2) end
+  end
+  if slots then redis.call('ZADD', slots, deadline, id) end
+  return true
+end
+
 -- One popped id: claim it (returns 1), or finish or drop it as its record says (returns 0).
 local function claim_one(c, id)
   local base = c.base
   local key = c.prefix .. id
-  local f = redis.call('HMGET', key, 'name', 'payload', 'ct', 'state', 'att', 'to', 'exp')
+  local f = redis.call('HMGET', key, 'name', 'payload', 'ct', 'state', 'att', 'to', 'exp', 'lim')
   if not f[1] or not f[2] then
     notes[#notes + 1] = id
     notes[#notes + 1] = 'no task record with name and payload at ' .. key .. ': dropped from the queue'
@@ -217,10 +471,12 @@ local function claim_one(c, id)
       notes[#notes + 1] = id
       notes[#notes + 1] = 'state is ' .. tostring(f[4]) .. ', not queued: stale queue entry dropped'
     end
-  elseif f[7] and tonumber(f[7]) <= now then
+  elseif f[7] and (tonumber(f[5]) or 0) == 0 and tonumber(f[7]) <= now then
+    -- expiry is a queue wait limit: a task that has started once is retried, never expired
     redis.call('HSET', key, 'state', 'expired', 'fin', now, 'error', 'expired before it started (expires at ' .. f[7] .. ')')
     if ttl > 0 then redis.call('EXPIRE', key, ttl) end
     if c.listen then c.events[#c.events + 1] = event(id, c.queue, 'expired', now) end
+    settle(c.ctx, id, 'expired', now)
   elseif #f[2] > maxp then
     local err = 'PayloadTooLarge: payload of ' .. #f[2] .. ' bytes exceeds max_payload of ' .. maxp .. ' bytes'
     local h = redis.call('HMGET', key, 'att', 'maxr', 'worker', 'hist')
@@ -229,6 +485,9 @@ local function claim_one(c, id)
     local ev = attempt_failed(key, id, c.queue, now, KEYS[base + 13], KEYS[base + 14],
                               h, now, now, 'payload too large', err, -1)
     if c.listen then c.events[#c.events + 1] = ev end
+    settle(c.ctx, id, 'dead', now)
+  elseif (f[8] or (name_limits and name_limits[f[1]])) and not within_limits(c, id, key, f[1], f[8]) then
+    return 0
   else
     local att = (tonumber(f[5]) or 0) + 1
     redis.call('HSET', key, 'state', 'running', 'att', att, 'claimed', now, 'worker', worker)
@@ -332,20 +591,23 @@ return {out, notes, leased, earliest, now}
 # ARGV[3] -> result ttl, seconds (0 keeps records forever)
 # ARGV[4] -> the event message for the done tasks, built by the caller (published as is; '' publishes nothing)
 # ARGV[5] -> queue name
-# ARGV[6..] -> per task, 6 values: id, outcome, text, extra, started ms, finished ms, where outcome/text/extra
+# ARGV[6] -> worker id: a failure is recorded only for a task this worker still holds
+# ARGV[7..] -> per task, 6 values: id, outcome, text, extra, started ms, finished ms, where outcome/text/extra
 #              are done/result/rct ('j' or 'b'), retry/error/'<delay ms>,<max_retries of the task>'
 #              (a retryable failure; a max_retries in the record wins), failed/error/'' (not to be
 #              retried), canceled/error/''
 # Output: the number of records written (a record that expired or was deleted meanwhile is not recreated)
 # Cost matters here (one call per task at 100k tasks/s): no EXISTS, HSET's count of new fields tells a
 # missing record (all fields new: 'state' is in every live record), which is then deleted again.  Only
-# the failure paths read the record.
+# the failure paths read the record; done tasks with flow control (in the hooked set) are found with one
+# EXISTS per call, and one SMISMEMBER only when the queue has any.
 COMPLETE = _PRELUDE + """
-local prefix, ttl, queue = ARGV[1], tonumber(ARGV[3]), ARGV[5]
-local ids, events = {}, {}
+local prefix, ttl, queue, worker = ARGV[1], tonumber(ARGV[3]), ARGV[5], ARGV[6]
+local ids, events, done = {}, {}, {}
 local written = 0
 local now, listen = nil, nil
-for i = 6, #ARGV, 6 do
+local ctx = {base = base_of(prefix), queue = queue, events = events, ttl = ttl}
+for i = 7, #ARGV, 6 do
   local id = ARGV[i]
   local key = prefix .. id
   local outcome = ARGV[i + 1]
@@ -363,17 +625,21 @@ for i = 6, #ARGV, 6 do
     else
       if ttl > 0 then redis.call('EXPIRE', key, ttl) end
       written = written + 1
+      done[#done + 1] = id
     end
+    ids[#ids + 1] = id
   else
-    local f = redis.call('HMGET', key, 'att', 'maxr', 'worker', 'hist', 'state')
-    -- only a running task: a late report of an attempt whose lease was lost (the task already moved on)
-    -- must not schedule it a second time
-    if f[5] == 'running' then
+    local f = redis.call('HMGET', key, 'att', 'maxr', 'worker', 'hist', 'state', 'lim')
+    -- only a task this worker still runs: a late report of an attempt whose lease was lost (the task
+    -- moved on, maybe to another worker) must not schedule it a second time, nor drop the new lease
+    if f[5] == 'running' and f[3] == worker then
       now = now or now_ms()
-      if listen == nil then listen = listening(ARGV[2]) end
+      if listen == nil then listen = listening(ARGV[2]) ctx.listen = listen end
+      release_slot(ctx.base, f[6], id, now)
       redis.call('HSET', key, 'started', ARGV[i + 4])
-      local ev
+      local ev, final
       if outcome == 'canceled' then
+        final = 'canceled'
         add_history(key, f[4], tonumber(f[1]) or 1, f[3], ARGV[i + 4], ARGV[i + 5], 'canceled', ARGV[i + 2])
         redis.call('HSET', key, 'state', 'canceled', 'fin', ARGV[i + 5], 'error', ARGV[i + 2])
         if ttl > 0 then redis.call('EXPIRE', key, ttl) end
@@ -388,14 +654,31 @@ for i = 6, #ARGV, 6 do
             if m ~= '3' then redis.call('HSET', key, 'maxr', m) end
           end
         end
-        ev = attempt_failed(key, id, queue, now, KEYS[2], KEYS[3], f, ARGV[i + 4], ARGV[i + 5],
-                            'failed', ARGV[i + 2], delay)
+        local due
+        ev, due = attempt_failed(key, id, queue, now, KEYS[2], KEYS[3], f, ARGV[i + 4], ARGV[i + 5],
+                                 'failed', ARGV[i + 2], delay)
+        if not due then final = 'dead' end
       end
       if listen then events[#events + 1] = ev end
+      if final then settle(ctx, id, final, now) end
       written = written + 1
+      ids[#ids + 1] = id
     end
   end
-  ids[#ids + 1] = id
+end
+if #done > 0 and redis.call('EXISTS', ctx.base .. 'hooked') == 1 then
+  for c = 1, #done, 4000 do
+    local part = {unpack(done, c, math.min(c + 3999, #done))}
+    local flags = redis.call('SMISMEMBER', ctx.base .. 'hooked', unpack(part))
+    for j = 1, #part do
+      if flags[j] == 1 then
+        now = now or now_ms()
+        if listen == nil then listen = listening(ARGV[2]) ctx.listen = listen end
+        release_slot(ctx.base, redis.call('HGET', prefix .. part[j], 'lim'), part[j], now)
+        settle(ctx, part[j], 'done', now)
+      end
+    end
+  end
 end
 push_chunks('ZREM', KEYS[1], ids)
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[4]) end
@@ -440,13 +723,15 @@ end
 local defaults = cjson.decode(ARGV[11])
 local listen = listening(channel)
 local requeued, dead, events, gone = {}, {}, {}, {}
+local ctx = {base = base_of(prefix), queue = queue, listen = listen, events = events, ttl = ttl}
 -- LPUSH reverses, so walk backwards to keep the original order at the head of each list.
 for i = #ids, 1, -1 do
   local id = ids[i]
   local key = prefix .. id
-  local f = redis.call('HMGET', key, 'state', 'att', 'maxr', 'pri', 'worker', 'hist', 'claimed', 'name', 'cxl')
+  local f = redis.call('HMGET', key, 'state', 'att', 'maxr', 'pri', 'worker', 'hist', 'claimed', 'name', 'cxl', 'lim')
   gone[#gone + 1] = id
   if f[1] == 'running' and (holder == '' or f[5] == holder) then
+    release_slot(ctx.base, f[10], id, now)
     local att = tonumber(f[2]) or 1
     local pri = tonumber(f[4]) or 5
     local ev
@@ -469,6 +754,7 @@ for i = #ids, 1, -1 do
       redis.call('HSET', key, 'state', 'canceled', 'fin', now, 'error', text)
       if ttl > 0 then redis.call('EXPIRE', key, ttl) end
       ev = event(id, queue, 'canceled', now)
+      settle(ctx, id, 'canceled', now)
     else
       local why = err
       if mode == 'expired' then why = 'lease expired (worker ' .. tostring(f[5]) .. ' lost); ' .. err end
@@ -485,6 +771,7 @@ for i = #ids, 1, -1 do
         requeued[#requeued + 1] = id
       else
         dead[#dead + 1] = id
+        settle(ctx, id, 'dead', now)
       end
     end
     if ev and listen then events[#events + 1] = ev end
@@ -508,11 +795,15 @@ local deadline = now_ms() + tonumber(ARGV[3])
 local leases, lost, cancel = {}, {}, {}
 for i = 4, #ARGV do
   local id = ARGV[i]
-  local f = redis.call('HMGET', ARGV[1] .. id, 'state', 'worker', 'cxl')
+  local f = redis.call('HMGET', ARGV[1] .. id, 'state', 'worker', 'cxl', 'lim')
   if f[1] == 'running' and f[2] == ARGV[2] then
     leases[#leases + 1] = deadline
     leases[#leases + 1] = id
     if f[3] then cancel[#cancel + 1] = id end
+    if f[4] then  -- a concurrency slot's token lives as long as the lease
+      local L = cjson.decode(f[4])
+      if L.ck then redis.call('ZADD', base_of(ARGV[1]) .. 'c:' .. L.ck, 'XX', deadline, id) end
+    end
   else
     lost[#lost + 1] = id
   end
@@ -532,7 +823,7 @@ return {lost, cancel}
 # ARGV[4] -> queue name
 # ARGV[5] -> result ttl, seconds
 # ARGV[6] -> task id
-# Output: {outcome, state before}: outcome 'canceled' (it was queued, scheduled or retrying: it never runs),
+# Output: {outcome, state before}: outcome 'canceled' (it was queued, scheduled, retrying or waiting: it never runs),
 #         'canceling' (it is running: its supervisor was told, see the control channel), 'finished' (it
 #         already ended: nothing changed), or 'unknown' (no such record)
 # A queued task's id stays in its ready list (removing it would be O(n)); CLAIM drops it.
@@ -542,12 +833,15 @@ local key = ARGV[1] .. id
 local state = redis.call('HGET', key, 'state')
 if not state then return {'unknown', ''} end
 local now = now_ms()
-if state == 'queued' or state == 'scheduled' or state == 'retrying' then
+if state == 'queued' or state == 'scheduled' or state == 'retrying' or state == 'waiting' then
   redis.call('HSET', key, 'state', 'canceled', 'fin', now, 'error', 'canceled while ' .. state)
   redis.call('ZREM', KEYS[1], id)
   local ttl = tonumber(ARGV[5])
   if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-  if listening(ARGV[2]) then publish(ARGV[2], {event(id, ARGV[4], 'canceled', now)}) end
+  local ctx = {base = base_of(ARGV[1]), queue = ARGV[4], listen = listening(ARGV[2]), events = {}, ttl = ttl}
+  if ctx.listen then ctx.events[1] = event(id, ARGV[4], 'canceled', now) end
+  settle(ctx, id, 'canceled', now)
+  publish(ARGV[2], ctx.events)
   return {'canceled', state}
 end
 if state == 'running' then
@@ -568,7 +862,10 @@ return {'finished', state}
 # ARGV[5] -> mode: 'requeue' (back to this queue's ready lists, attempts start again) or 'remove' (drop
 #            from this queue: the caller has enqueued it elsewhere)
 # ARGV[6..] -> ids
-# Output: the ids replayed (ids not in the dead-letter set are skipped)
+# Output: the ids replayed (ids not in the dead-letter set are skipped; an entry whose record is gone or
+#         no longer dead is dropped from the set, not replayed)
+# A replayed task starts afresh: attempts, expiry and the last error are cleared (its history stays); its
+# unique key, group membership and dependents were settled when it died and stay so.
 REPLAY = _PRELUDE + """
 local prefix, channel, queue, pri, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now = now_ms()
@@ -579,14 +876,18 @@ for i = 6, #ARGV do
   local key = prefix .. id
   if redis.call('ZSCORE', KEYS[1], id) then
     redis.call('ZREM', KEYS[1], id)
-    done[#done + 1] = id
     if mode == 'remove' then
       redis.call('DEL', key)
+      done[#done + 1] = id
     elseif redis.call('HGET', key, 'state') == 'dead' then
+      done[#done + 1] = id
       if pri == '' then pri = nil end
       local p = tonumber(pri or redis.call('HGET', key, 'pri')) or 5
-      redis.call('HDEL', key, 'fin', 'started', 'claimed', 'due', 'dead', 'reason', 'cxl', 'worker')
+      redis.call('HDEL', key, 'fin', 'started', 'claimed', 'due', 'dead', 'reason', 'cxl', 'worker', 'exp', 'error')
       redis.call('HSET', key, 'state', 'queued', 'att', 0, 'pri', p)
+      if redis.call('HEXISTS', key, 'lim') == 1 then  -- its concurrency slot is released when it ends
+        redis.call('SADD', base_of(ARGV[1]) .. 'hooked', id)
+      end
       redis.call('HINCRBY', key, 'replays', 1)
       redis.call('RPUSH', KEYS[3 + p], id)
       if listen then events[#events + 1] = event(id, queue, 'queued', now) end
@@ -643,5 +944,52 @@ if listening(ARGV[10]) then publish(ARGV[10], {event(ARGV[5], ARGV[11], 'queued'
 return {1, last}
 """
 
+# KEYS[1] -> xq:{Q}:g:<group id>, the group's hash: left (members not ended), sealed (0/1), total, cb, fired
+# KEYS[2] -> xq:{Q}:t:<callback id>, the callback's record (the group key again when there is no callback)
+# ARGV[1] -> mode: 'open' (before the members are enqueued with flow option grp) or 'seal' (after)
+# ARGV[2] -> task key prefix
+# ARGV[3] -> group id
+# ARGV[4] -> callback id, or '' for none
+# ARGV[5] -> callback task name
+# ARGV[6] -> the callback's own payload, JSON, or '' (it receives {"group", "ids", "statuses", "payload"})
+# ARGV[7] -> callback priority
+# ARGV[8] -> callback max_retries, or '' for the default
+# ARGV[9] -> callback timeout ms, or ''
+# ARGV[10] -> events channel
+# ARGV[11] -> queue name
+# ARGV[12] -> result ttl, seconds: how long the group's keys stay after it finished
+# Output: 1, or an error reply 'XQ ...' (the group exists already / is not open / has no members)
+# Members enqueued between open and seal count themselves in (ENQUEUE); each member's end counts itself
+# out once (settle).  The callback is enqueued by whichever comes last, the seal or the last member's end,
+# so it runs exactly once; a producer that dies before the seal leaves members that run and a group that
+# never fires (the group was never accepted: group() did not return).
+GROUP = _PRELUDE + """
+local g, gid, now = KEYS[1], ARGV[3], now_ms()
+if ARGV[1] == 'open' then
+  if redis.call('EXISTS', g) == 1 then return redis.error_reply('XQ group ' .. gid .. ' exists already') end
+  redis.call('HSET', g, 'left', 0, 'sealed', 0, 'total', 0, 'created', now)
+  return 1
+end
+if redis.call('HGET', g, 'sealed') ~= '0' then return redis.error_reply('XQ group ' .. gid .. ' is not open') end
+local base = base_of(ARGV[2])
+local total = redis.call('LLEN', base .. 'gi:' .. gid)
+if total == 0 then return redis.error_reply('XQ group ' .. gid .. ' has no members') end
+redis.call('HSET', g, 'sealed', 1, 'total', total)
+local ctx = {base = base, queue = ARGV[11], listen = listening(ARGV[10]), events = {}, ttl = tonumber(ARGV[12])}
+if ARGV[4] ~= '' then
+  local key = KEYS[2]
+  redis.call('HSET', key, 'name', ARGV[5], 'payload', '', 'state', 'waiting', 'pri', ARGV[7], 'grpcb', gid, 'npend', 1)
+  if ARGV[6] ~= '' then redis.call('HSET', key, 'cbp', ARGV[6]) end
+  if ARGV[8] ~= '' then redis.call('HSET', key, 'maxr', ARGV[8]) end
+  if ARGV[9] ~= '' then redis.call('HSET', key, 'to', ARGV[9]) end
+  redis.call('HSET', g, 'cb', ARGV[4])
+  if ctx.listen then ctx.events[1] = event(ARGV[4], ARGV[11], 'waiting', now) end
+end
+if tonumber(redis.call('HGET', g, 'left')) <= 0 then group_fire(ctx, gid, now) end
+publish(ARGV[10], ctx.events)
+return 1
+"""
+
 ALL = {"enqueue": ENQUEUE, "claim": CLAIM, "complete": COMPLETE, "release": RELEASE, "renew": RENEW,
-       "cancel": CANCEL, "replay": REPLAY, "purge": PURGE, "cron": CRON}
+       "cancel": CANCEL, "replay": REPLAY, "purge": PURGE, "cron": CRON,
+       "group": GROUP}

@@ -1,0 +1,86 @@
+"""Flow-control options of an enqueue: unique keys, dependencies, groups, per-key concurrency, rate limits.
+
+Everything here is checked in the producer, before anything is sent, and turned into the one JSON object
+the ENQUEUE script reads (its ARGV[12]); the scripts do the rest atomically (see scripts.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import orjson
+
+from .errors import ConfigError
+
+RATE_PERIODS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smh])\s*$")
+MAX_KEY = 200  # bytes of a unique, concurrency or rate key (each is part of a Redis key name)
+DEP_POLICIES = ("fail", "run")
+
+
+def parse_rate(what: str, value: str) -> tuple[int, int]:
+    """'100/s', '5/m', '1000/h' or '10/30s' as (starts, period ms); ConfigError naming what otherwise."""
+    m = _RATE.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise ConfigError(f"invalid {what} {value!r}: expected N/s, N/m or N/h (e.g. '100/s', '5/m', '10/30s')")
+    n, mult, unit = int(m.group(1)), int(m.group(2) or 1), m.group(3)
+    if n < 1 or mult < 1:
+        raise ConfigError(f"invalid {what} {value!r}: the number of starts and the period must be at least 1 "
+                          f"(a rate of zero would never run the task; cancel or pause it instead)")
+    return n, mult * RATE_PERIODS_MS[unit]
+
+
+def check_key(what: str, value) -> str:
+    """A non-empty key of at most MAX_KEY bytes (it becomes part of a Redis key name)."""
+    if not isinstance(value, str) or not value or len(value.encode()) > MAX_KEY:
+        raise ConfigError(f"invalid {what} {value!r}: expected a non-empty string of at most {MAX_KEY} bytes")
+    return value
+
+
+def flow_args(*, unique_key=None, unique_ttl=None, concurrency_key=None, max_concurrency=None, rate_key=None,
+              rate_limit=None, depends_on: Sequence[str] | None = None, on_dependency_failure: str = "fail",
+              group: str | None = None, count: int = 1) -> dict[str, Any]:
+    """The checked flow options of an enqueue of `count` tasks, as the ENQUEUE script's JSON keys."""
+    out: dict[str, Any] = {}
+    if unique_key is not None:
+        if count != 1:
+            raise ConfigError("unique_key applies to one task: use enqueue(), not enqueue_many()")
+        out["uk"] = check_key("unique_key", unique_key)
+        if unique_ttl is not None:
+            if isinstance(unique_ttl, bool) or not isinstance(unique_ttl, (int, float)) or not unique_ttl > 0 \
+                    or unique_ttl == float("inf"):
+                raise ConfigError(f"invalid unique_ttl {unique_ttl!r}: expected a number of seconds > 0")
+            out["ut"] = max(1, int(unique_ttl * 1000))
+    elif unique_ttl is not None:
+        raise ConfigError("unique_ttl given without unique_key")
+    if concurrency_key is not None or max_concurrency is not None:
+        if concurrency_key is None or max_concurrency is None:
+            raise ConfigError("give concurrency_key= and max_concurrency= together")
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ConfigError(f"invalid max_concurrency {max_concurrency!r}: expected an integer >= 1")
+        out["ck"], out["cm"] = check_key("concurrency_key", concurrency_key), max_concurrency
+    if rate_key is not None or rate_limit is not None:
+        if rate_key is None or rate_limit is None:
+            raise ConfigError("give rate_key= and rate_limit= together (a per-task-name limit is set with "
+                              "@app.task(rate_limit=...))")
+        out["rk"] = check_key("rate_key", rate_key)
+        out["rn"], out["rp"] = parse_rate("rate_limit", rate_limit)
+    if depends_on is not None:
+        deps = [depends_on] if isinstance(depends_on, str) else list(depends_on)
+        if not all(isinstance(d, str) and d for d in deps):
+            raise ConfigError(f"invalid depends_on {depends_on!r}: expected task ids (strings)")
+        if on_dependency_failure not in DEP_POLICIES:
+            raise ConfigError(f"invalid on_dependency_failure {on_dependency_failure!r}: expected one of "
+                              f"{', '.join(DEP_POLICIES)}")
+        if deps:
+            out["deps"] = list(dict.fromkeys(deps))
+            if on_dependency_failure != "fail":
+                out["df"] = on_dependency_failure
+    if group is not None:
+        out["grp"] = group
+    return out
+
+
+def flow_json(args: dict) -> bytes:
+    return orjson.dumps(args) if args else b""
