@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import socket
+import time
 from typing import Iterable, Sequence
 from urllib.parse import urlparse
 
@@ -24,7 +25,7 @@ from redis.retry import Retry
 from . import scripts
 from ._impl import fast
 from .app import DEFAULT_MAX_RETRIES
-from .errors import ConfigError
+from .errors import ConfigError, ResultTimeout
 from .keys import QueueKeys
 
 log = logging.getLogger("xq")
@@ -35,13 +36,19 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, socket.timeout, OSError)
 
 
-def make_client(url: str, **kw) -> redis.Redis:
-    """A redis.Redis for url, or ConfigError naming what is wrong with the URL."""
+def check_url(url: str) -> str:
+    """url if it looks like a Redis URL, else ConfigError naming what is wrong (also used by xq.aio)."""
     if not isinstance(url, str) or not url:
         raise ConfigError(f"invalid Redis URL {url!r}: expected redis://host:port/db, rediss://... or unix://path")
     scheme = urlparse(url).scheme
     if scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"invalid Redis URL {url!r}: scheme {scheme!r} is not one of redis, rediss, unix")
+    return url
+
+
+def make_client(url: str, **kw) -> redis.Redis:
+    """A redis.Redis for url, or ConfigError naming what is wrong with the URL."""
+    check_url(url)
     # No silent client-side retries: a resent EVALSHA could enqueue twice, and the supervisor has its own
     # capped backoff that keeps children running meanwhile.
     kw.setdefault("retry", Retry(NoBackoff(), 0))
@@ -166,13 +173,15 @@ class Broker:
             return self.client.evalsha(self._sha[name], len(keys), *keys, *argv)
 
     # --- producer ---
-    def pack_enqueue(self, qk: QueueKeys, name: str, priority: int, max_retries: int, ids: Sequence[bytes],
+    def pack_enqueue(self, qk: QueueKeys, name: str, priority: int, max_retries: int | None, ids: Sequence[bytes],
                      payloads: Sequence, first: int, max_payload: int, *, delay_ms="", eta_ms="",
-                     expires_in_ms="", expires_at_ms="", timeout_ms="") -> bytes:
-        maxr = b"" if max_retries == DEFAULT_MAX_RETRIES else max_retries
+                     expires_in_ms="", expires_at_ms="", timeout_ms="", flow: bytes = b"") -> bytes:
+        """max_retries None: the record stores none, and the task's own default (or 3) applies."""
+        maxr = b"" if max_retries is None else max_retries
         return fast.pack_enqueue(self._sha["enqueue"], (qk.ready[priority], qk.wake, qk.sched),
                                  (qk.task_prefix, name, priority, maxr, delay_ms, eta_ms, expires_in_ms,
-                                  expires_at_ms, timeout_ms, qk.events, qk.name), ids, payloads, first, max_payload)
+                                  expires_at_ms, timeout_ms, qk.events, qk.name, flow), ids, payloads, first,
+                                 max_payload)
 
     def register_queue(self, queue: str) -> None:
         from .keys import QUEUES
@@ -200,7 +209,7 @@ class Broker:
 
     def cancel(self, qk: QueueKeys, task_id: str, ttl: int) -> tuple[str, str]:
         """(outcome, state before); see scripts.CANCEL."""
-        out, before = self.run("cancel", [qk.sched], [qk.task_prefix, qk.events, qk.control, qk.name, ttl, task_id])
+        out, before = self.run("cancel", *self.cancel_args(qk, task_id, ttl))
         return out.decode(), before.decode()
 
     def dead_ids(self, qk: QueueKeys, offset: int, limit: int) -> list[tuple[str, float]]:
@@ -237,6 +246,30 @@ class Broker:
                                 qk.events, qk.name])
         return int(fired), int(last)
 
+    def group(self, qk: QueueKeys, mode: str, group_id: str, *, callback_id: str = "", name: str = "",
+              payload: bytes = b"", priority: int = 5, max_retries: int | None = None, timeout_ms="",
+              ttl: int = 86400) -> None:
+        """Open a group before its members are enqueued, or seal it after; see scripts.GROUP."""
+        cb_key = qk.task(callback_id) if callback_id else qk.group(group_id)
+        self.run("group", [qk.group(group_id), cb_key],
+                 [mode, qk.task_prefix, group_id, callback_id, name, payload, priority,
+                  "" if max_retries is None else max_retries, timeout_ms, qk.events, qk.name, ttl])
+
+    def group_state(self, qk: QueueKeys, group_id: str) -> tuple[dict, list[bytes]]:
+        """(the group's hash, its member ids in order) in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(qk.group(group_id))
+        pipe.lrange(qk.group_members(group_id), 0, -1)
+        h, ids = pipe.execute()
+        return h, ids
+
+    def records(self, qk: QueueKeys, ids: Sequence, *fields: str) -> list[list]:
+        """HMGET fields of many task records, pipelined."""
+        pipe = self.client.pipeline(transaction=False)
+        for i in ids:
+            pipe.hmget(qk.task(i), *fields)
+        return pipe.execute()
+
     def lease_score(self, qk: QueueKeys, task_id: str):
         return self.client.zscore(qk.leases, task_id)
 
@@ -251,8 +284,9 @@ class Broker:
 
     @staticmethod
     def claim_tail(queues: Sequence[QueueKeys], weights: Sequence[int | None] | None = None,
-                   level_weights: Sequence[int] | None = None) -> list[str]:
-        tail: list = [",".join(map(str, level_weights)) if level_weights else ""]
+                   level_weights: Sequence[int] | None = None, name_limits: bytes = b"") -> list:
+        """name_limits: JSON {task name: [starts, period ms]} of per-name rate limits, or b''."""
+        tail: list = [",".join(map(str, level_weights)) if level_weights else "", name_limits]
         for i, qk in enumerate(queues):
             w = weights[i] if weights else None
             tail += (qk.task_prefix, qk.events, qk.name, "" if w is None else w)
@@ -263,9 +297,9 @@ class Broker:
         return fast.pack_command([b"EVALSHA", self._sha["claim"], len(keys), *keys,
                                   want, worker, lease_ms, max_payload, ttl, *tail])
 
-    def pack_complete(self, qk: QueueKeys, ttl: int, event: bytes, items: list) -> bytes:
+    def pack_complete(self, qk: QueueKeys, ttl: int, event: bytes, items: list, worker: str) -> bytes:
         return fast.pack_command([b"EVALSHA", self._sha["complete"], 3, qk.leases, qk.sched, qk.dead,
-                                  qk.task_prefix, qk.events, ttl, event, qk.name, *items])
+                                  qk.task_prefix, qk.events, ttl, event, qk.name, worker, *items])
 
     def release(self, qk: QueueKeys, mode: str, ids: Sequence, *, error: str = "", holder: str = "",
                 ttl: int = 0, outcome: str = "lost", delay_ms: int = 0, started_ms="",
@@ -329,3 +363,60 @@ class Broker:
 
     def wait_fileno(self) -> int:
         return self._wconn._sock.fileno() if self._wconn is not None else -1
+
+    # --- progress (issue 4, point 7) ---
+    def pack_progress(self, qk: QueueKeys, entries: Sequence[tuple]) -> tuple[bytes, int]:
+        """Packed commands storing the progress of running tasks of one queue and publishing it; returns
+        (bytes to send, number of replies they produce).
+
+        entries: (task id, record field JSON, event members, ts ms) per task, the last report of each.
+        One HSET of the record's `progress` field per task, then one PUBLISH of a JSON array of
+        {"id","queue","state":"progress","ts","progress","message"} on the queue's events channel.  Plain
+        commands, no script: the supervisor only sends progress of tasks it holds (leased, record present),
+        and pipelines these ahead of the COMPLETE of the same step, so a task's progress lands before its
+        final state."""
+        task, name = qk.task, qk.name.encode()
+        cmds, events = [], []
+        for tid, record, members, ts in entries:
+            cmds.append(fast.pack_command([b"HSET", task(tid), b"progress", record]))
+            events.append(b'{"id":"' + tid + b'","queue":"' + name + b'","state":"progress","ts":%d,' % ts
+                          + members + b"}")
+        cmds.append(fast.pack_command([b"PUBLISH", qk.events, b"[" + b",".join(events) + b"]"]))
+        return b"".join(cmds), len(cmds)
+
+    # --- event streams (issue 4, point 8) ---
+    @staticmethod
+    def cancel_args(qk: QueueKeys, task_id: str, ttl: int) -> tuple[list, list]:
+        """(KEYS, ARGV) of scripts.CANCEL; shared with xq.aio."""
+        return [qk.sched], [qk.task_prefix, qk.events, qk.control, qk.name, ttl, task_id]
+
+    def subscribe_events(self, channels: Sequence[str], timeout: float = 10.0):
+        """(a new PubSub subscribed to channels, messages that arrived meanwhile), once Redis has confirmed
+        every subscription, so no event published after this returns is missed.  The caller closes it."""
+        ps = self.client.pubsub()
+        try:
+            ps.subscribe(*channels)
+            want, early = {c.encode() for c in channels}, []
+            deadline = time.monotonic() + timeout
+            while want and time.monotonic() < deadline:
+                msg = ps.get_message(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                if msg is None:
+                    continue
+                if msg["type"] == "subscribe":
+                    want.discard(msg["channel"])
+                elif msg["type"] == "message":  # of a channel confirmed earlier: keep it
+                    early.append(msg)
+            if want:
+                raise ResultTimeout(f"Redis did not confirm the subscription to {b', '.join(want).decode()} "
+                                    f"within {timeout} s")
+        except BaseException:
+            ps.close()
+            raise
+        return ps, early
+
+    def groups_fired(self, qk: QueueKeys, group_ids: Sequence[str]) -> list:
+        """When each group finished (every member ended; ms, as bytes) or None, pipelined."""
+        pipe = self.client.pipeline(transaction=False)
+        for g in group_ids:
+            pipe.hget(qk.group(g), "fired")
+        return pipe.execute()

@@ -6,7 +6,7 @@ import datetime as dt
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import orjson
 
@@ -14,12 +14,16 @@ from ._impl import fast
 from .app import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, App, check_seconds
 from .broker import DEFAULT_URL, Broker
 from .errors import ConfigError, ResultTimeout, TaskFailed, UnknownTask
+from .flow import flow_args, flow_json
 from .keys import DEFAULT_PRIORITY, PRIORITIES, check_queue, queue_keys
 
 PRIORITY_NAMES = {"critical": 0, "high": 2, "normal": 5, "low": 8}
 DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024
 TERMINAL = ("done", "dead", "expired", "canceled")
-_ENQUEUE_OPTS = ("queue", "priority", "max_retries", "delay", "eta", "expires", "timeout")
+_ENQUEUE_OPTS = ("queue", "priority", "max_retries", "delay", "eta", "expires", "timeout", "unique_key",
+                 "unique_ttl", "depends_on", "on_dependency_failure", "concurrency_key", "max_concurrency",
+                 "rate_key", "rate_limit")
+OUTCOME_FIELDS = ("state", "result", "rct", "error")
 ETA_PAST_LIMIT = 60.0  # seconds an eta may lie in the past (clock skew) and still mean "run now"
 
 
@@ -76,6 +80,116 @@ def timing_args(delay=None, eta=None, expires=None, timeout=None, default_expire
     return out
 
 
+class Group:
+    """A group made by Producer.group(): its id, queue, member ids (in order) and callback id (or None)."""
+
+    __slots__ = ("id", "queue", "ids", "callback")
+
+    def __init__(self, group_id: str, queue: str, ids: list[str], callback: str | None):
+        self.id, self.queue, self.ids, self.callback = group_id, queue, ids, callback
+
+    def __repr__(self) -> str:
+        return f"Group({self.id!r}, queue={self.queue!r}, {len(self.ids)} tasks, callback={self.callback!r})"
+
+
+def _script_error(e: Exception, queue: str) -> Exception:
+    """An 'XQ ...' error reply of a script as the xq error it stands for."""
+    msg = str(e)
+    if msg.startswith("XQ unknown dependency"):
+        return UnknownTask(msg[3:])
+    if msg.startswith("XQ "):
+        return ConfigError(msg[3:])
+    return e
+
+
+# --- enqueue, shared by Producer and aio.AsyncProducer: checks and packing here, I/O in the callers ---
+def enqueue_options(app: App | None, name: str, queue, priority, max_retries,
+                    opts: dict) -> tuple[str, int, int | None, dict]:
+    """(queue, priority, max_retries to store or None, route defaults) of an enqueue of task name."""
+    if opts:
+        raise ConfigError(f"unknown enqueue option(s) {', '.join(sorted(opts))}; "
+                          f"allowed: {', '.join(_ENQUEUE_OPTS)}")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"invalid task name {name!r}: expected a non-empty string")
+    route = app.route_for(name) if app is not None else {}
+    queue = check_queue(queue if queue is not None else route.get("queue", DEFAULT_QUEUE))
+    priority = check_priority(priority if priority is not None else route.get("priority", DEFAULT_PRIORITY))
+    if max_retries is None:
+        # None stores nothing: the worker applies the task's own default (or 3)
+        max_retries = route.get("max_retries")
+    elif isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ConfigError(f"invalid max_retries {max_retries!r}: expected an integer >= 0")
+    return queue, priority, max_retries, route
+
+
+class Prepared(NamedTuple):
+    """An enqueue checked and packed, nothing sent yet: what prepare_enqueue returns."""
+    name: str
+    queue: str
+    priority: int
+    ids: list            # bytes, one per payload
+    commands: list       # packed EVALSHA ENQUEUE, one per chunk; each replies one value
+    flow: dict           # flow_args
+    timing: dict         # timing_args
+
+    @property
+    def deps(self) -> list[str]:
+        return self.flow.get("deps", [])
+
+    def check_deps(self, dep_queues: Sequence[str]) -> None:
+        """dep_queues: the queue of each of self.deps (found by the caller, which does the I/O)."""
+        for dep, dq in zip(self.deps, dep_queues):
+            if dq != self.queue:
+                raise ConfigError(f"dependency {dep} is in queue {dq!r}, not {self.queue!r}: a task can only "
+                                  f"depend on tasks of its own queue (one Redis Cluster slot, so the hand-over "
+                                  f"is atomic)")
+
+
+def prepare_enqueue(app: App | None, packer, chunk: int, max_payload: int, name: str, payloads: Iterable[Any], *,
+                    queue: str | None = None, priority: int | str | None = None, max_retries: int | None = None,
+                    delay: float | None = None, eta: dt.datetime | float | None = None,
+                    expires: float | dt.datetime | None = None, timeout: float | None = None,
+                    depends_on: Sequence[str] | str | None = None, on_dependency_failure: str = "fail",
+                    concurrency_key: str | None = None, max_concurrency: int | None = None,
+                    rate_key: str | None = None, rate_limit: str | None = None, unique_key: str | None = None,
+                    unique_ttl: float | None = None, _group: str | None = None, **opts) -> Prepared:
+    """Check every option of an enqueue_many and pack its commands (packer: a Broker, for pack_enqueue).
+
+    Pure CPU, no Redis: the caller then checks the dependencies' queues (Prepared.check_deps), sends
+    every command, reads every reply and hands them to finish_enqueue.  Every chunk is encoded and
+    packed here, before anything is sent, so a bad payload enqueues nothing."""
+    queue, priority, max_retries, route = enqueue_options(app, name, queue, priority, max_retries, opts)
+    payloads = payloads if isinstance(payloads, (list, tuple)) else list(payloads)
+    flow = flow_args(unique_key=unique_key, unique_ttl=unique_ttl, concurrency_key=concurrency_key,
+                     max_concurrency=max_concurrency, rate_key=rate_key, rate_limit=rate_limit,
+                     depends_on=depends_on, on_dependency_failure=on_dependency_failure, group=_group,
+                     count=len(payloads))
+    timing = timing_args(delay, eta, expires, timeout if timeout is not None else route.get("timeout"),
+                         route.get("expires"))
+    ids = fast.new_ids(len(payloads))
+    qk = queue_keys(queue)
+    fj = flow_json(flow)
+    commands = [packer.pack_enqueue(qk, name, priority, max_retries, ids[i:i + chunk], payloads[i:i + chunk],
+                                    i, max_payload, flow=fj, **timing)
+                for i in range(0, len(ids), chunk)]
+    return Prepared(name, queue, priority, ids, commands, flow, timing)
+
+
+def finish_enqueue(prep: Prepared, replies: Sequence, app: App | None) -> tuple[list[str], bool]:
+    """(ids, enqueued) from the replies of prep.commands: an error reply raises (as its xq error); a
+    bytes reply means the unique key is held, and is that task's id: ([it], False), nothing enqueued.
+    Runs the app's on_enqueue hooks after a real enqueue."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise _script_error(reply, prep.queue)
+        if isinstance(reply, bytes):
+            return [reply.decode()], False
+    out = [i.decode() for i in prep.ids]
+    if app is not None:
+        app.run_enqueue_hooks(prep.name, prep.queue, out, {"priority": prep.priority, **prep.timing, **prep.flow})
+    return out, True
+
+
 def _check_page(offset, limit) -> None:
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise ConfigError(f"invalid offset {offset!r}: expected an integer >= 0")
@@ -111,6 +225,92 @@ def id_time(task_id: str) -> float | None:
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
+# --- event streams, shared by Producer.events and aio.AsyncProducer.events: filtering here, I/O in them ---
+EVENT_STATES = ("scheduled", "queued", "waiting", "running", "progress", "retrying", "done", "dead", "expired",
+                "canceled", "group_done")
+
+
+def event_request(ids, states) -> tuple[list[str], dict[str, str], set | None]:
+    """(task ids, {group id: queue}, states or None) of an events() call, checked.
+
+    ids: None (every event), a task id, a Group, or an iterable of those."""
+    tasks: list[str] = []
+    groups: dict[str, str] = {}
+    if ids is not None:
+        for i in ([ids] if isinstance(ids, (str, Group)) else list(ids)):
+            if isinstance(i, Group):
+                groups[i.id] = i.queue
+            elif isinstance(i, str) and i:
+                tasks.append(i)
+            else:
+                raise ConfigError(f"invalid id {i!r} in ids=: expected task ids (strings) or Groups")
+        if not tasks and not groups:
+            raise ConfigError("ids= is empty: give None for every event, or the ids to follow")
+    if states is not None:
+        states = {states} if isinstance(states, str) else set(states)
+        bad = sorted(map(repr, states - set(EVENT_STATES)))
+        if bad:
+            raise ConfigError(f"unknown event state(s) {', '.join(bad)}; known: {', '.join(EVENT_STATES)}")
+    return list(dict.fromkeys(tasks)), groups, states
+
+
+class EventFilter:
+    """Which events of a stream to hand out (no I/O).  With until_done, each followed id's stream ends at
+    its first terminal event (done, dead, expired, canceled; group_done for a group), synthetic or real,
+    and the whole stream is finished once every id's has."""
+
+    def __init__(self, tasks: Sequence[str], groups: Sequence[str], states: set | None, until_done: bool):
+        self.ids = set(tasks) | set(groups) or None  # None: every id
+        self.groups = set(groups)
+        self.states = states
+        self.open = set(self.ids or ()) if until_done else None  # ids whose terminal event is still due
+        # a payload without any followed id is skipped before JSON parsing, as in result()
+        self.needles = [i.encode() for i in self.ids] if self.ids and len(self.ids) <= 16 else None
+
+    @property
+    def finished(self) -> bool:
+        return self.open is not None and not self.open
+
+    def _take(self, ev: dict) -> bool:
+        i = ev.get("id")
+        if self.ids is not None and i not in self.ids:
+            return False
+        if self.open is not None:
+            if i not in self.open:
+                return False  # ended already (perhaps reported by a synthetic event)
+            if ev.get("state") in (("group_done",) if i in self.groups else TERMINAL):
+                self.open.discard(i)
+        return self.states is None or ev.get("state") in self.states
+
+    def initial(self, tasks: Sequence[tuple], groups: Sequence[tuple]) -> list[dict]:
+        """Synthetic events for followed ids that ended before the subscription (until_done only).
+
+        tasks: (id, queue, state, fin) from the records read right after subscribing; groups: (id, queue,
+        fired).  Each synthetic event is {"id", "queue", "state", "ts", "synthetic": True}."""
+        out = []
+        for tid, q, state, fin in tasks:
+            if state is None:
+                raise UnknownTask(f"no task with id {tid!r} in queue {q!r}: until_done would wait forever")
+            if state.decode() in TERMINAL:
+                out.append({"id": tid, "queue": q, "state": state.decode(),
+                            "ts": int(fin) if fin else int(time.time() * 1000), "synthetic": True})
+        for gid, q, fired in groups:
+            if fired is not None:
+                out.append({"id": gid, "queue": q, "state": "group_done", "ts": int(fired), "synthetic": True})
+        return [ev for ev in out if self._take(ev)]
+
+    def feed(self, data: bytes) -> list[dict]:
+        """The events to hand out from one message of an events channel."""
+        if self.needles is not None and not any(n in data for n in self.needles):
+            return []
+        try:
+            events = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return []  # not xq's: someone else published on the channel
+        if not isinstance(events, list):
+            return []
+        return [ev for ev in events if isinstance(ev, dict) and self._take(ev)]
+
 
 class Producer:
     """Enqueues tasks into Redis and reads their state; one per process is plenty (not thread-safe)."""
@@ -139,21 +339,9 @@ class Producer:
         self.close()
 
     # --- enqueue ---
-    def _options(self, name: str, queue, priority, max_retries, opts: dict) -> tuple[str, int, int]:
-        if opts:
-            raise ConfigError(f"unknown enqueue option(s) {', '.join(sorted(opts))}; "
-                              f"allowed: {', '.join(_ENQUEUE_OPTS)}")
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"invalid task name {name!r}: expected a non-empty string")
-        spec = self.app.tasks.get(name) if self.app is not None else None
-        if queue is None:
-            queue = spec.queue if spec else DEFAULT_QUEUE
-        check_queue(queue)
-        if max_retries is None:
-            max_retries = spec.max_retries if spec else DEFAULT_MAX_RETRIES
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ConfigError(f"invalid max_retries {max_retries!r}: expected an integer >= 0")
-        return queue, check_priority(priority), max_retries
+    def _options(self, name: str, queue, priority, max_retries, opts: dict) -> tuple[str, int, int | None, dict]:
+        """(queue, priority, max_retries to store or None, route defaults) of an enqueue of task name."""
+        return enqueue_options(self.app, name, queue, priority, max_retries, opts)
 
     def _remember(self, queue: str, ids) -> None:
         if queue not in self._known_queues:
@@ -166,46 +354,129 @@ class Producer:
             cache.popitem(last=False)
 
     def enqueue(self, name: str, payload: Any = None, *, queue: str | None = None,
-                priority: int | str = DEFAULT_PRIORITY, max_retries: int | None = None, delay: float | None = None,
+                priority: int | str | None = None, max_retries: int | None = None, delay: float | None = None,
                 eta: dt.datetime | float | None = None, expires: float | dt.datetime | None = None,
-                timeout: float | None = None, **opts) -> str:
-        """Enqueue one task; returns its id.  See enqueue_many for the options."""
+                timeout: float | None = None, unique_key: str | None = None, unique_ttl: float | None = None,
+                **opts) -> str:
+        """Enqueue one task; returns its id.  See enqueue_many for the options.
+
+        unique_key: while a task enqueued with this key (in this queue) has not ended (done, dead, expired,
+        canceled), and at most unique_ttl seconds if given, enqueueing another returns the first one's id
+        and enqueues nothing.  Without unique_ttl the key is held until the task ends, however long."""
         return self.enqueue_many(name, [payload], queue=queue, priority=priority, max_retries=max_retries,
-                                 delay=delay, eta=eta, expires=expires, timeout=timeout, **opts)[0]
+                                 delay=delay, eta=eta, expires=expires, timeout=timeout, unique_key=unique_key,
+                                 unique_ttl=unique_ttl, **opts)[0]
 
     def enqueue_many(self, name: str, payloads: Iterable[Any], *, queue: str | None = None,
-                     priority: int | str = DEFAULT_PRIORITY, max_retries: int | None = None,
+                     priority: int | str | None = None, max_retries: int | None = None,
                      delay: float | None = None, eta: dt.datetime | float | None = None,
                      expires: float | dt.datetime | None = None, timeout: float | None = None,
-                     **opts) -> list[str]:
+                     depends_on: Sequence[str] | str | None = None, on_dependency_failure: str = "fail",
+                     concurrency_key: str | None = None, max_concurrency: int | None = None,
+                     rate_key: str | None = None, rate_limit: str | None = None,
+                     _group: str | None = None, **opts) -> list[str]:
         """Enqueue one task per payload, pipelined in chunks; returns their ids in order.
 
+        queue/priority/max_retries/timeout/expires default to the app's route for the task name (with
+        Producer(app=...)), else the default queue, priority 5 and 3 retries.
         priority: 0 (highest) .. 9 or critical/high/normal/low; max_retries: attempts after the first;
         delay (seconds) or eta (datetime or unix seconds): status `scheduled` until then; expires (seconds
         from now, or a datetime): not started by then, the task becomes `expired` and never runs;
-        timeout: seconds an attempt may run.  Every payload is encoded and checked before anything is
-        sent, so a bad payload enqueues nothing.
+        timeout: seconds an attempt may run.
+        depends_on: ids of tasks in the same queue; the tasks wait (status `waiting`) until all of them are
+        done; if one ends otherwise (dead, expired, canceled) they die with a reason naming it, unless
+        on_dependency_failure="run".  concurrency_key + max_concurrency: at most that many tasks with the
+        key run at once, across all machines.  rate_key + rate_limit ("100/s", "5/m", "1/h"): at most that
+        many starts of tasks with the key per period.
+        Every payload is encoded and checked before anything is sent, so a bad payload enqueues nothing.
         """
-        queue, priority, max_retries = self._options(name, queue, priority, max_retries, opts)
-        spec = self.app.tasks.get(name) if self.app is not None else None
-        timing = timing_args(delay, eta, expires, timeout, spec.expires if spec else None)
-        payloads = payloads if isinstance(payloads, (list, tuple)) else list(payloads)
-        ids = fast.new_ids(len(payloads))
-        qk = queue_keys(queue)
-        step, broker = self.chunk, self.broker
-        # Every chunk is encoded and packed before anything is sent, so a bad payload enqueues nothing.
-        commands = [broker.pack_enqueue(qk, name, priority, max_retries, ids[i:i + step], payloads[i:i + step],
-                                        i, self.max_payload, **timing)
-                    for i in range(0, len(ids), step)]
-        # Replies are one integer per chunk, so all can be sent before any is read.
-        for cmd in commands:
+        broker = self.broker
+        prep = prepare_enqueue(self.app, broker, self.chunk, self.max_payload, name, payloads, queue=queue,
+                               priority=priority, max_retries=max_retries, delay=delay, eta=eta, expires=expires,
+                               timeout=timeout, depends_on=depends_on, on_dependency_failure=on_dependency_failure,
+                               concurrency_key=concurrency_key, max_concurrency=max_concurrency,
+                               rate_key=rate_key, rate_limit=rate_limit, _group=_group, **opts)
+        prep.check_deps([self._find(dep, None) for dep in prep.deps])
+        # Replies are one value per chunk, so all can be sent before any is read.
+        for cmd in prep.commands:
             broker.send_packed(cmd)
-        for reply in broker.read_replies(commands):
-            if isinstance(reply, Exception):
-                raise reply
-        out = [i.decode() for i in ids]
-        self._remember(queue, out)
+        out, _enqueued = finish_enqueue(prep, broker.read_replies(prep.commands), self.app)
+        self._remember(prep.queue, out)
         return out
+
+    # --- groups ---
+    def group(self, tasks: Sequence, *, then: tuple | None = None, queue: str | None = None) -> "Group":
+        """Enqueue many tasks as one group and, once every member has ended, one callback task (a chord).
+
+        tasks: (name, payload) or (name, payload, {enqueue options}) tuples; then: (name, payload) or
+        (name, payload, {priority, max_retries, timeout}) of the callback, which receives {"group": id,
+        "ids": [member ids, in order], "statuses": [their final states], "payload": its own payload}.
+        Every member and the callback live in one queue (the first member's, or queue=), so the count
+        is atomic: the callback runs exactly once.  Returns a Group (id, member ids, callback id);
+        Producer.result(group) waits for all members and returns their results in order."""
+        items = list(tasks)
+        if not items:
+            raise ConfigError("a group needs at least one task")
+        norm = []
+        for i, t in enumerate(items):
+            if not isinstance(t, (tuple, list)) or len(t) not in (2, 3) or not isinstance(t[0], str) \
+                    or (len(t) == 3 and not isinstance(t[2], dict)):
+                raise ConfigError(f"group member #{i} {t!r}: expected (name, payload) or (name, payload, {{options}})")
+            norm.append((t[0], t[1], dict(t[2]) if len(t) == 3 else {}))
+        # every member goes to queue= if given, else where its own option or its route sends it; all to one
+        queues = [o.get("queue") or queue or self._options(name, None, None, None, {})[0] for name, _p, o in norm]
+        queue = check_queue(queue or queues[0])
+        for i, (name, _p, o) in enumerate(norm):
+            if queues[i] != queue:
+                raise ConfigError(f"group member #{i} ({name}) goes to queue {queues[i]!r}, not {queue!r}: a group "
+                                  f"lives in one queue (one Redis Cluster slot); pass queue= to group()")
+            o["queue"] = queue
+        cb = None
+        if then is not None:
+            if not isinstance(then, (tuple, list)) or len(then) not in (2, 3) or not isinstance(then[0], str):
+                raise ConfigError(f"invalid then={then!r}: expected (name, payload) or (name, payload, {{options}})")
+            cbo = dict(then[2]) if len(then) == 3 else {}
+            bad = set(cbo) - {"priority", "max_retries", "timeout"}
+            if bad:
+                raise ConfigError(f"callback option(s) {', '.join(sorted(bad))} not supported; allowed: "
+                                  f"priority, max_retries, timeout")
+            _q, cprio, cmaxr, croute = self._options(then[0], queue, cbo.get("priority"), cbo.get("max_retries"), {})
+            ctimeout = cbo.get("timeout", croute.get("timeout"))
+            try:
+                cpayload = orjson.dumps(then[1])
+            except TypeError as e:
+                raise ConfigError(f"callback payload cannot be serialized to JSON: {e}") from None
+            cb = (fast.new_ids(1)[0].decode(), then[0], cpayload, cprio, cmaxr,
+                  timing_args(timeout=ctimeout).get("timeout_ms", ""))
+        qk = queue_keys(queue)
+        gid = fast.new_ids(1)[0].decode()
+        self.broker.group(qk, "open", gid)
+        ids: list[str] = []
+        # consecutive members of one name and options go in one enqueue_many
+        run: list = []
+        for name, payload, o in norm + [(None, None, None)]:
+            if run and (name != run[0][0] or o != run[0][2]):
+                ids += self.enqueue_many(run[0][0], [r[1] for r in run], _group=gid, **run[0][2])
+                run = []
+            if name is not None:
+                run.append((name, payload, o))
+        if cb is not None:
+            self.broker.group(qk, "seal", gid, callback_id=cb[0], name=cb[1], payload=cb[2], priority=cb[3],
+                              max_retries=cb[4], timeout_ms=cb[5], ttl=self.result_ttl)
+            self._remember(queue, [cb[0]])
+        else:
+            self.broker.group(qk, "seal", gid, ttl=self.result_ttl)
+        return Group(gid, queue, ids, cb[0] if cb else None)
+
+    def group_status(self, group: "Group | str", *, queue: str | None = None) -> dict:
+        """A group's progress: total, left (members not ended), finished (bool), callback id."""
+        gid, q = (group.id, group.queue) if isinstance(group, Group) else (group, check_queue(queue or DEFAULT_QUEUE))
+        h, _ids = self.broker.group_state(queue_keys(q), gid)
+        if not h:
+            raise UnknownTask(f"no group with id {gid!r} in queue {q!r} (never made, or its keys expired)")
+        return {"id": gid, "queue": q, "total": int(h.get(b"total") or 0), "left": int(h.get(b"left") or 0),
+                "sealed": h.get(b"sealed") == b"1", "finished": b"fired" in h,
+                "callback": (h.get(b"cb") or b"").decode() or None}
 
     # --- inspection ---
     def _find(self, task_id: str, queue: str | None) -> str:
@@ -223,7 +494,11 @@ class Producer:
     def status(self, task_id: str, *, queue: str | None = None) -> dict:
         """The task's record: status, attempts, timestamps (unix seconds), worker, error."""
         q = self._find(task_id, queue)
-        rec = self.broker.task_record(queue_keys(q), task_id)
+        return self._status_of(task_id, q, self.broker.task_record(queue_keys(q), task_id))
+
+    @staticmethod
+    def _status_of(task_id: str, q: str, rec: dict) -> dict:
+        """status() of a task's record (its HGETALL reply); shared with AsyncProducer."""
         if not rec:
             raise UnknownTask(f"no task with id {task_id!r} in queue {q!r} (never enqueued, or its "
                               f"record expired)")
@@ -264,6 +539,13 @@ class Producer:
             "cancel_requested_at": _ms(g(b"cxl")),
             "replays": int(g(b"replays") or 0),
             "history": history,
+            # flow control
+            "unique_key": (g(b"uk") or b"").decode() or None,
+            "depends_on": orjson.loads(g(b"deps")) if g(b"deps") else [],
+            "pending_dependencies": int(g(b"npend") or 0) if state == "waiting" else 0,
+            "group": (g(b"grp") or g(b"grpcb") or b"").decode() or None,
+            "limits": orjson.loads(g(b"lim")) if g(b"lim") else None,
+            "progress": orjson.loads(g(b"progress")) if g(b"progress") else None,  # {"pct", "msg", "ts"}
         }
 
     @staticmethod
@@ -275,12 +557,16 @@ class Producer:
 
     def _terminal(self, task_id: str, q: str):
         """(True, value) if the task has finished (raises TaskFailed for a failure), else (False, None)."""
-        rec = self.broker.client.hmget(queue_keys(q).task(task_id), "state", "result", "rct", "error")
+        return self._outcome(task_id, q, self.broker.client.hmget(queue_keys(q).task(task_id), *OUTCOME_FIELDS))
+
+    @classmethod
+    def _outcome(cls, task_id: str, q: str, rec) -> tuple[bool, Any]:
+        """_terminal() of the OUTCOME_FIELDS of a record; shared with AsyncProducer."""
         state, result, rct, error = rec
         if state is None:
             raise UnknownTask(f"no task with id {task_id!r} in queue {q!r}")
         if state == b"done":
-            return True, self._decode_result({b"result": result, b"rct": rct})
+            return True, cls._decode_result({b"result": result, b"rct": rct})
         if state in (b"dead", b"expired", b"canceled"):
             raise TaskFailed(task_id, state.decode(), (error or b"").decode())
         return False, None
@@ -299,12 +585,16 @@ class Producer:
                 return
         raise ResultTimeout(f"Redis did not confirm the subscription to {channel} within 10 s")
 
-    def result(self, task_id: str, timeout: float | None = None, *, queue: str | None = None) -> Any:
+    def result(self, task_id: "str | Group", timeout: float | None = None, *, queue: str | None = None) -> Any:
         """Wait for the task to finish and return its result, without polling.
 
         Subscribes to the queue's event channel before reading the state, so a completion between the
         two cannot be missed.  Raises TaskFailed if the task failed, ResultTimeout after timeout seconds.
+        For a Group: waits until every member has ended and returns their results in order, raising
+        TaskFailed for the first member that did not succeed.
         """
+        if isinstance(task_id, Group):
+            return self._group_result(task_id, timeout)
         q = self._find(task_id, queue)
         channel = queue_keys(q).events
         self._subscribe(channel)
@@ -327,6 +617,92 @@ class Producer:
                     done, value = self._terminal(task_id, q)
                     if done:
                         return value
+
+    def _group_result(self, group: "Group", timeout: float | None) -> list:
+        qk = queue_keys(group.queue)
+        self._subscribe(qk.events)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        needle = group.id.encode()
+        while b"fired" not in self.broker.group_state(qk, group.id)[0]:
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise ResultTimeout(f"group {group.id} did not finish within {timeout} s")
+                msg = self._pubsub.get_message(timeout=left if left is not None else 3600.0)
+                if msg is not None and msg["type"] == "message" and needle in msg["data"]:
+                    break
+        return self._group_values(group.ids, self.broker.records(qk, group.ids, *OUTCOME_FIELDS))
+
+    @classmethod
+    def _group_values(cls, ids: Sequence[str], records: Sequence) -> list:
+        """The results of a finished group's members (OUTCOME_FIELDS of each); shared with AsyncProducer."""
+        out = []
+        for tid, (state, result, rct, error) in zip(ids, records):
+            if state != b"done":
+                raise TaskFailed(tid, (state or b"gone").decode(), (error or b"").decode())
+            out.append(cls._decode_result({b"result": result, b"rct": rct}))
+        return out
+
+    # --- event streams ---
+    def events(self, ids=None, queues: Sequence[str] | str | None = None, states: Sequence[str] | str | None = None,
+               timeout: float | None = None, *, until_done: bool = False):
+        """An iterator over the events of the chosen tasks and queues, as dicts {"id", "queue", "state",
+        "ts", ...} (see docs/protocol.md), in the order Redis published them.
+
+        ids: task ids and/or Groups to follow (None: every event of the queues); queues: the queues to
+        listen to (default: those of ids, else "default"); states: only events in these states;
+        timeout: stop after that many seconds in all (None: never; or break out of the loop).
+        until_done (ids required): stop once every id has ended (done, dead, expired, canceled; a
+        Group: group_done); ids that had ended before the call get one synthetic event each
+        ({..., "synthetic": True}), and an id's events after its end are not reported.
+        Subscribes on its own connection, confirmed before this returns (nothing published after the
+        call is missed); the connection is closed when the iterator ends or is closed (break / del)."""
+        tasks, groups, states = event_request(ids, states)
+        if until_done and not (tasks or groups):
+            raise ConfigError("until_done needs ids= (it stops once every one of them has ended)")
+        if queues is None:
+            qs = sorted({self._find(t, None) for t in tasks} | set(groups.values())) or [DEFAULT_QUEUE]
+        else:
+            qs = list(dict.fromkeys(check_queue(q) for q in ([queues] if isinstance(queues, str) else queues)))
+        where = {t: self._find(t, qs[0] if len(qs) == 1 else None) for t in tasks} if until_done else {}
+        for t, q in where.items():
+            if q not in qs:
+                raise ConfigError(f"task {t} is in queue {q!r}, which is not among queues={qs}")
+        filt = EventFilter(tasks, list(groups), states, until_done)
+        ps, early = self.broker.subscribe_events([queue_keys(q).events for q in qs])
+        try:
+            first = filt.initial(self._event_states(where), self._group_states(groups)) if until_done else []
+        except BaseException:
+            ps.close()
+            raise
+        return self._event_stream(ps, early, filt, first, timeout)
+
+    def _event_states(self, where: dict) -> list[tuple]:
+        by_queue: dict[str, list[str]] = {}
+        for t, q in where.items():
+            by_queue.setdefault(q, []).append(t)
+        return [(t, q, state, fin) for q, ts in by_queue.items()
+                for t, (state, fin) in zip(ts, self.broker.records(queue_keys(q), ts, "state", "fin"))]
+
+    def _group_states(self, groups: dict) -> list[tuple]:
+        return [(g, q, self.broker.groups_fired(queue_keys(q), [g])[0]) for g, q in groups.items()]
+
+    @staticmethod
+    def _event_stream(ps, early: list, filt: EventFilter, first: list, timeout: float | None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            yield from first
+            for msg in early:
+                yield from filt.feed(msg["data"])
+            while not filt.finished:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                msg = ps.get_message(timeout=min(left, 3600.0) if left is not None else 3600.0)
+                if msg is not None and msg["type"] == "message":
+                    yield from filt.feed(msg["data"])
+        finally:
+            ps.close()
 
     # --- cancellation ---
     def cancel(self, task_id: str, *, queue: str | None = None) -> str:

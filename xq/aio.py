@@ -1,0 +1,390 @@
+"""`xq.AsyncProducer`: enqueue tasks and await their results from asyncio code (web applications).
+
+The same options, checks and wire format as the sync `xq.Producer`: both call producer.prepare_enqueue
+(every option checked, every chunk packed, nothing sent) and producer.finish_enqueue (replies read back),
+and share the record and event interpretation (Producer._status_of, _outcome, _group_values,
+EventFilter).  What differs is only the I/O, which _AsyncBroker does on `redis.asyncio`: it is the
+asyncio twin of broker.Broker (the one other place xq sends Redis commands from), reusing its script
+hashes, its enqueue packing and its script arguments.
+
+Unlike Producer, an AsyncProducer may be shared by any number of concurrent tasks of one event loop:
+each enqueue borrows a pooled connection for its pipelined chunks, and each waiting result() and each
+event stream subscribes on a Pub/Sub connection of its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import time
+from collections import OrderedDict
+from typing import Any, Iterable, Sequence
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
+
+from . import scripts
+from .app import DEFAULT_QUEUE, App
+from .broker import DEFAULT_URL, Broker, check_url
+from .errors import ConfigError, ResultTimeout, UnknownTask
+from .keys import QUEUES, check_queue, queue_keys
+from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer,
+                       event_request, finish_enqueue, prepare_enqueue)
+
+SUBSCRIBE_TIMEOUT = 10.0
+
+
+class _AsyncBroker:
+    """Redis access of an AsyncProducer, on redis.asyncio (see broker.Broker for the sync one)."""
+
+    # Pure methods of the sync Broker, which only read the script hashes (self._sha).
+    pack_enqueue = Broker.pack_enqueue
+    sha = Broker.sha
+
+    def __init__(self, url: str, *, socket_timeout: float | None = 30.0):
+        check_url(url)
+        self.url = url
+        try:
+            # no silent client-side retries: a resent EVALSHA could enqueue twice (as in broker.make_client)
+            self.client = aredis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=5,
+                                                socket_keepalive=True, retry=Retry(NoBackoff(), 0))
+        except ValueError as e:
+            raise ConfigError(f"invalid Redis URL {url!r}: {e}") from None
+        self._sha = {name: hashlib.sha1(src.encode()).hexdigest().encode() for name, src in scripts.ALL.items()}
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def load_scripts(self) -> None:
+        for name, src in scripts.ALL.items():
+            await self.client.script_load(src)
+
+    async def run(self, name: str, keys: Sequence, argv: Sequence):
+        """Run one script, raising its error reply; NOSCRIPT loads the scripts and runs it again, once."""
+        try:
+            return await self.client.evalsha(self._sha[name], len(keys), *keys, *argv)
+        except NoScriptError:
+            await self.load_scripts()
+            return await self.client.evalsha(self._sha[name], len(keys), *keys, *argv)
+
+    async def send_and_read(self, commands: Sequence[bytes]) -> list:
+        """Send every packed command, then read every reply (errors as values), on one pooled connection:
+        one round trip for the lot.  A command answered NOSCRIPT is sent again, once, after loading the
+        scripts.  A connection left with unread replies (error, cancellation) is dropped, not reused."""
+        pool = self.client.connection_pool
+        try:
+            conn = await pool.get_connection()
+        except TypeError:  # redis-py < 5.3 wants a command name
+            conn = await pool.get_connection("EVALSHA")
+        clean = False
+        try:
+            await conn.send_packed_command(list(commands), check_health=False)
+            out = [await self._read(conn) for _ in commands]
+            for i, x in enumerate(out):
+                if isinstance(x, NoScriptError):
+                    await self.load_scripts()
+                    await conn.send_packed_command([commands[i]], check_health=False)
+                    out[i] = await self._read(conn)
+            clean = True
+            return out
+        finally:
+            if not clean:
+                await conn.disconnect(nowait=True)
+            await pool.release(conn)
+
+    @staticmethod
+    async def _read(conn):
+        try:
+            return await conn.read_response()
+        except redis.ResponseError as e:
+            return e
+
+    async def register_queue(self, queue: str) -> None:
+        await self.client.sadd(QUEUES, queue)
+
+    async def queues(self) -> list[str]:
+        return sorted(x.decode() for x in await self.client.smembers(QUEUES))
+
+    async def find_queue(self, task_id: str, queues: Iterable[str]) -> str | None:
+        queues = list(queues)
+        if not queues:
+            return None
+        pipe = self.client.pipeline(transaction=False)
+        for q in queues:
+            pipe.exists(queue_keys(q).task(task_id))
+        for q, hit in zip(queues, await pipe.execute()):
+            if hit:
+                return q
+        return None
+
+    async def task_record(self, qk, task_id: str) -> dict:
+        return await self.client.hgetall(qk.task(task_id))
+
+    async def records(self, qk, ids: Sequence, *fields: str) -> list[list]:
+        pipe = self.client.pipeline(transaction=False)
+        for i in ids:
+            pipe.hmget(qk.task(i), *fields)
+        return await pipe.execute()
+
+    async def groups_fired(self, qk, group_ids: Sequence[str]) -> list:
+        pipe = self.client.pipeline(transaction=False)
+        for g in group_ids:
+            pipe.hget(qk.group(g), "fired")
+        return await pipe.execute()
+
+    async def cancel(self, qk, task_id: str, ttl: int) -> tuple[str, str]:
+        out, before = await self.run("cancel", *Broker.cancel_args(qk, task_id, ttl))
+        return out.decode(), before.decode()
+
+    async def subscribe_events(self, channels: Sequence[str], timeout: float = SUBSCRIBE_TIMEOUT):
+        """(a new PubSub subscribed to channels, messages that arrived meanwhile), once Redis has confirmed
+        every subscription (see Broker.subscribe_events).  The caller closes it (aclose)."""
+        ps = self.client.pubsub()
+        try:
+            await ps.subscribe(*channels)
+            want, early = {c.encode() for c in channels}, []
+            deadline = time.monotonic() + timeout
+            while want and time.monotonic() < deadline:
+                msg = await ps.get_message(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                if msg is None:
+                    continue
+                if msg["type"] == "subscribe":
+                    want.discard(msg["channel"])
+                elif msg["type"] == "message":
+                    early.append(msg)
+            if want:
+                raise ResultTimeout(f"Redis did not confirm the subscription to {b', '.join(want).decode()} "
+                                    f"within {timeout} s")
+        except BaseException:
+            await ps.aclose()
+            raise
+        return ps, early
+
+
+class AsyncProducer:
+    """The asyncio twin of xq.Producer: `async with xq.AsyncProducer(url) as p: tid = await p.enqueue(...)`.
+
+    Same constructor arguments and enqueue options as Producer (see Producer.enqueue_many); safe to share
+    between the concurrent tasks of one event loop."""
+
+    def __init__(self, url: str | None = None, *, app: App | None = None,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, chunk: int = 1000, result_ttl: int = 86400):
+        self.url = url or os.environ.get("XQ_REDIS_URL") or DEFAULT_URL
+        self.broker = _AsyncBroker(self.url)
+        self.app = app
+        self.max_payload = max_payload
+        self.chunk = chunk
+        self.result_ttl = result_ttl
+        self._known_queues: set[str] = set()
+        self._queue_of: OrderedDict[str, str] = OrderedDict()
+
+    async def close(self) -> None:
+        await self.broker.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    # --- enqueue ---
+    async def enqueue(self, name: str, payload: Any = None, **options) -> str:
+        """Enqueue one task; returns its id (with unique_key: the holder's id if the key is held).
+        Options as Producer.enqueue."""
+        return (await self.enqueue_many(name, [payload], **options))[0]
+
+    async def enqueue_many(self, name: str, payloads: Iterable[Any], **options) -> list[str]:
+        """Enqueue one task per payload, every chunk pipelined in one round trip; returns their ids in
+        order.  Options as Producer.enqueue_many, checked by the same code before anything is sent."""
+        prep = prepare_enqueue(self.app, self.broker, self.chunk, self.max_payload, name, payloads, **options)
+        prep.check_deps([await self._find(dep, None) for dep in prep.deps])
+        out, _enqueued = finish_enqueue(prep, await self.broker.send_and_read(prep.commands), self.app)
+        await self._remember(prep.queue, out)
+        return out
+
+    async def _remember(self, queue: str, ids) -> None:
+        if queue not in self._known_queues:
+            await self.broker.register_queue(queue)
+            self._known_queues.add(queue)
+        cache = self._queue_of
+        for i in ids[-10000:]:
+            cache[i] = queue
+        while len(cache) > 100_000:
+            cache.popitem(last=False)
+
+    # --- inspection ---
+    async def _find(self, task_id: str, queue: str | None) -> str:
+        if queue is not None:
+            return check_queue(queue)
+        q = self._queue_of.get(task_id)
+        if q is None:
+            q = await self.broker.find_queue(task_id, await self.broker.queues())
+            if q is None:
+                raise UnknownTask(f"no task with id {task_id!r} in any queue (never enqueued, or its "
+                                  f"record expired)")
+            self._queue_of[task_id] = q
+        return q
+
+    async def status(self, task_id: str, *, queue: str | None = None) -> dict:
+        """As Producer.status."""
+        q = await self._find(task_id, queue)
+        return Producer._status_of(task_id, q, await self.broker.task_record(queue_keys(q), task_id))
+
+    async def cancel(self, task_id: str, *, queue: str | None = None) -> str:
+        """As Producer.cancel: "canceled", "canceling" or "finished"; UnknownTask for an unknown id."""
+        q = await self._find(task_id, queue)
+        outcome, _before = await self.broker.cancel(queue_keys(q), task_id, self.result_ttl)
+        if outcome == "unknown":
+            raise UnknownTask(f"cannot cancel {task_id!r}: no task with that id in queue {q!r}")
+        return outcome
+
+    # --- results ---
+    async def _outcome(self, task_id: str, q: str):
+        rec = (await self.broker.records(queue_keys(q), [task_id], *OUTCOME_FIELDS))[0]
+        return Producer._outcome(task_id, q, rec)
+
+    async def result(self, task_id: "str | Group", timeout: float | None = None, *, queue: str | None = None) -> Any:
+        """Wait for the task (or every member of a Group) to finish and return its result (a Group: the
+        members' results in order), without polling; raises TaskFailed, or ResultTimeout after timeout
+        seconds.  An unfinished task is waited for on a Pub/Sub connection of this call's own,
+        subscribed before the state is read again, so a completion in between cannot be missed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if isinstance(task_id, Group):
+            return await self._group_result(task_id, timeout, deadline)
+        q = await self._find(task_id, queue)
+        done, value = await self._outcome(task_id, q)  # finished already: no subscription needed
+        if done:
+            return value
+        ps, early = await self.broker.subscribe_events([queue_keys(q).events])
+        try:
+            done, value = await self._outcome(task_id, q)
+            if done:
+                return value
+            filt = EventFilter([task_id], [], set(TERMINAL), False)  # skips other ids' messages unparsed
+            pending = collections.deque(early)
+            while True:
+                if pending:
+                    msg = pending.popleft()
+                else:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise ResultTimeout(f"task {task_id} did not finish within {timeout} s")
+                    msg = await ps.get_message(timeout=min(left, 3600.0) if left is not None else 3600.0)
+                if msg is None or msg["type"] != "message":
+                    continue
+                for ev in filt.feed(msg["data"]):
+                    if "result" in ev:  # a small JSON result travels in the event: no read needed
+                        return ev["result"]
+                    done, value = await self._outcome(task_id, q)
+                    if done:
+                        return value
+        finally:
+            await ps.aclose()
+
+    async def _group_result(self, group: Group, timeout: float | None, deadline: float | None) -> list:
+        qk = queue_keys(group.queue)
+        if (await self.broker.groups_fired(qk, [group.id]))[0] is None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            async with self.events([group], until_done=True, timeout=left) as stream:
+                async for _ev in stream:  # ends at the group's group_done, or at the timeout
+                    pass
+            if (await self.broker.groups_fired(qk, [group.id]))[0] is None:
+                raise ResultTimeout(f"group {group.id} did not finish within {timeout} s")
+        return Producer._group_values(group.ids, await self.broker.records(qk, group.ids, *OUTCOME_FIELDS))
+
+    # --- event streams ---
+    def events(self, ids=None, queues: Sequence[str] | str | None = None, states: Sequence[str] | str | None = None,
+               timeout: float | None = None, *, until_done: bool = False) -> "AsyncEventStream":
+        """As Producer.events, for `async for`: `async with p.events(ids=[tid], until_done=True) as stream:
+        async for ev in stream: ...`.  The subscription is made (and confirmed) on entering the `async
+        with`, or else at the first iteration; leaving the `async with` closes its connection, as does
+        the end of the stream (timeout, until_done)."""
+        return AsyncEventStream(self, ids, queues, states, timeout, until_done)
+
+
+class AsyncEventStream:
+    """What AsyncProducer.events returns: an async iterator of event dicts and an async context manager."""
+
+    def __init__(self, producer: AsyncProducer, ids, queues, states, timeout, until_done):
+        self._p = producer
+        self._tasks, self._groups, states = event_request(ids, states)
+        if until_done and not (self._tasks or self._groups):
+            raise ConfigError("until_done needs ids= (it stops once every one of them has ended)")
+        self._queues = None if queues is None else list(dict.fromkeys(
+            check_queue(q) for q in ([queues] if isinstance(queues, str) else queues)))
+        self._until_done = until_done
+        self._filter = EventFilter(self._tasks, list(self._groups), states, until_done)
+        self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._ps = None
+        self._closed = False
+        self._pending: collections.deque = collections.deque()
+
+    async def open(self) -> "AsyncEventStream":
+        """Subscribe (confirmed) and read the followed ids' states; called by `async with` or the first
+        iteration."""
+        if self._ps is not None or self._closed:
+            return self
+        p = self._p
+        if self._queues is None:
+            found = {await p._find(t, None) for t in self._tasks}
+            qs = sorted(found | set(self._groups.values())) or [DEFAULT_QUEUE]
+        else:
+            qs = self._queues
+        where = {}
+        if self._until_done:
+            for t in self._tasks:
+                where[t] = await p._find(t, qs[0] if len(qs) == 1 else None)
+                if where[t] not in qs:
+                    raise ConfigError(f"task {t} is in queue {where[t]!r}, which is not among queues={qs}")
+        ps, early = await p.broker.subscribe_events([queue_keys(q).events for q in qs])
+        self._ps = ps
+        try:
+            if self._until_done:
+                by_queue: dict[str, list[str]] = {}
+                for t, q in where.items():
+                    by_queue.setdefault(q, []).append(t)
+                tasks = [(t, q, state, fin) for q, ts in by_queue.items()
+                         for t, (state, fin) in zip(ts, await p.broker.records(queue_keys(q), ts, "state", "fin"))]
+                groups = [(g, q, (await p.broker.groups_fired(queue_keys(q), [g]))[0])
+                          for g, q in self._groups.items()]
+                self._pending.extend(self._filter.initial(tasks, groups))
+            for msg in early:
+                self._pending.extend(self._filter.feed(msg["data"]))
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> dict:
+        if self._ps is None and not self._closed:
+            await self.open()
+        while True:
+            if self._pending:
+                return self._pending.popleft()
+            left = None if self._deadline is None else self._deadline - time.monotonic()
+            if self._closed or self._filter.finished or (left is not None and left <= 0):
+                await self.aclose()
+                raise StopAsyncIteration
+            msg = await self._ps.get_message(timeout=min(left, 3600.0) if left is not None else 3600.0)
+            if msg is not None and msg["type"] == "message":
+                self._pending.extend(self._filter.feed(msg["data"]))
+
+    async def aclose(self) -> None:
+        self._closed = True
+        ps, self._ps = self._ps, None
+        if ps is not None:
+            await ps.aclose()
+
+    async def __aenter__(self) -> "AsyncEventStream":
+        return await self.open()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
