@@ -91,6 +91,9 @@ ST_FAILED: int    # 2
 ST_BYE: int       # 3: the child stops (recycled); seq is the last seq it finished, body empty
 ST_RETRY: int     # 4: a retryable failure; body is the retry delay in ms (ASCII digits)
 ST_CANCELED: int  # 5: the task was canceled (before it started, or the handler was interrupted)
+ST_PROGRESS: int  # 6: the task is still running and reported progress; started = finished = report time,
+                  #    error = the event's JSON members (`"progress":P,"message":M`), body = the record's
+                  #    `progress` field (JSON {"pct","msg","ts"})
 
 def encode_result_head(seq: int, status: int, rct: bytes, started: float, finished: float, error: bytes) -> bytes:
     """u64 seq | u8 status | u8 rct | u16 pad | u32 err_len | f64 started | f64 finished | error."""
@@ -125,11 +128,14 @@ def take_claimed(tasks: list, inflight: dict, buffer, seq: int) -> int:
 def fill_ring(ring: Ring, buffer, inflight: dict, unacked, room: int) -> tuple[int, int]:
     """Move up to room seqs from buffer into ring (heads encoded here), appending them to unacked.
     Returns (written, why): 0 room/buffer exhausted, 1 ring out of bytes, 2 next message > max_chunk."""
-def drain_results(ring: Ring, inflight: dict, completions: dict, unacked, limit: int) -> tuple[int, float]:
-    """Read up to limit result frames; append COMPLETE args to completions[qidx]: (id, b"done", result, rct,
+def drain_results(ring: Ring, inflight: dict, completions: dict, unacked, limit: int,
+                  progress: dict | None = None) -> tuple[int, float]:
+    """Read up to limit frames; append COMPLETE args to completions[qidx]: (id, b"done", result, rct,
     started ms, finished ms) for ST_DONE, else (id, outcome, error, body, started ms, finished ms) with
-    outcome b"failed" / b"retry" / b"canceled" (see scripts.COMPLETE); returns (frames read, total run time
-    in seconds)."""
+    outcome b"failed" / b"retry" / b"canceled" (see scripts.COMPLETE); returns (result frames read, total
+    run time in seconds).  An ST_PROGRESS frame of a seq still in inflight sets progress[seq] = (qidx, id,
+    record JSON, event members, ts ms), replacing an earlier one; it leaves inflight and unacked alone and
+    is not counted (dropped if progress is None or the seq is unknown)."""
 EVENT_RESULT_MAX: int
 
 def build_event(queue: bytes, items: list, ts: int) -> bytes:

@@ -23,6 +23,7 @@ ST_FAILED = 2
 ST_BYE = 3
 ST_RETRY = 4
 ST_CANCELED = 5
+ST_PROGRESS = 6
 # COMPLETE outcome per non-done result status; the result body then carries the outcome's extra value
 # (the retry delay in ms, as ASCII digits)
 _OUTCOMES = {2: b"failed", 4: b"retry", 5: b"canceled"}
@@ -608,20 +609,27 @@ def fill_ring(Ring ring, buffer, dict inflight, unacked, Py_ssize_t room):
     return done, 0
 
 
-def drain_results(Ring ring, dict inflight, dict completions, unacked, Py_ssize_t limit):
+def drain_results(Ring ring, dict inflight, dict completions, unacked, Py_ssize_t limit, dict progress=None):
     """Read up to limit result frames; for each, retire its seq and append COMPLETE arguments (id, state,
-    result-or-error, rct, started ms, finished ms) to completions[queue index].  Returns (frames, total
-    run time in seconds)."""
-    cdef Py_ssize_t n = 0
+    result-or-error, rct, started ms, finished ms) to completions[queue index].  A progress frame only
+    sets progress[seq] (the last one wins).  Returns (result frames, total run time in seconds)."""
+    cdef Py_ssize_t n = 0, frames = 0
     cdef double busy = 0.0
     cdef object m, t, items
     cdef list li
-    while n < limit:
+    while frames < limit:
         m = ring._read_one()
         if m is None:
             break
-        n += 1
+        frames += 1
         seq, status, rct, started, finished, error = decode_result_head((<tuple>m)[0])
+        if status == ST_PROGRESS:
+            # The task is still running: its seq stays in unacked and inflight.
+            t = inflight.get(seq)
+            if t is not None and progress is not None:
+                progress[seq] = ((<tuple>t)[0], (<tuple>t)[1], (<tuple>m)[1], error, <int64_t>(started * 1000))
+            continue
+        n += 1
         if unacked and unacked[0] == seq:
             unacked.popleft()
         else:

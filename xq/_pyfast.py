@@ -17,7 +17,7 @@ import orjson
 
 IMPLEMENTATION = "python"
 HEADER_SIZE = 256
-ST_DONE, ST_FAILED, ST_BYE, ST_RETRY, ST_CANCELED = 1, 2, 3, 4, 5
+ST_DONE, ST_FAILED, ST_BYE, ST_RETRY, ST_CANCELED, ST_PROGRESS = 1, 2, 3, 4, 5, 6
 _OUTCOMES = {2: b"failed", 4: b"retry", 5: b"canceled"}
 
 _HEAD, _TAIL, _SLEEP = 0, 8, 32        # word indexes: head at byte 0, tail at 64, sleeping at 128 (u32)
@@ -352,11 +352,17 @@ def fill_ring(ring, buffer, inflight, unacked, room):
     return done, 0
 
 
-def drain_results(ring, inflight, completions, unacked, limit):
+def drain_results(ring, inflight, completions, unacked, limit, progress=None):
     n, busy = 0, 0.0
     for head, body in ring.read_many(limit):
-        n += 1
         seq, status, rct, started, finished, error = decode_result_head(head)
+        if status == ST_PROGRESS:
+            # The task is still running: its seq stays in unacked and inflight.
+            t = inflight.get(seq)
+            if t is not None and progress is not None:
+                progress[seq] = (t[0], t[1], body, error, int(started * 1000))
+            continue
+        n += 1
         if unacked and unacked[0] == seq:
             unacked.popleft()
         else:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import orjson
+
 from .clock import SystemClock
 from .errors import ConfigError
+from .flow import parse_rate
 from .keys import check_queue
 from .retry import Backoff, Delays, make_backoff
 
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_RETRIES = 3
+ROUTE_OPTIONS = ("queue", "priority", "max_retries", "timeout", "expires")
+
+log = logging.getLogger("xq")
 
 
 class Processor:
@@ -66,6 +74,8 @@ class TaskSpec:
     backoff: Backoff | Delays = field(default_factory=Backoff)
     timeout: float | None = None
     expires: float | None = None
+    rate_limit: tuple | None = None    # (starts, period ms) per queue, from "100/s"
+    explicit: frozenset = frozenset()  # route options given at registration: they win over app.route()
     _instance: Any = field(default=None, repr=False)
 
     def resolve(self) -> Callable[[Any], Any]:
@@ -82,24 +92,107 @@ class TaskSpec:
 class App:
     """A registry of task handlers, imported by `xq run MODULE:APP` in the supervisor and its children."""
 
-    def __init__(self, name: str = "xq", *, default_queue: str = DEFAULT_QUEUE, clock=None):
+    def __init__(self, name: str = "xq", *, default_queue: str = DEFAULT_QUEUE, clock=None, middleware=(),
+                 routes=None):
         self.name = name
         self.default_queue = check_queue(default_queue)
         self.tasks: dict[str, TaskSpec] = {}
         self.crons: list = []
         self.clock = clock or SystemClock()
+        self.middleware: list = []
+        self.routes: list[tuple[str, dict]] = []
+        for m in middleware or ():
+            self.add_middleware(m)
+        if routes is not None:
+            items = routes.items() if isinstance(routes, dict) else routes
+            for entry in items:
+                if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[1], dict)):
+                    raise ConfigError(f"invalid route {entry!r}: routes= takes {{pattern: {{option: value}}}} "
+                                      f"or a list of (pattern, options) pairs")
+                self.route(entry[0], **entry[1])
+
+    # --- middleware ---
+    def add_middleware(self, m) -> None:
+        """Append a middleware (an xq.middleware.Middleware instance); hooks run in registration order."""
+        from .middleware import check_middleware
+        self.middleware.append(check_middleware(m))
+
+    def run_enqueue_hooks(self, name: str, queue: str, ids: list, options: dict) -> None:
+        """Call every middleware's on_enqueue (producer side, after a successful enqueue); errors are logged."""
+        for m in self.middleware:
+            try:
+                m.on_enqueue(name, queue, ids, options)
+            except Exception:
+                log.exception("middleware %s.on_enqueue failed for %d task(s) %s; ignored", type(m).__name__,
+                              len(ids), name)
+
+    # --- routing ---
+    def route(self, pattern: str, **options) -> None:
+        """Default queue and options for task names matching pattern (exact name or fnmatch glob).
+
+        options among queue, priority, max_retries, timeout, expires (seconds after enqueue); routes are
+        tried in the order added and the first match wins.  A registered task's own queue and options,
+        when given explicitly at registration, take precedence over any route."""
+        from .producer import check_priority
+
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"invalid route pattern {pattern!r}: expected a task name or an fnmatch glob "
+                              f"such as 'image.*'")
+        unknown = [k for k in options if k not in ROUTE_OPTIONS]
+        if unknown:
+            raise ConfigError(f"unknown route option {unknown[0]!r} for {pattern!r}: allowed are "
+                              f"{', '.join(ROUTE_OPTIONS)}")
+        opts = {}
+        for k, v in options.items():
+            if v is None:
+                continue
+            what = f"{k} of route {pattern!r}"
+            if k == "queue":
+                try:
+                    opts[k] = check_queue(v)
+                except ConfigError as e:
+                    raise ConfigError(f"{what}: {e}") from None
+            elif k == "priority":
+                try:
+                    opts[k] = check_priority(v)
+                except ConfigError as e:
+                    raise ConfigError(f"{what}: {e}") from None
+            elif k == "max_retries":
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise ConfigError(f"{what} must be an integer >= 0, got {v!r}")
+                opts[k] = v
+            else:
+                opts[k] = check_seconds(what, v)
+        self.routes.append((pattern, opts))
+
+    def route_for(self, name: str) -> dict:
+        """The defaults for enqueueing task name: always "queue", plus whichever of priority, max_retries,
+        timeout, expires a route or the registered task sets (priority as 0..9, seconds as float)."""
+        out: dict = {"queue": self.default_queue}
+        for pattern, opts in self.routes:
+            if pattern == name or fnmatch.fnmatchcase(name, pattern):
+                out.update(opts)
+                break
+        spec = self.tasks.get(name)
+        if spec is not None:
+            for k in spec.explicit:
+                out[k] = getattr(spec, k)
+        return out
 
     def task(self, name: str | None = None, *, queue: str | None = None, max_retries: int | None = None,
-             retry_on=None, backoff=None, timeout: float | None = None, expires: float | None = None):
+             retry_on=None, backoff=None, timeout: float | None = None, expires: float | None = None,
+             rate_limit: str | None = None):
         """Decorator registering a function (called with the payload) or a Processor-like class.
 
         max_retries (default 3), retry_on (exception types to retry, default every Exception), backoff
         (xq.Backoff(base, cap, factor, jitter) — the default, exponential with jitter — or a list of delays in
-        seconds, the last repeating), timeout (seconds per attempt), expires (seconds after enqueue)."""
+        seconds, the last repeating), timeout (seconds per attempt), expires (seconds after enqueue),
+        rate_limit ("100/s", "5/m", "1/h": at most that many starts of this task per period, per queue,
+        across all supervisors; tasks over it are deferred to a later period)."""
 
         def deco(obj):
             self.register(obj, name=name, queue=queue, max_retries=max_retries, retry_on=retry_on,
-                          backoff=backoff, timeout=timeout, expires=expires)
+                          backoff=backoff, timeout=timeout, expires=expires, rate_limit=rate_limit)
             return obj
 
         if callable(name) and not isinstance(name, str):  # bare @app.task
@@ -144,7 +237,7 @@ class App:
 
     def register(self, obj, *, name: str | None = None, queue: str | None = None,
                  max_retries: int | None = None, retry_on=None, backoff=None, timeout: float | None = None,
-                 expires: float | None = None) -> TaskSpec:
+                 expires: float | None = None, rate_limit: str | None = None) -> TaskSpec:
         """Register a function, a class with `name` and `process()`, or an instance of one."""
         if inspect.isclass(obj):
             if not callable(getattr(obj, "process", None)):
@@ -180,20 +273,41 @@ class App:
                                      timeout if timeout is not None else getattr(obj, "timeout", None))
         spec.expires = check_seconds(f"expires of task {tname!r}",
                                      expires if expires is not None else getattr(obj, "expires", None))
+        if rate_limit is None and not inspect.isfunction(obj):
+            rate_limit = getattr(obj, "rate_limit", None)
+        if rate_limit is not None:
+            spec.rate_limit = parse_rate(f"rate_limit of task {tname!r}", rate_limit)
         check_queue(spec.queue)
+        given = {"queue": queue, "max_retries": max_retries, "timeout": timeout, "expires": expires}
+        spec.explicit = frozenset(k for k, v in given.items() if v is not None or _declared(obj, k))
         if tname in self.tasks:
             raise ConfigError(f"task name {tname!r} is registered twice")
         self.tasks[tname] = spec
         return spec
+
+    def rate_limits_json(self) -> bytes:
+        """Per-task-name rate limits as the CLAIM script takes them: JSON {name: [starts, period ms]}."""
+        limits = {n: list(s.rate_limit) for n, s in self.tasks.items() if s.rate_limit}
+        return orjson.dumps(limits) if limits else b""
 
     def max_retries_overrides(self) -> dict[str, int]:
         """Task names whose max_retries is not the default (the retry scripts need them)."""
         return {n: s.max_retries for n, s in self.tasks.items() if s.max_retries != DEFAULT_MAX_RETRIES}
 
     def queues(self) -> list[str]:
-        """Queues that registered tasks route to, default queue first."""
+        """Queues that registered tasks and routes send to, default queue first."""
         seen = [self.default_queue]
-        for spec in self.tasks.values():
-            if spec.queue not in seen:
-                seen.append(spec.queue)
+        for q in [self.route_for(n)["queue"] for n in self.tasks] + [o["queue"] for _, o in self.routes if "queue" in o]:
+            if q not in seen:
+                seen.append(q)
         return seen
+
+
+def _declared(obj, attr: str) -> bool:
+    """Does a processor class or instance set attr itself (not just inherit Processor's default)?"""
+    if inspect.isfunction(obj) or not hasattr(obj, "process"):
+        return False
+    if not inspect.isclass(obj) and attr in getattr(obj, "__dict__", {}):
+        return True
+    cls = obj if inspect.isclass(obj) else type(obj)
+    return any(attr in vars(c) for c in cls.__mro__ if c not in (Processor, object))

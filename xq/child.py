@@ -11,7 +11,7 @@ Control block shared with the supervisor (one anonymous shared mapping per child
     CTL_DONE     tasks finished by this child
     CTL_STARTED  child sets the CLOCK_MONOTONIC time (ms) at which it started CTL_CURRENT; read by the
                  supervisor to enforce timeouts
-    CTL_CANCEL.. 256 words: the supervisor writes a canceled task's seq into word CTL_CANCEL + seq % 256;
+    CTL_CANCEL.. 2048 words: the supervisor writes a canceled task's seq into word CTL_CANCEL + seq % 2048;
                  the child skips such a task, or, if it is running it, raises xq.Cancelled in the handler
                  when SIGUSR1 arrives
 """
@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import ctypes
 import linecache
+import logging
 import os
 import signal
+import threading
 import time
 import traceback
 
@@ -32,12 +34,19 @@ from ._impl import fast
 from .errors import Cancelled, NonRetryable, Retry
 
 CTL_STOP, CTL_CURRENT, CTL_READY, CTL_DONE, CTL_STARTED = 0, 1, 2, 3, 4
-CTL_CANCEL, CANCEL_SLOTS = 64, 256
-CTL_SIZE = 4096
+# More cancel words than a child's ring holds tasks (supervisor.MAX_DEPTH), so two pending cancels of one
+# child rarely share a word; if they do, the one overwritten starts and is stopped like a running task
+# (xq.Cancelled, then SIGKILL after the grace): later than it could be, but canceled all the same.
+CTL_CANCEL, CANCEL_SLOTS = 64, 2048
+CTL_SIZE = 8 * (CTL_CANCEL + CANCEL_SLOTS)
 CANCEL_SIGNAL = signal.SIGUSR1
 EXIT_BOOT_FAILED = 3
 MAX_ERROR = 8192
 _PR_SET_PDEATHSIG = 1
+PROGRESS_INTERVAL = 0.05   # seconds: at most one progress frame per task this often (plus the last one)
+PROGRESS_FLUSH_TRIES = 5000  # x 0.2 ms: how long the last progress waits for ring space before it is dropped
+
+log = logging.getLogger("xq")
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -101,17 +110,91 @@ class Runner:
     """Decodes one task frame, runs its handler, returns (seq, status, rct, body, error).
 
     A failure is ST_RETRY with body b"<delay ms>,<max_retries>" when the task's policy retries it (the
-    COMPLETE script then checks the attempts left), else ST_FAILED (dead at once)."""
+    COMPLETE script then checks the attempts left), else ST_FAILED (dead at once).  Progress the handler
+    reports goes straight into outring as ST_PROGRESS frames, always before the task's result.  The app's
+    middleware wraps each handler run: a before_task that raises fails the attempt (the task's retry policy
+    applies) and the error names the middleware; after_task / on_error errors are logged and ignored."""
 
-    def __init__(self, app, queues: list[str], ctl=None):
+    def __init__(self, app, queues: list[str], ctl=None, outring=None):
         self.specs = {name.encode(): spec for name, spec in app.tasks.items()}
         self.queues = queues
         self.known = ", ".join(sorted(app.tasks)) or "(none)"
         self.ctl = ctl
         self.in_handler = False  # a cancel signal raises xq.Cancelled only while a handler runs
+        self.middleware = list(getattr(app, "middleware", ()))
+        self.out = outring       # progress frames go here; None: progress is dropped
+        self._seq = 0            # the task progress() reports for
+        self._pending = None     # (seq, pct, message, time) not sent yet: throttled, or the ring was full
+        self._next_send = 0.0    # monotonic time before which progress is only kept, not sent
+        self._report_cb = self._report  # one bound method, not one per task
+        # The outring has one producer: the flusher thread (started on the first throttled report) and
+        # this thread's result writes take this lock once it exists.
+        self.lock = threading.Lock()
+        self.flusher: threading.Thread | None = None
+        self._flush_due = threading.Event()
 
     def canceled(self, seq: int) -> bool:
         return self.ctl is not None and self.ctl[CTL_CANCEL + seq % CANCEL_SLOTS] == seq
+
+    def _report(self, pct, message) -> None:
+        # A handler calling progress() in a tight loop must not flood the ring: keep the latest value and
+        # send at most one frame per PROGRESS_INTERVAL.  A throttled value is sent by the flusher thread
+        # when the interval ends (a handler may report and then compute for minutes), or before the result.
+        with self.lock:
+            self._pending = (self._seq, pct, message, time.time())
+            now = time.monotonic()
+            if now >= self._next_send:
+                self._next_send = now + PROGRESS_INTERVAL
+                self._send_progress(False)
+                return
+        if self.out is not None:
+            if self.flusher is None:
+                self.flusher = threading.Thread(target=self._flush_loop, name="xq-progress", daemon=True)
+                self.flusher.start()
+            self._flush_due.set()
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._flush_due.wait()
+            self._flush_due.clear()
+            time.sleep(max(0.0, self._next_send - time.monotonic()))
+            with self.lock:
+                if self._pending is not None and self._pending[0] == self._seq and self.in_handler:
+                    self._next_send = time.monotonic() + PROGRESS_INTERVAL
+                    self._send_progress(False)
+
+    def _send_progress(self, final: bool) -> None:
+        seq, pct, message, ts = self._pending
+        if self.out is None:
+            self._pending = None
+            return
+        pj, mj = orjson.dumps(pct), orjson.dumps(message)
+        head = fast.encode_result_head(seq, fast.ST_PROGRESS, b"j", ts, ts,
+                                       b'"progress":' + pj + b',"message":' + mj)
+        body = b'{"pct":' + pj + b',"msg":' + mj + b',"ts":%d}' % int(ts * 1000)
+        size = self.out.message_size(head, body)
+        # Progress is best effort: a full ring keeps it pending (intermediate) or waits a bounded time (final).
+        for _ in range(PROGRESS_FLUSH_TRIES if final else 1):
+            if self.out.write(head, body) == size:
+                self._pending = None
+                return
+            time.sleep(0.0002)
+        if final:
+            self._pending = None
+
+    def _flush_progress(self) -> None:
+        with self.lock:
+            if self._pending is not None:
+                self._send_progress(True)
+
+    def _hooks(self, mws, hook: str, ctx, arg) -> None:
+        # after_task / on_error run last-registered first (a stack); their errors cannot change the outcome
+        for m in reversed(mws):
+            try:
+                getattr(m, hook)(ctx, arg)
+            except Exception:
+                log.exception("middleware %s.%s failed for task %s (%s); ignored", type(m).__name__, hook,
+                              ctx.id, ctx.name)
 
     def run(self, head: bytes, body: bytes) -> tuple[int, int, bytes, bytes, bytes]:
         seq, attempt, ct, qidx, tid, name = fast.decode_task_head(head)
@@ -132,7 +215,11 @@ class Runner:
                     f"unknown payload content type {ct!r}: expected 'j' (JSON) or 'b' (bytes)").encode()
         except orjson.JSONDecodeError as e:
             return seq, fast.ST_FAILED, b"j", b"", f"malformed JSON payload: {e}".encode()
-        context._set(context.TaskContext(tid.decode(), name.decode(), self.queues[qidx], attempt))
+        ctx = context.TaskContext(tid.decode(), name.decode(), self.queues[qidx], attempt, self._report_cb)
+        context._set(ctx)
+        self._seq, self._pending, self._next_send = seq, None, 0.0
+        mws = self.middleware
+        entered, failed_mw = 0, None
         try:
             self.in_handler = True
             # Look again now that a cancel signal would raise: the supervisor writes the cancel word, then
@@ -140,13 +227,31 @@ class Runner:
             # set was ignored, so a cancel written after the first look would otherwise go unseen.
             if self.canceled(seq):
                 raise Cancelled("canceled before it started")
+            for m in mws:
+                failed_mw = m
+                m.before_task(ctx, payload)
+                entered += 1
+            failed_mw = None
             result = spec.resolve()(payload)
             self.in_handler = False
         except BaseException as e:  # noqa: BLE001 - a handler's SystemExit must not end the child silently
+            self.in_handler = False
+            if self._pending is not None:
+                self._flush_progress()
+            if entered:
+                self._hooks(mws[:entered], "on_error", ctx, e)
             if self.canceled(seq):
                 return seq, fast.ST_CANCELED, b"j", b"", _error_text(e) if not isinstance(e, Cancelled) \
                     else (str(e) if e.args else "canceled while running").encode()
+            if failed_mw is not None and not isinstance(e, Cancelled):
+                out = self._failure(seq, spec, attempt, e)
+                return out[:4] + (f"middleware {type(failed_mw).__name__}.before_task failed: ".encode() + out[4],)
             return self._failure(seq, spec, attempt, e)
+        else:
+            if self._pending is not None:
+                self._flush_progress()
+            if entered:
+                self._hooks(mws, "after_task", ctx, result)
         finally:
             self.in_handler = False
             context._set(None)
@@ -208,7 +313,7 @@ def child_main(app, queues: list[str], inring, outring, ctl, parent_pid: int, ma
         _die_with_parent(parent_pid)
         if retain_memory:
             retain_freed_memory()
-        runner = Runner(app, queues, ctl)
+        runner = Runner(app, queues, ctl, outring)
 
         def on_cancel(signum, frame):
             cur = ctl[CTL_CURRENT]
@@ -252,13 +357,19 @@ def _loop(runner: Runner, inring, outring, ctl, parent_pid: int, max_tasks: int)
         seq, status, rct, result, error = run(head, body)
         rhead = encode(seq, status, rct, started, now(), error)
         off, size = 0, outring.message_size(rhead, result)
-        while True:
-            off = outring.write(rhead, result, off)
-            if off == size:
-                break
-            time.sleep(0.0002)  # ring full: the supervisor drains it continuously
-            if os.getppid() != parent_pid:
-                return 0
+        if runner.flusher is not None:
+            runner.lock.acquire()  # the progress flusher writes into this ring too
+        try:
+            while True:
+                off = outring.write(rhead, result, off)
+                if off == size:
+                    break
+                time.sleep(0.0002)  # ring full: the supervisor drains it continuously
+                if os.getppid() != parent_pid:
+                    return 0
+        finally:
+            if runner.flusher is not None:
+                runner.lock.release()
         ctl[CTL_CURRENT] = 0
         done += 1
         ctl[CTL_DONE] = done

@@ -100,6 +100,7 @@ class Supervisor:
         self.inflight: dict[int, tuple] = {}       # seq -> (qidx, id, name, payload, ct, attempt)
         self.buffer: deque[int] = deque()          # claimed seqs not yet in a ring
         self.completions: dict[int, list] = {}     # qidx -> flat COMPLETE args
+        self.progress: dict[int, tuple] = {}       # seq -> (qidx, id, record JSON, event members, ts ms): last report
         self.results_due = 0.0                     # monotonic time by which buffered results are sent
         self.seq = 0
         self.avg = 0.001                           # EWMA of task run time, seconds
@@ -126,7 +127,7 @@ class Supervisor:
         self.next_recover = now
         self.next_rss = now + 5.0
         self._claim_keys = Broker.claim_keys(self.qks)
-        self._claim_tail = Broker.claim_tail(self.qks, cfg.weights, cfg.level_weights)
+        self._claim_tail = Broker.claim_tail(self.qks, cfg.weights, cfg.level_weights, app.rate_limits_json())
         self._wake_keys = [qk.wake for qk in self.qks]
         self.lease_ms = int(cfg.lease * 1000)
         # lifecycle
@@ -290,6 +291,7 @@ class Supervisor:
         if lost:
             seq = lost[0]
             t = self.inflight.pop(seq)
+            self.progress.pop(seq, None)  # RELEASE below ends this attempt first: a later progress would be stale
             if self.canceling.pop(seq, None) is not None:  # a cancel was being carried out
                 self._release(t[0], "canceled", [t[1]], error="canceled while running (the child was killed)",
                               outcome="canceled", started_ms=started_ms)
@@ -395,7 +397,7 @@ class Supervisor:
             and time.monotonic() >= self.next_due
 
     def _results_due(self) -> bool:
-        return bool(self.completions) and time.monotonic() >= self.results_due
+        return bool(self.completions or self.progress) and time.monotonic() >= self.results_due
 
     def _low(self) -> int:
         """A child with at most this many tasks queued is running short: its results go out at once."""
@@ -436,7 +438,11 @@ class Supervisor:
         if c.outring is None:
             return 0
         first = not self.completions
-        n, busy = fast.drain_results(c.outring, self.inflight, self.completions, c.unacked, 4096)
+        had_progress = bool(self.progress)
+        n, busy = fast.drain_results(c.outring, self.inflight, self.completions, c.unacked, 4096, self.progress)
+        if self.progress and not had_progress and first and not n:
+            # Progress alone waits up to RESULT_DELAY, like results, so reports coalesce into one write.
+            self.results_due = time.monotonic() + RESULT_DELAY
         if n:
             # Results wait (up to RESULT_DELAY) only while their child has plenty queued: then they go out
             # in one batch with the next claim instead of one round trip, and one wake-up, per result.
@@ -601,8 +607,11 @@ class Supervisor:
         the previous one's tasks and drains results."""
         broker, cfg = self.broker, self.cfg
         done = self.completions
-        cmds = [broker.pack_complete(self.qks[q], cfg.result_ttl, self._event(q, items), items)
-                for q, items in done.items()]
+        # Progress first: a task whose result is in this step gets its last progress before its final state.
+        progress, nprogress = self._pack_progress() if self.progress else (None, 0)
+        cmds = [progress] if progress else []
+        cmds += [broker.pack_complete(self.qks[q], cfg.result_ttl, self._event(q, items), items, self.worker_id)
+                 for q, items in done.items()]
         claim = want > 0 or promote
         if claim:  # want 0 only moves due tasks to their ready lists
             cmds.append(broker.pack_claim(self._claim_keys, self._claim_tail, max(want, 0), self.worker_id,
@@ -611,6 +620,8 @@ class Supervisor:
             return
         broker.send_packed(b"".join(cmds) if len(cmds) > 1 else cmds[0])
         self.completions = {}
+        if nprogress:
+            self.pending.append(("progress", nprogress))
         for q, items in done.items():
             self.pending.append(("complete", q, items))
         if claim:
@@ -634,6 +645,14 @@ class Supervisor:
                     self._requeue_completions(entry[1], entry[2])
                     if not isinstance(reply, NoScriptError):
                         log.error("writing results failed: %s", reply)
+            elif entry[0] == "progress":
+                # its replies were sent back to back, ahead of the step's COMPLETE: they are all here or close
+                for i in range(entry[1]):
+                    if i:
+                        reply = broker.read_reply()
+                    if isinstance(reply, Exception):
+                        log.warning("writing progress failed (dropped: progress is best effort): %s", reply)
+                reply = None
             else:
                 self.claiming -= entry[1]
                 self._claimed(reply, entry[1], entry[2])
@@ -672,6 +691,19 @@ class Supervisor:
         self.seq = fast.take_claimed(tasks, inflight, buffer, self.seq)
         if n < want and not notes:
             self.idle = True
+
+    def _pack_progress(self) -> tuple[bytes, int]:
+        """The step's progress commands, one group per queue, and how many replies they produce."""
+        by_q: dict[int, list] = {}
+        for qidx, tid, record, members, ts in self.progress.values():
+            by_q.setdefault(qidx, []).append((tid, record, members, ts))
+        self.progress = {}
+        out, n = [], 0
+        for q, entries in by_q.items():
+            cmds, k = self.broker.pack_progress(self.qks[q], entries)
+            out.append(cmds)
+            n += k
+        return b"".join(out), n
 
     def _event(self, qidx: int, items: list) -> bytes:
         """The events message of one COMPLETE (format in scripts.py)."""
@@ -927,7 +959,7 @@ class Supervisor:
         p.register(self._sig_r, select.POLLIN)
         armed = []
         low = self._low()
-        if self.completions and self.redis_ok:
+        if (self.completions or self.progress) and self.redis_ok:
             timeout = min(timeout, max(0.0, self.results_due - now))
         # With every round trip slot taken, a result could not be sent anyway: the next reply wakes us.
         steps_full = self.redis_ok and len(self.pending) >= MAX_STEPS
