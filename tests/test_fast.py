@@ -308,3 +308,24 @@ def test_missing_extension_falls_back_to_the_twin_and_says_so_once(redis_url):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["python", "2"]
     assert out.stderr.count("xq WARNING xq._fast extension not built; running the slow pure-Python path") == 1
+
+
+def test_progress_frames_keep_the_task_in_flight_and_the_last_one_wins(impl):
+    from collections import deque
+
+    w, r, _ = make_ring(impl)
+    inflight = {1: (0, b"a", b"n", b"", b"j", 1, b""), 2: (1, b"b", b"n", b"", b"j", 1, b"")}
+    unacked = deque([1, 2])
+    w.write(impl.encode_result_head(1, impl.ST_PROGRESS, b"j", 1.0, 1.0, b'"progress":10'), b'{"pct":10}')
+    w.write(impl.encode_result_head(1, impl.ST_PROGRESS, b"j", 2.0, 2.0, b'"progress":20'), b'{"pct":20}')
+    w.write(impl.encode_result_head(7, impl.ST_PROGRESS, b"j", 2.0, 2.0, b'"progress":1'), b"unknown: dropped")
+    w.write(impl.encode_result_head(2, impl.ST_PROGRESS, b"j", 3.0, 3.0, b'"progress":5'), b'{"pct":5}')
+    w.write(impl.encode_result_head(2, impl.ST_DONE, b"j", 3.0, 3.5, b""), b"1")
+    completions, progress = {}, {}
+    assert impl.drain_results(r, inflight, completions, unacked, 100, progress) == (1, 0.5)
+    assert list(unacked) == [1] and list(inflight) == [1]
+    assert progress == {1: (0, b"a", b'{"pct":20}', b'"progress":20', 2000), 2: (1, b"b", b'{"pct":5}', b'"progress":5', 3000)}
+    assert completions == {1: [b"b", b"done", b"1", b"j", 3000, 3500]}
+    w.write(impl.encode_result_head(1, impl.ST_PROGRESS, b"j", 1.0, 1.0, b""), b"")
+    assert impl.drain_results(r, inflight, {}, unacked, 100) == (0, 0.0)  # no progress dict: dropped
+    assert list(inflight) == [1]

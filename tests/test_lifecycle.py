@@ -477,3 +477,55 @@ def test_scheduled_lists_delayed_and_retrying_tasks_soonest_first(redis_url, r):
     with pytest.raises(xq.ConfigError, match="invalid limit 0"):
         p.scheduled("default", limit=0)
     assert p.scheduled("nothing-here") == []
+
+
+# ---------------------------------------------------------------------- expiry, retries and replays together
+def test_expiry_limits_the_queue_wait_only_a_started_task_is_retried_past_it(redis_url, r):
+    p = xq.Producer(redis_url)
+    with XQRun(redis_url, app=APP) as w:
+        assert p.result(p.enqueue("count", 0), timeout=20) == 0  # up and claiming
+        tid = p.enqueue("fail_once_slowly", None, expires=0.3)
+        assert p.result(tid, timeout=20) == "second attempt", w.output()
+    assert attempts_of(r, tid) == [1, 2]
+
+
+def test_a_replayed_task_starts_afresh_past_its_old_expiry(redis_url, r):
+    p = xq.Producer(redis_url)
+    with XQRun(redis_url, app=APP) as w:
+        assert p.result(p.enqueue("count", 0), timeout=20) == 0  # up and claiming
+        tid = p.enqueue("nonretryable", None, expires=0.3)
+        wait_for(lambda: p.status(tid)["status"] == "dead", 20, what="dead")
+        time.sleep(0.4)  # its expiry has passed
+        assert p.replay("default", [tid]) == [tid]
+        wait_for(lambda: attempts_of(r, tid) == [1, 1], 20, what="the replay to run: " + w.output())
+        wait_for(lambda: p.status(tid)["status"] == "dead", 20, what="dead again")
+    st = p.status(tid)
+    assert st["replays"] == 1 and st["expires_at"] is None
+
+
+def test_an_explicit_max_retries_wins_over_the_tasks_own_even_when_it_is_the_default(redis_url, r):
+    p = xq.Producer(redis_url)
+    tid = p.enqueue("always_fails", None, max_retries=3)  # the task's own is 5
+    with XQRun(redis_url, app=APP) as w:
+        wait_for(lambda: p.status(tid)["status"] == "dead", 20, what="dead: " + w.output())
+    assert attempts_of(r, tid) == [1, 2, 3, 4]
+    assert p.status(tid)["max_retries"] == 3
+
+
+def test_a_failure_reported_by_a_worker_that_lost_the_task_changes_nothing(redis_url, r):
+    # worker A's lease ran out and worker B claimed the task; A's late failure report must neither
+    # schedule a retry nor drop B's lease
+    from xq.broker import Broker
+    b = Broker(redis_url)
+    qk = queue_keys("default")
+    p = xq.Producer(redis_url)
+    tid = p.enqueue("count", 1)
+    keys, tail = Broker.claim_keys([qk]), Broker.claim_tail([qk])
+    tasks = b.run("claim", keys, [1, "worker-B", 30000, 1 << 20, 60, *tail])[0]
+    assert tasks[1] == tid.encode()
+    b.run("complete", [qk.leases, qk.sched, qk.dead],
+          [qk.task_prefix, qk.events, 60, "", "default", "worker-A", tid, "retry", "late", "0,3", 1, 2])
+    st = p.status(tid)
+    assert st["status"] == "running" and st["worker"] == "worker-B" and st["history"][0]["outcome"] == "running"
+    assert b.lease_score(qk, tid) is not None
+    b.close()

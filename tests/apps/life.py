@@ -109,3 +109,23 @@ def order(payload):
 def other_order(payload):
     r().rpush("test:order", payload)
     return payload
+
+
+@app.task("fail_once_slowly", max_retries=1, backoff=[0.6])
+def fail_once_slowly(payload):
+    mark("ran")
+    if xq.current().attempt == 1:
+        raise ConnectionError("first attempt fails; the retry comes 0.6 s later")
+    return "second attempt"
+
+
+@app.task("nonretryable", max_retries=0)
+def nonretryable(payload):
+    mark("ran")
+    raise xq.NonRetryable("never works")
+
+
+@app.task("always_fails", max_retries=5, backoff=[0.01])
+def always_fails(payload):
+    mark("ran")
+    raise ValueError("fails every time")
