@@ -1,0 +1,61 @@
+"""Flow-control benchmarks: what a concurrency key or a unique key on every task costs the engine.
+
+Run: python -m pytest bench/test_flow_bench.py --benchmark-only -s
+Figures are reported, never asserted (this VM's speed drifts by tens of percent from minute to minute).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+import xq
+from benchutil import drain_window, xq_run
+
+N_DRAIN = 100_000
+
+
+@pytest.mark.benchmark(group="flow")
+def test_drain_with_concurrency_and_unique_keys(benchmark, bench_redis, rdb):
+    """The no-op drain three ways, rounds alternated in this one benchmark so all see the same drift of the
+    machine: plain (P); every task with its own concurrency key, max_concurrency=2 (C: many distinct keys,
+    so each claim takes a slot and each completion gives it back, and nothing is parked); every task with
+    its own unique key (U: held until the task ends, released by COMPLETE).  Reported as ratios to plain.
+
+    A plain warm-up round first, then P C U U C P P C U, so no kind always runs first or last."""
+    p = xq.Producer(bench_redis)
+    kinds = ["warmup", "P", "C", "U", "U", "C", "P", "P", "C", "U"]
+    rates: dict[str, list[float]] = {k: [] for k in ("warmup", "P", "C", "U")}
+    order = iter(kinds)
+
+    def setup():
+        rdb.flushall()
+        kind = next(order)
+        if kind == "C":
+            # one enqueue per key: 100,000 round trips, outside the measured drain
+            ids = [p.enqueue("noop", None, concurrency_key=f"k{j}", max_concurrency=2) for j in range(N_DRAIN)]
+        elif kind == "U":
+            ids = [p.enqueue("noop", None, unique_key=f"u{j}") for j in range(N_DRAIN)]
+        else:
+            ids = p.enqueue_many("noop", [None] * N_DRAIN)
+        return (kind, ids), {}
+
+    def run(kind, ids):
+        proc = xq_run(bench_redis, "--burst", "--result-ttl", "600")
+        assert proc.wait(timeout=300) == 0
+        first, last = drain_window(rdb, "default", ids)  # asserts every task is done
+        rates[kind].append(len(ids) / (last - first))
+
+    benchmark.pedantic(run, setup=setup, rounds=len(kinds) - 1, iterations=1, warmup_rounds=1)
+    plain, conc, uniq = (statistics.median(rates[k]) for k in ("P", "C", "U"))
+    assert rdb.scard("xq:{default}:hooked") == 0  # every task's end was settled
+    benchmark.extra_info.update(plain_tasks_per_s=round(plain), concurrency_key_tasks_per_s=round(conc),
+                                unique_key_tasks_per_s=round(uniq), concurrency_ratio=round(conc / plain, 4),
+                                unique_ratio=round(uniq / plain, 4),
+                                rounds={k: [round(x) for x in v] for k, v in rates.items()})
+    print(f"\ndrain of {N_DRAIN} no-op tasks, --procs auto, after a plain warm-up round "
+          f"({rates['warmup'][0]:,.0f} tasks/s), rounds P C U U C P P C U: "
+          + "; ".join(f"{k} {', '.join(f'{x:,.0f}' for x in rates[k])}" for k in ("P", "C", "U")) + " tasks/s")
+    print(f"drain plain {plain:,.0f}/s, a concurrency key on every task {conc:,.0f}/s (ratio {conc / plain:.3f}), "
+          f"a unique key on every task {uniq:,.0f}/s (ratio {uniq / plain:.3f}); medians of 3")
