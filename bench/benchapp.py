@@ -53,3 +53,9 @@ def flaky(payload):
     if payload and xq.current().attempt == 1:
         raise Flaky("planned first-attempt failure")
     return None
+
+
+@app.task("group_size")
+def group_size(payload):
+    """A group's callback: how many member ids it was handed."""
+    return len(payload["ids"])

@@ -7,6 +7,7 @@ Figures are reported, never asserted (this VM's speed drifts by tens of percent 
 from __future__ import annotations
 
 import statistics
+import time
 
 import pytest
 
@@ -59,3 +60,36 @@ def test_drain_with_concurrency_and_unique_keys(benchmark, bench_redis, rdb):
           + "; ".join(f"{k} {', '.join(f'{x:,.0f}' for x in rates[k])}" for k in ("P", "C", "U")) + " tasks/s")
     print(f"drain plain {plain:,.0f}/s, a concurrency key on every task {conc:,.0f}/s (ratio {conc / plain:.3f}), "
           f"a unique key on every task {uniq:,.0f}/s (ratio {uniq / plain:.3f}); medians of 3")
+
+
+@pytest.mark.benchmark(group="flow")
+def test_group_of_100000(benchmark, bench_redis, rdb):
+    """A group of 100,000 no-op tasks with a callback (a chord): enqueue time of the whole group, and the
+    drain from the first member's claim to the callback's finish; the callback must run exactly once and
+    receive every member.  The callback task ("group_size") returns how many ids it was handed."""
+    p = xq.Producer(bench_redis)
+    n = 100_000
+    out = {}
+
+    def setup():
+        rdb.flushall()
+        t0 = time.perf_counter()
+        g = p.group([("noop", None)] * n, then=("group_size", None))
+        out["enqueue_s"] = time.perf_counter() - t0
+        return (g,), {}
+
+    def run(g):
+        proc = xq_run(bench_redis, "--burst", "--result-ttl", "600")
+        assert proc.wait(timeout=300) == 0
+        assert p.result(g.callback, timeout=60) == n
+        first, _ = drain_window(rdb, "default", g.ids)
+        cb = p.status(g.callback)
+        out["drain_s"] = cb["finished_at"] - first
+        out["callback_attempts"] = cb["attempts"]
+
+    benchmark.pedantic(run, setup=setup, rounds=1, iterations=1)
+    assert out["callback_attempts"] == 1
+    benchmark.extra_info.update(out)
+    print(f"\ngroup of {n:,} no-op tasks with a callback: group() took {out['enqueue_s']:.2f} s "
+          f"({n / out['enqueue_s']:,.0f} tasks/s); first claim -> callback finished {out['drain_s']:.2f} s "
+          f"({n / out['drain_s']:,.0f} tasks/s); the callback ran once, with all {n:,} ids")

@@ -108,10 +108,11 @@ end
 -- (slots of holders whose lease ran out are free: a crashed holder's token expires with its lease).
 -- Canceled entries are dropped; an entry that will expire is moved without using up a slot.
 local function unpark(base, ck, cm, now)
+  local wait = base .. 'cw:' .. ck
+  if redis.call('EXISTS', wait) == 0 then return end  -- the common case: nothing parked
   local slots = base .. 'c:' .. ck
   redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
   local free = cm - redis.call('ZCARD', slots)
-  local wait = base .. 'cw:' .. ck
   local moved = 0
   while free > 0 do
     local id = redis.call('LPOP', wait)
@@ -167,8 +168,8 @@ end
 -- has a unique key, a group, a concurrency key or dependents), do what its end sets off, exactly once
 -- (the SREM): release its unique key, count it in its group, and release or fail its dependents.  A
 -- failed dependent ends too, so this walks the whole chain, iteratively.
--- ctx: {base, queue, listen, events, ttl}
-local function settle(ctx, id, state, now)
+-- ctx: {base, queue, listen, events, ttl}; fields: the task's HMGET of uk, grp, hd if the caller has it
+local function settle(ctx, id, state, now, fields)
   local base = ctx.base
   local work = {id, state}
   local i = 1
@@ -176,7 +177,7 @@ local function settle(ctx, id, state, now)
     local tid, st = work[i], work[i + 1]
     i = i + 2
     if redis.call('SREM', base .. 'hooked', tid) == 1 then
-      local f = redis.call('HMGET', base .. 't:' .. tid, 'uk', 'grp')
+      local f = (i == 3 and fields) or redis.call('HMGET', base .. 't:' .. tid, 'uk', 'grp', 'hd')
       if f[1] then
         local uk = base .. 'u:' .. f[1]
         if redis.call('GET', uk) == tid then redis.call('DEL', uk) end
@@ -188,7 +189,7 @@ local function settle(ctx, id, state, now)
         end
       end
       local dkey = base .. 'd:' .. tid
-      local deps = redis.call('SMEMBERS', dkey)
+      local deps = f[3] and redis.call('SMEMBERS', dkey) or {}  -- hd: a dependent was ever attached
       if #deps > 0 then
         redis.call('DEL', dkey)
         for _, did in ipairs(deps) do
@@ -315,6 +316,7 @@ end
 for _, d in ipairs(pending) do
   push_chunks('SADD', base .. 'd:' .. d, ids)
   redis.call('SADD', base .. 'hooked', d)
+  redis.call('HSET', prefix .. d, 'hd', 1)
 end
 if state == 'dead' then
   local ctx = {base = base, queue = ARGV[11], listen = listening(ARGV[10]), events = {}}
@@ -427,8 +429,9 @@ local function within_limits(c, id, key, name, lim)
   local slots
   if L.ck then
     slots = cbase .. 'c:' .. L.ck
-    redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
-    if redis.call('ZCARD', slots) >= L.cm then
+    -- tokens past their deadline (holders whose lease ran out) are dropped only when they would matter
+    if redis.call('ZCARD', slots) >= L.cm and (redis.call('ZREMRANGEBYSCORE', slots, '-inf', now) == 0
+                                               or redis.call('ZCARD', slots) >= L.cm) then
       redis.call('RPUSH', cbase .. 'cw:' .. L.ck, id)
       return false
     end
@@ -674,8 +677,9 @@ if #done > 0 and redis.call('EXISTS', ctx.base .. 'hooked') == 1 then
       if flags[j] == 1 then
         now = now or now_ms()
         if listen == nil then listen = listening(ARGV[2]) ctx.listen = listen end
-        release_slot(ctx.base, redis.call('HGET', prefix .. part[j], 'lim'), part[j], now)
-        settle(ctx, part[j], 'done', now)
+        local f = redis.call('HMGET', prefix .. part[j], 'lim', 'uk', 'grp', 'hd')
+        release_slot(ctx.base, f[1], part[j], now)
+        settle(ctx, part[j], 'done', now, {f[2], f[3], f[4]})
       end
     end
   end
