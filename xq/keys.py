@@ -55,11 +55,11 @@ def check_queue(name: str) -> str:
 class QueueKeys:
     """The key names of one queue."""
 
-    __slots__ = ("name", "ready", "wake", "leases", "sched", "dead", "cron", "task_prefix", "events", "control")
+    __slots__ = ("name", "base", "ready", "wake", "leases", "sched", "dead", "cron", "task_prefix", "events", "control")
 
     def __init__(self, name: str):
         check_queue(name)
-        base = f"xq:{{{name}}}:"
+        self.base = base = f"xq:{{{name}}}:"
         self.name = name
         self.ready = [f"{base}ready:{p}" for p in range(PRIORITIES)]
         self.wake = base + "wake"
@@ -76,30 +76,31 @@ class QueueKeys:
             task_id = task_id.decode()
         return self.task_prefix + task_id
 
+    # flow control: built by the scripts from the base; named here for Python readers (tests, inspection)
     @property
     def hooked(self) -> str:
-        return self.task_prefix[:-2] + "hooked"
+        return self.base + "hooked"
 
     def unique(self, key: str) -> str:
-        return f"{self.task_prefix[:-2]}u:{key}"
+        return f"{self.base}u:{key}"
 
     def slots(self, key: str) -> str:
-        return f"{self.task_prefix[:-2]}c:{key}"
+        return f"{self.base}c:{key}"
 
     def parked(self, key: str) -> str:
-        return f"{self.task_prefix[:-2]}cw:{key}"
+        return f"{self.base}cw:{key}"
 
     def dependents(self, task_id: str) -> str:
-        return f"{self.task_prefix[:-2]}d:{task_id}"
+        return f"{self.base}d:{task_id}"
 
     def group(self, group_id: str) -> str:
-        return f"{self.task_prefix[:-2]}g:{group_id}"
+        return f"{self.base}g:{group_id}"
 
     def group_members(self, group_id: str) -> str:
-        return f"{self.task_prefix[:-2]}gi:{group_id}"
+        return f"{self.base}gi:{group_id}"
 
     def group_outcomes(self, group_id: str) -> str:
-        return f"{self.task_prefix[:-2]}go:{group_id}"
+        return f"{self.base}go:{group_id}"
 
 
 _cache: dict[str, QueueKeys] = {}
