@@ -444,16 +444,19 @@ def test_backoff_delays():
 
 def test_level_weights_keep_low_levels_from_starving(redis_url, r):
     p = xq.Producer(redis_url)
-    p.enqueue_many("order", [f"hi{i}" for i in range(300)], priority=0)
-    p.enqueue_many("order", [f"lo{i}" for i in range(300)], priority=9)
+    p.enqueue_many("order", [f"hi{i}" for i in range(1200)], priority=0)
+    p.enqueue_many("order", [f"lo{i}" for i in range(400)], priority=9)
     with XQRun(redis_url, "--level-weights", "3,0,0,0,0,0,0,0,0,1", app=APP, procs=1, burst=True,
                queues="default") as w:
         assert w.wait(60) == 0, w.output()
     got = [x.decode() for x in r.lrange("test:order", 0, -1)]
-    n_low = sum(1 for x in got[:300] if x.startswith("lo"))
-    assert 30 <= n_low <= 150, n_low  # about a quarter of each claim, not none
-    assert [x for x in got if x.startswith("hi")] == [f"hi{i}" for i in range(300)]  # FIFO within a level
-    assert [x for x in got if x.startswith("lo")] == [f"lo{i}" for i in range(300)]
+    # strict order would run every hi first; with weights 3:1 about a quarter of every claim, whatever its
+    # size (claims here grow from 2 to hundreds), is lo while both have a backlog: ~400 before the last hi
+    last_hi = max(i for i, x in enumerate(got) if x.startswith("hi"))
+    n_low = sum(1 for x in got[:last_hi] if x.startswith("lo"))
+    assert n_low >= 250, n_low
+    assert [x for x in got if x.startswith("hi")] == [f"hi{i}" for i in range(1200)]  # FIFO within a level
+    assert [x for x in got if x.startswith("lo")] == [f"lo{i}" for i in range(400)]
 
 
 def test_bad_level_weights_are_rejected(redis_url):
@@ -528,4 +531,23 @@ def test_a_failure_reported_by_a_worker_that_lost_the_task_changes_nothing(redis
     st = p.status(tid)
     assert st["status"] == "running" and st["worker"] == "worker-B" and st["history"][0]["outcome"] == "running"
     assert b.lease_score(qk, tid) is not None
+    b.close()
+
+
+def test_level_weights_share_even_claims_of_one_task(redis_url, r):
+    # a slow handler makes every claim one task long; rounding each level's share up would give every such
+    # claim to the highest level and starve the rest
+    from xq.broker import Broker
+    b = Broker(redis_url)
+    qk = queue_keys("default")
+    p = xq.Producer(redis_url)
+    p.enqueue_many("order", ["hi"] * 300, priority=0)
+    p.enqueue_many("order", ["lo"] * 300, priority=9)
+    keys, tail = Broker.claim_keys([qk]), Broker.claim_tail([qk], level_weights=[3, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+    names = []
+    for _ in range(200):
+        tasks = b.run("claim", keys, [1, "w", 30000, 1 << 20, 60, *tail])[0]
+        names.append(r.hget(qk.task(tasks[1].decode()), "payload"))
+        time.sleep(0.001)  # claims in different milliseconds, as a slow handler's are
+    assert 25 <= names.count(b'"lo"') <= 75, names.count(b'"lo"')  # a quarter of 200, give or take 4 sd
     b.close()

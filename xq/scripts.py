@@ -373,8 +373,9 @@ return #ids
 # Order: due tasks move first (at most 1000 per queue per call; earliest then says more are due), so they
 # can be claimed in the same call.  Strict mode takes the highest non-empty level of the first non-empty
 # queue first.  With level weights, a queue's share first goes to its non-empty levels in proportion to
-# their weights, then strictly by level.  With weights, each queue first gets up to ceil(want * weight / total) of the batch, then
-# what is left is filled in queue order, so no queue starves while another has a backlog.
+# their weights, then strictly by level.  With weights, each queue first gets its share of the batch by
+# weight (see shares()), then what is left is filled in queue order, so no queue starves while another
+# has a backlog, even when every claim is of one task.
 # Limits: a task over its concurrency key's limit is parked in that key's list (cw) and does not count
 # towards the batch, so the claim goes on with the tasks behind it; a slot's release moves it back.  A task
 # over a rate limit is scheduled for the window in which its turn comes (deferrals of one window are spread
@@ -512,20 +513,44 @@ local function claim_one(c, id)
   return 0
 end
 
+-- Split n in proportion to weights: the floors first, then what they leave over (all of it, in a claim
+-- of one task) to one entry picked in proportion to its weight by the claim's time, so that over many
+-- claims, however small, each entry gets its share (rounding up for every entry would hand every slot of
+-- a small claim to the first one and starve the rest).
+local function shares(n, weights)
+  local total, given, out = 0, 0, {}
+  for _, w in ipairs(weights) do total = total + w end
+  for i, w in ipairs(weights) do
+    out[i] = math.floor(n * w / total)
+    given = given + out[i]
+  end
+  if given < n then
+    local pick = now % total
+    for i, w in ipairs(weights) do
+      if pick < w then
+        out[i] = out[i] + n - given
+        break
+      end
+      pick = pick - w
+    end
+  end
+  return out
+end
+
 local function take(c, n)
   local base, taken = c.base, 0
   if level_weights and n > 0 then
-    -- each non-empty level first gets up to ceil(n * weight / total weight of the non-empty levels)
-    local total, nonempty = 0, {}
+    -- the non-empty levels share n by their weights first
+    local nonempty, ws = {}, {}
     for p = 1, 10 do
       if level_weights[p] and level_weights[p] > 0 and redis.call('EXISTS', KEYS[base + p]) == 1 then
         nonempty[#nonempty + 1] = p
-        total = total + level_weights[p]
+        ws[#ws + 1] = level_weights[p]
       end
     end
-    local batch = n
-    for _, p in ipairs(nonempty) do
-      local quota = math.min(n - taken, math.ceil(batch * level_weights[p] / total))
+    local quotas = #ws > 0 and shares(n, ws) or {}
+    for i, p in ipairs(nonempty) do
+      local quota = math.min(n - taken, quotas[i])
       while quota > 0 do
         local ids = redis.call('LPOP', KEYS[base + p], quota)
         if not ids then break end
@@ -553,12 +578,16 @@ local function take(c, n)
 end
 
 if total_weight > 0 and want > 0 then
-  local batch = want
+  local idx, ws = {}, {}
   for q = 1, nq do
-    local c = qs[q]
-    if want > 0 and c.weight and c.weight > 0 then
-      want = want - take(c, math.min(want, math.ceil(batch * c.weight / total_weight)))
+    if qs[q].weight and qs[q].weight > 0 then
+      idx[#idx + 1] = q
+      ws[#ws + 1] = qs[q].weight
     end
+  end
+  local quotas = shares(want, ws)
+  for i, q in ipairs(idx) do
+    if want > 0 then want = want - take(qs[q], math.min(want, quotas[i])) end
   end
 end
 for q = 1, nq do
