@@ -322,12 +322,12 @@ if state == 'dead' then
   local ctx = {base = base, queue = ARGV[11], listen = listening(ARGV[10]), events = {}}
   for _, id in ipairs(ids) do
     redis.call('ZADD', base .. 'dead', now, id)
+    if ctx.listen then  -- before what its death sets off (a group's callback, say)
+      ctx.events[#ctx.events + 1] = event(id, ARGV[11], 'dead', now, ',"reason":' .. cjson.encode(born_dead))
+    end
     settle(ctx, id, 'dead', now)
   end
-  if ctx.listen then
-    for _, id in ipairs(ids) do ctx.events[#ctx.events + 1] = event(id, ARGV[11], 'dead', now, ',"reason":' .. cjson.encode(born_dead)) end
-    publish(ARGV[10], ctx.events)
-  end
+  publish(ARGV[10], ctx.events)
   return #ids
 end
 if state == 'waiting' then
@@ -767,7 +767,7 @@ for i = #ids, 1, -1 do
     release_slot(ctx.base, f[10], id, now)
     local att = tonumber(f[2]) or 1
     local pri = tonumber(f[4]) or 5
-    local ev
+    local ev, final
     local m, text = mode, err
     if not f[3] and defaults[f[8] or ''] then
       f[3] = tostring(defaults[f[8]])
@@ -787,7 +787,7 @@ for i = #ids, 1, -1 do
       redis.call('HSET', key, 'state', 'canceled', 'fin', now, 'error', text)
       if ttl > 0 then redis.call('EXPIRE', key, ttl) end
       ev = event(id, queue, 'canceled', now)
-      settle(ctx, id, 'canceled', now)
+      final = 'canceled'
     else
       local why = err
       if mode == 'expired' then why = 'lease expired (worker ' .. tostring(f[5]) .. ' lost); ' .. err end
@@ -804,10 +804,11 @@ for i = #ids, 1, -1 do
         requeued[#requeued + 1] = id
       else
         dead[#dead + 1] = id
-        settle(ctx, id, 'dead', now)
+        final = 'dead'
       end
     end
     if ev and listen then events[#events + 1] = ev end
+    if final then settle(ctx, id, final, now) end  -- after its own event: what its end sets off follows
   end
 end
 push_chunks('ZREM', KEYS[1], gone)
