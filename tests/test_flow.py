@@ -247,3 +247,31 @@ def test_rate_limit_bad_input(redis_url):
     app = xq.App()
     with pytest.raises(xq.ConfigError, match="rate_limit of task 'x'"):
         app.task("x", rate_limit="0/m")(lambda p: p)
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+def _cli(redis_url, *args):
+    import os
+    import subprocess
+    import sys
+
+    from xqrun import TESTS
+    return subprocess.run([sys.executable, "-m", "xq.cli", *args, "--redis", redis_url], cwd=TESTS,
+                          env={**os.environ, "XQ_TEST_REDIS": redis_url}, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_cli_enqueue_with_flow_options_and_events_until_done(redis_url, r):
+    p = xq.Producer(redis_url)
+    a = _cli(redis_url, "enqueue", "step", '"a"', "--unique-key", "one").stdout.strip()
+    assert _cli(redis_url, "enqueue", "step", '"again"', "--unique-key", "one").stdout.strip() == a
+    b = _cli(redis_url, "enqueue", "step", '"b"', "--depends-on", a, "--concurrency-key", "k",
+             "--max-concurrency", "1").stdout.strip()
+    assert p.status(b)["status"] == "waiting" and p.status(b)["limits"] == {"ck": "k", "cm": 1}
+    bad = _cli(redis_url, "enqueue", "step", "1", "--rate-key", "k", "--rate-limit", "0/s")
+    assert bad.returncode == 1 and "invalid rate_limit '0/s'" in bad.stderr
+    with XQRun(redis_url, app=APP, procs=1):
+        out = _cli(redis_url, "events", "--id", a, "--id", b, "--until-done", "--timeout", "30")
+    assert out.returncode == 0, out.stderr
+    seen = [orjson.loads(line) for line in out.stdout.splitlines()]
+    assert {e["id"] for e in seen if e["state"] == "done"} == {a, b}

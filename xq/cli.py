@@ -181,8 +181,16 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
 @click.option("--expires", type=float, default=None, help="seconds from now by which it must have started")
 @click.option("--timeout", type=float, default=None, help="seconds an attempt may run")
 @click.option("--max-retries", type=int, default=None, help="attempts after the first")
+@click.option("--unique-key", default=None, help="while a task with this key has not ended, print its id instead")
+@click.option("--unique-ttl", type=float, default=None, help="seconds the unique key is held at most")
+@click.option("--depends-on", multiple=True, metavar="ID", help="wait until this task is done (repeatable)")
+@click.option("--concurrency-key", default=None, help="at most --max-concurrency tasks with this key run at once")
+@click.option("--max-concurrency", type=int, default=None)
+@click.option("--rate-key", default=None, help="at most --rate-limit starts of tasks with this key")
+@click.option("--rate-limit", default=None, metavar="N/s|N/m|N/h")
 @click.option("--redis", "url", default=None, help="Redis URL")
-def enqueue(name, payload, queue, priority, delay, eta, expires, timeout, max_retries, url) -> None:
+def enqueue(name, payload, queue, priority, delay, eta, expires, timeout, max_retries, unique_key, unique_ttl,
+            depends_on, concurrency_key, max_concurrency, rate_key, rate_limit, url) -> None:
     """Enqueue task NAME with a JSON PAYLOAD; prints the task id."""
     try:
         value = orjson.loads(payload)
@@ -191,7 +199,9 @@ def enqueue(name, payload, queue, priority, delay, eta, expires, timeout, max_re
     prio = int(priority) if priority.isdigit() else priority
     with _producer(url) as p:
         click.echo(p.enqueue(name, value, queue=queue, priority=prio, delay=delay, eta=eta, expires=expires,
-                             timeout=timeout, max_retries=max_retries))
+                             timeout=timeout, max_retries=max_retries, unique_key=unique_key, unique_ttl=unique_ttl,
+                             depends_on=list(depends_on) or None, concurrency_key=concurrency_key,
+                             max_concurrency=max_concurrency, rate_key=rate_key, rate_limit=rate_limit))
 
 
 @main.command()
@@ -202,6 +212,22 @@ def cancel(task_id, queue, url) -> None:
     """Cancel a task: prints canceled (it never runs), canceling (running: being interrupted) or finished."""
     with _producer(url) as p:
         click.echo(p.cancel(task_id, queue=queue))
+
+
+@main.command()
+@click.argument("queues", nargs=-1)
+@click.option("--id", "ids", multiple=True, metavar="ID", help="only this task's events (repeatable)")
+@click.option("--state", "states", multiple=True, help="only events in this state (repeatable)")
+@click.option("--timeout", type=click.FloatRange(min=0.0), default=None, help="stop after this many seconds")
+@click.option("--until-done", is_flag=True, help="with --id: stop once every one of them has ended")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def events(queues, ids, states, timeout, until_done, url) -> None:
+    """Print the events of QUEUES (default: those of --id, else default) as JSON lines, as they happen."""
+    with _producer(url) as p:
+        stream = p.events(ids=list(ids) or None, queues=list(queues) or None, states=list(states) or None,
+                          timeout=timeout, until_done=until_done)
+        for ev in stream:
+            click.echo(orjson.dumps(ev).decode())
 
 
 @main.group()
