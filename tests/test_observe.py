@@ -77,3 +77,12 @@ def test_middleware_hooks_run_in_the_child_around_each_task(redis_url, r, pure):
         assert calls == ["outer:before:ok", "inner:before:ok", "inner:after:ok", "outer:after:ok",
                          "outer:before:boom", "inner:before:boom", "inner:error(ValueError):boom",
                          "outer:error(ValueError):boom"], w.output()
+
+
+def test_a_retry_clears_the_failed_attempts_progress(redis_url, r):
+    p = xq.Producer(redis_url)
+    tid = p.enqueue("progress_then_fail_once", None)
+    with XQRun(redis_url, app=APP, procs=1) as w:
+        assert p.result(tid, timeout=20) == 2, w.output()
+    st = p.status(tid)
+    assert [h["outcome"] for h in st["history"]] == ["failed", "done"] and st["progress"] is None

@@ -71,6 +71,7 @@ local function attempt_failed(key, id, queue, now, sched, dead, f, started, fini
   if delay >= 0 and att <= (tonumber(f[2]) or 3) then
     local due = now + delay
     redis.call('HSET', key, 'state', 'retrying', 'due', due, 'error', err)
+    redis.call('HDEL', key, 'progress')  -- the next attempt starts from nothing
     redis.call('ZADD', sched, due, id)
     return event(id, queue, 'retrying', now, ',"attempt":' .. att .. ',"next":' .. due), due
   end

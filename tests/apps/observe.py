@@ -66,3 +66,12 @@ def ok(payload):
 @app.task("boom", max_retries=0)
 def boom(payload):
     raise ValueError("boom")
+
+
+@app.task("progress_then_fail_once", max_retries=1, backoff=[0.01])
+def progress_then_fail_once(payload):
+    """Reports progress and fails on its first attempt; the second succeeds without reporting."""
+    if xq.current().attempt == 1:
+        xq.current().progress(40, "first attempt")
+        raise ConnectionError("first attempt fails")
+    return xq.current().attempt
