@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -17,6 +18,14 @@ QK = queue_keys("default")
 
 def subscribers(r, channel: str = QK.events) -> int:
     return r.pubsub_numsub(channel)[0][1]
+
+
+@pytest.fixture(autouse=True)
+def _no_earlier_subscribers(r):
+    # these tests count the events channel's subscribers: a Producer another test left unclosed keeps its
+    # result() subscription until it is collected
+    gc.collect()
+    wait_for(lambda: subscribers(r) == 0, 10, what="earlier tests' subscriptions to close")
 
 
 def drain(stream, limit: int = 1000) -> list[dict]:
