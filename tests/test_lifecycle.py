@@ -312,8 +312,8 @@ def test_cancel_reaches_a_task_on_another_supervisor(redis_url, r):
         for t in tids:
             wait_for(lambda: p.status(t)["status"] == "canceled", 20, what="canceled")
     # every handler that started (the two running at the cancel, and any a child started before its own
-    # cancel arrived) saw xq.Cancelled
-    assert sorted(ran(r, "cleaned")) == sorted(ran(r))
+    # cancel arrived) saw xq.Cancelled (one interrupted before its "ran" mark was sent shows "cleaned" only)
+    assert set(ran(r)) <= set(ran(r, "cleaned"))
     assert set(f"{t}:1" for t in running) <= set(ran(r, "cleaned"))
 
 
