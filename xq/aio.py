@@ -15,10 +15,7 @@ event stream subscribes on a Pub/Sub connection of its own.
 from __future__ import annotations
 
 import collections
-import hashlib
-import os
 import time
-from collections import OrderedDict
 from typing import Any, Iterable, Sequence
 
 import redis
@@ -29,10 +26,10 @@ from redis.exceptions import NoScriptError
 
 from . import scripts
 from .app import DEFAULT_QUEUE, App
-from .broker import DEFAULT_URL, Broker, check_url
+from .broker import Broker, check_url
 from .errors import ConfigError, ResultTimeout, UnknownTask
 from .keys import QUEUES, check_queue, queue_keys
-from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer,
+from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer, ProducerBase,
                        event_request, finish_enqueue, prepare_enqueue)
 
 SUBSCRIBE_TIMEOUT = 10.0
@@ -54,7 +51,7 @@ class _AsyncBroker:
                                                 socket_keepalive=True, retry=Retry(NoBackoff(), 0))
         except ValueError as e:
             raise ConfigError(f"invalid Redis URL {url!r}: {e}") from None
-        self._sha = {name: hashlib.sha1(src.encode()).hexdigest().encode() for name, src in scripts.ALL.items()}
+        self._sha = scripts.SHA
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -165,7 +162,7 @@ class _AsyncBroker:
         return ps, early
 
 
-class AsyncProducer:
+class AsyncProducer(ProducerBase):
     """The asyncio twin of xq.Producer: `async with xq.AsyncProducer(url) as p: tid = await p.enqueue(...)`.
 
     Same constructor arguments and enqueue options as Producer (see Producer.enqueue_many); safe to share
@@ -173,14 +170,8 @@ class AsyncProducer:
 
     def __init__(self, url: str | None = None, *, app: App | None = None,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, chunk: int = 1000, result_ttl: int = 86400):
-        self.url = url or os.environ.get("XQ_REDIS_URL") or DEFAULT_URL
+        super().__init__(url, app, max_payload, chunk, result_ttl)
         self.broker = _AsyncBroker(self.url)
-        self.app = app
-        self.max_payload = max_payload
-        self.chunk = chunk
-        self.result_ttl = result_ttl
-        self._known_queues: set[str] = set()
-        self._queue_of: OrderedDict[str, str] = OrderedDict()
 
     async def close(self) -> None:
         await self.broker.close()
@@ -210,11 +201,7 @@ class AsyncProducer:
         if queue not in self._known_queues:
             await self.broker.register_queue(queue)
             self._known_queues.add(queue)
-        cache = self._queue_of
-        for i in ids[-10000:]:
-            cache[i] = queue
-        while len(cache) > 100_000:
-            cache.popitem(last=False)
+        self._cache(queue, ids)
 
     # --- inspection ---
     async def _find(self, task_id: str, queue: str | None) -> str:

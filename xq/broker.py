@@ -8,7 +8,6 @@ objects from redis-py's pipeline machinery.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -74,7 +73,7 @@ class Broker:
     def __init__(self, url: str, *, socket_timeout: float | None = 30.0):
         self.url = url
         self.client = make_client(url, socket_timeout=socket_timeout)
-        self._sha = {name: hashlib.sha1(src.encode()).hexdigest().encode() for name, src in scripts.ALL.items()}
+        self._sha = scripts.SHA
         self._conn = None    # dedicated connection for raw pipelined sends
         self._wconn = None   # dedicated connection for the blocking wake-up wait
         self._wid = 0        # its CLIENT ID, to unblock it

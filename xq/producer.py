@@ -92,7 +92,7 @@ class Group:
         return f"Group({self.id!r}, queue={self.queue!r}, {len(self.ids)} tasks, callback={self.callback!r})"
 
 
-def _script_error(e: Exception, queue: str) -> Exception:
+def _script_error(e: Exception) -> Exception:
     """An 'XQ ...' error reply of a script as the xq error it stands for."""
     msg = str(e)
     if msg.startswith("XQ unknown dependency"):
@@ -181,7 +181,7 @@ def finish_enqueue(prep: Prepared, replies: Sequence, app: App | None) -> tuple[
     Runs the app's on_enqueue hooks after a real enqueue."""
     for reply in replies:
         if isinstance(reply, Exception):
-            raise _script_error(reply, prep.queue)
+            raise _script_error(reply)
         if isinstance(reply, bytes):
             return [reply.decode()], False
     out = [i.decode() for i in prep.ids]
@@ -312,19 +312,33 @@ class EventFilter:
         return [ev for ev in events if isinstance(ev, dict) and self._take(ev)]
 
 
-class Producer:
-    """Enqueues tasks into Redis and reads their state; one per process is plenty (not thread-safe)."""
+class ProducerBase:
+    """What Producer and AsyncProducer share without I/O: their settings and the id -> queue cache."""
 
-    def __init__(self, url: str | None = None, *, app: App | None = None,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD, chunk: int = 1000, result_ttl: int = 86400):
+    def __init__(self, url: str | None, app: App | None, max_payload: int, chunk: int, result_ttl: int):
         self.url = url or os.environ.get("XQ_REDIS_URL") or DEFAULT_URL
-        self.broker = Broker(self.url)
         self.app = app
         self.max_payload = max_payload
         self.chunk = chunk
         self.result_ttl = result_ttl  # for records this producer finishes (cancel of a waiting task)
         self._known_queues: set[str] = set()
         self._queue_of: OrderedDict[str, str] = OrderedDict()
+
+    def _cache(self, queue: str, ids) -> None:
+        cache = self._queue_of
+        for i in ids[-10000:]:
+            cache[i] = queue
+        while len(cache) > 100_000:
+            cache.popitem(last=False)
+
+
+class Producer(ProducerBase):
+    """Enqueues tasks into Redis and reads their state; one per process is plenty (not thread-safe)."""
+
+    def __init__(self, url: str | None = None, *, app: App | None = None,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, chunk: int = 1000, result_ttl: int = 86400):
+        super().__init__(url, app, max_payload, chunk, result_ttl)
+        self.broker = Broker(self.url)
         self._pubsub = None
 
     def close(self) -> None:
@@ -347,11 +361,7 @@ class Producer:
         if queue not in self._known_queues:
             self.broker.register_queue(queue)
             self._known_queues.add(queue)
-        cache = self._queue_of
-        for i in ids[-10000:]:
-            cache[i] = queue
-        while len(cache) > 100_000:
-            cache.popitem(last=False)
+        self._cache(queue, ids)
 
     def enqueue(self, name: str, payload: Any = None, *, queue: str | None = None,
                 priority: int | str | None = None, max_retries: int | None = None, delay: float | None = None,

@@ -28,6 +28,8 @@ Statuses (the `state` field of a task record; see docs/design.md for the state m
     canceled   canceled by request before or while running
 """
 
+import hashlib
+
 _PRELUDE = """
 local function now_ms()
   local t = redis.call('TIME')
@@ -1028,3 +1030,6 @@ return 1
 ALL = {"enqueue": ENQUEUE, "claim": CLAIM, "complete": COMPLETE, "release": RELEASE, "renew": RENEW,
        "cancel": CANCEL, "replay": REPLAY, "purge": PURGE, "cron": CRON,
        "group": GROUP}
+
+# The SHA1 each script is run by (EVALSHA); both brokers, sync and asyncio, use these.
+SHA = {name: hashlib.sha1(src.encode()).hexdigest().encode() for name, src in ALL.items()}
