@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -11,7 +12,7 @@ import redis
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `import helpers`, `import xqrun`
 
-from helpers import free_port, load_embedded, wait_until  # noqa: E402,F401 - re-exported for tests
+from helpers import free_port, load_embedded, subscribers, wait_until  # noqa: E402,F401 - re-exported for tests
 
 embedded = load_embedded()
 EmbeddedRedis = embedded.EmbeddedRedis
@@ -70,3 +71,11 @@ def fresh_redis(tmp_path):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def no_event_subscribers(r):
+    """For tests that count the events channel's subscribers: waits until earlier tests' are gone (a Producer
+    a test left unclosed keeps its result() subscription until it is collected)."""
+    gc.collect()
+    wait_until(lambda: subscribers(r) == 0, 10, what="earlier tests' subscriptions to close")

@@ -52,3 +52,8 @@ def load_embedded() -> ModuleType:
         spec.loader.exec_module(mod)
         print(f"tests: `import xq` failed ({e!r}); loaded xq/embedded.py by path", file=sys.stderr)
         return mod
+
+
+def subscribers(r, channel: str = "xq:{default}:events") -> int:
+    """How many clients are subscribed to channel (default: the default queue's events)."""
+    return r.pubsub_numsub(channel)[0][1]

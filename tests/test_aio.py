@@ -4,12 +4,12 @@ Real redis-server, real `xq run` (tests/apps/compose.py); asyncio.run inside syn
 from __future__ import annotations
 
 import asyncio
-import gc
 
 import pytest
 
 import xq
 from xq.keys import queue_keys
+from helpers import subscribers
 from xqrun import XQRun, wait_for
 
 APP = "apps.compose:app"
@@ -22,16 +22,7 @@ def run(coro, timeout: float = 60):
     return asyncio.run(bounded())
 
 
-def subscribers(r, channel: str = QK.events) -> int:
-    return r.pubsub_numsub(channel)[0][1]
-
-
-@pytest.fixture(autouse=True)
-def _no_earlier_subscribers(r):
-    # these tests count the events channel's subscribers: a Producer another test left unclosed keeps its
-    # result() subscription until it is collected
-    gc.collect()
-    wait_for(lambda: subscribers(r) == 0, 10, what="earlier tests' subscriptions to close")
+pytestmark = pytest.mark.usefixtures("no_event_subscribers")
 
 
 def test_enqueue_and_await_results_with_a_real_worker(redis_url, r):

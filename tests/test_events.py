@@ -3,29 +3,20 @@
 
 from __future__ import annotations
 
-import gc
 import threading
 
 import pytest
 
 import xq
 from xq.keys import queue_keys
+from helpers import subscribers
 from xqrun import XQRun, wait_for
 
 APP = "apps.compose:app"
 QK = queue_keys("default")
 
 
-def subscribers(r, channel: str = QK.events) -> int:
-    return r.pubsub_numsub(channel)[0][1]
-
-
-@pytest.fixture(autouse=True)
-def _no_earlier_subscribers(r):
-    # these tests count the events channel's subscribers: a Producer another test left unclosed keeps its
-    # result() subscription until it is collected
-    gc.collect()
-    wait_for(lambda: subscribers(r) == 0, 10, what="earlier tests' subscriptions to close")
+pytestmark = pytest.mark.usefixtures("no_event_subscribers")
 
 
 def drain(stream, limit: int = 1000) -> list[dict]:
