@@ -4,14 +4,14 @@ from . import middleware
 from .app import App, Processor
 from .clock import ScaledClock, SystemClock
 from .context import TaskContext, current
-from .errors import (Cancelled, ConfigError, NonRetryable, PayloadTooLarge, ResultTimeout, Retry, TaskFailed,
-                     TaskTimeout, UnknownTask, XQError)
+from .errors import (Cancelled, ConfigError, ConnectionLost, NonRetryable, PayloadTooLarge, ResultTimeout, Retry, TaskFailed,
+                     RedisRefused, TaskTimeout, UnknownTask, XQError)
 from .producer import Group, Producer
 from .retry import Backoff, Delays
 
 __all__ = ["App", "Processor", "Producer", "TaskContext", "current", "XQError", "ConfigError",
            "PayloadTooLarge", "TaskFailed", "UnknownTask", "ResultTimeout", "Retry", "NonRetryable", "Cancelled",
-           "TaskTimeout", "Group", "Backoff", "Delays", "ScaledClock", "SystemClock", "AsyncProducer"]
+           "TaskTimeout", "ConnectionLost", "RedisRefused", "Group", "Backoff", "Delays", "ScaledClock", "SystemClock", "AsyncProducer"]
 __version__ = "0.1.0"
 
 

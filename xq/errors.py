@@ -54,3 +54,26 @@ class Cancelled(BaseException):
 
 class TaskTimeout(XQError):
     """The error recorded for an attempt stopped by its processing timeout."""
+
+
+class ConnectionLost(XQError, ConnectionError):
+    """Redis could not be reached (connection refused, cut, timed out; Redis loading or read-only).
+
+    From a producer, raised once its retries for the batch ran out (Producer(retry_for=...)); `.stored`
+    lists the ids known to be in Redis, `.unknown` those whose fate the lost replies would have told (a
+    retry of the same call with these ids cannot duplicate them: the enqueue script skips ids it has)."""
+
+    def __init__(self, message: str, *, url: str = "", stored: list | None = None, unknown: list | None = None):
+        super().__init__(message)
+        self.url = url
+        self.stored = stored or []
+        self.unknown = unknown or []
+
+
+class RedisRefused(XQError):
+    """Redis answered but refused us: wrong password or user, missing ACL permission, no such database.
+    Retrying cannot fix it until the configuration changes."""
+
+    def __init__(self, message: str, *, url: str = ""):
+        super().__init__(message)
+        self.url = url

@@ -1,0 +1,206 @@
+"""The connection layer: every Redis connection xq opens is made, judged and given up here.
+
+What it decides, so no caller has to:
+
+- **What a failure means.**  `classify()` sorts an exception into `"network"` (the connection broke, timed
+  out, was refused, Redis is loading or read-only after a failover: retrying can fix it), `"refused"`
+  (Redis rejected our credentials, permissions or database: retrying cannot fix it until someone changes
+  the configuration) or `None` (anything else, including an `OSError` that is not a network error: a bug,
+  raised as is).  `translate()` turns the first two into `xq.ConnectionLost` / `xq.RedisRefused`, the
+  only Redis failures code above this layer ever sees.
+- **How long to wait.**  `Backoff`: capped exponential with full jitter, so a fleet of supervisors that
+  lost Redis together does not reconnect in lockstep.
+- **Who hears about it.**  `Health` logs a change of state once (down, with the reason; up again, with how
+  long it was down), never once per retry.
+- **Where connections come from.**  `dedicated()` opens a connection the client's pool does not count
+  (the supervisor's pipelined and blocking-wait connections, which outlive any one command): dropping it
+  can never use up a pool slot, whatever the pool's limit.
+
+URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS), `unix://[[user]:password@]/path[?db=N]`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import socket
+import time
+from urllib.parse import urlparse
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .errors import ConfigError, ConnectionLost, RedisRefused
+
+log = logging.getLogger("xq")
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+SCHEMES = ("redis", "rediss", "unix")
+
+# errno values of an OSError that mean the network (or the peer) failed, not our program
+_NETWORK_ERRNOS = frozenset(getattr(errno, n) for n in (
+    "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "EHOSTDOWN",
+    "ENETUNREACH", "ENETDOWN", "ENETRESET", "ENOTCONN", "ESHUTDOWN", "EADDRNOTAVAIL", "ENOENT",
+    "EAGAIN", "EINPROGRESS", "EALREADY", "ENOBUFS") if hasattr(errno, n))
+# error replies that mean "not now" (retry) or "not you" (configuration), by their first word
+_BUSY_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
+_REFUSED_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM", "ERR invalid password", "ERR AUTH",
+                    "ERR DB index is out of range", "ERR invalid DB index", "ERR Client sent AUTH")
+
+
+def check_url(url: str) -> str:
+    """url if it looks like a Redis URL, else ConfigError naming what is wrong."""
+    if not isinstance(url, str) or not url:
+        raise ConfigError(f"invalid Redis URL {url!r}: expected redis://host:port/db, rediss://... or unix://path")
+    try:
+        p = urlparse(url)
+        p.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as e:
+        raise ConfigError(f"invalid Redis URL {redacted(url)!r}: {e}") from None
+    if p.scheme not in SCHEMES:
+        raise ConfigError(f"invalid Redis URL {redacted(url)!r}: scheme {p.scheme!r} is not one of "
+                          f"{', '.join(SCHEMES)}")
+    if p.scheme != "unix" and not p.hostname:
+        raise ConfigError(f"invalid Redis URL {redacted(url)!r}: no host (expected {p.scheme}://host:port/db)")
+    db = p.path.strip("/")
+    if p.scheme != "unix" and db and not db.isdigit():
+        raise ConfigError(f"invalid Redis URL {redacted(url)!r}: database {db!r} is not a number")
+    return url
+
+
+def redacted(url: str) -> str:
+    """url with any password replaced by ***, for logs and error messages."""
+    try:
+        p = urlparse(url)
+        password = p.password
+    except ValueError:
+        return url
+    if password:
+        return url.replace(f":{password}@", ":***@", 1)
+    return url
+
+
+def client_options(**kw) -> dict:
+    """redis-py options every xq client uses (sync and asyncio): no silent client-side retries (a resent
+    EVALSHA could run twice; this layer decides what is retried), a bounded connect, TCP keepalive."""
+    kw.setdefault("retry", Retry(NoBackoff(), 0))
+    kw.setdefault("socket_connect_timeout", 5)
+    kw.setdefault("socket_keepalive", True)
+    return kw
+
+
+def make_client(url: str, **kw) -> redis.Redis:
+    """A redis.Redis for url, or ConfigError naming what is wrong with the URL."""
+    check_url(url)
+    try:
+        return redis.Redis.from_url(url, **client_options(**kw))
+    except ValueError as e:
+        raise ConfigError(f"invalid Redis URL {redacted(url)!r}: {e}") from None
+
+
+def dedicated(client: redis.Redis):
+    """A new, unconnected connection with the client's settings that its pool does not count: its owner
+    connects, disconnects and drops it at will without ever using up a pool slot."""
+    pool = client.connection_pool
+    return pool.connection_class(**pool.connection_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- failures
+def _reply_starts(e: BaseException, prefixes) -> bool:
+    msg = str(e)
+    return any(msg.startswith(p) for p in prefixes)
+
+
+def classify(e: BaseException) -> str | None:
+    """'network' (retrying can fix it), 'refused' (only a configuration change can) or None (a bug)."""
+    if isinstance(e, (ConnectionLost,)):
+        return "network"
+    if isinstance(e, RedisRefused):
+        return "refused"
+    if isinstance(e, (redis.AuthenticationError, redis.exceptions.AuthorizationError,
+                      redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationWrongNumberOfArgsError)):
+        return "refused"
+    if isinstance(e, redis.ResponseError):
+        if _reply_starts(e, _REFUSED_REPLIES):
+            return "refused"
+        if isinstance(e, redis.ReadOnlyError) or _reply_starts(e, _BUSY_REPLIES):
+            return "network"
+        return None
+    if isinstance(e, (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError, socket.timeout,
+                      socket.gaierror, EOFError)):
+        # redis-py wraps socket errors in ConnectionError, an AUTH failure too (caught above); a refused
+        # SELECT surfaces as a ConnectionError whose text is the server's reply
+        return "refused" if _reply_starts(e, _REFUSED_REPLIES) or "DB index" in str(e) else "network"
+    if isinstance(e, OSError):
+        return "network" if e.errno in _NETWORK_ERRNOS else None
+    return None
+
+
+def translate(e: BaseException, url: str, what: str = "") -> BaseException:
+    """The xq error e stands for (ConnectionLost or RedisRefused, naming the URL without its password), or
+    e itself when it is not a Redis failure."""
+    kind = classify(e)
+    if kind is None or isinstance(e, (ConnectionLost, RedisRefused)):
+        return e
+    reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    where = f"Redis at {redacted(url)}"
+    if kind == "refused":
+        return RedisRefused(f"{where} refused {what or 'the connection'}: {reason}", url=redacted(url))
+    return ConnectionLost(f"{where} unreachable{' during ' + what if what else ''}: {reason}", url=redacted(url))
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: the n-th delay is uniform in [base, min(cap, base*2^n)]."""
+
+    __slots__ = ("base", "cap", "attempt")
+
+    def __init__(self, base: float = 0.05, cap: float = 5.0):
+        self.base, self.cap, self.attempt = base, cap, 0
+
+    def next(self) -> float:
+        hi = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return random.uniform(self.base, max(self.base, hi))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Health:
+    """Logs a connection's state changes, once each: down (with the reason), the reason changing while down
+    (say an outage turning into a refused password), and up again (with how long it was down)."""
+
+    __slots__ = ("what", "url", "ok", "since", "reason", "outages")
+
+    def __init__(self, what: str, url: str):
+        self.what, self.url = what, redacted(url)
+        self.ok, self.since, self.reason, self.outages = True, 0.0, "", 0
+
+    def down(self, e: BaseException, retry_in: float | None = None) -> None:
+        kind = classify(e) or "error"
+        reason = str(e)
+        if self.ok or kind != self.reason.partition(":")[0]:
+            if self.ok:
+                self.since = time.monotonic()
+                self.outages += 1
+            then = f"; retrying (next in {retry_in:.2f} s)" if retry_in is not None else ""
+            if kind == "refused":
+                log.error("%s: Redis at %s refuses us (%s); check the password, user ACL and database in "
+                          "the URL%s", self.what, self.url, reason, then)
+            else:
+                log.error("%s: Redis at %s unreachable (%s)%s; nothing is lost meanwhile", self.what, self.url,
+                          reason, then)
+        self.ok, self.reason = False, f"{kind}:{reason}"
+
+    def up(self) -> None:
+        if not self.ok:
+            log.warning("%s: Redis at %s is reachable again after %.1f s", self.what, self.url,
+                        time.monotonic() - self.since)
+        self.ok, self.reason = True, ""
+
+
+# What a caller above this layer catches, and all it catches, for a Redis failure: the broker translates
+# every other exception of a Redis call into one of these (see translate) or lets it through as a bug.
+OUTAGE = (ConnectionLost, RedisRefused)
