@@ -217,18 +217,35 @@ def claim_reply(n, payload=b"p"):
     return out
 
 
+def test_inflight_record_has_named_fields_and_a_timeout_from_the_claim(impl):
+    from collections import deque
+
+    inflight = {}
+    impl.take_claimed([1, b"id", b"resize", b"{}", b"b", 3, b"2500"], inflight, deque(), 0)
+    assert fields(inflight[1]) == (1, b"id", b"resize", b"{}", b"b", 3, 2500)
+    t = impl.InFlight(0, b"x", b"n", b"p", b"j", 2)
+    assert fields(t) == (0, b"x", b"n", b"p", b"j", 2, 0) and "attempt=2" in repr(t)
+
+
+def fields(t):
+    return (t.qidx, t.id, t.name, t.payload, t.ct, t.attempt, t.timeout_ms)
+
+
 def test_take_claimed_and_fill_ring(impl):
     from collections import deque
 
     inflight, buffer, unacked = {}, deque(), deque()
     assert impl.take_claimed(claim_reply(5), inflight, buffer, 10) == 15
     assert list(buffer) == [11, 12, 13, 14, 15]
-    assert inflight[11] == (0, b"id0", b"noop", b"p", b"j", 1, b"") and inflight[12][0] == 1
+    assert all(type(t) is impl.InFlight for t in inflight.values())
+    assert fields(inflight[11]) == (0, b"id0", b"noop", b"p", b"j", 1, 0) and inflight[12].qidx == 1
     w, r, _ = make_ring(impl)
     assert impl.fill_ring(w, buffer, inflight, unacked, 3) == (3, 0)        # room exhausted
     assert list(unacked) == [11, 12, 13] and list(buffer) == [14, 15]
-    heads = [impl.decode_task_head(h) for h, _ in r.read_many(10)]
+    msgs = r.read_many(10)
+    heads = [impl.decode_task_head(h) for h, _ in msgs]
     assert [h[0] for h in heads] == [11, 12, 13]
+    assert heads[1] == (12, 1, b"j", 1, b"id1", b"noop") and msgs[1][1] == b"p"
     assert impl.fill_ring(w, buffer, inflight, unacked, 10) == (2, 0)       # buffer exhausted
     assert not buffer
 
@@ -252,9 +269,9 @@ def test_drain_results_and_build_event(impl):
     from collections import deque
 
     w, r, _ = make_ring(impl)
-    inflight = {1: (0, b"a", b"n", b"", b"j", 1, b""), 2: (1, b"b", b"n", b"", b"j", 1, b""),
-                3: (0, b"c", b"n", b"", b"j", 2, b""), 4: (0, b"d", b"n", b"", b"j", 1, b""),
-                5: (1, b"e", b"n", b"", b"j", 1, b"")}
+    F = impl.InFlight
+    inflight = {1: F(0, b"a", b"n", b"", b"j", 1), 2: F(1, b"b", b"n", b"", b"j", 1), 3: F(0, b"c", b"n", b"", b"j", 2),
+                4: F(0, b"d", b"n", b"", b"j", 1), 5: F(1, b"e", b"n", b"", b"j", 1)}
     unacked = deque([1, 2, 3, 4, 5])
     w.write(impl.encode_result_head(2, impl.ST_FAILED, b"j", 1.0, 1.5, b"boom"), b"")
     w.write(impl.encode_result_head(1, impl.ST_DONE, b"b", 2.0, 2.25, b""), b"res")
@@ -314,7 +331,7 @@ def test_progress_frames_keep_the_task_in_flight_and_the_last_one_wins(impl):
     from collections import deque
 
     w, r, _ = make_ring(impl)
-    inflight = {1: (0, b"a", b"n", b"", b"j", 1, b""), 2: (1, b"b", b"n", b"", b"j", 1, b"")}
+    inflight = {1: impl.InFlight(0, b"a", b"n", b"", b"j", 1), 2: impl.InFlight(1, b"b", b"n", b"", b"j", 1)}
     unacked = deque([1, 2])
     w.write(impl.encode_result_head(1, impl.ST_PROGRESS, b"j", 1.0, 1.0, b'"progress":10'), b'{"pct":10}')
     w.write(impl.encode_result_head(1, impl.ST_PROGRESS, b"j", 2.0, 2.0, b'"progress":20'), b'{"pct":20}')

@@ -33,3 +33,14 @@ cdef class Ring:
     cdef inline void _wake(self) noexcept nogil
     cdef object _read_one(self)
     cdef Py_ssize_t _write(self, Py_buffer hb, Py_buffer bb, Py_ssize_t offset) except -1
+
+
+cdef class InFlight:
+    """A claimed task while this supervisor holds it: from CLAIM's reply to its COMPLETE or RELEASE."""
+    cdef readonly int qidx            # index of its queue in the supervisor's --queues
+    cdef readonly bytes id            # task id
+    cdef readonly bytes name          # task name, as CLAIM returned it
+    cdef readonly bytes payload       # payload bytes, forwarded to the child untouched
+    cdef readonly bytes ct            # payload content type: b"j" JSON, b"b" raw bytes
+    cdef readonly int attempt         # this claim's attempt number: with the worker id, the fencing token
+    cdef readonly long long timeout_ms  # its own processing timeout in ms; 0: its task's default applies

@@ -122,13 +122,29 @@ def pack_enqueue(sha: bytes, keys: Sequence[bytes | str], fixed: Sequence[bytes 
 
 # --- supervisor loops ---
 
+class InFlight:
+    """A claimed task while this supervisor holds it: from CLAIM's reply until its COMPLETE or RELEASE.
+    Read-only in the Cython module (a cdef class, declared in _fast.pxd); a __slots__ class in the twin."""
+
+    qidx: int        # index of its queue in the supervisor's --queues
+    id: bytes        # task id
+    name: bytes      # task name
+    payload: bytes   # payload bytes, forwarded to the child untouched
+    ct: bytes        # payload content type: b"j" JSON, b"b" raw bytes
+    attempt: int     # this claim's attempt number: with the worker id, the fencing token of its reports
+    timeout_ms: int  # its own processing timeout, ms; 0: its task's default applies
+
+    def __init__(self, qidx: int, id: bytes, name: bytes, payload: bytes, ct: bytes, attempt: int,
+                 timeout_ms: int = 0) -> None: ...
+
 def take_claimed(tasks: list, inflight: dict, buffer, seq: int) -> int:
     """Record a CLAIM reply (7 values a task: qidx, id, name, payload, ct, attempt, timeout ms or b'') as
-    inflight[seq] and append seq to buffer (a deque); returns the last seq used."""
-def fill_ring(ring: Ring, buffer, inflight: dict, unacked, room: int) -> tuple[int, int]:
+    inflight[seq] = InFlight(...) (timeout b'' becomes 0) and append seq to buffer (a deque); returns the
+    last seq used."""
+def fill_ring(ring: Ring, buffer, inflight: dict[int, InFlight], unacked, room: int) -> tuple[int, int]:
     """Move up to room seqs from buffer into ring (heads encoded here), appending them to unacked.
     Returns (written, why): 0 room/buffer exhausted, 1 ring out of bytes, 2 next message > max_chunk."""
-def drain_results(ring: Ring, inflight: dict, completions: dict, unacked, limit: int,
+def drain_results(ring: Ring, inflight: dict[int, InFlight], completions: dict, unacked, limit: int,
                   progress: dict | None = None) -> tuple[int, float]:
     """Read up to limit frames; append COMPLETE args to completions[qidx]: (id, b"done", result, rct,
     started ms, finished ms) for ST_DONE, else (id, outcome, error, body, started ms, finished ms) with

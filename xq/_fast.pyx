@@ -567,15 +567,42 @@ def pack_enqueue(sha, keys, fixed, ids, payloads, Py_ssize_t first, Py_ssize_t m
 
 # ---------------------------------------------------------------- supervisor loops
 
+cdef class InFlight:
+    """A claimed task while this supervisor holds it (fields: _fast.pxd)."""
+
+    def __init__(self, int qidx, bytes id, bytes name, bytes payload, bytes ct, int attempt, long long timeout_ms=0):
+        self.qidx = qidx
+        self.id = id
+        self.name = name
+        self.payload = payload
+        self.ct = ct
+        self.attempt = attempt
+        self.timeout_ms = timeout_ms
+
+    def __repr__(self):
+        return (f"InFlight(qidx={self.qidx}, id={self.id!r}, name={self.name!r}, payload=<{len(self.payload)} "
+                f"bytes>, ct={self.ct!r}, attempt={self.attempt}, timeout_ms={self.timeout_ms})")
+
+
 def take_claimed(list tasks, dict inflight, buffer, uint64_t seq):
-    """Record a CLAIM reply (7 values a task) as inflight[seq] = tuple and queue seq in buffer; returns
+    """Record a CLAIM reply (7 values a task) as inflight[seq] = InFlight and queue seq in buffer; returns
     the last seq used."""
     cdef Py_ssize_t i, n = len(tasks)
+    cdef InFlight t
+    cdef object to
     append = buffer.append
     for i in range(0, n, 7):
         seq += 1
-        inflight[seq] = (tasks[i], tasks[i + 1], tasks[i + 2], tasks[i + 3], tasks[i + 4], tasks[i + 5],
-                         tasks[i + 6])
+        t = InFlight.__new__(InFlight)
+        t.qidx = tasks[i]
+        t.id = tasks[i + 1]
+        t.name = tasks[i + 2]
+        t.payload = tasks[i + 3]
+        t.ct = tasks[i + 4]
+        t.attempt = tasks[i + 5]
+        to = tasks[i + 6]
+        t.timeout_ms = int(to) if to else 0
+        inflight[seq] = t
         append(seq)
     return seq
 
@@ -586,14 +613,15 @@ def fill_ring(Ring ring, buffer, dict inflight, unacked, Py_ssize_t room):
     out of bytes, 2 = the next task is larger than a chunk (stream it with Ring.write)."""
     cdef Py_buffer hb, bb
     cdef Py_ssize_t done = 0, size
-    cdef object seq, t, head, payload
+    cdef object seq, head, payload
+    cdef InFlight t
     popleft = buffer.popleft
     append = unacked.append
     while done < room and buffer:
         seq = buffer[0]
-        t = inflight[seq]
-        payload = (<tuple>t)[3]
-        head = encode_task_head(seq, (<tuple>t)[5], (<tuple>t)[4], (<tuple>t)[0], (<tuple>t)[1], (<tuple>t)[2])
+        t = <InFlight?>inflight[seq]
+        payload = t.payload
+        head = encode_task_head(seq, t.attempt, t.ct, t.qidx, t.id, t.name)
         size = 8 + PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(payload)
         if size > ring.max_chunk:
             return done, 2
@@ -610,12 +638,13 @@ def fill_ring(Ring ring, buffer, dict inflight, unacked, Py_ssize_t room):
 
 
 def drain_results(Ring ring, dict inflight, dict completions, unacked, Py_ssize_t limit, dict progress=None):
-    """Read up to limit result frames; for each, retire its seq and append COMPLETE arguments (id, state,
-    result-or-error, rct, started ms, finished ms) to completions[queue index].  A progress frame only
-    sets progress[seq] (the last one wins).  Returns (result frames, total run time in seconds)."""
+    """Read up to limit result frames; for each, retire its seq and append COMPLETE arguments (id, outcome,
+    result-or-error, rct-or-extra, started ms, finished ms) to completions[queue index].  A progress
+    frame only sets progress[seq] (the last one wins).  Returns (result frames, total run time in seconds)."""
     cdef Py_ssize_t n = 0, frames = 0
     cdef double busy = 0.0
-    cdef object m, t, items
+    cdef object m, o, items
+    cdef InFlight t
     cdef list li
     while frames < limit:
         m = ring._read_one()
@@ -625,9 +654,10 @@ def drain_results(Ring ring, dict inflight, dict completions, unacked, Py_ssize_
         seq, status, rct, started, finished, error = decode_result_head((<tuple>m)[0])
         if status == ST_PROGRESS:
             # The task is still running: its seq stays in unacked and inflight.
-            t = inflight.get(seq)
-            if t is not None and progress is not None:
-                progress[seq] = ((<tuple>t)[0], (<tuple>t)[1], (<tuple>m)[1], error, <int64_t>(started * 1000))
+            o = inflight.get(seq)
+            if o is not None and progress is not None:
+                t = <InFlight?>o
+                progress[seq] = (t.qidx, t.id, (<tuple>m)[1], error, <int64_t>(started * 1000))
             continue
         n += 1
         if unacked and unacked[0] == seq:
@@ -637,15 +667,16 @@ def drain_results(Ring ring, dict inflight, dict completions, unacked, Py_ssize_
                 unacked.remove(seq)
             except ValueError:
                 pass
-        t = inflight.pop(seq, None)
-        if t is None:
+        o = inflight.pop(seq, None)
+        if o is None:
             continue
+        t = <InFlight?>o
         busy += finished - started
-        items = completions.get((<tuple>t)[0])
+        items = completions.get(t.qidx)
         if items is None:
-            items = completions[(<tuple>t)[0]] = []
+            items = completions[t.qidx] = []
         li = <list>items
-        li.append((<tuple>t)[1])
+        li.append(t.id)
         if status == ST_DONE:
             li.append(b"done")
             li.append((<tuple>m)[1])

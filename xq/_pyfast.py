@@ -326,11 +326,26 @@ def pack_enqueue(sha, keys, fixed, ids, payloads, first, max_payload) -> bytes:
 
 # ---------------------------------------------------------------- supervisor loops
 
+class InFlight:
+    """A claimed task while this supervisor holds it (fields: _fast.pxd)."""
+
+    __slots__ = ("qidx", "id", "name", "payload", "ct", "attempt", "timeout_ms")
+
+    def __init__(self, qidx, id, name, payload, ct, attempt, timeout_ms=0):
+        self.qidx, self.id, self.name, self.payload = qidx, id, name, payload
+        self.ct, self.attempt, self.timeout_ms = ct, attempt, timeout_ms
+
+    def __repr__(self):
+        return (f"InFlight(qidx={self.qidx}, id={self.id!r}, name={self.name!r}, payload=<{len(self.payload)} "
+                f"bytes>, ct={self.ct!r}, attempt={self.attempt}, timeout_ms={self.timeout_ms})")
+
+
 def take_claimed(tasks, inflight, buffer, seq):
     for i in range(0, len(tasks), 7):
         seq += 1
-        inflight[seq] = (tasks[i], tasks[i + 1], tasks[i + 2], tasks[i + 3], tasks[i + 4], tasks[i + 5],
-                         tasks[i + 6])
+        to = tasks[i + 6]
+        inflight[seq] = InFlight(tasks[i], tasks[i + 1], tasks[i + 2], tasks[i + 3], tasks[i + 4], tasks[i + 5],
+                                 int(to) if to else 0)
         buffer.append(seq)
     return seq
 
@@ -339,8 +354,9 @@ def fill_ring(ring, buffer, inflight, unacked, room):
     done = 0
     while done < room and buffer:
         seq = buffer[0]
-        qidx, tid, name, payload, ct, att = inflight[seq][:6]
-        head = encode_task_head(seq, att, ct, qidx, tid, name)
+        t = inflight[seq]
+        payload = t.payload
+        head = encode_task_head(seq, t.attempt, t.ct, t.qidx, t.id, t.name)
         size = 8 + len(head) + len(payload)
         if size > ring.max_chunk:
             return done, 2
@@ -360,7 +376,7 @@ def drain_results(ring, inflight, completions, unacked, limit, progress=None):
             # The task is still running: its seq stays in unacked and inflight.
             t = inflight.get(seq)
             if t is not None and progress is not None:
-                progress[seq] = (t[0], t[1], body, error, int(started * 1000))
+                progress[seq] = (t.qidx, t.id, body, error, int(started * 1000))
             continue
         n += 1
         if unacked and unacked[0] == seq:
@@ -374,11 +390,11 @@ def drain_results(ring, inflight, completions, unacked, limit, progress=None):
         if t is None:
             continue
         busy += finished - started
-        items = completions.setdefault(t[0], [])
+        items = completions.setdefault(t.qidx, [])
         if status == ST_DONE:
-            items += (t[1], b"done", body, rct, int(started * 1000), int(finished * 1000))
+            items += (t.id, b"done", body, rct, int(started * 1000), int(finished * 1000))
         else:
-            items += (t[1], _OUTCOMES.get(status, b"failed"), error, body, int(started * 1000),
+            items += (t.id, _OUTCOMES.get(status, b"failed"), error, body, int(started * 1000),
                       int(finished * 1000))
     return n, busy
 

@@ -97,7 +97,7 @@ class Supervisor:
         self._qnames_b = [q.encode() for q in self.qnames]
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.children: dict[int, Child] = {}       # pid -> child
-        self.inflight: dict[int, tuple] = {}       # seq -> (qidx, id, name, payload, ct, attempt)
+        self.inflight: dict[int, fast.InFlight] = {}  # seq -> the claimed task
         self.buffer: deque[int] = deque()          # claimed seqs not yet in a ring
         self.completions: dict[int, list] = {}     # qidx -> flat COMPLETE args
         self.progress: dict[int, tuple] = {}       # seq -> (qidx, id, record JSON, event members, ts ms): last report
@@ -293,20 +293,20 @@ class Supervisor:
             t = self.inflight.pop(seq)
             self.progress.pop(seq, None)  # RELEASE below ends this attempt first: a later progress would be stale
             if self.canceling.pop(seq, None) is not None:  # a cancel was being carried out
-                self._release(t[0], "canceled", [t[1]], error="canceled while running (the child was killed)",
+                self._release(t.qidx, "canceled", [t.id], error="canceled while running (the child was killed)",
                               outcome="canceled", started_ms=started_ms)
             elif c.kill and c.kill[0] == "timeout" and c.kill[1] == seq:
-                spec = self.specs.get(t[2])
-                delay = spec.backoff.delay(t[5]) if spec is not None else 0.0
-                log.error("task %s (%s): %s", t[1].decode(), t[2].decode(), c.kill[2])
-                self._release(t[0], "lost", [t[1]], error=c.kill[2], outcome="timeout",
+                spec = self.specs.get(t.name)
+                delay = spec.backoff.delay(t.attempt) if spec is not None else 0.0
+                log.error("task %s (%s): %s", t.id.decode(), t.name.decode(), c.kill[2])
+                self._release(t.qidx, "lost", [t.id], error=c.kill[2], outcome="timeout",
                               delay_ms=int(delay * 1000), started_ms=started_ms)
             elif self.hard or (not self.accepting and clean):
-                self._release(t[0], "return", [t[1]])
+                self._release(t.qidx, "return", [t.id])
             else:
                 err = f"worker process {c.pid} {how} while running the task"
-                log.error("task %s (%s): %s", t[1].decode(), t[2].decode(), err)
-                self._release(t[0], "lost", [t[1]], error=err, outcome="lost", started_ms=started_ms)
+                log.error("task %s (%s): %s", t.id.decode(), t.name.decode(), err)
+                self._release(t.qidx, "lost", [t.id], error=err, outcome="lost", started_ms=started_ms)
         if c.kill and not self.hard and self.accepting:
             log.warning("child %d stopped (%s: %s); respawning", c.pid, c.kill[0], how)
         elif not clean and not self.hard and self.accepting:
@@ -489,7 +489,7 @@ class Supervisor:
             elif why == 2:  # a large message streams through in chunks
                 seq = buffer.popleft()
                 t = inflight[seq]
-                c.partial = [seq, fast.encode_task_head(seq, t[5], t[4], t[0], t[1], t[2]), t[3], 0]
+                c.partial = [seq, fast.encode_task_head(seq, t.attempt, t.ct, t.qidx, t.id, t.name), t.payload, 0]
                 self._continue(c)
             if not buffer:
                 return
@@ -713,7 +713,7 @@ class Supervisor:
         out: dict[int, list] = {}
         for s in seqs:
             t = self.inflight[s]
-            out.setdefault(t[0], []).append(t[1])
+            out.setdefault(t.qidx, []).append(t.id)
         return out
 
     def _renew(self) -> None:
@@ -757,9 +757,9 @@ class Supervisor:
             self.inflight.pop(s, None)
 
     # ------------------------------------------------------------------ timeouts and cancellation
-    def _timeout_ms(self, t: tuple) -> int:
+    def _timeout_ms(self, t) -> int:
         """The processing timeout of an inflight task, ms (0: none): its own, else its task's."""
-        return int(t[6]) if t[6] else self.timeouts.get(t[2], 0)
+        return t.timeout_ms or self.timeouts.get(t.name, 0)
 
     def _watch(self, now: float) -> None:
         """Stop children whose task ran past its timeout or was canceled; SIGKILL those past their grace.
@@ -808,8 +808,8 @@ class Supervisor:
             nxt = min(nxt, 0.05)  # a canceled task may start any moment: look again soon, while any is pending
         self.next_watch = now + nxt
 
-    def _stop_for_timeout(self, c: Child, seq: int, t: tuple, to: int, now: float) -> None:
-        text = f"TaskTimeout: attempt {t[5]} ran longer than its timeout of {to / 1000:g} s; its child was stopped"
+    def _stop_for_timeout(self, c: Child, seq: int, t, to: int, now: float) -> None:
+        text = f"TaskTimeout: attempt {t.attempt} ran longer than its timeout of {to / 1000:g} s; its child was stopped"
         c.kill = ("timeout", seq, text)
         c.kill_at = now + self.cfg.kill_grace
         c.stopping = True
@@ -833,7 +833,7 @@ class Supervisor:
 
     def _cancel(self, task_id: bytes) -> None:
         """A cancel request for task_id reached us (control channel or lease renewal)."""
-        seq = next((sq for sq, t in self.inflight.items() if t[1] == task_id), None)
+        seq = next((sq for sq, t in self.inflight.items() if t.id == task_id), None)
         if seq is None or seq in self.canceling:
             return
         now = time.monotonic()
@@ -841,8 +841,8 @@ class Supervisor:
             self.buffer.remove(seq)
             t = self.inflight.pop(seq)
             ms = int(time.time() * 1000)
-            self.completions.setdefault(t[0], []).extend(
-                (t[1], b"canceled", b"canceled before it started", b"", ms, ms))
+            self.completions.setdefault(t.qidx, []).extend(
+                (t.id, b"canceled", b"canceled before it started", b"", ms, ms))
             self.results_due = 0.0
             log.info("task %s canceled before it started", task_id.decode())
             return
