@@ -282,12 +282,13 @@ def test_drain_results_and_build_event(impl):
     n, busy = impl.drain_results(r, inflight, completions, unacked, 100)
     assert (n, busy) == (5, 1.5)
     assert list(unacked) == [3] and list(inflight) == [3]
-    assert completions == {0: [b"a", b"done", b"res", b"b", 2000, 2250,
-                               b"d", b"retry", b"again", b"1500,3", 3000, 3500],
-                           1: [b"b", b"failed", b"boom", b"", 1000, 1500,
-                               b"e", b"canceled", b"stop", b"", 4000, 4250]}
-    ev = impl.build_event(b"q", completions[0] + [b"c", b"failed", b"", b"", 0, 0], 123)
-    assert ev == _pyfast.build_event(b"q", completions[0] + [b"c", b"failed", b"", b"", 0, 0], 123)
+    # the attempt travels with each task: COMPLETE records it only if this worker still holds that attempt
+    assert completions == {0: [b"a", 1, b"done", b"res", b"b", 2000, 2250,
+                               b"d", 1, b"retry", b"again", b"1500,3", 3000, 3500],
+                           1: [b"b", 1, b"failed", b"boom", b"", 1000, 1500,
+                               b"e", 1, b"canceled", b"stop", b"", 4000, 4250]}
+    ev = impl.build_event(b"q", completions[0] + [b"c", 2, b"failed", b"", b"", 0, 0], 123)
+    assert ev == _pyfast.build_event(b"q", completions[0] + [b"c", 2, b"failed", b"", b"", 0, 0], 123)
     import orjson
 
     # only done tasks: the script publishes the others, as only it knows the state they lead to
@@ -296,10 +297,10 @@ def test_drain_results_and_build_event(impl):
 
 
 def test_done_event_carries_a_small_json_result(impl):
-    items = [b"a", b"done", b'{"k":[1,2]}', b"j", 0, 0,
-             b"b", b"done", b"[" + b"1," * impl.EVENT_RESULT_MAX + b"1]", b"j", 0, 0,   # too large: read it
-             b"c", b"done", b"raw", b"b", 0, 0,                                          # bytes: read it
-             b"d", b"failed", b"boom", b"j", 0, 0]
+    items = [b"a", 1, b"done", b'{"k":[1,2]}', b"j", 0, 0,
+             b"b", 1, b"done", b"[" + b"1," * impl.EVENT_RESULT_MAX + b"1]", b"j", 0, 0,   # too large: read it
+             b"c", 2, b"done", b"raw", b"b", 0, 0,                                          # bytes: read it
+             b"d", 1, b"failed", b"boom", b"j", 0, 0]
     import orjson
 
     ev = orjson.loads(impl.build_event(b"q", items, 5))
@@ -342,7 +343,7 @@ def test_progress_frames_keep_the_task_in_flight_and_the_last_one_wins(impl):
     assert impl.drain_results(r, inflight, completions, unacked, 100, progress) == (1, 0.5)
     assert list(unacked) == [1] and list(inflight) == [1]
     assert progress == {1: (0, b"a", b'{"pct":20}', b'"progress":20', 2000), 2: (1, b"b", b'{"pct":5}', b'"progress":5', 3000)}
-    assert completions == {1: [b"b", b"done", b"1", b"j", 3000, 3500]}
+    assert completions == {1: [b"b", 1, b"done", b"1", b"j", 3000, 3500]}
     w.write(impl.encode_result_head(1, impl.ST_PROGRESS, b"j", 1.0, 1.0, b""), b"")
     assert impl.drain_results(r, inflight, {}, unacked, 100) == (0, 0.0)  # no progress dict: dropped
     assert list(inflight) == [1]

@@ -527,7 +527,7 @@ def test_a_failure_reported_by_a_worker_that_lost_the_task_changes_nothing(redis
     tasks = b.run("claim", keys, [1, "worker-B", 30000, 1 << 20, 60, *tail])[0]
     assert tasks[1] == tid.encode()
     b.run("complete", [qk.leases, qk.sched, qk.dead],
-          [qk.task_prefix, qk.events, 60, "", "default", "worker-A", tid, "retry", "late", "0,3", 1, 2])
+          [qk.task_prefix, qk.events, 60, "", "default", "worker-A", tid, 1, "retry", "late", "0,3", 1, 2])
     st = p.status(tid)
     assert st["status"] == "running" and st["worker"] == "worker-B" and st["history"][0]["outcome"] == "running"
     assert b.lease_score(qk, tid) is not None

@@ -146,8 +146,9 @@ def fill_ring(ring: Ring, buffer, inflight: dict[int, InFlight], unacked, room: 
     Returns (written, why): 0 room/buffer exhausted, 1 ring out of bytes, 2 next message > max_chunk."""
 def drain_results(ring: Ring, inflight: dict[int, InFlight], completions: dict, unacked, limit: int,
                   progress: dict | None = None) -> tuple[int, float]:
-    """Read up to limit frames; append COMPLETE args to completions[qidx]: (id, b"done", result, rct,
-    started ms, finished ms) for ST_DONE, else (id, outcome, error, body, started ms, finished ms) with
+    """Read up to limit frames; append COMPLETE args to completions[qidx]: (id, attempt, b"done", result,
+    rct, started ms, finished ms) for ST_DONE, else (id, attempt, outcome, error, body, started ms, finished
+    ms) with
     outcome b"failed" / b"retry" / b"canceled" (see scripts.COMPLETE); returns (result frames read, total
     run time in seconds).  An ST_PROGRESS frame of a seq still in inflight sets progress[seq] = (qidx, id,
     record JSON, event members, ts ms), replacing an earlier one; it leaves inflight and unacked alone and
@@ -155,5 +156,5 @@ def drain_results(ring: Ring, inflight: dict[int, InFlight], completions: dict, 
 EVENT_RESULT_MAX: int
 
 def build_event(queue: bytes, items: list, ts: int) -> bytes:
-    """JSON array of {"id","queue","state","ts"} for the done tasks among COMPLETE items (6 a task), plus
+    """JSON array of {"id","queue","state","ts"} for the done tasks among COMPLETE items (7 a task), plus
     "result" when the result is JSON (rct 'j') of at most EVENT_RESULT_MAX bytes; b"" if none is done."""

@@ -638,8 +638,8 @@ def fill_ring(Ring ring, buffer, dict inflight, unacked, Py_ssize_t room):
 
 
 def drain_results(Ring ring, dict inflight, dict completions, unacked, Py_ssize_t limit, dict progress=None):
-    """Read up to limit result frames; for each, retire its seq and append COMPLETE arguments (id, outcome,
-    result-or-error, rct-or-extra, started ms, finished ms) to completions[queue index].  A progress
+    """Read up to limit result frames; for each, retire its seq and append COMPLETE arguments (id, attempt,
+    outcome, result-or-error, rct-or-extra, started ms, finished ms) to completions[queue index].  A progress
     frame only sets progress[seq] (the last one wins).  Returns (result frames, total run time in seconds)."""
     cdef Py_ssize_t n = 0, frames = 0
     cdef double busy = 0.0
@@ -677,6 +677,7 @@ def drain_results(Ring ring, dict inflight, dict completions, unacked, Py_ssize_
             items = completions[t.qidx] = []
         li = <list>items
         li.append(t.id)
+        li.append(t.attempt)
         if status == ST_DONE:
             li.append(b"done")
             li.append((<tuple>m)[1])
@@ -694,7 +695,7 @@ EVENT_RESULT_MAX = 512  # bytes of JSON result carried inline in a completion ev
 
 
 def build_event(bytes queue, list items, int64_t ts):
-    """The events message of the done tasks of one COMPLETE: a JSON array of {"id","queue","state","ts"} (6
+    """The events message of the done tasks of one COMPLETE: a JSON array of {"id","queue","state","ts"} (7
     items a task), plus "result" for a done task whose result is JSON of at most EVENT_RESULT_MAX bytes.
     Other outcomes are skipped (the script publishes those, as only it knows the state they lead to); b""
     if no task is done."""
@@ -703,11 +704,11 @@ def build_event(bytes queue, list items, int64_t ts):
     cdef bytes body
     tail = b'","queue":"' + queue + b'","state":"'
     end = b'","ts":' + str(ts).encode()
-    for i in range(0, len(items), 6):
-        body = items[i + 2]
-        if items[i + 1] != b"done":
+    for i in range(0, len(items), 7):
+        if items[i + 2] != b"done":
             continue
-        if items[i + 3] == b"j" and len(body) <= EVENT_RESULT_MAX:
+        body = items[i + 3]
+        if items[i + 4] == b"j" and len(body) <= EVENT_RESULT_MAX:
             parts.append(b'{"id":"' + items[i] + tail + b'done' + end + b',"result":' + body + b"}")
         else:
             parts.append(b'{"id":"' + items[i] + tail + b'done' + end + b"}")

@@ -392,9 +392,9 @@ def drain_results(ring, inflight, completions, unacked, limit, progress=None):
         busy += finished - started
         items = completions.setdefault(t.qidx, [])
         if status == ST_DONE:
-            items += (t.id, b"done", body, rct, int(started * 1000), int(finished * 1000))
+            items += (t.id, t.attempt, b"done", body, rct, int(started * 1000), int(finished * 1000))
         else:
-            items += (t.id, _OUTCOMES.get(status, b"failed"), error, body, int(started * 1000),
+            items += (t.id, t.attempt, _OUTCOMES.get(status, b"failed"), error, body, int(started * 1000),
                       int(finished * 1000))
     return n, busy
 
@@ -406,11 +406,11 @@ def build_event(queue, items, ts):
     tail = b'","queue":"' + queue + b'","state":"'
     end = b'","ts":%d' % ts
     parts = []
-    for i in range(0, len(items), 6):
-        body = items[i + 2]
-        if items[i + 1] != b"done":
+    for i in range(0, len(items), 7):
+        if items[i + 2] != b"done":
             continue
-        if items[i + 3] == b"j" and len(body) <= EVENT_RESULT_MAX:
+        body = items[i + 3]
+        if items[i + 4] == b"j" and len(body) <= EVENT_RESULT_MAX:
             parts.append(b'{"id":"' + items[i] + tail + b"done" + end + b',"result":' + body + b"}")
         else:
             parts.append(b'{"id":"' + items[i] + tail + b"done" + end + b"}")

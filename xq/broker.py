@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 from urllib.parse import urlparse
 
 import hiredis
@@ -65,6 +65,22 @@ def redacted(url: str) -> str:
     if p.password:
         return url.replace(f":{p.password}@", ":***@", 1)
     return url
+
+
+class Refused(NamedTuple):
+    """A report (COMPLETE, RELEASE) about an attempt its reporter no longer holds: left unwritten."""
+
+    id: bytes
+    attempt: int       # the attempt reported
+    state: bytes       # the record's state now; b"" when it has no record
+    worker: bytes      # who holds it now (the record's worker)
+    now_attempt: int   # the record's attempt now (0 when it has none)
+
+
+def refusals(flat: Sequence) -> list[Refused]:
+    """The refused list of a COMPLETE or RELEASE reply (5 values a task; see scripts.COMPLETE)."""
+    return [Refused(flat[i], int(flat[i + 1]), flat[i + 2], flat[i + 3], int(flat[i + 4] or 0))
+            for i in range(0, len(flat), 5)]
 
 
 class Broker:
@@ -297,21 +313,28 @@ class Broker:
                                   want, worker, lease_ms, max_payload, ttl, *tail])
 
     def pack_complete(self, qk: QueueKeys, ttl: int, event: bytes, items: list, worker: str) -> bytes:
+        """items: 7 values a task (id, attempt, outcome, text, extra, started ms, finished ms); the reply is
+        {written, refused} (see refusals)."""
         return fast.pack_command([b"EVALSHA", self._sha["complete"], 3, qk.leases, qk.sched, qk.dead,
                                   qk.task_prefix, qk.events, ttl, event, qk.name, worker, *items])
 
-    def release(self, qk: QueueKeys, mode: str, ids: Sequence, *, error: str = "", holder: str = "",
-                ttl: int = 0, outcome: str = "lost", delay_ms: int = 0, started_ms="",
-                max_retries: bytes = b"{}") -> tuple[list[bytes], list[bytes]]:
-        """Requeue, retry, cancel or kill tasks; see scripts.RELEASE for the modes.  Returns (requeued, dead)."""
+    def release(self, qk: QueueKeys, mode: str, tasks: Sequence[tuple[bytes, int]], *, error: str = "",
+                holder: str = "", ttl: int = 0, outcome: str = "lost", delay_ms: int = 0, started_ms="",
+                max_retries: bytes = b"{}") -> tuple[list[bytes], list[bytes], list[Refused]]:
+        """Requeue, retry, cancel or kill tasks, given as (id, attempt) pairs held by holder; see
+        scripts.RELEASE for the modes ('expired' takes no tasks and ignores the holder).  Returns (requeued,
+        dead, refused)."""
         reply = self.run("release", [qk.leases, qk.wake, qk.sched, qk.dead, *qk.ready],
                          [qk.task_prefix, qk.events, qk.name, ttl, mode, error, holder, outcome, int(delay_ms),
-                          started_ms, max_retries, *ids])
-        return reply[0], reply[1]
+                          started_ms, max_retries, *(v for t in tasks for v in t)])
+        return reply[0], reply[1], refusals(reply[2])
 
-    def renew(self, qk: QueueKeys, worker: str, lease_ms: int, ids: Sequence) -> tuple[list[bytes], list[bytes]]:
-        """Extend this worker's leases; returns (ids it no longer holds, held ids whose cancel was requested)."""
-        lost, cancel = self.run("renew", [qk.leases], [qk.task_prefix, worker, lease_ms, *ids])
+    def renew(self, qk: QueueKeys, worker: str, lease_ms: int,
+              tasks: Sequence[tuple[bytes, int]]) -> tuple[list[bytes], list[bytes]]:
+        """Extend this worker's leases of (id, attempt) pairs; returns (ids it no longer holds at that attempt,
+        held ids whose cancel was requested)."""
+        lost, cancel = self.run("renew", [qk.leases], [qk.task_prefix, worker, lease_ms,
+                                                        *(v for t in tasks for v in t)])
         return lost, cancel
 
     # --- blocking wake-up wait (idle supervisors) ---

@@ -44,6 +44,21 @@ end
 local function publish(channel, events)
   if #events > 0 then redis.call('PUBLISH', channel, '[' .. table.concat(events, ',') .. ']') end
 end
+-- The fence of every report about an attempt (COMPLETE, RELEASE, RENEW): only the worker that holds the
+-- task, for the attempt it claimed, may end or extend it.  f: the record's state, worker, att.  A holder
+-- whose lease ran out (a partition, a long stall) while the task was recovered and claimed again, even
+-- by the same worker, no longer matches: its late report is refused, and the newer attempt stands.
+local function holds(f, worker, att)
+  return f[1] == 'running' and f[2] == worker and f[3] == att
+end
+-- A refused report, for the reporter's log: id, the attempt reported, and what the record says now.
+local function refuse(refused, id, att, f)
+  refused[#refused + 1] = id
+  refused[#refused + 1] = att
+  refused[#refused + 1] = f[1] or ''
+  refused[#refused + 1] = f[2] or ''
+  refused[#refused + 1] = f[3] or ''
+end
 local function push_chunks(cmd, key, items)
   for i = 1, #items, 4000 do
     redis.call(cmd, key, unpack(items, i, math.min(i + 3999, #items)))
@@ -624,81 +639,81 @@ return {out, notes, leased, earliest, now}
 # ARGV[1] -> task key prefix
 # ARGV[2] -> events channel
 # ARGV[3] -> result ttl, seconds (0 keeps records forever)
-# ARGV[4] -> the event message for the done tasks, built by the caller (published as is; '' publishes nothing)
+# ARGV[4] -> the event message for the done tasks, built by the caller (published as is when nothing is
+#           refused; '' publishes nothing)
 # ARGV[5] -> queue name
-# ARGV[6] -> worker id: a failure is recorded only for a task this worker still holds
-# ARGV[7..] -> per task, 6 values: id, outcome, text, extra, started ms, finished ms, where outcome/text/extra
-#              are done/result/rct ('j' or 'b'), retry/error/'<delay ms>,<max_retries of the task>'
-#              (a retryable failure; a max_retries in the record wins), failed/error/'' (not to be
-#              retried), canceled/error/''
-# Output: the number of records written (a record that expired or was deleted meanwhile is not recreated)
-# Cost matters here (one call per task at 100k tasks/s): no EXISTS, HSET's count of new fields tells a
-# missing record (all fields new: 'state' is in every live record), which is then deleted again.  Only
-# the failure paths read the record; done tasks with flow control (in the hooked set) are found with one
-# EXISTS per call, and one SMISMEMBER only when the queue has any.
+# ARGV[6] -> worker id of the reporting supervisor
+# ARGV[7..] -> per task, 7 values: id, attempt, outcome, text, extra, started ms, finished ms, where
+#              outcome/text/extra are done/result/rct ('j' or 'b'), retry/error/'<delay ms>,<max_retries of
+#              the task>' (a retryable failure; a max_retries in the record wins), failed/error/'' (not to
+#              be retried), canceled/error/''
+# Output: {written, refused}: the number of tasks whose outcome was recorded, and per task refused 5 values:
+#         id, attempt reported, and the record's state, worker, att now ('' for a missing field)
+# Fencing: an outcome is recorded only while the record is 'running' under this worker and this attempt
+# (see holds()).  Anything else is a late report of an attempt whose lease was lost: the task was recovered
+# and maybe claimed again (by anyone, this worker included) or finished, or its record expired or was
+# deleted; writing it would overwrite the newer attempt's state or result, or recreate a dead record.  It
+# is refused, and its lease entry is left to the attempt that holds it now (removed only when the record
+# is not running, as such an entry is stale).  The check is one HMGET of three fields per task; the
+# failure paths read the rest of what they need.  Done tasks with flow control (in the hooked set) are
+# found with one EXISTS per call, and one SMISMEMBER only when the queue has any.
 COMPLETE = _PRELUDE + """
 local prefix, ttl, queue, worker = ARGV[1], tonumber(ARGV[3]), ARGV[5], ARGV[6]
-local ids, events, done = {}, {}, {}
+local ids, events, done, refused = {}, {}, {}, {}
 local written = 0
 local now, listen = nil, nil
 local ctx = {base = base_of(prefix), queue = queue, events = events, ttl = ttl}
-for i = 7, #ARGV, 6 do
-  local id = ARGV[i]
+for i = 7, #ARGV, 7 do
+  local id, att, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = prefix .. id
-  local outcome = ARGV[i + 1]
-  if outcome == 'done' then
-    local n, fields
-    if ARGV[i + 3] == 'j' then
-      n, fields = redis.call('HSET', key, 'state', 'done', 'result', ARGV[i + 2], 'started', ARGV[i + 4],
-                             'fin', ARGV[i + 5]), 4
+  local f = redis.call('HMGET', key, 'state', 'worker', 'att')
+  if not holds(f, worker, att) then
+    refuse(refused, id, att, f)
+    if f[1] ~= 'running' then ids[#ids + 1] = id end
+  elseif outcome == 'done' then
+    if ARGV[i + 4] == 'j' then
+      redis.call('HSET', key, 'state', 'done', 'result', ARGV[i + 3], 'started', ARGV[i + 5], 'fin', ARGV[i + 6])
     else
-      n, fields = redis.call('HSET', key, 'state', 'done', 'result', ARGV[i + 2], 'started', ARGV[i + 4],
-                             'fin', ARGV[i + 5], 'rct', ARGV[i + 3]), 5
+      redis.call('HSET', key, 'state', 'done', 'result', ARGV[i + 3], 'started', ARGV[i + 5], 'fin', ARGV[i + 6],
+                 'rct', ARGV[i + 4])
     end
-    if n == fields then
-      redis.call('DEL', key)
-    else
-      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-      written = written + 1
-      done[#done + 1] = id
-    end
+    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    written = written + 1
+    done[#done + 1] = id
     ids[#ids + 1] = id
   else
-    local f = redis.call('HMGET', key, 'att', 'maxr', 'worker', 'hist', 'state', 'lim')
-    -- only a task this worker still runs: a late report of an attempt whose lease was lost (the task
-    -- moved on, maybe to another worker) must not schedule it a second time, nor drop the new lease
-    if f[5] == 'running' and f[3] == worker then
-      now = now or now_ms()
-      if listen == nil then listen = listening(ARGV[2]) ctx.listen = listen end
-      release_slot(ctx.base, f[6], id, now)
-      redis.call('HSET', key, 'started', ARGV[i + 4])
-      local ev, final
-      if outcome == 'canceled' then
-        final = 'canceled'
-        add_history(key, f[4], tonumber(f[1]) or 1, f[3], ARGV[i + 4], ARGV[i + 5], 'canceled', ARGV[i + 2])
-        redis.call('HSET', key, 'state', 'canceled', 'fin', ARGV[i + 5], 'error', ARGV[i + 2])
-        if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-        ev = event(id, queue, 'canceled', now)
-      else
-        local delay = -1
-        if outcome == 'retry' then  -- extra is '<delay ms>,<the task's max_retries>'; the record's own wins
-          local d, m = string.match(ARGV[i + 3], '^(%d+),?(%d*)$')
-          delay = tonumber(d) or 0
-          if not f[2] and m and m ~= '' then  -- record it, so status() shows the limit it runs under
-            f[2] = m
-            if m ~= '3' then redis.call('HSET', key, 'maxr', m) end
-          end
+    local g = redis.call('HMGET', key, 'maxr', 'hist', 'lim')
+    f = {f[3], g[1], f[2], g[2]}  -- att, maxr, worker, hist: what attempt_failed reads
+    now = now or now_ms()
+    if listen == nil then listen = listening(ARGV[2]) ctx.listen = listen end
+    release_slot(ctx.base, g[3], id, now)
+    redis.call('HSET', key, 'started', ARGV[i + 5])
+    local ev, final
+    if outcome == 'canceled' then
+      final = 'canceled'
+      add_history(key, f[4], tonumber(f[1]) or 1, f[3], ARGV[i + 5], ARGV[i + 6], 'canceled', ARGV[i + 3])
+      redis.call('HSET', key, 'state', 'canceled', 'fin', ARGV[i + 6], 'error', ARGV[i + 3])
+      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+      ev = event(id, queue, 'canceled', now)
+    else
+      local delay = -1
+      if outcome == 'retry' then  -- extra is '<delay ms>,<the task's max_retries>'; the record's own wins
+        local d, m = string.match(ARGV[i + 4], '^(%d+),?(%d*)$')
+        delay = tonumber(d) or 0
+        if not f[2] and m and m ~= '' then  -- record it, so status() shows the limit it runs under
+          f[2] = m
+          if m ~= '3' then redis.call('HSET', key, 'maxr', m) end
         end
-        local due
-        ev, due = attempt_failed(key, id, queue, now, KEYS[2], KEYS[3], f, ARGV[i + 4], ARGV[i + 5],
-                                 'failed', ARGV[i + 2], delay)
-        if not due then final = 'dead' end
       end
-      if listen then events[#events + 1] = ev end
-      if final then settle(ctx, id, final, now) end
-      written = written + 1
-      ids[#ids + 1] = id
+      local due
+      ev, due = attempt_failed(key, id, queue, now, KEYS[2], KEYS[3], f, ARGV[i + 5], ARGV[i + 6],
+                               'failed', ARGV[i + 3], delay)
+      if not due then final = 'dead' end
     end
+    if listen then events[#events + 1] = ev end
+    if final then settle(ctx, id, final, now) end
+    written = written + 1
+    ids[#ids + 1] = id
   end
 end
 if #done > 0 and redis.call('EXISTS', ctx.base .. 'hooked') == 1 then
@@ -717,9 +732,16 @@ if #done > 0 and redis.call('EXISTS', ctx.base .. 'hooked') == 1 then
   end
 end
 push_chunks('ZREM', KEYS[1], ids)
-if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[4]) end
+if #refused == 0 then
+  if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[4]) end
+elseif #done > 0 and ARGV[4] ~= '' then
+  -- the caller's message names every done task, refused ones too: this rare call builds its own, without
+  -- the inline results (a waiter then reads the result from the record)
+  now = now or now_ms()
+  for _, id in ipairs(done) do events[#events + 1] = event(id, queue, 'done', now) end
+end
 publish(ARGV[2], events)
-return written
+return {written, refused}
 """
 
 # KEYS[1] -> xq:{Q}:leases
@@ -737,36 +759,45 @@ return written
 #                  'canceled' the attempt was stopped by a cancel request: canceled
 #                  'expired'  like lost, for every lease past its deadline (ids are ignored)
 # ARGV[6] -> error text recorded for lost/canceled/expired
-# ARGV[7] -> worker id that must hold the task ('' for any; 'expired' ignores it)
+# ARGV[7] -> worker id that must hold the task (see holds(); 'expired' ignores it)
 # ARGV[8] -> the attempt's outcome for its history: 'lost', 'timeout', 'canceled'
 # ARGV[9] -> retry delay, ms (0 = at once, at the head of its list)
 # ARGV[10] -> when the attempt started (ms), or ''
 # ARGV[11] -> JSON object: task name -> max_retries, for tasks whose default is not 3 (a record's own wins)
-# ARGV[12..] -> ids, in queue order
-# Output: {requeued ids, dead ids}
+# ARGV[12..] -> per task, 2 values: id, the attempt this worker claimed; in queue order ('expired': none)
+# Output: {requeued ids, dead ids, refused}: refused as in COMPLETE (5 values a task), for tasks this
+#         worker no longer holds at that attempt: left as they are (a running one's lease entry included)
 RELEASE = _PRELUDE + """
 local now = now_ms()
 local prefix, channel, queue, ttl, mode, err, holder, outcome, delay =
   ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local started = ARGV[10]
-local ids = {}
+local ids, atts = {}, {}
 if mode == 'expired' then
   ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
-  holder = ''
 else
-  for i = 12, #ARGV do ids[#ids + 1] = ARGV[i] end
+  for i = 12, #ARGV, 2 do
+    ids[#ids + 1] = ARGV[i]
+    atts[#ids] = ARGV[i + 1]
+  end
 end
 local defaults = cjson.decode(ARGV[11])
 local listen = listening(channel)
-local requeued, dead, events, gone = {}, {}, {}, {}
+local requeued, dead, events, gone, refused = {}, {}, {}, {}, {}
 local ctx = {base = base_of(prefix), queue = queue, listen = listen, events = events, ttl = ttl}
 -- LPUSH reverses, so walk backwards to keep the original order at the head of each list.
 for i = #ids, 1, -1 do
   local id = ids[i]
   local key = prefix .. id
   local f = redis.call('HMGET', key, 'state', 'att', 'maxr', 'pri', 'worker', 'hist', 'claimed', 'name', 'cxl', 'lim')
-  gone[#gone + 1] = id
-  if f[1] == 'running' and (holder == '' or f[5] == holder) then
+  local fence = {f[1], f[5], f[2]}
+  if f[1] ~= 'running' then
+    gone[#gone + 1] = id  -- a stale lease entry: nothing holds it
+    if mode ~= 'expired' then refuse(refused, id, atts[i], fence) end
+  elseif mode ~= 'expired' and not holds(fence, holder, atts[i]) then
+    refuse(refused, id, atts[i], fence)
+  else
+    gone[#gone + 1] = id
     release_slot(ctx.base, f[10], id, now)
     local att = tonumber(f[2]) or 1
     local pri = tonumber(f[4]) or 5
@@ -817,28 +848,29 @@ end
 push_chunks('ZREM', KEYS[1], gone)
 if #requeued > 0 then redis.call('ZADD', KEYS[2], 0, '1') end
 publish(channel, events)
-return {requeued, dead}
+return {requeued, dead, refused}
 """
 
 # KEYS[1] -> xq:{Q}:leases
 # ARGV[1] -> task key prefix
 # ARGV[2] -> worker id
 # ARGV[3] -> lease duration, ms
-# ARGV[4..] -> ids this worker believes it holds
-# Output: {lost, cancel}: the ids it no longer holds (recovered by another supervisor after its lease ran
-#         out), and the ids held whose cancellation was requested (in case the control message was missed)
+# ARGV[4..] -> per task, 2 values: id, the attempt this worker claimed
+# Output: {lost, cancel}: the ids it no longer holds at that attempt (recovered after its lease ran out, and
+#         maybe claimed again), and the ids held whose cancellation was requested (in case the control
+#         message was missed).  Only leases held at the claimed attempt are extended (see holds()).
 RENEW = _PRELUDE + """
 local deadline = now_ms() + tonumber(ARGV[3])
 local leases, lost, cancel = {}, {}, {}
-for i = 4, #ARGV do
+for i = 4, #ARGV, 2 do
   local id = ARGV[i]
-  local f = redis.call('HMGET', ARGV[1] .. id, 'state', 'worker', 'cxl', 'lim')
-  if f[1] == 'running' and f[2] == ARGV[2] then
+  local f = redis.call('HMGET', ARGV[1] .. id, 'state', 'worker', 'att', 'cxl', 'lim')
+  if holds(f, ARGV[2], ARGV[i + 1]) then
     leases[#leases + 1] = deadline
     leases[#leases + 1] = id
-    if f[3] then cancel[#cancel + 1] = id end
-    if f[4] then  -- a concurrency slot's token lives as long as the lease
-      local L = cjson.decode(f[4])
+    if f[4] then cancel[#cancel + 1] = id end
+    if f[5] then  -- a concurrency slot's token lives as long as the lease
+      local L = cjson.decode(f[5])
       if L.ck then redis.call('ZADD', base_of(ARGV[1]) .. 'c:' .. L.ck, 'XX', deadline, id) end
     end
   else

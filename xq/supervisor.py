@@ -27,7 +27,7 @@ from . import child as childmod
 from ._impl import fast
 from redis.exceptions import NoScriptError
 
-from .broker import CONNECTION_ERRORS, Broker, redacted
+from .broker import CONNECTION_ERRORS, Broker, redacted, refusals
 from .keys import queue_keys
 
 log = logging.getLogger("xq")
@@ -293,20 +293,20 @@ class Supervisor:
             t = self.inflight.pop(seq)
             self.progress.pop(seq, None)  # RELEASE below ends this attempt first: a later progress would be stale
             if self.canceling.pop(seq, None) is not None:  # a cancel was being carried out
-                self._release(t.qidx, "canceled", [t.id], error="canceled while running (the child was killed)",
+                self._release(t.qidx, "canceled", [(t.id, t.attempt)], error="canceled while running (the child was killed)",
                               outcome="canceled", started_ms=started_ms)
             elif c.kill and c.kill[0] == "timeout" and c.kill[1] == seq:
                 spec = self.specs.get(t.name)
                 delay = spec.backoff.delay(t.attempt) if spec is not None else 0.0
                 log.error("task %s (%s): %s", t.id.decode(), t.name.decode(), c.kill[2])
-                self._release(t.qidx, "lost", [t.id], error=c.kill[2], outcome="timeout",
+                self._release(t.qidx, "lost", [(t.id, t.attempt)], error=c.kill[2], outcome="timeout",
                               delay_ms=int(delay * 1000), started_ms=started_ms)
             elif self.hard or (not self.accepting and clean):
-                self._release(t.qidx, "return", [t.id])
+                self._release(t.qidx, "return", [(t.id, t.attempt)])
             else:
                 err = f"worker process {c.pid} {how} while running the task"
                 log.error("task %s (%s): %s", t.id.decode(), t.name.decode(), err)
-                self._release(t.qidx, "lost", [t.id], error=err, outcome="lost", started_ms=started_ms)
+                self._release(t.qidx, "lost", [(t.id, t.attempt)], error=err, outcome="lost", started_ms=started_ms)
         if c.kill and not self.hard and self.accepting:
             log.warning("child %d stopped (%s: %s); respawning", c.pid, c.kill[0], how)
         elif not clean and not self.hard and self.accepting:
@@ -645,6 +645,8 @@ class Supervisor:
                     self._requeue_completions(entry[1], entry[2])
                     if not isinstance(reply, NoScriptError):
                         log.error("writing results failed: %s", reply)
+                else:
+                    _log_refused(refusals(reply[1]), "result", self.worker_id)
             elif entry[0] == "progress":
                 # its replies were sent back to back, ahead of the step's COMPLETE: they are all here or close
                 for i in range(entry[1]):
@@ -713,7 +715,7 @@ class Supervisor:
         out: dict[int, list] = {}
         for s in seqs:
             t = self.inflight[s]
-            out.setdefault(t.qidx, []).append(t.id)
+            out.setdefault(t.qidx, []).append((t.id, t.attempt))
         return out
 
     def _renew(self) -> None:
@@ -728,7 +730,7 @@ class Supervisor:
 
     def _recover(self) -> None:
         for qk in self.qks:
-            requeued, failed = self.broker.release(qk, "expired", [], error="recovered by " + self.worker_id,
+            requeued, failed, _ = self.broker.release(qk, "expired", [], error="recovered by " + self.worker_id,
                                                    ttl=self.cfg.result_ttl, max_retries=self.max_retries_json)
             if requeued or failed:
                 self.idle = False
@@ -738,9 +740,10 @@ class Supervisor:
     def _release(self, qidx, mode: str, ids: list, error: str = "", outcome: str = "lost", delay_ms: int = 0,
                  started_ms="") -> None:
         try:
-            self.broker.release(self.qks[qidx], mode, ids, error=error, holder=self.worker_id,
-                                ttl=self.cfg.result_ttl, outcome=outcome, delay_ms=delay_ms, started_ms=started_ms,
-                                max_retries=self.max_retries_json)
+            _, _, refused = self.broker.release(self.qks[qidx], mode, ids, error=error, holder=self.worker_id,
+                                                ttl=self.cfg.result_ttl, outcome=outcome, delay_ms=delay_ms,
+                                                started_ms=started_ms, max_retries=self.max_retries_json)
+            _log_refused(refused, f"{mode} release", self.worker_id)
         except CONNECTION_ERRORS as e:
             # The lease stays: once it expires, any live supervisor recovers the task.
             log.error("could not release %d task(s) (%s); their leases will expire and be recovered", len(ids), e)
@@ -842,7 +845,7 @@ class Supervisor:
             t = self.inflight.pop(seq)
             ms = int(time.time() * 1000)
             self.completions.setdefault(t.qidx, []).extend(
-                (t.id, b"canceled", b"canceled before it started", b"", ms, ms))
+                (t.id, t.attempt, b"canceled", b"canceled before it started", b"", ms, ms))
             self.results_due = 0.0
             log.info("task %s canceled before it started", task_id.decode())
             return
@@ -1012,6 +1015,20 @@ class Supervisor:
                     pass
             except (BlockingIOError, OSError):
                 pass
+
+
+def _log_refused(refused, what: str, worker_id: str) -> None:
+    """One line per report Redis refused because this worker no longer holds that attempt (scripts.holds)."""
+    for r in refused:
+        if not r.state:
+            now = "its record is gone (expired or deleted)"
+        elif r.state == b"running":
+            who = "this worker" if r.worker.decode() == worker_id else f"worker {r.worker.decode()}"
+            now = f"lease lost; now running attempt {r.now_attempt} on {who}"
+        else:
+            now = f"lease lost; the task is now {r.state.decode()} (attempt {r.now_attempt})"
+        log.warning("%s of task %s attempt %d refused: this worker no longer holds it (%s); the newer state "
+                    "stands", what, r.id.decode(), r.attempt, now)
 
 
 def _iso(t: float) -> str:

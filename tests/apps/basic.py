@@ -48,6 +48,13 @@ def sleep(payload):
     return payload
 
 
+@app.task("sleep_attempt")
+def sleep_attempt(payload):
+    """Like sleep, but its result names the attempt that produced it."""
+    sleep(payload)
+    return {"attempt": xq.current().attempt}
+
+
 @app.task("boom", max_retries=0)
 def boom(payload):
     raise ValueError(f"boom {payload}")

@@ -1,0 +1,149 @@
+"""Fencing: COMPLETE, RELEASE and RENEW act only for the worker that holds a task, at the attempt it claimed.
+
+Script-level tests call the scripts through the Broker with a wrong worker or a wrong attempt; the end-to-end
+test stops a real supervisor past its lease, lets another one run the task again, and resumes the first.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import orjson
+import pytest
+
+import xq
+from xq.broker import Broker, Refused
+from xq.keys import queue_keys
+from xqrun import XQRun, wait_for
+
+QK = queue_keys("default")
+
+
+@pytest.fixture
+def b(redis_url):
+    broker = Broker(redis_url)
+    yield broker
+    broker.close()
+
+
+def claim(b, worker, lease_ms=30000):
+    """Claim one task as worker; returns (id, attempt)."""
+    tasks = b.run("claim", Broker.claim_keys([QK]), [1, worker, lease_ms, 1 << 20, 60, *Broker.claim_tail([QK])])[0]
+    return tasks[1], tasks[5]
+
+
+def complete(b, worker, items):
+    written, refused = b.run("complete", [QK.leases, QK.sched, QK.dead],
+                             [QK.task_prefix, QK.events, 60, "", "default", worker, *items])
+    return written, refused
+
+
+def recover(b):
+    """Let worker A's lease run out and recover it as any supervisor would (RELEASE expired)."""
+    time.sleep(0.01)
+    b.release(QK, "expired", [], error="recovered by test", ttl=60)
+
+
+def test_complete_of_a_stale_attempt_is_refused_and_the_newer_one_stands(b, r, redis_url):
+    tid = xq.Producer(redis_url).enqueue("count", 1).encode()
+    assert claim(b, "A", lease_ms=1) == (tid, 1)
+    recover(b)                                           # A stalled past its lease
+    assert claim(b, "B") == (tid, 2)
+    done = [tid, 1, "done", b'"late"', "j", 1, 2]
+    assert complete(b, "A", done) == (0, [tid, b"1", b"running", b"B", b"2"])
+    rec = r.hgetall(QK.task(tid.decode()))
+    assert rec[b"state"] == b"running" and rec[b"worker"] == b"B" and b"result" not in rec
+    assert r.zscore(QK.leases, tid) is not None          # B's lease is B's
+    assert complete(b, "B", [tid, 2, "done", b'"ok"', "j", 3, 4]) == (1, [])
+    assert complete(b, "A", done) == (0, [tid, b"1", b"done", b"B", b"2"])   # done by B: still refused
+    rec = r.hgetall(QK.task(tid.decode()))
+    assert rec[b"result"] == b'"ok"' and rec[b"fin"] == b"4"
+    assert r.zscore(QK.leases, tid) is None
+
+
+def test_same_worker_reclaiming_its_task_fences_on_the_attempt(b, r, redis_url):
+    tid = xq.Producer(redis_url).enqueue("count", 1).encode()
+    claim(b, "A", lease_ms=1)
+    recover(b)
+    assert claim(b, "A") == (tid, 2)                     # the same worker, a new attempt
+    assert complete(b, "A", [tid, 1, "failed", "late boom", "", 1, 2]) == (0, [tid, b"1", b"running", b"A", b"2"])
+    rec = r.hgetall(QK.task(tid.decode()))
+    assert rec[b"state"] == b"running" and rec[b"error"].startswith(b"lease expired")  # the recovery's, not ours
+    assert [h["outcome"] for h in orjson.loads(rec[b"hist"])] == ["lost"]   # only the recovery's entry
+    assert complete(b, "A", [tid, 2, "done", b"1", "j", 3, 4]) == (1, [])
+
+
+def test_complete_of_a_missing_record_is_refused_and_not_recreated(b, r, redis_url):
+    written, refused = complete(b, "A", [b"NOPE", 1, "done", b"1", "j", 1, 2])
+    assert written == 0 and refused == [b"NOPE", b"1", b"", b"", b""]
+    assert not r.exists(QK.task("NOPE"))
+
+
+def test_release_of_a_stale_attempt_or_by_another_worker_is_refused(b, r, redis_url):
+    tid = xq.Producer(redis_url).enqueue("count", 1).encode()
+    claim(b, "A", lease_ms=1)
+    recover(b)
+    claim(b, "B")
+    for worker, att in (("A", 1), ("A", 2), ("B", 1)):  # stale holder, wrong holder, wrong attempt
+        requeued, dead, refused = b.release(QK, "lost", [(tid, att)], holder=worker, error="x", ttl=60)
+        assert (requeued, dead) == ([], [])
+        assert refused == [Refused(tid, att, b"running", b"B", 2)]
+    requeued, _, refused = b.release(QK, "return", [(tid, 2)], holder="A", ttl=60)
+    assert requeued == [] and refused[0].worker == b"B"
+    rec = r.hgetall(QK.task(tid.decode()))
+    assert rec[b"state"] == b"running" and rec[b"att"] == b"2" and r.zscore(QK.leases, tid) is not None
+    assert b.release(QK, "return", [(tid, 2)], holder="B", ttl=60)[:2] == ([tid], [])  # the holder may
+
+
+def test_renew_extends_only_the_held_attempt(b, r, redis_url):
+    tid = xq.Producer(redis_url).enqueue("count", 1).encode()
+    claim(b, "A", lease_ms=1)
+    recover(b)
+    claim(b, "A", lease_ms=5000)
+    before = r.zscore(QK.leases, tid)
+    assert b.renew(QK, "A", 600000, [(tid, 1)]) == ([tid], [])      # attempt 1 is not held any more
+    assert b.renew(QK, "B", 600000, [(tid, 2)]) == ([tid], [])      # nor by B
+    assert r.zscore(QK.leases, tid) == before
+    assert b.renew(QK, "A", 600000, [(tid, 2)]) == ([], [])
+    assert r.zscore(QK.leases, tid) > before
+
+
+def test_a_late_result_from_a_stopped_supervisor_is_refused_and_logged(redis_url, r):
+    # A runs the task; A's supervisor is stopped (SIGSTOP: its child keeps running, PDEATHSIG fires only on
+    # death) past its 1 s lease; B recovers and finishes attempt 2; A resumes with attempt 1's result.
+    p = xq.Producer(redis_url)
+    with XQRun(redis_url, "--lease", "1", procs=1) as a:
+        wait_for(lambda: len(a.children()) == 1, what="A's child")
+        tid = p.enqueue("sleep_attempt", {"s": 2.5})
+        wait_for(lambda: r.lrange("test:started", 0, -1), what="attempt 1 to start: " + a.output())
+        assert p.status(tid)["attempts"] == 1
+        a.signal(signal.SIGSTOP)
+        try:
+            with XQRun(redis_url, "--lease", "1", procs=1) as b:
+                wait_for(lambda: p.status(tid)["status"] == "done", 30, what="B to finish it: " + b.output())
+                st = p.status(tid)
+                assert st["attempts"] == 2 and st["worker"] == worker_of(b) != worker_of(a)
+                fin_b = r.hget(QK.task(tid), "fin")
+                wait_for(lambda: r.llen("test:started") == 2, what="both attempts started")
+                time.sleep(1.0)  # A's child has finished attempt 1 by now: its result waits in the ring
+        finally:
+            a.signal(signal.SIGCONT)
+        worker_a = worker_of(a)
+        wait_for(lambda: "refused" in a.output(), 20, what="A's refusal in its log: " + a.output())
+        line = next(x for x in a.output().splitlines() if "refused" in x)
+        assert f"result of task {tid} attempt 1 refused" in line and "attempt 2" in line, line
+    st = p.status(tid)
+    assert st["status"] == "done" and st["attempts"] == 2 and p.result(tid, timeout=5) == {"attempt": 2}
+    assert r.hget(QK.task(tid), "fin") == fin_b  # attempt 1's times did not overwrite attempt 2's
+    assert [h["outcome"] for h in st["history"]] == ["lost", "done"], st["history"]
+    lost, done = st["history"]
+    assert (lost["attempt"], lost["worker"], done["attempt"], done["worker"]) == (1, worker_a, 2, st["worker"])
+    assert r.zcard(QK.leases) == 0
+
+
+
+def worker_of(run) -> str:
+    """The worker id a supervisor logs in its start line ("xq supervisor <id>: ...")."""
+    out = wait_for(lambda: "xq supervisor " in run.output() and run.output(), what="the start line")
+    return out.split("xq supervisor ", 1)[1].split(": ", 1)[0]
