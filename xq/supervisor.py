@@ -782,10 +782,10 @@ class Supervisor:
                     nxt = min(nxt, c.kill_at - now)
                 continue
             cur = c.ctl[childmod.CTL_CURRENT]
-            if cur:
-                t = inflight.get(cur)
-                if t is None:
-                    continue
+            # CURRENT names the last task until the child clears it after writing its result: one no longer
+            # in flight has ended, and the tasks queued behind it still need watching.
+            t = inflight.get(cur) if cur else None
+            if t is not None:
                 if cur in self.canceling:
                     self._signal_cancel(c, cur, now)
                     nxt = min(nxt, self.cfg.kill_grace)
@@ -799,14 +799,13 @@ class Supervisor:
                     else:
                         nxt = min(nxt, left)
             if self.watching:
-                # a queued task cannot run out before its own timeout has passed from now
+                # A queued task cannot run out before its own timeout has passed from now.  Every queued
+                # one counts, not only the next: one without a timeout may start and end before it.
                 for seq in c.unacked:
-                    if seq != cur:
-                        t = inflight.get(seq)
-                        to = self._timeout_ms(t) if t is not None else 0
-                        if to:
-                            nxt = min(nxt, to / 1000.0)
-                        break
+                    t = inflight.get(seq) if seq != cur else None
+                    to = self._timeout_ms(t) if t is not None else 0
+                    if to:
+                        nxt = min(nxt, to / 1000.0)
         if self.canceling:
             nxt = min(nxt, 0.05)  # a canceled task may start any moment: look again soon, while any is pending
         self.next_watch = now + nxt
