@@ -37,7 +37,6 @@ def io(method=None, *, retry: bool = True):
     idempotent scripts) is retried through ConnectionLost for up to T seconds, with jittered backoff."""
     if method is None:
         return functools.partial(io, retry=retry)
-    what = method.__name__.strip("_").replace("_", " ")
 
     @functools.wraps(method)
     def guarded(self, *args, **kw):
@@ -48,7 +47,7 @@ def io(method=None, *, retry: bool = True):
             except OUTAGE as e:
                 t = e
             except Exception as e:
-                t = translate(e, self.url, what)
+                t = translate(e, self.url)
                 if t is e:
                     raise
                 self.reset()

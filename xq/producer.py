@@ -451,10 +451,12 @@ class Producer(ProducerBase):
         replies: list = [None] * len(cmds)
         todo = list(range(len(cmds)))
         deadline, backoff = None, Backoff(0.05, 2.0)
+        sent: set[int] = set()  # chunks that left at least once: stored or not, only a reply would say
         while todo:
             try:
                 for i in todo:
                     broker.send_packed(cmds[i])
+                    sent.add(i)
                 left = []
                 for i in todo:
                     replies[i] = broker.read_reply()
@@ -471,11 +473,11 @@ class Producer(ProducerBase):
                     done = set(range(len(cmds))) - set(todo)
                     chunk = self.chunk
                     stored = [x.decode() for i in sorted(done) for x in prep.ids[i * chunk:(i + 1) * chunk]]
-                    unknown = [x.decode() for i in todo for x in prep.ids[i * chunk:(i + 1) * chunk]]
-                    raise ConnectionLost(f"{e}; gave up after {self.retry_for:g} s of retries: {len(stored)} of "
-                                         f"{len(prep.ids)} task(s) stored, {len(unknown)} unknown (calling again "
-                                         f"with the same ids cannot store them twice)", url=e.url, stored=stored,
-                                         unknown=unknown) from e
+                    unknown = [x.decode() for i in todo if i in sent for x in prep.ids[i * chunk:(i + 1) * chunk]]
+                    raise ConnectionLost(f"{e}; gave up after {self.retry_for:g} s of retries: of {len(prep.ids)} "
+                                         f"task(s), {len(stored)} stored, {len(unknown)} unknown (sent, reply "
+                                         f"lost), {len(prep.ids) - len(stored) - len(unknown)} not sent",
+                                         url=e.url, stored=stored, unknown=unknown) from e
                 time.sleep(pause)
                 # the chunks whose reply was read are settled; the rest go again
                 todo = [i for i in todo if replies[i] is None or isinstance(replies[i], NoScriptError)]
