@@ -191,6 +191,46 @@ def prepare_enqueue(app: App | None, packer, chunk: int, max_payload: int, name:
     return Prepared(name, queue, priority, ids, commands, flow, timing)
 
 
+class Resend:
+    """Which chunks of an enqueue are still to be sent, through outages and NOSCRIPT replies (no I/O;
+    shared by Producer and AsyncProducer).  A chunk whose reply was read is settled; the others go again,
+    which is safe because ENQUEUE skips ids it has.  Once retry_for seconds of retrying are used up,
+    pause() raises ConnectionLost saying which ids are stored, which unknown and which never left."""
+
+    def __init__(self, prep: Prepared, chunk: int, retry_for: float):
+        self.prep, self.chunk, self.retry_for = prep, chunk, retry_for
+        self.replies: list = [None] * len(prep.commands)
+        self.todo = list(range(len(prep.commands)))
+        self.sent: set[int] = set()  # chunks that left at least once: stored or not, only a reply says
+        self.deadline: float | None = None
+        self.backoff = Backoff(0.05, 2.0)
+
+    def settle(self) -> bool:
+        """After a round whose replies were all read: keep the chunks answered NOSCRIPT (Redis restarted
+        or was flushed) to go again; True if there are any (the caller loads the scripts first)."""
+        self.todo = [i for i in self.todo if isinstance(self.replies[i], NoScriptError)]
+        return bool(self.todo)
+
+    def pause(self, e: ConnectionLost) -> float:
+        """After an outage in a round: the seconds to wait before the next, or ConnectionLost when the
+        retry window is used up."""
+        self.todo = [i for i in self.todo if self.replies[i] is None or isinstance(self.replies[i], NoScriptError)]
+        for i in self.todo:
+            self.replies[i] = None
+        now = time.monotonic()
+        self.deadline = self.deadline or now + self.retry_for
+        pause = self.backoff.next()
+        if now + pause <= self.deadline:
+            return pause
+        ids, c = self.prep.ids, self.chunk
+        stored = [x.decode() for i in range(len(self.replies)) if i not in self.todo for x in ids[i * c:(i + 1) * c]]
+        unknown = [x.decode() for i in self.todo if i in self.sent for x in ids[i * c:(i + 1) * c]]
+        raise ConnectionLost(f"{e}; gave up after {self.retry_for:g} s of retries: of {len(ids)} task(s), "
+                             f"{len(stored)} stored, {len(unknown)} unknown (sent, reply lost), "
+                             f"{len(ids) - len(stored) - len(unknown)} not sent", url=e.url, stored=stored,
+                             unknown=unknown) from e
+
+
 def finish_enqueue(prep: Prepared, replies: Sequence, app: App | None) -> tuple[list[str], bool]:
     """(ids, enqueued) from the replies of prep.commands: an error reply raises (as its xq error); a
     bytes reply means the unique key is held, and is that task's id: ([it], False), nothing enqueued.
@@ -443,47 +483,22 @@ class Producer(ProducerBase):
         return out
 
     def _send(self, prep: Prepared) -> list:
-        """The replies of prep's commands.  Replies are one value per chunk, so all are sent before any is
-        read.  Through an outage the chunks whose reply was not read are sent again (the script skips the
-        ids it has, so none is stored twice) until retry_for runs out; then ConnectionLost says which ids
-        are stored for sure and which may or may not be."""
+        """The replies of prep's commands, all sent before any is read (one value per chunk), resent
+        through an outage as Resend says."""
         broker, cmds = self.broker, prep.commands
-        replies: list = [None] * len(cmds)
-        todo = list(range(len(cmds)))
-        deadline, backoff = None, Backoff(0.05, 2.0)
-        sent: set[int] = set()  # chunks that left at least once: stored or not, only a reply would say
-        while todo:
+        rs = Resend(prep, self.chunk, self.retry_for)
+        while rs.todo:
             try:
-                for i in todo:
+                for i in rs.todo:
                     broker.send_packed(cmds[i])
-                    sent.add(i)
-                left = []
-                for i in todo:
-                    replies[i] = broker.read_reply()
-                    if isinstance(replies[i], NoScriptError):  # Redis restarted or was flushed
-                        left.append(i)
-                if left:
+                    rs.sent.add(i)
+                for i in rs.todo:
+                    rs.replies[i] = broker.read_reply()
+                if rs.settle():
                     broker.load_scripts()
-                todo = left
             except ConnectionLost as e:
-                now = time.monotonic()
-                deadline = deadline or now + self.retry_for
-                pause = backoff.next()
-                if now + pause > deadline:
-                    done = set(range(len(cmds))) - set(todo)
-                    chunk = self.chunk
-                    stored = [x.decode() for i in sorted(done) for x in prep.ids[i * chunk:(i + 1) * chunk]]
-                    unknown = [x.decode() for i in todo if i in sent for x in prep.ids[i * chunk:(i + 1) * chunk]]
-                    raise ConnectionLost(f"{e}; gave up after {self.retry_for:g} s of retries: of {len(prep.ids)} "
-                                         f"task(s), {len(stored)} stored, {len(unknown)} unknown (sent, reply "
-                                         f"lost), {len(prep.ids) - len(stored) - len(unknown)} not sent",
-                                         url=e.url, stored=stored, unknown=unknown) from e
-                time.sleep(pause)
-                # the chunks whose reply was read are settled; the rest go again
-                todo = [i for i in todo if replies[i] is None or isinstance(replies[i], NoScriptError)]
-                for i in todo:
-                    replies[i] = None
-        return replies
+                time.sleep(rs.pause(e))
+        return rs.replies
 
     # --- groups ---
     def group(self, tasks: Sequence, *, then: tuple | None = None, queue: str | None = None) -> "Group":
