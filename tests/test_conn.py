@@ -239,3 +239,73 @@ def _closed_port() -> int:
     from helpers import free_port
 
     return free_port()
+
+
+def test_password_rotated_under_a_running_supervisor_is_reported_and_retried(fresh_redis):
+    """After start, a refused AUTH (the password was rotated) is logged as such, once, and retried: the
+    supervisor neither exits nor spins; once the password is right again, queued work is done."""
+    from xqrun import XQRun, wait_for
+
+    r = redis.Redis.from_url(fresh_redis.url)
+    p = xq.Producer(fresh_redis.url)
+    try:
+        with XQRun(fresh_redis.url, procs=1) as w:
+            assert p.result(p.enqueue("echo", 1), timeout=20) == 1
+            r.config_set("requirepass", "rotated")  # connections already open stay authenticated...
+            r.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # ...until they are cut
+            r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            wait_for(lambda: "refuses us" in w.output(), timeout=20, what="the refusal in the log")
+            time.sleep(2.0)
+            assert w.proc.poll() is None
+            assert w.output().count("refuses us") == 1, w.output()
+            tid = xq.Producer(fresh_redis.url.replace("redis://", "redis://:rotated@")).enqueue("echo", 2)
+            r.config_set("requirepass", "")
+            assert p.result(tid, timeout=30) == 2
+            assert "reachable again" in w.output()
+    finally:
+        r.config_set("requirepass", "")
+        p.close()
+        r.close()
+
+
+def _finish(r, tid: str, value: int) -> None:
+    qk = queue_keys("default")
+    r.hset(qk.task(tid), mapping={"state": "done", "result": str(value).encode(), "fin": "1"})
+    r.publish(qk.events, f'[{{"id":"{tid}","queue":"default","state":"done","ts":1}}]')
+
+
+def test_event_streams_follow_tasks_through_cuts(fault_proxy):
+    """events(until_done) of sync and asyncio producers: a task that ends while the stream is cut off
+    still gets its (synthetic) final event, and the stream ends."""
+    r = redis.Redis.from_url(fault_proxy.redis.url)
+    p = xq.Producer(fault_proxy.url(), retry_for=20)
+    a, b = p.enqueue_many("echo", [1, 2])
+    stream = p.events(ids=[a, b], until_done=True, timeout=30)
+
+    def work():
+        time.sleep(0.3)
+        _finish(r, a, 1)
+        time.sleep(0.3)
+        fault_proxy.refuse(True)   # cut off...
+        _finish(r, b, 2)           # ...while b ends
+        time.sleep(0.5)
+        fault_proxy.refuse(False)
+
+    threading.Thread(target=work, daemon=True).start()
+    seen = {(ev["id"], ev["state"]) for ev in stream}
+    assert {(a, "done"), (b, "done")} <= seen
+    p.close()
+
+    async def aio():
+        async with xq.AsyncProducer(fault_proxy.url(), retry_for=20) as ap:
+            c, d = await ap.enqueue_many("echo", [3, 4])
+            got = []
+            async with ap.events(ids=[c, d], until_done=True, timeout=30) as st:
+                threading.Timer(0.3, lambda: (_finish(r, c, 3), fault_proxy.cut(), _finish(r, d, 4))).start()
+                async for ev in st:
+                    got.append((ev["id"], ev["state"]))
+            return c, d, got
+
+    c, d, got = asyncio.run(aio())
+    assert {(c, "done"), (d, "done")} <= set(got)
+    r.close()

@@ -196,6 +196,11 @@ class _AsyncBroker:
         out, before = await self.run("cancel", *Broker.cancel_args(qk, task_id, ttl))
         return out.decode(), before.decode()
 
+    @aio_io(retry=False)
+    async def next_message(self, ps, timeout: float):
+        """The next message of ps, or None after timeout seconds."""
+        return await ps.get_message(timeout=timeout)
+
     @aio_io
     async def subscribe_events(self, channels: Sequence[str], timeout: float = SUBSCRIBE_TIMEOUT):
         """(a new PubSub subscribed to channels, messages that arrived meanwhile), once Redis has confirmed
@@ -220,6 +225,14 @@ class _AsyncBroker:
             await ps.aclose()
             raise
         return ps, early
+
+
+async def _aclose_quietly(ps) -> None:
+    if ps is not None:
+        try:
+            await ps.aclose()
+        except Exception:  # noqa: BLE001 - its connection is broken already
+            pass
 
 
 class _Waiters:
@@ -334,11 +347,7 @@ class _Waiters:
         old, self.ps = self.ps, self.broker.client.pubsub()
         for ev in self.channels.values():
             ev.clear()
-        if old is not None:
-            try:
-                await old.aclose()
-            except Exception:  # noqa: BLE001 - its connection is broken already
-                pass
+        await _aclose_quietly(old)
 
     def _resolve_all(self, value) -> None:
         for futs in self.futures.values():
@@ -507,6 +516,8 @@ class AsyncEventStream:
         self._ps = None
         self._closed = False
         self._pending: collections.deque = collections.deque()
+        self._channels: list[str] = []
+        self._where: dict = {}
 
     async def open(self) -> "AsyncEventStream":
         """Subscribe (confirmed) and read the followed ids' states; called by `async with` or the first
@@ -525,12 +536,21 @@ class AsyncEventStream:
                 where[t] = await p._find(t, qs[0] if len(qs) == 1 else None)
                 if where[t] not in qs:
                     raise ConfigError(f"task {t} is in queue {where[t]!r}, which is not among queues={qs}")
-        ps, early = await p.broker.subscribe_events([queue_keys(q).events for q in qs])
+        self._channels = [queue_keys(q).events for q in qs]
+        self._where = where
+        await self._subscribe()
+        return self
+
+    async def _subscribe(self) -> None:
+        """Subscribe (confirmed), then hand out what ended already (until_done) and what arrived meanwhile;
+        also after a cut, since the events of the gap are lost."""
+        p = self._p
+        ps, early = await p.broker.subscribe_events(self._channels)
         self._ps = ps
         try:
             if self._until_done:
                 by_queue: dict[str, list[str]] = {}
-                for t, q in where.items():
+                for t, q in self._where.items():
                     by_queue.setdefault(q, []).append(t)
                 tasks = [(t, q, state, fin) for q, ts in by_queue.items()
                          for t, (state, fin) in zip(ts, await p.broker.records(queue_keys(q), ts, "state", "fin"))]
@@ -542,7 +562,6 @@ class AsyncEventStream:
         except BaseException:
             await self.aclose()
             raise
-        return self
 
     def __aiter__(self):
         return self
@@ -557,7 +576,13 @@ class AsyncEventStream:
             if self._closed or self._filter.finished or (left is not None and left <= 0):
                 await self.aclose()
                 raise StopAsyncIteration
-            msg = await self._ps.get_message(timeout=min(left, 3600.0) if left is not None else 3600.0)
+            try:
+                msg = await self._p.broker.next_message(self._ps, min(left, 3600.0) if left is not None else 3600.0)
+            except ConnectionLost:
+                ps, self._ps = self._ps, None
+                await _aclose_quietly(ps)
+                await self._subscribe()  # retried for retry_for seconds, else ConnectionLost
+                continue
             if msg is not None and msg["type"] == "message":
                 self._pending.extend(self._filter.feed(msg["data"]))
 
