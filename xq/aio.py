@@ -8,13 +8,16 @@ asyncio twin of broker.Broker (the one other place xq sends Redis commands from)
 hashes, its enqueue packing and its script arguments.
 
 Unlike Producer, an AsyncProducer may be shared by any number of concurrent tasks of one event loop:
-each enqueue borrows a pooled connection for its pipelined chunks, and each waiting result() and each
-event stream subscribes on a Pub/Sub connection of its own.
+each enqueue borrows a pooled connection for its pipelined chunks, every waiting result() shares the
+producer's one Pub/Sub connection (_Waiters), and each event stream subscribes on a connection of its own.
+Failures, retries and resends follow the same rules as Producer's (xq.conn, producer.Resend).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import functools
 import time
 from typing import Any, Iterable, Sequence
 
@@ -26,13 +29,45 @@ from redis.exceptions import NoScriptError
 
 from . import scripts
 from .app import DEFAULT_QUEUE, App
-from .broker import Broker, check_url
-from .errors import ConfigError, ResultTimeout, UnknownTask
+from .broker import Broker
+from .conn import OUTAGE, Backoff, check_url, client_options, redacted, translate
+from .errors import ConfigError, ConnectionLost, ResultTimeout, UnknownTask
 from .keys import QUEUES, check_queue, queue_keys
 from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer, ProducerBase,
-                       event_request, finish_enqueue, prepare_enqueue)
+                       Resend, event_request, finish_enqueue, prepare_enqueue)
 
 SUBSCRIBE_TIMEOUT = 10.0
+
+
+def aio_io(method=None, *, retry: bool = True):
+    """broker.io for coroutines: failures leave as ConnectionLost / RedisRefused (conn.translate); with
+    retry_for > 0 a method marked retry is retried through ConnectionLost for that long."""
+    if method is None:
+        return functools.partial(aio_io, retry=retry)
+
+    @functools.wraps(method)
+    async def guarded(self, *args, **kw):
+        deadline = None
+        while True:
+            try:
+                return await method(self, *args, **kw)
+            except OUTAGE as e:
+                t = e
+            except Exception as e:
+                t = translate(e, self.url)
+                if t is e:
+                    raise
+                t.__cause__ = e
+            if not (retry and self.retry_for > 0 and isinstance(t, ConnectionLost)):
+                raise t
+            now = time.monotonic()
+            if deadline is None:
+                deadline, backoff = now + self.retry_for, Backoff(0.05, 2.0)
+            pause = backoff.next()
+            if now + pause > deadline:
+                raise t
+            await asyncio.sleep(pause)
+    return guarded
 
 
 class _AsyncBroker:
@@ -42,24 +77,26 @@ class _AsyncBroker:
     pack_enqueue = Broker.pack_enqueue
     sha = Broker.sha
 
-    def __init__(self, url: str, *, socket_timeout: float | None = 30.0):
+    def __init__(self, url: str, *, socket_timeout: float | None = 30.0, retry_for: float = 0.0):
         check_url(url)
         self.url = url
+        self.retry_for = retry_for
         try:
-            # no silent client-side retries: a resent EVALSHA could enqueue twice (as in broker.make_client)
-            self.client = aredis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=5,
-                                                socket_keepalive=True, retry=Retry(NoBackoff(), 0))
+            self.client = aredis.Redis.from_url(url, **client_options(socket_timeout=socket_timeout,
+                                                                      retry=Retry(NoBackoff(), 0)))
         except ValueError as e:
-            raise ConfigError(f"invalid Redis URL {url!r}: {e}") from None
+            raise ConfigError(f"invalid Redis URL {redacted(url)!r}: {e}") from None
         self._sha = scripts.SHA
 
     async def close(self) -> None:
         await self.client.aclose()
 
+    @aio_io
     async def load_scripts(self) -> None:
         for name, src in scripts.ALL.items():
             await self.client.script_load(src)
 
+    @aio_io
     async def run(self, name: str, keys: Sequence, argv: Sequence):
         """Run one script, raising its error reply; NOSCRIPT loads the scripts and runs it again, once."""
         try:
@@ -68,7 +105,21 @@ class _AsyncBroker:
             await self.load_scripts()
             return await self.client.evalsha(self._sha[name], len(keys), *keys, *argv)
 
-    async def send_and_read(self, commands: Sequence[bytes]) -> list:
+    async def send(self, prep, chunk: int) -> list:
+        """The replies of prep's commands (one value per chunk), resent through an outage as
+        producer.Resend says (the same rule as Producer's)."""
+        rs = Resend(prep, chunk, self.retry_for)
+        while rs.todo:
+            try:
+                for i, reply in zip(rs.todo, await self.send_and_read([prep.commands[i] for i in rs.todo], rs)):
+                    rs.replies[i] = reply
+                rs.todo = []
+            except ConnectionLost as e:
+                await asyncio.sleep(rs.pause(e))
+        return rs.replies
+
+    @aio_io(retry=False)
+    async def send_and_read(self, commands: Sequence[bytes], rs: Resend | None = None) -> list:
         """Send every packed command, then read every reply (errors as values), on one pooled connection:
         one round trip for the lot.  A command answered NOSCRIPT is sent again, once, after loading the
         scripts.  A connection left with unread replies (error, cancellation) is dropped, not reused."""
@@ -80,6 +131,8 @@ class _AsyncBroker:
         clean = False
         try:
             await conn.send_packed_command(list(commands), check_health=False)
+            if rs is not None:
+                rs.sent.update(rs.todo)
             out = [await self._read(conn) for _ in commands]
             for i, x in enumerate(out):
                 if isinstance(x, NoScriptError):
@@ -100,12 +153,15 @@ class _AsyncBroker:
         except redis.ResponseError as e:
             return e
 
+    @aio_io
     async def register_queue(self, queue: str) -> None:
         await self.client.sadd(QUEUES, queue)
 
+    @aio_io
     async def queues(self) -> list[str]:
         return sorted(x.decode() for x in await self.client.smembers(QUEUES))
 
+    @aio_io
     async def find_queue(self, task_id: str, queues: Iterable[str]) -> str | None:
         queues = list(queues)
         if not queues:
@@ -118,15 +174,18 @@ class _AsyncBroker:
                 return q
         return None
 
+    @aio_io
     async def task_record(self, qk, task_id: str) -> dict:
         return await self.client.hgetall(qk.task(task_id))
 
+    @aio_io
     async def records(self, qk, ids: Sequence, *fields: str) -> list[list]:
         pipe = self.client.pipeline(transaction=False)
         for i in ids:
             pipe.hmget(qk.task(i), *fields)
         return await pipe.execute()
 
+    @aio_io
     async def groups_fired(self, qk, group_ids: Sequence[str]) -> list:
         pipe = self.client.pipeline(transaction=False)
         for g in group_ids:
@@ -137,6 +196,12 @@ class _AsyncBroker:
         out, before = await self.run("cancel", *Broker.cancel_args(qk, task_id, ttl))
         return out.decode(), before.decode()
 
+    @aio_io(retry=False)
+    async def next_message(self, ps, timeout: float):
+        """The next message of ps, or None after timeout seconds."""
+        return await ps.get_message(timeout=timeout)
+
+    @aio_io
     async def subscribe_events(self, channels: Sequence[str], timeout: float = SUBSCRIBE_TIMEOUT):
         """(a new PubSub subscribed to channels, messages that arrived meanwhile), once Redis has confirmed
         every subscription (see Broker.subscribe_events).  The caller closes it (aclose)."""
@@ -162,6 +227,145 @@ class _AsyncBroker:
         return ps, early
 
 
+async def _aclose_quietly(ps) -> None:
+    if ps is not None:
+        try:
+            await ps.aclose()
+        except Exception:  # noqa: BLE001 - its connection is broken already
+            pass
+
+
+class _Waiters:
+    """The one Pub/Sub connection an AsyncProducer's waiting result() calls share, and its reader.
+
+    A waiter registers a future under its task id and asks for its queue's channel (watch() returns once
+    Redis confirmed the subscription).  The reader resolves a task's futures with its terminal event.
+    After an outage it subscribes anew to every channel (retrying for the broker's retry_for) and
+    resolves every future with None: events of the gap are lost, so each waiter reads its record again."""
+
+    def __init__(self, broker: "_AsyncBroker"):
+        self.broker = broker
+        self.ps = None
+        self.channels: dict[bytes, asyncio.Event] = {}    # channel -> set once Redis confirmed it
+        self.futures: dict[str, list[asyncio.Future]] = {}
+        self.reader: asyncio.Task | None = None
+        self.error: BaseException | None = None           # why the reader gave up (raised to waiters)
+
+    def add(self, task_id: str) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self.futures.setdefault(task_id, []).append(fut)
+        return fut
+
+    def discard(self, task_id: str, fut: asyncio.Future) -> None:
+        futs = self.futures.get(task_id)
+        if futs and fut in futs:
+            futs.remove(fut)
+            if not futs:
+                del self.futures[task_id]
+
+    async def watch(self, channel: str) -> None:
+        if self.error is not None:
+            if self.futures and self.reader is not None and self.reader.done():
+                raise self.error  # to the waiters of the outage that made the reader give up
+            self.error = None
+            await self._reset()
+            await self._subscribe(list(self.channels))
+        if self.ps is None:
+            self.ps = self.broker.client.pubsub()
+        ch = channel.encode()
+        confirmed = self.channels.get(ch)
+        if confirmed is None:
+            confirmed = self.channels[ch] = asyncio.Event()
+            await self._subscribe([ch])
+        if self.reader is None or self.reader.done():
+            self.reader = asyncio.create_task(self._read())
+        try:
+            await asyncio.wait_for(confirmed.wait(), SUBSCRIBE_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise ResultTimeout(f"Redis did not confirm the subscription to {channel} within "
+                                f"{SUBSCRIBE_TIMEOUT} s") from None
+        if self.error is not None:
+            raise self.error
+
+    @aio_io(retry=False)
+    async def _subscribe(self, channels) -> None:
+        await self.ps.subscribe(*channels)  # only sends: the reader sees the confirmations
+
+    @property
+    def url(self) -> str:
+        return self.broker.url
+
+    @property
+    def retry_for(self) -> float:
+        return self.broker.retry_for
+
+    async def _read(self) -> None:
+        backoff, down_since = Backoff(0.05, 2.0), None
+        while True:
+            try:
+                msg = await self._next()
+                backoff.reset()
+                down_since = None
+            except ConnectionLost as e:
+                # wake every waiter (its events may be lost) and subscribe anew, for a bounded time
+                self._resolve_all(None)
+                now = time.monotonic()
+                down_since = down_since or now
+                if now - down_since > self.retry_for:
+                    self.error = e
+                    self._resolve_all(None)
+                    return
+                await self._reset()
+                await asyncio.sleep(backoff.next())
+                try:
+                    await self._subscribe(list(self.channels))
+                except ConnectionLost:
+                    continue
+                continue
+            if msg is None:
+                continue
+            if msg["type"] == "subscribe":
+                ev = self.channels.get(msg["channel"])
+                if ev is not None:
+                    ev.set()
+            elif msg["type"] == "message" and self.futures:
+                data = msg["data"]
+                for tid in [t for t in self.futures if t.encode() in data]:
+                    for ev in EventFilter([tid], [], set(TERMINAL), False).feed(data):
+                        for fut in self.futures.get(tid, ()):
+                            if not fut.done():
+                                fut.set_result(ev)
+
+    @aio_io(retry=False)
+    async def _next(self):
+        if not self.ps.subscribed:
+            await asyncio.sleep(0.05)  # nothing subscribed yet (the first watch() is on its way)
+            return None
+        return await self.ps.get_message(timeout=1.0)
+
+    async def _reset(self) -> None:
+        old, self.ps = self.ps, self.broker.client.pubsub()
+        for ev in self.channels.values():
+            ev.clear()
+        await _aclose_quietly(old)
+
+    def _resolve_all(self, value) -> None:
+        for futs in self.futures.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(value)
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+            try:
+                await self.reader
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        if self.ps is not None:
+            await self.ps.aclose()
+
+
 class AsyncProducer(ProducerBase):
     """The asyncio twin of xq.Producer: `async with xq.AsyncProducer(url) as p: tid = await p.enqueue(...)`.
 
@@ -169,11 +373,16 @@ class AsyncProducer(ProducerBase):
     between the concurrent tasks of one event loop."""
 
     def __init__(self, url: str | None = None, *, app: App | None = None,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD, chunk: int = 1000, result_ttl: int = 86400):
-        super().__init__(url, app, max_payload, chunk, result_ttl)
-        self.broker = _AsyncBroker(self.url)
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, chunk: int = 1000, result_ttl: int = 86400,
+                 retry_for: float | None = None):
+        super().__init__(url, app, max_payload, chunk, result_ttl, retry_for)
+        self.broker = _AsyncBroker(self.url, retry_for=self.retry_for)
+        self._waiters: _Waiters | None = None
 
     async def close(self) -> None:
+        if self._waiters is not None:
+            await self._waiters.close()
+            self._waiters = None
         await self.broker.close()
 
     async def __aenter__(self):
@@ -193,7 +402,7 @@ class AsyncProducer(ProducerBase):
         order.  Options as Producer.enqueue_many, checked by the same code before anything is sent."""
         prep = prepare_enqueue(self.app, self.broker, self.chunk, self.max_payload, name, payloads, **options)
         prep.check_deps([await self._find(dep, None) for dep in prep.deps])
-        out, _enqueued = finish_enqueue(prep, await self.broker.send_and_read(prep.commands), self.app)
+        out, _enqueued = finish_enqueue(prep, await self.broker.send(prep, self.chunk), self.app)
         await self._remember(prep.queue, out)
         return out
 
@@ -237,7 +446,7 @@ class AsyncProducer(ProducerBase):
     async def result(self, task_id: "str | Group", timeout: float | None = None, *, queue: str | None = None) -> Any:
         """Wait for the task (or every member of a Group) to finish and return its result (a Group: the
         members' results in order), without polling; raises TaskFailed, or ResultTimeout after timeout
-        seconds.  An unfinished task is waited for on a Pub/Sub connection of this call's own,
+        seconds.  Every waiting result() of this producer shares one Pub/Sub connection (see _Waiters),
         subscribed before the state is read again, so a completion in between cannot be missed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if isinstance(task_id, Group):
@@ -246,31 +455,28 @@ class AsyncProducer(ProducerBase):
         done, value = await self._outcome(task_id, q)  # finished already: no subscription needed
         if done:
             return value
-        ps, early = await self.broker.subscribe_events([queue_keys(q).events])
+        if self._waiters is None:
+            self._waiters = _Waiters(self.broker)
+        channel = queue_keys(q).events
+        fut = self._waiters.add(task_id)
         try:
-            done, value = await self._outcome(task_id, q)
-            if done:
-                return value
-            filt = EventFilter([task_id], [], set(TERMINAL), False)  # skips other ids' messages unparsed
-            pending = collections.deque(early)
             while True:
-                if pending:
-                    msg = pending.popleft()
-                else:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise ResultTimeout(f"task {task_id} did not finish within {timeout} s")
-                    msg = await ps.get_message(timeout=min(left, 3600.0) if left is not None else 3600.0)
-                if msg is None or msg["type"] != "message":
-                    continue
-                for ev in filt.feed(msg["data"]):
-                    if "result" in ev:  # a small JSON result travels in the event: no read needed
-                        return ev["result"]
-                    done, value = await self._outcome(task_id, q)
-                    if done:
-                        return value
+                await self._waiters.watch(channel)
+                done, value = await self._outcome(task_id, q)
+                if done:
+                    return value
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise ResultTimeout(f"task {task_id} did not finish within {timeout} s")
+                try:
+                    ev = await asyncio.wait_for(asyncio.shield(fut), left)
+                except asyncio.TimeoutError:
+                    raise ResultTimeout(f"task {task_id} did not finish within {timeout} s") from None
+                if ev is not None and "result" in ev:  # a small JSON result travels in the event
+                    return ev["result"]
+                fut = self._waiters.add(task_id)  # None: an outage (events lost) or the end: read again
         finally:
-            await ps.aclose()
+            self._waiters.discard(task_id, fut)
 
     async def _group_result(self, group: Group, timeout: float | None, deadline: float | None) -> list:
         qk = queue_keys(group.queue)
@@ -310,6 +516,8 @@ class AsyncEventStream:
         self._ps = None
         self._closed = False
         self._pending: collections.deque = collections.deque()
+        self._channels: list[str] = []
+        self._where: dict = {}
 
     async def open(self) -> "AsyncEventStream":
         """Subscribe (confirmed) and read the followed ids' states; called by `async with` or the first
@@ -328,12 +536,21 @@ class AsyncEventStream:
                 where[t] = await p._find(t, qs[0] if len(qs) == 1 else None)
                 if where[t] not in qs:
                     raise ConfigError(f"task {t} is in queue {where[t]!r}, which is not among queues={qs}")
-        ps, early = await p.broker.subscribe_events([queue_keys(q).events for q in qs])
+        self._channels = [queue_keys(q).events for q in qs]
+        self._where = where
+        await self._subscribe()
+        return self
+
+    async def _subscribe(self) -> None:
+        """Subscribe (confirmed), then hand out what ended already (until_done) and what arrived meanwhile;
+        also after a cut, since the events of the gap are lost."""
+        p = self._p
+        ps, early = await p.broker.subscribe_events(self._channels)
         self._ps = ps
         try:
             if self._until_done:
                 by_queue: dict[str, list[str]] = {}
-                for t, q in where.items():
+                for t, q in self._where.items():
                     by_queue.setdefault(q, []).append(t)
                 tasks = [(t, q, state, fin) for q, ts in by_queue.items()
                          for t, (state, fin) in zip(ts, await p.broker.records(queue_keys(q), ts, "state", "fin"))]
@@ -345,7 +562,6 @@ class AsyncEventStream:
         except BaseException:
             await self.aclose()
             raise
-        return self
 
     def __aiter__(self):
         return self
@@ -360,7 +576,13 @@ class AsyncEventStream:
             if self._closed or self._filter.finished or (left is not None and left <= 0):
                 await self.aclose()
                 raise StopAsyncIteration
-            msg = await self._ps.get_message(timeout=min(left, 3600.0) if left is not None else 3600.0)
+            try:
+                msg = await self._p.broker.next_message(self._ps, min(left, 3600.0) if left is not None else 3600.0)
+            except ConnectionLost:
+                ps, self._ps = self._ps, None
+                await _aclose_quietly(ps)
+                await self._subscribe()  # retried for retry_for seconds, else ConnectionLost
+                continue
             if msg is not None and msg["type"] == "message":
                 self._pending.extend(self._filter.feed(msg["data"]))
 

@@ -8,63 +8,60 @@ objects from redis-py's pipeline machinery.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import socket
 import time
 from typing import Iterable, NamedTuple, Sequence
-from urllib.parse import urlparse
 
 import hiredis
 import redis
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
-from redis.retry import Retry
 
 from . import scripts
 from ._impl import fast
-from .app import DEFAULT_MAX_RETRIES
-from .errors import ConfigError, ResultTimeout
-from .keys import QueueKeys
+from .conn import DEFAULT_URL, OUTAGE, Backoff, check_url, dedicated, make_client, redacted, translate  # noqa: F401
+from .errors import ConnectionLost, ResultTimeout
+from .keys import QUEUES, QueueKeys
 
 log = logging.getLogger("xq")
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
-
-# What a lost connection looks like; callers back off and retry on these.
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, socket.timeout, OSError)
+# Kept for callers of the old name: what a Redis failure looks like above the broker (see xq.conn).
+CONNECTION_ERRORS = OUTAGE
 
 
-def check_url(url: str) -> str:
-    """url if it looks like a Redis URL, else ConfigError naming what is wrong (also used by xq.aio)."""
-    if not isinstance(url, str) or not url:
-        raise ConfigError(f"invalid Redis URL {url!r}: expected redis://host:port/db, rediss://... or unix://path")
-    scheme = urlparse(url).scheme
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"invalid Redis URL {url!r}: scheme {scheme!r} is not one of redis, rediss, unix")
-    return url
+def io(method=None, *, retry: bool = True):
+    """A Broker method that talks to Redis.  A failure of the connection leaves as ConnectionLost or
+    RedisRefused (see conn.translate), after the dedicated connections, whose state is then unknown, are
+    dropped.  With Broker(retry_for=T) (producers), a method marked retry (safe to run twice: reads and the
+    idempotent scripts) is retried through ConnectionLost for up to T seconds, with jittered backoff."""
+    if method is None:
+        return functools.partial(io, retry=retry)
 
-
-def make_client(url: str, **kw) -> redis.Redis:
-    """A redis.Redis for url, or ConfigError naming what is wrong with the URL."""
-    check_url(url)
-    # No silent client-side retries: a resent EVALSHA could enqueue twice, and the supervisor has its own
-    # capped backoff that keeps children running meanwhile.
-    kw.setdefault("retry", Retry(NoBackoff(), 0))
-    kw.setdefault("socket_connect_timeout", 5)
-    kw.setdefault("socket_keepalive", True)
-    try:
-        return redis.Redis.from_url(url, **kw)
-    except ValueError as e:
-        raise ConfigError(f"invalid Redis URL {url!r}: {e}") from None
-
-
-def redacted(url: str) -> str:
-    """url with any password replaced, for logs."""
-    p = urlparse(url)
-    if p.password:
-        return url.replace(f":{p.password}@", ":***@", 1)
-    return url
+    @functools.wraps(method)
+    def guarded(self, *args, **kw):
+        deadline = None
+        while True:
+            try:
+                return method(self, *args, **kw)
+            except OUTAGE as e:
+                t = e
+            except Exception as e:
+                t = translate(e, self.url)
+                if t is e:
+                    raise
+                self.reset()
+                t.__cause__ = e
+            if not (retry and self.retry_for > 0 and isinstance(t, ConnectionLost)):
+                raise t
+            now = time.monotonic()
+            if deadline is None:
+                deadline, backoff = now + self.retry_for, Backoff(0.05, 2.0)
+            pause = backoff.next()
+            if now + pause > deadline:
+                raise t
+            time.sleep(pause)
+    return guarded
 
 
 class Refused(NamedTuple):
@@ -86,9 +83,10 @@ def refusals(flat: Sequence) -> list[Refused]:
 class Broker:
     """Redis access for xq: scripts by name, raw pipelined sends, the blocking wake-up wait."""
 
-    def __init__(self, url: str, *, socket_timeout: float | None = 30.0):
+    def __init__(self, url: str, *, socket_timeout: float | None = 30.0, retry_for: float = 0.0):
         self.url = url
         self.client = make_client(url, socket_timeout=socket_timeout)
+        self.retry_for = retry_for  # seconds an idempotent call is retried through an outage (producers)
         self._sha = scripts.SHA
         self._conn = None    # dedicated connection for raw pipelined sends
         self._wconn = None   # dedicated connection for the blocking wake-up wait
@@ -96,9 +94,11 @@ class Broker:
         self._wreader = None  # hiredis reader of its replies
 
     # --- connection management ---
+    @io
     def ping(self) -> bool:
         return bool(self.client.ping())
 
+    @io
     def load_scripts(self) -> None:
         for name, src in scripts.ALL.items():
             sha = self.client.script_load(src)
@@ -109,8 +109,9 @@ class Broker:
 
     def _raw(self):
         if self._conn is None:
-            self._conn = self.client.connection_pool.make_connection()
-            self._conn.connect()
+            conn = dedicated(self.client)
+            conn.connect()
+            self._conn = conn
         return self._conn
 
     def reset(self) -> None:
@@ -143,14 +144,12 @@ class Broker:
         self.reset()
         self.client.close()
 
+    @io(retry=False)
     def send_packed(self, command: bytes) -> None:
         """Send one packed command without reading its reply (see read_replies)."""
-        try:
-            self._raw().send_packed_command([command], check_health=False)
-        except BaseException:
-            self.reset()
-            raise
+        self._raw().send_packed_command([command], check_health=False)
 
+    @io(retry=False)
     def read_replies(self, commands: Sequence[bytes]) -> list:
         """The replies of commands sent with send_packed, in order (errors as values, NOSCRIPT retried once)."""
         out = [self.read_reply() for _ in commands]
@@ -162,23 +161,27 @@ class Broker:
                 out[i] = self.read_reply()
         return out
 
+    @io(retry=False)
     def reply_ready(self) -> bool:
         """Can read_reply() return without waiting (pipelined replies on the main connection)?"""
         return self._conn is not None and self._conn.can_read(timeout=0)
 
+    @io(retry=False)
     def read_reply(self):
         """The next reply on the main connection; an error reply is returned, not raised."""
+        if self._conn is None:
+            raise ConnectionLost(f"Redis at {redacted(self.url)}: the connection was dropped with replies "
+                                 f"outstanding", url=redacted(self.url))
         try:
             return self._conn.read_response()
         except redis.ResponseError as e:
             return e
-        except BaseException:
-            self.reset()
-            raise
 
+    @io(retry=False)
     def main_fileno(self) -> int:
         return self._raw()._sock.fileno()
 
+    @io
     def run(self, name: str, keys: Sequence, argv: Sequence):
         """Run one script on the client pool (not the pipelined main connection), raising its error reply."""
         try:
@@ -198,17 +201,19 @@ class Broker:
                                   expires_at_ms, timeout_ms, qk.events, qk.name, flow), ids, payloads, first,
                                  max_payload)
 
+    @io
     def register_queue(self, queue: str) -> None:
-        from .keys import QUEUES
         self.client.sadd(QUEUES, queue)
 
+    @io
     def queues(self) -> list[str]:
-        from .keys import QUEUES
         return sorted(x.decode() for x in self.client.smembers(QUEUES))
 
+    @io
     def task_record(self, qk: QueueKeys, task_id: str) -> dict[bytes, bytes]:
         return self.client.hgetall(qk.task(task_id))
 
+    @io
     def find_queue(self, task_id: str, queues: Iterable[str]) -> str | None:
         """Which of queues holds a record for task_id (one pipelined round trip)."""
         queues = list(queues)
@@ -227,16 +232,19 @@ class Broker:
         out, before = self.run("cancel", *self.cancel_args(qk, task_id, ttl))
         return out.decode(), before.decode()
 
+    @io
     def dead_ids(self, qk: QueueKeys, offset: int, limit: int) -> list[tuple[str, float]]:
         """(id, time of death) of the dead-letter set, oldest first."""
         rows = self.client.zrange(qk.dead, offset, offset + limit - 1, withscores=True)
         return [(i.decode(), score / 1000.0) for i, score in rows]
 
+    @io
     def scheduled_ids(self, qk: QueueKeys, offset: int, limit: int) -> list[tuple[str, float]]:
         """(id, due time) of scheduled and retrying tasks, soonest first."""
         rows = self.client.zrange(qk.sched, offset, offset + limit - 1, withscores=True)
         return [(i.decode(), score / 1000.0) for i, score in rows]
 
+    @io
     def dead_count(self, qk: QueueKeys) -> int:
         return self.client.zcard(qk.dead)
 
@@ -270,6 +278,7 @@ class Broker:
                  [mode, qk.task_prefix, group_id, callback_id, name, payload, priority,
                   "" if max_retries is None else max_retries, timeout_ms, qk.events, qk.name, ttl])
 
+    @io
     def group_state(self, qk: QueueKeys, group_id: str) -> tuple[dict, list[bytes]]:
         """(the group's hash, its member ids in order) in one round trip."""
         pipe = self.client.pipeline(transaction=False)
@@ -278,6 +287,7 @@ class Broker:
         h, ids = pipe.execute()
         return h, ids
 
+    @io
     def records(self, qk: QueueKeys, ids: Sequence, *fields: str) -> list[list]:
         """HMGET fields of many task records, pipelined."""
         pipe = self.client.pipeline(transaction=False)
@@ -285,6 +295,7 @@ class Broker:
             pipe.hmget(qk.task(i), *fields)
         return pipe.execute()
 
+    @io
     def lease_score(self, qk: QueueKeys, task_id: str):
         return self.client.zscore(qk.leases, task_id)
 
@@ -338,6 +349,7 @@ class Broker:
         return lost, cancel
 
     # --- blocking wake-up wait (idle supervisors) ---
+    @io(retry=False)
     def start_wait(self, wake_keys: Sequence[str], timeout: float, claim: bytes) -> int:
         """Send BZPOPMIN on the wake markers and, behind it on the same connection, a packed CLAIM, without
         waiting; returns the socket fd to poll.  Redis runs the claim the moment the wait ends (a marker
@@ -345,18 +357,15 @@ class Broker:
         redis-py only opens this connection (AUTH, SELECT, TLS); its replies are read with a hiredis
         reader of our own, since this is the idle path every task's start latency goes through."""
         if self._wconn is None:
-            conn = self.client.connection_pool.make_connection()
+            conn = dedicated(self.client)
             conn.connect()
             conn.send_command("CLIENT", "ID")
             self._wid = conn.read_response()
             self._wconn, self._wreader = conn, hiredis.Reader()
-        try:
-            self._wconn._sock.sendall(fast.pack_command([b"BZPOPMIN", *wake_keys, f"{timeout:.3f}"]) + claim)
-        except BaseException:
-            self.reset()
-            raise
+        self._wconn._sock.sendall(fast.pack_command([b"BZPOPMIN", *wake_keys, f"{timeout:.3f}"]) + claim)
         return self._wconn._sock.fileno()
 
+    @io(retry=False)
     def finish_wait(self):
         """The CLAIM reply of the wait, once its socket is readable (an error reply is returned, not raised)."""
         try:
@@ -379,6 +388,7 @@ class Broker:
             return NoScriptError(msg) if msg.startswith("NOSCRIPT") else redis.ResponseError(msg)
         return reply
 
+    @io(retry=False)
     def cancel_wait(self) -> None:
         """End an outstanding wait at once (as if it timed out): its CLAIM runs and replies right away."""
         self.client.client_unblock(self._wid)
@@ -406,16 +416,44 @@ class Broker:
         cmds.append(fast.pack_command([b"PUBLISH", qk.events, b"[" + b",".join(events) + b"]"]))
         return b"".join(cmds), len(cmds)
 
+    # --- Pub/Sub ---
+    @io
+    def subscribe(self, channels: Sequence[str]):
+        """A new PubSub subscribed to channels (subscribe confirmations are not returned as messages); the
+        caller closes it, and after a ConnectionLost from messages() drops it and subscribes anew."""
+        ps = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            ps.subscribe(*channels)
+        except BaseException:
+            ps.close()
+            raise
+        return ps
+
+    @io(retry=False)
+    def messages(self, ps, limit: int = 1000) -> list[bytes]:
+        """The data of the messages that have arrived on ps, without waiting."""
+        out = []
+        while len(out) < limit:
+            msg = ps.get_message(timeout=0.0)
+            if msg is None:
+                break
+            if msg.get("type") == "message":
+                out.append(msg["data"])
+        return out
+
     # --- event streams (issue 4, point 8) ---
     @staticmethod
     def cancel_args(qk: QueueKeys, task_id: str, ttl: int) -> tuple[list, list]:
         """(KEYS, ARGV) of scripts.CANCEL; shared with xq.aio."""
         return [qk.sched], [qk.task_prefix, qk.events, qk.control, qk.name, ttl, task_id]
 
-    def subscribe_events(self, channels: Sequence[str], timeout: float = 10.0):
-        """(a new PubSub subscribed to channels, messages that arrived meanwhile), once Redis has confirmed
-        every subscription, so no event published after this returns is missed.  The caller closes it."""
-        ps = self.client.pubsub()
+    @io
+    def subscribe_events(self, channels: Sequence[str], timeout: float = 10.0, ps=None):
+        """(a PubSub subscribed to channels, messages that arrived meanwhile), once Redis has confirmed
+        every subscription, so no event published after this returns is missed.  With ps, the channels are
+        added to that PubSub; else a new one is made, which the caller closes."""
+        own = ps is None
+        ps = self.client.pubsub() if own else ps
         try:
             ps.subscribe(*channels)
             want, early = {c.encode() for c in channels}, []
@@ -432,10 +470,17 @@ class Broker:
                 raise ResultTimeout(f"Redis did not confirm the subscription to {b', '.join(want).decode()} "
                                     f"within {timeout} s")
         except BaseException:
-            ps.close()
+            if own:
+                ps.close()
             raise
         return ps, early
 
+    @io(retry=False)
+    def next_message(self, ps, timeout: float):
+        """The next message of ps (a dict as redis-py gives it), or None after timeout seconds."""
+        return ps.get_message(timeout=timeout)
+
+    @io
     def groups_fired(self, qk: QueueKeys, group_ids: Sequence[str]) -> list:
         """When each group finished (every member ended; ms, as bytes) or None, pipelined."""
         pipe = self.client.pipeline(transaction=False)

@@ -1,11 +1,16 @@
 """`xq` command line: a thin click layer over the library.
 
-Exit codes of `xq run`:
-    0  stopped: burst finished, or SIGTERM/SIGINT (graceful or, after a second signal, hard)
-    1  internal error
+Exit codes (every command; `xq run` adds 1, 3 and 4):
+    0  success; for `xq run`: stopped (burst finished, or SIGTERM/SIGINT, graceful or hard)
+    1  an error the command reports (unknown task, task failed, ...); for `xq run`: internal error
     2  usage error: bad option, malformed Redis URL
-    3  children failed to boot repeatedly; the supervisor halted instead of respawning forever
-    4  MODULE:APP could not be imported, or is not an xq.App
+    3  `xq run`: children failed to boot repeatedly; the supervisor halted instead of respawning forever
+    4  `xq run`: MODULE:APP could not be imported, or is not an xq.App
+    5  Redis refused us: authentication failed (wrong or missing password or user), missing ACL
+       permission, no such database.  `xq run` checks this at start; once running it logs and retries.
+    6  Redis unreachable: still down after the retries (commands retry for $XQ_RETRY_FOR seconds,
+       default 30; `xq run --burst` waits as long at start, `xq run` without --burst waits forever)
+Expected failures print one line naming the URL (password masked) and the reason, never a traceback.
 """
 
 from __future__ import annotations
@@ -22,7 +27,11 @@ import click
 import orjson
 
 from .app import App
-from .errors import ConfigError, XQError
+from .errors import ConfigError, ConnectionLost, RedisRefused, XQError
+
+EXIT_USAGE = 2
+EXIT_REDIS_REFUSED = 5
+EXIT_REDIS_UNREACHABLE = 6
 
 log = logging.getLogger("xq")
 
@@ -74,14 +83,36 @@ def parse_queues(spec: str) -> tuple[list[str], list[int] | None]:
 
 @contextlib.contextmanager
 def _producer(url: str | None):
-    """A Producer for a CLI command; an xq error becomes a clean one-line message with exit code 1."""
+    """A Producer for a CLI command; an xq error becomes a clean one-line message with exit code 1 (those
+    with codes of their own pass on to XQGroup)."""
     from .producer import Producer
 
     try:
         with Producer(url) as p:
             yield p
+    except (ConfigError, ConnectionLost, RedisRefused):
+        raise
     except XQError as e:
         raise click.ClickException(str(e)) from None
+
+
+def _fail(code: int, message: str) -> None:
+    click.echo(f"xq: {message}", err=True)
+    sys.exit(code)
+
+
+class XQGroup(click.Group):
+    """The `xq` group: the failures every command can meet become one line and a documented exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except RedisRefused as e:
+            _fail(EXIT_REDIS_REFUSED, str(e))
+        except ConnectionLost as e:
+            _fail(EXIT_REDIS_UNREACHABLE, str(e))
+        except ConfigError as e:
+            _fail(EXIT_USAGE, str(e))
 
 
 def parse_level_weights(spec: str) -> list[int]:
@@ -105,7 +136,7 @@ def _procs(value: str) -> int:
     return n
 
 
-@click.group()
+@click.group(cls=XQGroup)
 @click.version_option(package_name="xq")
 def main() -> None:
     """xq: a fast, crash-safe task queue on Redis for CPU-heavy work."""
@@ -159,6 +190,7 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
         broker = Broker(url)
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
+    _check_redis(broker, burst)
     cfg = Config(queues=qs, procs=n, burst=burst, lease=lease, result_ttl=result_ttl, max_payload=max_payload,
                  grace=grace, max_tasks_per_child=max_tasks_per_child,
                  max_memory_per_child=max_memory_per_child * 1024 * 1024, prefetch=prefetch,
@@ -169,6 +201,28 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
         log.exception("supervisor crashed")
         code = 1
     sys.exit(code)
+
+
+def _check_redis(broker, burst: bool) -> None:
+    """Before any child starts: a Redis that refuses us halts `xq run` (exit 5), as retrying cannot fix
+    it.  An unreachable one is waited for: forever (the supervisor's own backoff, children up), or with
+    --burst (a CI job) for the producers' retry window, then exit 6."""
+    from .conn import Backoff
+    from .producer import retry_window
+
+    deadline = time.monotonic() + retry_window(None)
+    backoff = Backoff(0.1, 2.0)
+    while True:
+        try:
+            broker.ping()
+            return
+        except ConnectionLost as e:
+            if not burst:
+                return  # the supervisor reports it and keeps trying
+            if time.monotonic() >= deadline:
+                raise ConnectionLost(f"{e}; --burst gave up after {retry_window(None):g} s "
+                                     f"($XQ_RETRY_FOR)", url=e.url) from None
+            time.sleep(backoff.next())
 
 
 @main.command()

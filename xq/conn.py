@@ -46,8 +46,10 @@ _NETWORK_ERRNOS = frozenset(getattr(errno, n) for n in (
     "EAGAIN", "EINPROGRESS", "EALREADY", "ENOBUFS") if hasattr(errno, n))
 # error replies that mean "not now" (retry) or "not you" (configuration), by their first word
 _BUSY_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
-_REFUSED_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM", "ERR invalid password", "ERR AUTH",
-                    "ERR DB index is out of range", "ERR invalid DB index", "ERR Client sent AUTH")
+_REFUSED_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM", "ERR invalid password", "ERR AUTH", "ERR Client sent AUTH")
+# ... and phrases of refusals whose first word is only ERR (redis-py drops that word)
+_REFUSED_PHRASES = ("DB index is out of range", "invalid DB index", "invalid password", "invalid username-password",
+                    "must be called with the client already authenticated", "NOAUTH", "WRONGPASS", "NOPERM")
 
 
 def check_url(url: str) -> str:
@@ -113,6 +115,11 @@ def _reply_starts(e: BaseException, prefixes) -> bool:
     return any(msg.startswith(p) for p in prefixes)
 
 
+def _refusal(e: BaseException) -> bool:
+    msg = str(e)
+    return _reply_starts(e, _REFUSED_REPLIES) or any(p in msg for p in _REFUSED_PHRASES)
+
+
 def classify(e: BaseException) -> str | None:
     """'network' (retrying can fix it), 'refused' (only a configuration change can) or None (a bug)."""
     if isinstance(e, (ConnectionLost,)):
@@ -123,7 +130,7 @@ def classify(e: BaseException) -> str | None:
                       redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationWrongNumberOfArgsError)):
         return "refused"
     if isinstance(e, redis.ResponseError):
-        if _reply_starts(e, _REFUSED_REPLIES):
+        if _refusal(e):
             return "refused"
         if isinstance(e, redis.ReadOnlyError) or _reply_starts(e, _BUSY_REPLIES):
             return "network"
@@ -132,13 +139,13 @@ def classify(e: BaseException) -> str | None:
                       socket.gaierror, EOFError)):
         # redis-py wraps socket errors in ConnectionError, an AUTH failure too (caught above); a refused
         # SELECT surfaces as a ConnectionError whose text is the server's reply
-        return "refused" if _reply_starts(e, _REFUSED_REPLIES) or "DB index" in str(e) else "network"
+        return "refused" if _refusal(e) else "network"
     if isinstance(e, OSError):
         return "network" if e.errno in _NETWORK_ERRNOS else None
     return None
 
 
-def translate(e: BaseException, url: str, what: str = "") -> BaseException:
+def translate(e: BaseException, url: str) -> BaseException:
     """The xq error e stands for (ConnectionLost or RedisRefused, naming the URL without its password), or
     e itself when it is not a Redis failure."""
     kind = classify(e)
@@ -147,8 +154,12 @@ def translate(e: BaseException, url: str, what: str = "") -> BaseException:
     reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
     where = f"Redis at {redacted(url)}"
     if kind == "refused":
-        return RedisRefused(f"{where} refused {what or 'the connection'}: {reason}", url=redacted(url))
-    return ConnectionLost(f"{where} unreachable{' during ' + what if what else ''}: {reason}", url=redacted(url))
+        msg = str(e)
+        what = ("no such database" if "DB index" in msg else
+                "missing ACL permission" if "NOPERM" in msg or isinstance(e, redis.exceptions.NoPermissionError)
+                else "authentication failed (wrong or missing user or password in the URL)")
+        return RedisRefused(f"{where} refused us: {what}: {reason}", url=redacted(url))
+    return ConnectionLost(f"{where} unreachable: {reason}", url=redacted(url))
 
 
 class Backoff:

@@ -17,6 +17,7 @@ def run_demo(*, tasks: int, procs: str, url: str | None, data_dir: str | None) -
     except ImportError:
         click.echo("xq demo needs Pillow: pip install 'xq[images]'", err=True)
         return 1
+    from .conn import redacted
     from .embedded import resolve_url
     from .examples.thumbs import make_images
     from .keys import queue_keys
@@ -28,7 +29,7 @@ def run_demo(*, tasks: int, procs: str, url: str | None, data_dir: str | None) -
         queue = "demo"
         images = make_images(24)
         click.echo(f"xq demo: {tasks} thumbnail tasks of 640x480 JPEGs ({sum(map(len, images)) // len(images) // 1024}"
-                   f" KiB each, sent as raw bytes) on {url}")
+                   f" KiB each, sent as raw bytes) on {redacted(url)}")
         t0 = time.perf_counter()
         ids = producer.enqueue_many("image.thumbnail", [images[i % len(images)] for i in range(tasks)], queue=queue)
         t_enq = time.perf_counter() - t0

@@ -9,11 +9,13 @@ from collections import OrderedDict
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import orjson
+from redis.exceptions import NoScriptError
 
 from ._impl import fast
 from .app import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, App, check_seconds
 from .broker import DEFAULT_URL, Broker
-from .errors import ConfigError, ResultTimeout, TaskFailed, UnknownTask
+from .conn import Backoff
+from .errors import ConfigError, ConnectionLost, ResultTimeout, TaskFailed, UnknownTask
 from .flow import flow_args, flow_json
 from .keys import DEFAULT_PRIORITY, PRIORITIES, check_queue, queue_keys
 
@@ -25,6 +27,20 @@ _ENQUEUE_OPTS = ("queue", "priority", "max_retries", "delay", "eta", "expires", 
                  "rate_key", "rate_limit")
 OUTCOME_FIELDS = ("state", "result", "rct", "error")
 ETA_PAST_LIMIT = 60.0  # seconds an eta may lie in the past (clock skew) and still mean "run now"
+DEFAULT_RETRY_FOR = 30.0  # seconds a producer retries through a Redis outage before raising ConnectionLost
+
+
+def retry_window(retry_for: float | None) -> float:
+    """retry_for, else $XQ_RETRY_FOR, else DEFAULT_RETRY_FOR: seconds of retrying through an outage."""
+    if retry_for is None:
+        env = os.environ.get("XQ_RETRY_FOR")
+        try:
+            retry_for = float(env) if env else DEFAULT_RETRY_FOR
+        except ValueError:
+            raise ConfigError(f"invalid XQ_RETRY_FOR {env!r}: expected seconds >= 0") from None
+    if isinstance(retry_for, bool) or not isinstance(retry_for, (int, float)) or retry_for < 0:
+        raise ConfigError(f"invalid retry_for {retry_for!r}: expected seconds >= 0")
+    return float(retry_for)
 
 
 def check_priority(priority) -> int:
@@ -175,6 +191,46 @@ def prepare_enqueue(app: App | None, packer, chunk: int, max_payload: int, name:
     return Prepared(name, queue, priority, ids, commands, flow, timing)
 
 
+class Resend:
+    """Which chunks of an enqueue are still to be sent, through outages and NOSCRIPT replies (no I/O;
+    shared by Producer and AsyncProducer).  A chunk whose reply was read is settled; the others go again,
+    which is safe because ENQUEUE skips ids it has.  Once retry_for seconds of retrying are used up,
+    pause() raises ConnectionLost saying which ids are stored, which unknown and which never left."""
+
+    def __init__(self, prep: Prepared, chunk: int, retry_for: float):
+        self.prep, self.chunk, self.retry_for = prep, chunk, retry_for
+        self.replies: list = [None] * len(prep.commands)
+        self.todo = list(range(len(prep.commands)))
+        self.sent: set[int] = set()  # chunks that left at least once: stored or not, only a reply says
+        self.deadline: float | None = None
+        self.backoff = Backoff(0.05, 2.0)
+
+    def settle(self) -> bool:
+        """After a round whose replies were all read: keep the chunks answered NOSCRIPT (Redis restarted
+        or was flushed) to go again; True if there are any (the caller loads the scripts first)."""
+        self.todo = [i for i in self.todo if isinstance(self.replies[i], NoScriptError)]
+        return bool(self.todo)
+
+    def pause(self, e: ConnectionLost) -> float:
+        """After an outage in a round: the seconds to wait before the next, or ConnectionLost when the
+        retry window is used up."""
+        self.todo = [i for i in self.todo if self.replies[i] is None or isinstance(self.replies[i], NoScriptError)]
+        for i in self.todo:
+            self.replies[i] = None
+        now = time.monotonic()
+        self.deadline = self.deadline or now + self.retry_for
+        pause = self.backoff.next()
+        if now + pause <= self.deadline:
+            return pause
+        ids, c = self.prep.ids, self.chunk
+        stored = [x.decode() for i in range(len(self.replies)) if i not in self.todo for x in ids[i * c:(i + 1) * c]]
+        unknown = [x.decode() for i in self.todo if i in self.sent for x in ids[i * c:(i + 1) * c]]
+        raise ConnectionLost(f"{e}; gave up after {self.retry_for:g} s of retries: of {len(ids)} task(s), "
+                             f"{len(stored)} stored, {len(unknown)} unknown (sent, reply lost), "
+                             f"{len(ids) - len(stored) - len(unknown)} not sent", url=e.url, stored=stored,
+                             unknown=unknown) from e
+
+
 def finish_enqueue(prep: Prepared, replies: Sequence, app: App | None) -> tuple[list[str], bool]:
     """(ids, enqueued) from the replies of prep.commands: an error reply raises (as its xq error); a
     bytes reply means the unique key is held, and is that task's id: ([it], False), nothing enqueued.
@@ -188,6 +244,15 @@ def finish_enqueue(prep: Prepared, replies: Sequence, app: App | None) -> tuple[
     if app is not None:
         app.run_enqueue_hooks(prep.name, prep.queue, out, {"priority": prep.priority, **prep.timing, **prep.flow})
     return out, True
+
+
+def _close_quietly(ps) -> None:
+    """Close a PubSub whose connection may be broken already."""
+    if ps is not None:
+        try:
+            ps.close()
+        except Exception:  # noqa: BLE001 - a broken connection is being dropped anyway
+            pass
 
 
 def _check_page(offset, limit) -> None:
@@ -315,8 +380,10 @@ class EventFilter:
 class ProducerBase:
     """What Producer and AsyncProducer share without I/O: their settings and the id -> queue cache."""
 
-    def __init__(self, url: str | None, app: App | None, max_payload: int, chunk: int, result_ttl: int):
+    def __init__(self, url: str | None, app: App | None, max_payload: int, chunk: int, result_ttl: int,
+                 retry_for: float | None = None):
         self.url = url or os.environ.get("XQ_REDIS_URL") or DEFAULT_URL
+        self.retry_for = retry_window(retry_for)
         self.app = app
         self.max_payload = max_payload
         self.chunk = chunk
@@ -333,17 +400,21 @@ class ProducerBase:
 
 
 class Producer(ProducerBase):
-    """Enqueues tasks into Redis and reads their state; one per process is plenty (not thread-safe)."""
+    """Enqueues tasks into Redis and reads their state; one per process is plenty (not thread-safe).
+
+    Through a Redis outage (connection refused, cut, timed out) every call retries for retry_for seconds
+    (default: $XQ_RETRY_FOR, else 30), with jittered backoff, then raises xq.ConnectionLost.  Retries
+    never duplicate a task: ids are made here, and the enqueue script skips ids it already has."""
 
     def __init__(self, url: str | None = None, *, app: App | None = None,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD, chunk: int = 1000, result_ttl: int = 86400):
-        super().__init__(url, app, max_payload, chunk, result_ttl)
-        self.broker = Broker(self.url)
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, chunk: int = 1000, result_ttl: int = 86400,
+                 retry_for: float | None = None):
+        super().__init__(url, app, max_payload, chunk, result_ttl, retry_for)
+        self.broker = Broker(self.url, retry_for=self.retry_for)
         self._pubsub = None
 
     def close(self) -> None:
-        if self._pubsub is not None:
-            self._pubsub.close()
+        self._close_pubsub()
         self.broker.close()
 
     def __enter__(self):
@@ -407,12 +478,27 @@ class Producer(ProducerBase):
                                concurrency_key=concurrency_key, max_concurrency=max_concurrency,
                                rate_key=rate_key, rate_limit=rate_limit, _group=_group, **opts)
         prep.check_deps([self._find(dep, None) for dep in prep.deps])
-        # Replies are one value per chunk, so all can be sent before any is read.
-        for cmd in prep.commands:
-            broker.send_packed(cmd)
-        out, _enqueued = finish_enqueue(prep, broker.read_replies(prep.commands), self.app)
+        out, _enqueued = finish_enqueue(prep, self._send(prep), self.app)
         self._remember(prep.queue, out)
         return out
+
+    def _send(self, prep: Prepared) -> list:
+        """The replies of prep's commands, all sent before any is read (one value per chunk), resent
+        through an outage as Resend says."""
+        broker, cmds = self.broker, prep.commands
+        rs = Resend(prep, self.chunk, self.retry_for)
+        while rs.todo:
+            try:
+                for i in rs.todo:
+                    broker.send_packed(cmds[i])
+                    rs.sent.add(i)
+                for i in rs.todo:
+                    rs.replies[i] = broker.read_reply()
+                if rs.settle():
+                    broker.load_scripts()
+            except ConnectionLost as e:
+                time.sleep(rs.pause(e))
+        return rs.replies
 
     # --- groups ---
     def group(self, tasks: Sequence, *, then: tuple | None = None, queue: str | None = None) -> "Group":
@@ -582,18 +668,28 @@ class Producer(ProducerBase):
         return False, None
 
     def _subscribe(self, channel: str) -> None:
-        """Subscribe and wait for Redis to confirm, so no event published after this returns is missed."""
+        """Subscribe the producer's one Pub/Sub connection (shared by every wait) and wait for Redis to
+        confirm, so no event published after this returns is missed."""
         if self._pubsub is None:
-            self._pubsub = self.broker.client.pubsub()
-        if channel.encode() in self._pubsub.channels:
-            return
-        self._pubsub.subscribe(channel)
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            msg = self._pubsub.get_message(timeout=1.0)
-            if msg and msg["type"] == "subscribe" and msg["channel"] == channel.encode():
-                return
-        raise ResultTimeout(f"Redis did not confirm the subscription to {channel} within 10 s")
+            self._pubsub, _early = self.broker.subscribe_events([channel])
+        elif channel.encode() not in self._pubsub.channels:
+            self.broker.subscribe_events([channel], ps=self._pubsub)
+
+    def _next_message(self, channel: str, timeout: float):
+        """The next message on the producer's subscription, or None after timeout seconds, or None at once
+        after an outage: the subscription is made anew (retrying for retry_for seconds, else
+        ConnectionLost) and the caller reads again the state it waits for, as events of the gap are lost."""
+        try:
+            self._subscribe(channel)
+            return self.broker.next_message(self._pubsub, timeout)
+        except ConnectionLost:
+            self._close_pubsub()
+            self._subscribe(channel)
+            return None
+
+    def _close_pubsub(self) -> None:
+        ps, self._pubsub = self._pubsub, None
+        _close_quietly(ps)
 
     def result(self, task_id: "str | Group", timeout: float | None = None, *, queue: str | None = None) -> Any:
         """Wait for the task to finish and return its result, without polling.
@@ -617,8 +713,13 @@ class Producer(ProducerBase):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise ResultTimeout(f"task {task_id} did not finish within {timeout} s")
-            msg = self._pubsub.get_message(timeout=left if left is not None else 3600.0)
-            if msg is None or msg["type"] != "message" or needle not in msg["data"]:
+            msg = self._next_message(channel, left if left is not None else 3600.0)
+            if msg is None:  # a timeout, or an outage whose events are lost: look at the record
+                done, value = self._terminal(task_id, q)
+                if done:
+                    return value
+                continue
+            if msg["type"] != "message" or needle not in msg["data"]:
                 continue
             for ev in orjson.loads(msg["data"]):
                 if ev["id"] == task_id and ev["state"] in TERMINAL:
@@ -638,9 +739,9 @@ class Producer(ProducerBase):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise ResultTimeout(f"group {group.id} did not finish within {timeout} s")
-                msg = self._pubsub.get_message(timeout=left if left is not None else 3600.0)
-                if msg is not None and msg["type"] == "message" and needle in msg["data"]:
-                    break
+                msg = self._next_message(qk.events, left if left is not None else 3600.0)
+                if msg is None or (msg["type"] == "message" and needle in msg["data"]):
+                    break  # news of the group, or a timeout or an outage: look at its state
         return self._group_values(group.ids, self.broker.records(qk, group.ids, *OUTCOME_FIELDS))
 
     @classmethod
@@ -679,13 +780,14 @@ class Producer(ProducerBase):
             if q not in qs:
                 raise ConfigError(f"task {t} is in queue {q!r}, which is not among queues={qs}")
         filt = EventFilter(tasks, list(groups), states, until_done)
-        ps, early = self.broker.subscribe_events([queue_keys(q).events for q in qs])
+        channels = [queue_keys(q).events for q in qs]
+        ps, early = self.broker.subscribe_events(channels)
         try:
             first = filt.initial(self._event_states(where), self._group_states(groups)) if until_done else []
         except BaseException:
             ps.close()
             raise
-        return self._event_stream(ps, early, filt, first, timeout)
+        return self._event_stream(ps, channels, early, filt, first, timeout, where, groups)
 
     def _event_states(self, where: dict) -> list[tuple]:
         by_queue: dict[str, list[str]] = {}
@@ -697,8 +799,8 @@ class Producer(ProducerBase):
     def _group_states(self, groups: dict) -> list[tuple]:
         return [(g, q, self.broker.groups_fired(queue_keys(q), [g])[0]) for g, q in groups.items()]
 
-    @staticmethod
-    def _event_stream(ps, early: list, filt: EventFilter, first: list, timeout: float | None):
+    def _event_stream(self, ps, channels: list, early: list, filt: EventFilter, first: list,
+                      timeout: float | None, where: dict, groups: dict):
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             yield from first
@@ -708,11 +810,22 @@ class Producer(ProducerBase):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return
-                msg = ps.get_message(timeout=min(left, 3600.0) if left is not None else 3600.0)
+                try:
+                    msg = self.broker.next_message(ps, min(left, 3600.0) if left is not None else 3600.0)
+                except ConnectionLost:
+                    # subscribe anew (retrying for retry_for); events of the gap are lost, so a followed
+                    # id that ended meanwhile gets its synthetic event, as at the start
+                    _close_quietly(ps)
+                    ps, early = self.broker.subscribe_events(channels)
+                    if filt.open is not None:
+                        yield from filt.initial(self._event_states(where), self._group_states(groups))
+                    for m in early:
+                        yield from filt.feed(m["data"])
+                    continue
                 if msg is not None and msg["type"] == "message":
                     yield from filt.feed(msg["data"])
         finally:
-            ps.close()
+            _close_quietly(ps)
 
     # --- cancellation ---
     def cancel(self, task_id: str, *, queue: str | None = None) -> str:

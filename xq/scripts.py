@@ -253,7 +253,8 @@ end
 #             ck/cm (concurrency key, max concurrency), rk/rn/rp (rate key, starts, period ms), deps (ids
 #             of this queue the tasks wait for), df ('run': run even if a dependency fails), grp (group id)
 # ARGV[13..] -> per task, 3 values: id, payload, ct ('j' JSON, 'b' raw bytes)
-# Output: the number of tasks enqueued; or, when the unique key is held, the id of the task holding it (a
+# Output: the number of tasks enqueued (ids that have a record already are skipped, so a call resent after a
+#         lost reply enqueues nothing twice); or, when the unique key is held, the id of the task holding it (a
 #         bulk string; nothing is enqueued); or an error reply 'XQ ...' naming an unknown dependency or a
 #         group that is not open
 # The record holds only what is not implied, since every field costs Redis time at 200k+ tasks/s: the
@@ -269,7 +270,7 @@ if ARGV[5] ~= '' then due = now + tonumber(ARGV[5]) elseif ARGV[6] ~= '' then du
 if due and due <= now then due = nil end
 if ARGV[7] ~= '' then exp = now + tonumber(ARGV[7]) elseif ARGV[8] ~= '' then exp = ARGV[8] end
 local state = due and 'scheduled' or 'queued'
-local flow, extra, pending, born_dead, hooked = nil, {}, {}, nil, false
+local flow, extra, pending, born_dead, hooked, uk_taken = nil, {}, {}, nil, false, nil
 local base = base_of(prefix)
 if ARGV[12] ~= '' then
   flow = cjson.decode(ARGV[12])
@@ -290,6 +291,7 @@ if ARGV[12] ~= '' then
     local ok
     if flow.ut then ok = redis.call('SET', uk, ARGV[13], 'NX', 'PX', flow.ut) else ok = redis.call('SET', uk, ARGV[13], 'NX') end
     if not ok then return redis.call('GET', uk) end
+    uk_taken = uk
     extra[#extra + 1], extra[#extra + 2] = 'uk', flow.uk
   end
   if flow.ck or flow.rk then
@@ -313,18 +315,27 @@ end
 local ids, sched = {}, {}
 for i = 13, #ARGV, 3 do
   local key = prefix .. ARGV[i]
-  redis.call('HSET', key, 'name', name, 'payload', ARGV[i + 1], 'state', state, 'pri', pri)
-  if ARGV[i + 2] ~= 'j' then redis.call('HSET', key, 'ct', ARGV[i + 2]) end
-  if maxr ~= '' then redis.call('HSET', key, 'maxr', maxr) end
-  if exp then redis.call('HSET', key, 'exp', exp) end
-  if timeout ~= '' then redis.call('HSET', key, 'to', timeout) end
-  if #extra > 0 then redis.call('HSET', key, unpack(extra)) end
-  if due then
-    redis.call('HSET', key, 'due', due)
-    sched[#sched + 1] = due
-    sched[#sched + 1] = ARGV[i]
+  -- An id that has a record already was stored by an earlier send of this same call (its reply was lost
+  -- to a cut connection): skipping it makes the producer's retry safe.
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, 'name', name, 'payload', ARGV[i + 1], 'state', state, 'pri', pri)
+    if ARGV[i + 2] ~= 'j' then redis.call('HSET', key, 'ct', ARGV[i + 2]) end
+    if maxr ~= '' then redis.call('HSET', key, 'maxr', maxr) end
+    if exp then redis.call('HSET', key, 'exp', exp) end
+    if timeout ~= '' then redis.call('HSET', key, 'to', timeout) end
+    if #extra > 0 then redis.call('HSET', key, unpack(extra)) end
+    if due then
+      redis.call('HSET', key, 'due', due)
+      sched[#sched + 1] = due
+      sched[#sched + 1] = ARGV[i]
+    end
+    ids[#ids + 1] = ARGV[i]
   end
-  ids[#ids + 1] = ARGV[i]
+end
+if #ids == 0 then
+  -- a resend whose tasks exist already: the unique key it just took would be held by nobody live
+  if uk_taken then redis.call('DEL', uk_taken) end
+  return 0
 end
 if hooked then push_chunks('SADD', base .. 'hooked', ids) end
 if flow and flow.grp then
@@ -1027,19 +1038,24 @@ return {1, last}
 # ARGV[10] -> events channel
 # ARGV[11] -> queue name
 # ARGV[12] -> result ttl, seconds: how long the group's keys stay after it finished
-# Output: 1, or an error reply 'XQ ...' (the group exists already / is not open / has no members)
+# Output: 1, or an error reply 'XQ ...' (the group exists already / is not open / has no members).  Opening
+# an open group, or sealing a group sealed with the same callback, is a no-op returning 1: a producer's
+# resend after a lost reply.
 # Members enqueued between open and seal count themselves in (ENQUEUE); each member's end counts itself
 # out once (settle).  The callback is enqueued by whichever comes last, the seal or the last member's end,
 # so it runs exactly once; a producer that dies before the seal leaves members that run and a group that
 # never fires (the group was never accepted: group() did not return).
 GROUP = _PRELUDE + """
 local g, gid, now = KEYS[1], ARGV[3], now_ms()
+local sealed = redis.call('HGET', g, 'sealed')
 if ARGV[1] == 'open' then
-  if redis.call('EXISTS', g) == 1 then return redis.error_reply('XQ group ' .. gid .. ' exists already') end
+  if sealed == '0' then return 1 end  -- opened by an earlier send of this call (its reply was lost)
+  if sealed then return redis.error_reply('XQ group ' .. gid .. ' exists already') end
   redis.call('HSET', g, 'left', 0, 'sealed', 0, 'total', 0, 'created', now)
   return 1
 end
-if redis.call('HGET', g, 'sealed') ~= '0' then return redis.error_reply('XQ group ' .. gid .. ' is not open') end
+if sealed == '1' and (redis.call('HGET', g, 'cb') or '') == ARGV[4] then return 1 end  -- sealed by an earlier send
+if sealed ~= '0' then return redis.error_reply('XQ group ' .. gid .. ' is not open') end
 local base = base_of(ARGV[2])
 local total = redis.call('LLEN', base .. 'gi:' .. gid)
 if total == 0 then return redis.error_reply('XQ group ' .. gid .. ' has no members') end
