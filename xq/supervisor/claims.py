@@ -1,0 +1,428 @@
+"""ClaimPipeline: tasks from Redis into the children's rings, and their results back into Redis.
+
+    CLAIM reply -> inflight (seq -> InFlight) + buffer -> fill_ring -> child -> drain_results -> completions
+    -> one write per step: progress commands, COMPLETE per queue, one CLAIM -> replies read in order
+
+Up to MAX_STEPS steps are in flight at once, so Redis executes one while this process dispatches the
+previous one's tasks and drains results.  When a claim comes back short the pipeline idles in BZPOPMIN on
+the queues' wake markers with a CLAIM queued behind it on the same connection (Broker.start_wait): the
+wake-up arrives with the tasks.  This module owns the CLAIM/COMPLETE arguments and the decoding of their
+replies; the hot loops (take_claimed, fill_ring, drain_results, build_event) are in xq._fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import select
+import time
+from collections import deque
+
+from redis.exceptions import NoScriptError
+
+from .._impl import fast
+from ..broker import Broker, refusals
+from .component import Component
+from .leases import log_refused
+
+log = logging.getLogger("xq")
+
+BUFFER_SECONDS = 0.030           # keep ~30 ms of work queued in each child's ring
+MAX_DEPTH = 1024
+MAX_STEPS = 2                    # round trips in flight at once
+RESULT_DELAY = 0.010             # longest a result waits while its child still has work queued
+
+
+class ClaimPipeline(Component):
+    """Owns: the tasks this supervisor holds (inflight, the local buffer), results and progress not yet
+    written, the replies it waits for, the ring depth.  Deadline: results due, the next scheduled task due,
+    a ring out of bytes.  Fds: armed result-ring eventfds, the main Redis socket while replies are due, the
+    BZPOPMIN socket while waiting."""
+
+    def __init__(self, sup):
+        self.sup = sup
+        self.broker = sup.broker
+        self.cfg = cfg = sup.cfg
+        self.inflight: dict[int, fast.InFlight] = {}  # seq -> the claimed task, until COMPLETE or RELEASE
+        self.buffer: deque[int] = deque()          # claimed seqs not yet in a ring
+        self.completions: dict[int, list] = {}     # qidx -> flat COMPLETE args (7 a task)
+        self.progress: dict[int, tuple] = {}       # seq -> (qidx, id, record JSON, event members, ts ms): last report
+        self.results_due = 0.0                     # monotonic time by which buffered results are sent
+        self.seq = 0
+        self.avg = 0.001                           # EWMA of task run time, seconds
+        self.depth = 1
+        self.idle = False                          # the last claim found the queues empty
+        self.drained = False                       # ... and nothing was in flight then (burst exit)
+        self.recheck = False                       # ... but it ran while tasks were in flight
+        self.waiting: tuple | bool = False         # (want, busy) of the CLAIM queued behind an outstanding BZPOPMIN
+        self.wait_woke = False                     # the last poll() saw the wait's reply arrive
+        self.end_wait = False                      # stopping: end the wait at the next sync
+        self.ring_full = False                     # the last dispatch found a ring out of bytes
+        self.pending: deque[tuple] = deque()       # replies expected on the main connection, in order
+        self.claiming = 0                          # tasks asked for by claims in flight
+        self.next_due: float | None = None         # monotonic time the first scheduled/retrying task is due
+        self.due_unblocked = False                 # the idle wait was ended early for a due task
+        self._armed: list = []                     # children whose result ring is armed for this poll()
+        self._wake_at = math.inf                   # when a child's results want a turn, decided by fds()
+        self._wait_fd = -1
+        self._qks = sup.qks
+        self._qnames_b = [q.encode() for q in sup.qnames]
+        self._claim_keys = Broker.claim_keys(sup.qks)
+        self._claim_tail = Broker.claim_tail(sup.qks, cfg.weights, cfg.level_weights, sup.app.rate_limits_json())
+        self._wake_keys = [qk.wake for qk in sup.qks]
+        self._lease_ms = int(cfg.lease * 1000)
+
+    # ------------------------------------------------------------------ loop
+    def step(self, now: float) -> int:
+        """Drain every result ring, then dispatch; returns the results read."""
+        got = self.drain_all()
+        self.dispatch()
+        return got
+
+    def sync(self, now: float) -> None:
+        broker = self.broker
+        if self.waiting and (self.wait_woke or self._wait_ready()):
+            self._take_wait()
+        if self.waiting and self.end_wait:
+            self.end_wait = False
+            broker.cancel_wait()
+        self._collect()
+        if self.waiting and self.next_due is not None and now >= self.next_due and not self.due_unblocked:
+            # A task is due while we wait: end the wait so its claim runs now (BZPOPMIN's own timeout is
+            # only as precise as Redis' 100 ms cron).
+            self.due_unblocked = True
+            broker.cancel_wait()
+        if len(self.pending) < MAX_STEPS:
+            want = self._claim_size()
+            due = self._due_now()
+            if want > 0 or due or self._results_due():
+                self._send_step(want, promote=due)
+        if self.sup.accepting and self.idle and not self.waiting:
+            want = self._want()
+            if want > 0:
+                claim = broker.pack_claim(self._claim_keys, self._claim_tail, want, self.sup.worker_id,
+                                          self._lease_ms, self.cfg.max_payload, self.cfg.result_ttl)
+                broker.start_wait(self._wake_keys, self.cfg.wait_timeout, claim)
+                self.waiting = (want, bool(self.inflight))
+                self.claiming += want
+
+    def busy(self) -> bool:
+        """Is there Redis work to do right now (so the loop must not sleep)?"""
+        if len(self.pending) >= MAX_STEPS:
+            return False  # wait for a reply (its socket is in the poll set)
+        return self._results_due() or self._due_now() or self._claim_size() > 0 or (self.end_wait and self.waiting)
+
+    def fds(self) -> list[int]:
+        """Arms the result ring of each child that may sleep on it; a child whose results can wait (plenty
+        queued, or no round trip slot free to send them) is looked at after RESULT_DELAY instead."""
+        sup, now = self.sup, time.monotonic()
+        out, armed, wake_at = [], [], math.inf
+        low = self._low()
+        steps_full = sup.up and len(self.pending) >= MAX_STEPS
+        for c in sup.pool.children.values():
+            if (len(c.unacked) > low or steps_full) and not c.stopping and sup.accepting:
+                # Plenty queued in its ring: its results can wait a few ms and be written in one batch,
+                # instead of waking this process for every task.
+                wake_at = min(wake_at, now + RESULT_DELAY)
+            elif c.outring.arm():
+                armed.append(c)
+                out.append(c.efds[1])
+            else:
+                wake_at = now
+        self._armed, self._wake_at = armed, wake_at
+        self._wait_fd = self.broker.wait_fileno() if self.waiting else -1
+        if self._wait_fd >= 0:
+            out.append(self._wait_fd)
+        if self.pending and sup.up:
+            out.append(self.broker.main_fileno())
+        return out
+
+    def polled(self, ready: set[int]) -> None:
+        for c in self._armed:
+            if c.outring is not None:
+                c.outring.disarm()
+        self._armed = []
+        self.wait_woke = self._wait_fd in ready
+
+    def deadline(self) -> float:
+        d = self._wake_at
+        if self.ring_full or self.partials():
+            d = min(d, time.monotonic() + 0.001)  # a ring is out of bytes: the child frees space without telling us
+        if self.sup.up:
+            if self.next_due is not None and self.sup.accepting:
+                d = min(d, self.next_due)
+            if self.completions or self.progress:
+                d = min(d, self.results_due)
+        return d
+
+    def outage(self) -> None:
+        # Results sent but not confirmed are kept to be sent again (COMPLETE is idempotent, and fenced: a
+        # result of an attempt lost meanwhile is refused).  A claim whose reply was lost leased tasks we
+        # never saw: their leases expire and any supervisor recovers them.
+        for entry in self.pending:
+            if entry[0] == "complete":
+                self._requeue_completions(entry[1], entry[2])
+        self.pending.clear()
+        self.claiming = 0
+        self.waiting = self.wait_woke = False
+
+    def reconnected(self) -> None:
+        self.idle = self.waiting = False
+
+    # ------------------------------------------------------------------ stop
+    def stop(self) -> None:
+        """Stopping: claimed-but-unstarted tasks go back; an outstanding wait is ended so its claim replies
+        at once and its tasks can be returned too."""
+        self.return_buffer()
+        self.end_wait = bool(self.waiting)
+
+    def return_buffer(self) -> None:
+        """Give claimed-but-unstarted tasks back to the head of their queues."""
+        if not self.buffer:
+            return
+        tasks = [self.inflight.pop(s) for s in self.buffer]
+        self.buffer.clear()
+        self.sup.leases.release("return", tasks)
+
+    # ------------------------------------------------------------------ results
+    def drain_all(self) -> int:
+        n = 0
+        for c in self.sup.pool.values():
+            n += self.drain(c)
+        return n
+
+    def drain(self, c) -> int:
+        if c.outring is None:
+            return 0
+        first = not self.completions
+        had_progress = bool(self.progress)
+        n, busy = fast.drain_results(c.outring, self.inflight, self.completions, c.unacked, 4096, self.progress)
+        if self.progress and not had_progress and first and not n:
+            # Progress alone waits up to RESULT_DELAY, like results, so reports coalesce into one write.
+            self.results_due = time.monotonic() + RESULT_DELAY
+        if n:
+            # Results wait (up to RESULT_DELAY) only while their child has plenty queued: then they go out
+            # in one batch with the next claim instead of one round trip, and one wake-up, per result.
+            now = time.monotonic()
+            if len(c.unacked) <= self._low() or c.stopping or not self.sup.accepting:
+                self.results_due = now
+            elif first:
+                self.results_due = now + RESULT_DELAY
+            # EWMA of run time, weighted by how many tasks this batch holds
+            self.avg += min(1.0, 0.05 * n) * (busy / n - self.avg)
+            self.depth = max(1, min(MAX_DEPTH, int(BUFFER_SECONDS / max(self.avg, 1e-6))))
+            c.done += n
+        return n
+
+    def complete_unstarted(self, seq: int, outcome: bytes, text: bytes) -> None:
+        """End a task still in the local buffer without running it (a cancel that came before it started)."""
+        self.buffer.remove(seq)
+        t = self.inflight.pop(seq)
+        ms = int(time.time() * 1000)
+        self.completions.setdefault(t.qidx, []).extend((t.id, t.attempt, outcome, text, b"", ms, ms))
+        self.results_due = 0.0
+
+    def _results_due(self) -> bool:
+        return bool(self.completions or self.progress) and time.monotonic() >= self.results_due
+
+    def _low(self) -> int:
+        """A child with at most this many tasks queued is running short: its results go out at once."""
+        return max(1, self.depth // 3)
+
+    # ------------------------------------------------------------------ dispatch
+    def partials(self) -> bool:
+        """Is a large message half-written into some child's ring?"""
+        return any(c.partial is not None for c in self.sup.pool.children.values())
+
+    def dispatch(self) -> None:
+        """Move claimed tasks from the local buffer into the rings of the least-loaded children."""
+        if not self.sup.accepting or not (self.buffer or self.partials()):
+            return
+        kids = [c for c in self.sup.pool.values() if not c.stopping]
+        if not kids:
+            return
+        self.sup.canceler.dispatched()
+        for c in kids:
+            if c.partial is not None:
+                self._continue(c)
+        self.ring_full = False
+        depth = self.depth
+        buffer, inflight = self.buffer, self.inflight
+        # Even shares: each child gets up to (its unacked + the buffer) / children, capped by depth.
+        total = len(buffer) + sum(len(c.unacked) for c in kids)
+        share = min(depth, -(-total // len(kids)))
+        for c in sorted(kids, key=lambda c: len(c.unacked)):
+            if c.partial is not None:
+                continue
+            written, why = fast.fill_ring(c.inring, buffer, inflight, c.unacked, share - len(c.unacked))
+            if why == 1:
+                self.ring_full = True  # out of bytes for now
+            elif why == 2:  # a large message streams through in chunks
+                seq = buffer.popleft()
+                t = inflight[seq]
+                c.partial = [seq, fast.encode_task_head(seq, t.attempt, t.ct, t.qidx, t.id, t.name), t.payload, 0]
+                self._continue(c)
+            if not buffer:
+                return
+
+    def _continue(self, c) -> bool:
+        seq, head, body, off = c.partial
+        off = c.inring.write(head, body, off)
+        if off == c.inring.message_size(head, body):
+            c.partial = None
+            c.unacked.append(seq)
+            return True
+        c.partial[3] = off
+        return False
+
+    # ------------------------------------------------------------------ claiming
+    def _due_now(self) -> bool:
+        """Is a scheduled or retrying task due (so a claim must run, to move it, even with no room)?"""
+        return self.next_due is not None and self.sup.accepting and not self.waiting and not self.claiming \
+            and time.monotonic() >= self.next_due
+
+    def _claim_size(self) -> int:
+        """How many tasks to claim now: 0 unless a worthwhile batch is free (a quarter of the capacity),
+        or nothing at all is in flight or being claimed."""
+        if not self.sup.accepting or self.idle or self.waiting:
+            return 0
+        want = self._want()
+        if want <= 0:
+            return 0
+        if self.claiming or self.inflight:
+            if want < self.sup.pool.live() * (self.depth + max(self.cfg.prefetch, 1)) // 4:
+                return 0
+        return want
+
+    def _want(self) -> int:
+        cap = self.sup.pool.live() * (self.depth + max(self.cfg.prefetch, 1))
+        return cap - len(self.inflight) - self.claiming
+
+    def _wait_ready(self) -> bool:
+        fd = self.broker.wait_fileno()
+        if fd < 0:
+            return True
+        r, _, _ = select.select([fd], [], [], 0)
+        return bool(r)
+
+    def _take_wait(self) -> None:
+        """The reply of the CLAIM sent behind the BZPOPMIN wait (see Broker.start_wait)."""
+        self.wait_woke = False
+        reply = self.broker.finish_wait()
+        want, busy = self.waiting
+        self.waiting, self.idle = False, False
+        self.claiming -= want
+        if isinstance(reply, NoScriptError):
+            self.broker.load_scripts()
+        self._claimed(reply, want, busy)
+        if not self.sup.accepting:
+            self.return_buffer()  # the wait was ended by a stop: these tasks go straight back
+        else:
+            self.dispatch()  # woken with tasks after idling: hand them to the children before anything else
+
+    def _send_step(self, want: int, promote: bool = False) -> None:
+        """Send one round trip without waiting: the COMPLETE of every queue with results, then one CLAIM of
+        up to want tasks.  Up to MAX_STEPS run at once, so Redis executes one while this process dispatches
+        the previous one's tasks and drains results."""
+        broker, cfg, worker = self.broker, self.cfg, self.sup.worker_id
+        done = self.completions
+        # Progress first: a task whose result is in this step gets its last progress before its final state.
+        progress, nprogress = self._pack_progress() if self.progress else (None, 0)
+        cmds = [progress] if progress else []
+        ts = int(time.time() * 1000)
+        cmds += [broker.pack_complete(self._qks[q], cfg.result_ttl, fast.build_event(self._qnames_b[q], items, ts),
+                                      items, worker)
+                 for q, items in done.items()]
+        claim = want > 0 or promote
+        if claim:  # want 0 only moves due tasks to their ready lists
+            cmds.append(broker.pack_claim(self._claim_keys, self._claim_tail, max(want, 0), worker,
+                                          self._lease_ms, cfg.max_payload, cfg.result_ttl))
+        if not cmds:
+            return
+        broker.send_packed(b"".join(cmds) if len(cmds) > 1 else cmds[0])
+        self.completions = {}
+        if nprogress:
+            self.pending.append(("progress", nprogress))
+        for q, items in done.items():
+            self.pending.append(("complete", q, items))
+        if claim:
+            want = max(want, 0)
+            self.pending.append(("claim", want, bool(self.inflight)))
+            self.claiming += want
+            if want == 0:
+                self.next_due = None  # the reply says when the next one is due
+
+    def _collect(self) -> int:
+        """Process the replies that have arrived."""
+        broker, n = self.broker, 0
+        while self.pending and broker.reply_ready():
+            entry = self.pending[0]
+            reply = broker.read_reply()
+            self.pending.popleft()
+            n += 1
+            if entry[0] == "complete":
+                if isinstance(reply, Exception):
+                    self._requeue_completions(entry[1], entry[2])
+                    if not isinstance(reply, NoScriptError):
+                        log.error("writing results failed: %s", reply)
+                elif reply[1]:
+                    log_refused(refusals(reply[1]), "result", self.sup.worker_id)
+            elif entry[0] == "progress":
+                # its replies were sent back to back, ahead of the step's COMPLETE: they are all here or close
+                for i in range(entry[1]):
+                    if i:
+                        reply = broker.read_reply()
+                    if isinstance(reply, Exception):
+                        log.warning("writing progress failed (dropped: progress is best effort): %s", reply)
+                reply = None
+            else:
+                self.claiming -= entry[1]
+                self._claimed(reply, entry[1], entry[2])
+            if isinstance(reply, NoScriptError):
+                broker.load_scripts()  # Redis restarted or was flushed: the next step runs again
+        return n
+
+    def _requeue_completions(self, qidx: int, items: list) -> None:
+        cur = self.completions.get(qidx)
+        self.completions[qidx] = items + cur if cur else items
+        self.results_due = 0.0
+
+    def _claimed(self, reply, want: int, busy: bool) -> None:
+        if isinstance(reply, Exception):
+            if not isinstance(reply, NoScriptError):
+                log.error("claim failed: %s", reply)
+                self.idle = True
+            return
+        tasks, notes, leased, earliest, rnow = reply
+        for i in range(0, len(notes), 2):
+            log.warning("queue entry %s: %s", notes[i].decode(errors="replace"), notes[i + 1].decode(errors="replace"))
+        n = len(tasks) // 7
+        inflight = self.inflight
+        if earliest >= 0:
+            # Redis' clock: the delay from its now to the due time, applied to ours
+            self.next_due = time.monotonic() + max(0, earliest - rnow) / 1000.0
+        else:
+            self.next_due = None
+        self.due_unblocked = False
+        if n and any(tasks[6::7]):
+            self.sup.canceler.saw_timeouts()
+        # Burst exit also waits for other supervisors' leases (a dead one's tasks come back on expiry) and
+        # for scheduled and retrying tasks.
+        self.drained = n == 0 and not notes and not inflight and leased == 0 and not busy and earliest < 0
+        self.recheck = n < want and (bool(inflight) or busy)
+        self.seq = fast.take_claimed(tasks, inflight, self.buffer, self.seq)
+        if n < want and not notes:
+            self.idle = True
+
+    def _pack_progress(self) -> tuple[bytes, int]:
+        """The step's progress commands, one group per queue, and how many replies they produce."""
+        by_q: dict[int, list] = {}
+        for qidx, tid, record, members, ts in self.progress.values():
+            by_q.setdefault(qidx, []).append((tid, record, members, ts))
+        self.progress = {}
+        out, n = [], 0
+        for q, entries in by_q.items():
+            cmds, k = self.broker.pack_progress(self._qks[q], entries)
+            out.append(cmds)
+            n += k
+        return b"".join(out), n
