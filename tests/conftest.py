@@ -79,3 +79,18 @@ def no_event_subscribers(r):
     a test left unclosed keeps its result() subscription until it is collected)."""
     gc.collect()
     wait_until(lambda: subscribers(r) == 0, 10, what="earlier tests' subscriptions to close")
+
+
+@pytest.fixture
+def fault_proxy(fresh_redis):
+    """A FaultProxy (tests/faultproxy.py) in front of this test's own redis-server; `.redis` is that
+    EmbeddedRedis (its real URL: `.redis.url`), so a test can check state directly or restart it."""
+    from faultproxy import FaultProxy
+
+    proxy = FaultProxy("127.0.0.1", fresh_redis.port)
+    proxy.redis = fresh_redis
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()

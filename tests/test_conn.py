@@ -309,3 +309,23 @@ def test_event_streams_follow_tasks_through_cuts(fault_proxy):
     c, d, got = asyncio.run(aio())
     assert {(c, "done"), (d, "done")} <= set(got)
     r.close()
+
+
+def test_a_call_that_raised_connection_lost_can_be_repeated_with_its_ids(fault_proxy):
+    r = redis.Redis.from_url(fault_proxy.redis.url)
+    p = xq.Producer(fault_proxy.url(), retry_for=0.5, socket_timeout=2)
+    p.enqueue("echo", 0)
+    ids = xq.new_ids(3000)
+    fault_proxy.stall("down")  # Redis stores what arrives; the replies never come back
+    with pytest.raises(xq.ConnectionLost) as ei:
+        p.enqueue_many("echo", list(range(3000)), ids=ids)
+    fault_proxy.resume()
+    fault_proxy.cut()
+    assert set(ei.value.stored) | set(ei.value.unknown) <= set(ids)
+    assert p.enqueue_many("echo", list(range(3000)), ids=ids) == ids  # the repeat: nothing twice
+    assert r.llen(queue_keys("default").ready[5]) == 3001
+    assert p.enqueue("echo", 1, task_id="order-17") == "order-17"
+    with pytest.raises(xq.ConfigError, match="invalid task id"):
+        p.enqueue("echo", 1, task_id="has space")
+    p.close()
+    r.close()

@@ -9,9 +9,17 @@ from .errors import (Cancelled, ConfigError, ConnectionLost, NonRetryable, Paylo
 from .producer import Group, Producer
 from .retry import Backoff, Delays
 
+
+def new_ids(n: int) -> list[str]:
+    """n new task ids (26 characters, time-sortable, unique across machines), to pass as ids= and so make
+    a retried enqueue_many safe."""
+    from ._impl import fast
+
+    return [i.decode() for i in fast.new_ids(n)]
+
 __all__ = ["App", "Processor", "Producer", "TaskContext", "current", "XQError", "ConfigError",
            "PayloadTooLarge", "TaskFailed", "UnknownTask", "ResultTimeout", "Retry", "NonRetryable", "Cancelled",
-           "TaskTimeout", "ConnectionLost", "RedisRefused", "Group", "Backoff", "Delays", "ScaledClock", "SystemClock", "AsyncProducer"]
+           "TaskTimeout", "ConnectionLost", "RedisRefused", "Group", "Backoff", "Delays", "ScaledClock", "SystemClock", "AsyncProducer", "new_ids"]
 __version__ = "0.1.0"
 
 

@@ -374,9 +374,9 @@ class AsyncProducer(ProducerBase):
 
     def __init__(self, url: str | None = None, *, app: App | None = None,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, chunk: int = 1000, result_ttl: int = 86400,
-                 retry_for: float | None = None):
+                 retry_for: float | None = None, socket_timeout: float = 30.0):
         super().__init__(url, app, max_payload, chunk, result_ttl, retry_for)
-        self.broker = _AsyncBroker(self.url, retry_for=self.retry_for)
+        self.broker = _AsyncBroker(self.url, retry_for=self.retry_for, socket_timeout=socket_timeout)
         self._waiters: _Waiters | None = None
 
     async def close(self) -> None:
@@ -395,6 +395,9 @@ class AsyncProducer(ProducerBase):
     async def enqueue(self, name: str, payload: Any = None, **options) -> str:
         """Enqueue one task; returns its id (with unique_key: the holder's id if the key is held).
         Options as Producer.enqueue."""
+        task_id = options.pop("task_id", None)
+        if task_id is not None:
+            options["ids"] = [task_id]
         return (await self.enqueue_many(name, [payload], **options))[0]
 
     async def enqueue_many(self, name: str, payloads: Iterable[Any], **options) -> list[str]:

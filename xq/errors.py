@@ -59,9 +59,9 @@ class TaskTimeout(XQError):
 class ConnectionLost(XQError, ConnectionError):
     """Redis could not be reached (connection refused, cut, timed out; Redis loading or read-only).
 
-    From a producer, raised once its retries for the batch ran out (Producer(retry_for=...)); `.stored`
-    lists the ids known to be in Redis, `.unknown` those whose fate the lost replies would have told (a
-    retry of the same call with these ids cannot duplicate them: the enqueue script skips ids it has)."""
+    From a producer, raised once its retries ran out (Producer(retry_for=...)).  From an enqueue,
+    `.stored` lists the ids known to be in Redis and `.unknown` those whose reply was lost; calling
+    enqueue_many again with the same ids= (every id of the call) stores none twice."""
 
     def __init__(self, message: str, *, url: str = "", stored: list | None = None, unknown: list | None = None):
         super().__init__(message)

@@ -52,6 +52,24 @@ def check_queue(name: str) -> str:
     return name
 
 
+_TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+
+def check_task_ids(ids, count: int) -> list[bytes]:
+    """ids given by a caller for count tasks, as bytes, or ConfigError saying what is wrong: one per task,
+    distinct, each 1-128 characters from A-Z a-z 0-9 _ . : - (ids are embedded in event JSON unescaped)."""
+    ids = [ids] if isinstance(ids, str) else list(ids)
+    if len(ids) != count:
+        raise ConfigError(f"ids: {len(ids)} given for {count} task(s); give one per payload")
+    for i in ids:
+        if not isinstance(i, str) or not _TASK_ID_RE.match(i):
+            raise ConfigError(f"invalid task id {i!r}: use 1-128 characters from A-Z a-z 0-9 _ . : - "
+                              f"(or leave ids out: xq makes them)")
+    if len(set(ids)) != len(ids):
+        raise ConfigError("ids: the same id is given twice")
+    return [i.encode() for i in ids]
+
+
 class QueueKeys:
     """The key names of one queue."""
 

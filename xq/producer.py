@@ -17,13 +17,13 @@ from .broker import DEFAULT_URL, Broker
 from .conn import Backoff
 from .errors import ConfigError, ConnectionLost, ResultTimeout, TaskFailed, UnknownTask
 from .flow import flow_args, flow_json
-from .keys import DEFAULT_PRIORITY, PRIORITIES, check_queue, queue_keys
+from .keys import DEFAULT_PRIORITY, PRIORITIES, check_queue, check_task_ids, queue_keys
 
 PRIORITY_NAMES = {"critical": 0, "high": 2, "normal": 5, "low": 8}
 DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024
 TERMINAL = ("done", "dead", "expired", "canceled")
 _ENQUEUE_OPTS = ("queue", "priority", "max_retries", "delay", "eta", "expires", "timeout", "unique_key",
-                 "unique_ttl", "depends_on", "on_dependency_failure", "concurrency_key", "max_concurrency",
+                 "unique_ttl", "ids", "task_id", "depends_on", "on_dependency_failure", "concurrency_key", "max_concurrency",
                  "rate_key", "rate_limit")
 OUTCOME_FIELDS = ("state", "result", "rct", "error")
 ETA_PAST_LIMIT = 60.0  # seconds an eta may lie in the past (clock skew) and still mean "run now"
@@ -168,7 +168,8 @@ def prepare_enqueue(app: App | None, packer, chunk: int, max_payload: int, name:
                     depends_on: Sequence[str] | str | None = None, on_dependency_failure: str = "fail",
                     concurrency_key: str | None = None, max_concurrency: int | None = None,
                     rate_key: str | None = None, rate_limit: str | None = None, unique_key: str | None = None,
-                    unique_ttl: float | None = None, _group: str | None = None, **opts) -> Prepared:
+                    unique_ttl: float | None = None, ids: Sequence[str] | None = None, _group: str | None = None,
+                    **opts) -> Prepared:
     """Check every option of an enqueue_many and pack its commands (packer: a Broker, for pack_enqueue).
 
     Pure CPU, no Redis: the caller then checks the dependencies' queues (Prepared.check_deps), sends
@@ -182,7 +183,7 @@ def prepare_enqueue(app: App | None, packer, chunk: int, max_payload: int, name:
                      count=len(payloads))
     timing = timing_args(delay, eta, expires, timeout if timeout is not None else route.get("timeout"),
                          route.get("expires"))
-    ids = fast.new_ids(len(payloads))
+    ids = fast.new_ids(len(payloads)) if ids is None else check_task_ids(ids, len(payloads))
     qk = queue_keys(queue)
     fj = flow_json(flow)
     commands = [packer.pack_enqueue(qk, name, priority, max_retries, ids[i:i + chunk], payloads[i:i + chunk],
@@ -222,13 +223,13 @@ class Resend:
         pause = self.backoff.next()
         if now + pause <= self.deadline:
             return pause
-        ids, c = self.prep.ids, self.chunk
+        ids, c = self.prep.ids, self.chunk  # bytes, as packed
         stored = [x.decode() for i in range(len(self.replies)) if i not in self.todo for x in ids[i * c:(i + 1) * c]]
         unknown = [x.decode() for i in self.todo if i in self.sent for x in ids[i * c:(i + 1) * c]]
         raise ConnectionLost(f"{e}; gave up after {self.retry_for:g} s of retries: of {len(ids)} task(s), "
                              f"{len(stored)} stored, {len(unknown)} unknown (sent, reply lost), "
-                             f"{len(ids) - len(stored) - len(unknown)} not sent", url=e.url, stored=stored,
-                             unknown=unknown) from e
+                             f"{len(ids) - len(stored) - len(unknown)} not sent; repeating the call with "
+                             f"ids= these ids stores none twice", url=e.url, stored=stored, unknown=unknown) from e
 
 
 def finish_enqueue(prep: Prepared, replies: Sequence, app: App | None) -> tuple[list[str], bool]:
@@ -408,9 +409,10 @@ class Producer(ProducerBase):
 
     def __init__(self, url: str | None = None, *, app: App | None = None,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, chunk: int = 1000, result_ttl: int = 86400,
-                 retry_for: float | None = None):
+                 retry_for: float | None = None, socket_timeout: float = 30.0):
         super().__init__(url, app, max_payload, chunk, result_ttl, retry_for)
-        self.broker = Broker(self.url, retry_for=self.retry_for)
+        # socket_timeout: how long a reply may take before the connection counts as lost (a stalled peer)
+        self.broker = Broker(self.url, retry_for=self.retry_for, socket_timeout=socket_timeout)
         self._pubsub = None
 
     def close(self) -> None:
@@ -438,15 +440,15 @@ class Producer(ProducerBase):
                 priority: int | str | None = None, max_retries: int | None = None, delay: float | None = None,
                 eta: dt.datetime | float | None = None, expires: float | dt.datetime | None = None,
                 timeout: float | None = None, unique_key: str | None = None, unique_ttl: float | None = None,
-                **opts) -> str:
-        """Enqueue one task; returns its id.  See enqueue_many for the options.
+                task_id: str | None = None, **opts) -> str:
+        """Enqueue one task; returns its id (task_id if given).  See enqueue_many for the options.
 
         unique_key: while a task enqueued with this key (in this queue) has not ended (done, dead, expired,
         canceled), and at most unique_ttl seconds if given, enqueueing another returns the first one's id
         and enqueues nothing.  Without unique_ttl the key is held until the task ends, however long."""
         return self.enqueue_many(name, [payload], queue=queue, priority=priority, max_retries=max_retries,
                                  delay=delay, eta=eta, expires=expires, timeout=timeout, unique_key=unique_key,
-                                 unique_ttl=unique_ttl, **opts)[0]
+                                 unique_ttl=unique_ttl, ids=None if task_id is None else [task_id], **opts)[0]
 
     def enqueue_many(self, name: str, payloads: Iterable[Any], *, queue: str | None = None,
                      priority: int | str | None = None, max_retries: int | None = None,
@@ -455,7 +457,7 @@ class Producer(ProducerBase):
                      depends_on: Sequence[str] | str | None = None, on_dependency_failure: str = "fail",
                      concurrency_key: str | None = None, max_concurrency: int | None = None,
                      rate_key: str | None = None, rate_limit: str | None = None,
-                     _group: str | None = None, **opts) -> list[str]:
+                     ids: Sequence[str] | None = None, _group: str | None = None, **opts) -> list[str]:
         """Enqueue one task per payload, pipelined in chunks; returns their ids in order.
 
         queue/priority/max_retries/timeout/expires default to the app's route for the task name (with
@@ -469,6 +471,9 @@ class Producer(ProducerBase):
         on_dependency_failure="run".  concurrency_key + max_concurrency: at most that many tasks with the
         key run at once, across all machines.  rate_key + rate_limit ("100/s", "5/m", "1/h"): at most that
         many starts of tasks with the key per period.
+        ids: the tasks' ids, one per payload (default: new ones, see xq.new_ids).  A task whose id has a
+        record in the queue already is not stored again, so a call that raised ConnectionLost can be
+        repeated with the same ids (e.g. `ids=err.stored + err.unknown` plus the rest) without duplicates.
         Every payload is encoded and checked before anything is sent, so a bad payload enqueues nothing.
         """
         broker = self.broker
@@ -476,7 +481,7 @@ class Producer(ProducerBase):
                                priority=priority, max_retries=max_retries, delay=delay, eta=eta, expires=expires,
                                timeout=timeout, depends_on=depends_on, on_dependency_failure=on_dependency_failure,
                                concurrency_key=concurrency_key, max_concurrency=max_concurrency,
-                               rate_key=rate_key, rate_limit=rate_limit, _group=_group, **opts)
+                               rate_key=rate_key, rate_limit=rate_limit, ids=ids, _group=_group, **opts)
         prep.check_deps([self._find(dep, None) for dep in prep.deps])
         out, _enqueued = finish_enqueue(prep, self._send(prep), self.app)
         self._remember(prep.queue, out)
