@@ -64,7 +64,8 @@ class ClaimPipeline(Component):
         self.due_unblocked = False                 # the idle wait was ended early for a due task
         self._armed: list = []                     # children whose result ring is armed for this poll()
         self._wake_at = math.inf                   # when a child's results want a turn, decided by fds()
-        self._wait_fd = -1
+        self._wait_fd = -1                         # fds of the wait and of the main connection, noted by sync():
+        self._main_fd = -1                         # fds() asks the broker nothing, so it cannot meet a Redis failure
         self._qks = sup.qks
         self._qnames_b = [q.encode() for q in sup.qnames]
         self._claim_keys = Broker.claim_keys(sup.qks)
@@ -105,6 +106,8 @@ class ClaimPipeline(Component):
                 broker.start_wait(self._wake_keys, self.cfg.wait_timeout, claim)
                 self.waiting = (want, bool(self.inflight))
                 self.claiming += want
+        self._wait_fd = broker.wait_fileno() if self.waiting else -1
+        self._main_fd = broker.main_fileno() if self.pending else -1
 
     def busy(self) -> bool:
         """Is there Redis work to do right now (so the loop must not sleep)?"""
@@ -130,11 +133,10 @@ class ClaimPipeline(Component):
             else:
                 wake_at = now
         self._armed, self._wake_at = armed, wake_at
-        self._wait_fd = self.broker.wait_fileno() if self.waiting else -1
-        if self._wait_fd >= 0:
+        if self.waiting and self._wait_fd >= 0:
             out.append(self._wait_fd)
-        if self.pending and sup.up:
-            out.append(self.broker.main_fileno())
+        if self.pending and sup.up and self._main_fd >= 0:
+            out.append(self._main_fd)
         return out
 
     def polled(self, ready: set[int]) -> None:
@@ -142,7 +144,7 @@ class ClaimPipeline(Component):
             if c.outring is not None:
                 c.outring.disarm()
         self._armed = []
-        self.wait_woke = self._wait_fd in ready
+        self.wait_woke = self.waiting and self._wait_fd in ready
 
     def deadline(self) -> float:
         d = self._wake_at
@@ -165,6 +167,7 @@ class ClaimPipeline(Component):
         self.pending.clear()
         self.claiming = 0
         self.waiting = self.wait_woke = False
+        self._wait_fd = self._main_fd = -1
 
     def reconnected(self) -> None:
         self.idle = self.waiting = False
