@@ -16,6 +16,7 @@ import xq
 from xq.broker import Broker, Refused
 from xq.keys import queue_keys
 from xqrun import XQRun, wait_for
+from test_engine import IMPLS
 
 QK = queue_keys("default")
 
@@ -109,18 +110,19 @@ def test_renew_extends_only_the_held_attempt(b, r, redis_url):
     assert r.zscore(QK.leases, tid) > before
 
 
-def test_a_late_result_from_a_stopped_supervisor_is_refused_and_logged(redis_url, r):
+@pytest.mark.parametrize("pure", IMPLS)
+def test_a_late_result_from_a_stopped_supervisor_is_refused_and_logged(redis_url, r, pure):
     # A runs the task; A's supervisor is stopped (SIGSTOP: its child keeps running, PDEATHSIG fires only on
     # death) past its 1 s lease; B recovers and finishes attempt 2; A resumes with attempt 1's result.
     p = xq.Producer(redis_url)
-    with XQRun(redis_url, "--lease", "1", procs=1) as a:
+    with XQRun(redis_url, "--lease", "1", procs=1, pure=pure) as a:
         wait_for(lambda: len(a.children()) == 1, what="A's child")
         tid = p.enqueue("sleep_attempt", {"s": 2.5})
         wait_for(lambda: r.lrange("test:started", 0, -1), what="attempt 1 to start: " + a.output())
         assert p.status(tid)["attempts"] == 1
         a.signal(signal.SIGSTOP)
         try:
-            with XQRun(redis_url, "--lease", "1", procs=1) as b:
+            with XQRun(redis_url, "--lease", "1", procs=1, pure=pure) as b:
                 wait_for(lambda: p.status(tid)["status"] == "done", 30, what="B to finish it: " + b.output())
                 st = p.status(tid)
                 assert st["attempts"] == 2 and st["worker"] == worker_of(b) != worker_of(a)
