@@ -21,6 +21,7 @@ style: a handler only records the signal; the loop acts on it) and is the one ow
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
 import signal
@@ -246,10 +247,11 @@ class Supervisor:
     def _sleep(self) -> None:
         """Sleep in poll() on every component's fds (and the signal pipe) until the earliest deadline."""
         now = time.monotonic()
-        fds = [self._sig_r]
+        fds, deadline = [self._sig_r], math.inf
         for c in self.components:
             fds += c.fds()
-        deadline = min(c.deadline() for c in self.components)
+        for c in self.components:  # after fds(): arming a ring may bring a deadline forward
+            deadline = min(deadline, c.deadline())
         if self.stop_deadline is not None:
             deadline = min(deadline, self.stop_deadline + 0.01)
         if not self.up:

@@ -64,8 +64,8 @@ class ClaimPipeline(Component):
         self.due_unblocked = False                 # the idle wait was ended early for a due task
         self._armed: list = []                     # children whose result ring is armed for this poll()
         self._wake_at = math.inf                   # when a child's results want a turn, decided by fds()
-        self._wait_fd = -1                         # fds of the wait and of the main connection, noted by sync():
-        self._main_fd = -1                         # fds() asks the broker nothing, so it cannot meet a Redis failure
+        self._wait_fd = -1                         # fds of the wait and of the main connection, noted when used in
+        self._main_fd = -1                         # sync(): fds() asks the broker nothing, so meets no Redis failure
         self._qks = sup.qks
         self._qnames_b = [q.encode() for q in sup.qnames]
         self._claim_keys = Broker.claim_keys(sup.qks)
@@ -103,11 +103,9 @@ class ClaimPipeline(Component):
             if want > 0:
                 claim = broker.pack_claim(self._claim_keys, self._claim_tail, want, self.sup.worker_id,
                                           self._lease_ms, self.cfg.max_payload, self.cfg.result_ttl)
-                broker.start_wait(self._wake_keys, self.cfg.wait_timeout, claim)
+                self._wait_fd = broker.start_wait(self._wake_keys, self.cfg.wait_timeout, claim)
                 self.waiting = (want, bool(self.inflight))
                 self.claiming += want
-        self._wait_fd = broker.wait_fileno() if self.waiting else -1
-        self._main_fd = broker.main_fileno() if self.pending else -1
 
     def busy(self) -> bool:
         """Is there Redis work to do right now (so the loop must not sleep)?"""
@@ -343,6 +341,7 @@ class ClaimPipeline(Component):
         if not cmds:
             return
         broker.send_packed(b"".join(cmds) if len(cmds) > 1 else cmds[0])
+        self._main_fd = broker.main_fileno()
         self.completions = {}
         if nprogress:
             self.pending.append(("progress", nprogress))
