@@ -113,7 +113,9 @@ def test_renew_extends_only_the_held_attempt(b, r, redis_url):
 @pytest.mark.parametrize("pure", IMPLS)
 def test_a_late_result_from_a_stopped_supervisor_is_refused_and_logged(redis_url, r, pure):
     # A runs the task; A's supervisor is stopped (SIGSTOP: its child keeps running, PDEATHSIG fires only on
-    # death) past its 1 s lease; B recovers and finishes attempt 2; A resumes with attempt 1's result.
+    # death) past its 1 s lease; B recovers and finishes it; A resumes with attempt 1's result.  (A's idle
+    # wait, queued in Redis before the stop, may take the recovered task first as attempt 2, whose lease then
+    # runs out too: B finishes attempt n >= 2 either way.)
     p = xq.Producer(redis_url)
     with XQRun(redis_url, "--lease", "1", procs=1, pure=pure) as a:
         wait_for(lambda: len(a.children()) == 1, what="A's child")
@@ -125,24 +127,25 @@ def test_a_late_result_from_a_stopped_supervisor_is_refused_and_logged(redis_url
             with XQRun(redis_url, "--lease", "1", procs=1, pure=pure) as b:
                 wait_for(lambda: p.status(tid)["status"] == "done", 30, what="B to finish it: " + b.output())
                 st = p.status(tid)
-                assert st["attempts"] == 2 and st["worker"] == worker_of(b) != worker_of(a)
+                n = st["attempts"]
+                assert n >= 2 and st["worker"] == worker_of(b) != worker_of(a), b.output()
                 fin_b = r.hget(QK.task(tid), "fin")
-                wait_for(lambda: r.llen("test:started") == 2, what="both attempts started")
                 time.sleep(1.0)  # A's child has finished attempt 1 by now: its result waits in the ring
         finally:
             a.signal(signal.SIGCONT)
         worker_a = worker_of(a)
-        wait_for(lambda: "refused" in a.output(), 20, what="A's refusal in its log: " + a.output())
-        line = next(x for x in a.output().splitlines() if "refused" in x)
-        assert f"result of task {tid} attempt 1 refused" in line and "attempt 2" in line, line
+        wait_for(lambda: f"result of task {tid} attempt 1 refused" in a.output(), 20,
+                 what="A's refusal in its log: " + a.output())
+        line = next(x for x in a.output().splitlines() if f"attempt 1 refused" in x)
+        assert f"the task is now done (attempt {n})" in line, line
     st = p.status(tid)
-    assert st["status"] == "done" and st["attempts"] == 2 and p.result(tid, timeout=5) == {"attempt": 2}
-    assert r.hget(QK.task(tid), "fin") == fin_b  # attempt 1's times did not overwrite attempt 2's
-    assert [h["outcome"] for h in st["history"]] == ["lost", "done"], st["history"]
-    lost, done = st["history"]
-    assert (lost["attempt"], lost["worker"], done["attempt"], done["worker"]) == (1, worker_a, 2, st["worker"])
+    assert st["status"] == "done" and st["attempts"] == n and p.result(tid, timeout=5) == {"attempt": n}
+    assert r.hget(QK.task(tid), "fin") == fin_b  # the late attempts' times did not overwrite attempt n's
+    hist = st["history"]
+    assert [h["outcome"] for h in hist] == ["lost"] * (n - 1) + ["done"], hist
+    assert [h["attempt"] for h in hist] == list(range(1, n + 1)) and hist[0]["worker"] == worker_a
+    assert hist[-1]["worker"] == st["worker"]
     assert r.zcard(QK.leases) == 0
-
 
 
 def worker_of(run) -> str:
