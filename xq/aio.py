@@ -30,7 +30,7 @@ from redis.exceptions import NoScriptError
 from . import scripts
 from .app import DEFAULT_QUEUE, App
 from .broker import Broker
-from .conn import OUTAGE, Backoff, check_url, client_options, redacted, translate
+from .conn import Backoff, RetryWindow, check_url, client_options, failure, redacted
 from .errors import ConfigError, ConnectionLost, ResultTimeout, UnknownTask
 from .keys import QUEUES, check_queue, queue_keys
 from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer, ProducerBase,
@@ -47,26 +47,12 @@ def aio_io(method=None, *, retry: bool = True):
 
     @functools.wraps(method)
     async def guarded(self, *args, **kw):
-        deadline = None
+        window = RetryWindow(self.retry_for if retry else 0.0)
         while True:
             try:
                 return await method(self, *args, **kw)
-            except OUTAGE as e:
-                t = e
-            except Exception as e:
-                t = translate(e, self.url)
-                if t is e:
-                    raise
-                t.__cause__ = e
-            if not (retry and self.retry_for > 0 and isinstance(t, ConnectionLost)):
-                raise t
-            now = time.monotonic()
-            if deadline is None:
-                deadline, backoff = now + self.retry_for, Backoff(0.05, 2.0)
-            pause = backoff.next()
-            if now + pause > deadline:
-                raise t
-            await asyncio.sleep(pause)
+            except Exception as e:  # noqa: BLE001 - sorted by conn.failure: only Redis failures go on
+                await asyncio.sleep(window.pause(failure(e, self.url)))
     return guarded
 
 

@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError
 
 from . import scripts
 from ._impl import fast
-from .conn import DEFAULT_URL, OUTAGE, Backoff, check_url, dedicated, make_client, redacted, translate  # noqa: F401
+from .conn import DEFAULT_URL, OUTAGE, RetryWindow, check_url, dedicated, failure, make_client, redacted  # noqa: F401
 from .errors import ConnectionLost, ResultTimeout
 from .keys import QUEUES, QueueKeys
 
@@ -40,27 +40,14 @@ def io(method=None, *, retry: bool = True):
 
     @functools.wraps(method)
     def guarded(self, *args, **kw):
-        deadline = None
+        window = RetryWindow(self.retry_for if retry else 0.0)
         while True:
             try:
                 return method(self, *args, **kw)
-            except OUTAGE as e:
-                t = e
-            except Exception as e:
-                t = translate(e, self.url)
-                if t is e:
-                    raise
-                self.reset()
-                t.__cause__ = e
-            if not (retry and self.retry_for > 0 and isinstance(t, ConnectionLost)):
-                raise t
-            now = time.monotonic()
-            if deadline is None:
-                deadline, backoff = now + self.retry_for, Backoff(0.05, 2.0)
-            pause = backoff.next()
-            if now + pause > deadline:
-                raise t
-            time.sleep(pause)
+            except Exception as e:  # noqa: BLE001 - sorted by conn.failure: only Redis failures go on
+                t = failure(e, self.url)
+                self.reset()  # the dedicated connections' state is unknown now
+                time.sleep(window.pause(t))
     return guarded
 
 

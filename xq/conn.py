@@ -179,6 +179,38 @@ class Backoff:
         self.attempt = 0
 
 
+class RetryWindow:
+    """How long a caller retries through ConnectionLost: pause() gives the jittered wait before the next
+    try, or raises the failure once the window of `seconds` (from the first failure) would be passed.
+    Shared by the sync and asyncio brokers and the producers' enqueue resends."""
+
+    __slots__ = ("seconds", "deadline", "backoff")
+
+    def __init__(self, seconds: float):
+        self.seconds, self.deadline, self.backoff = seconds, None, Backoff(0.05, 2.0)
+
+    def pause(self, e: BaseException) -> float:
+        if self.seconds <= 0 or not isinstance(e, ConnectionLost):
+            raise e
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + self.seconds
+        pause = self.backoff.next()
+        if now + pause > self.deadline:
+            raise e
+        return pause
+
+
+def failure(e: BaseException, url: str) -> BaseException:
+    """For a broker's guard: the OUTAGE error e stands for, or raise e itself (a bug: not retried)."""
+    t = translate(e, url)
+    if t is e and not isinstance(e, OUTAGE):
+        raise e
+    if t is not e:
+        t.__cause__ = e
+    return t
+
+
 class Health:
     """Logs a connection's state changes, once each: down (with the reason), the reason changing while down
     (say an outage turning into a refused password), and up again (with how long it was down)."""

@@ -14,7 +14,7 @@ from redis.exceptions import NoScriptError
 from ._impl import fast
 from .app import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, App, check_seconds
 from .broker import DEFAULT_URL, Broker
-from .conn import Backoff
+from .conn import RetryWindow
 from .errors import ConfigError, ConnectionLost, ResultTimeout, TaskFailed, UnknownTask
 from .flow import flow_args, flow_json
 from .keys import DEFAULT_PRIORITY, PRIORITIES, check_queue, check_task_ids, queue_keys
@@ -203,8 +203,7 @@ class Resend:
         self.replies: list = [None] * len(prep.commands)
         self.todo = list(range(len(prep.commands)))
         self.sent: set[int] = set()  # chunks that left at least once: stored or not, only a reply says
-        self.deadline: float | None = None
-        self.backoff = Backoff(0.05, 2.0)
+        self.window = RetryWindow(retry_for)
 
     def settle(self) -> bool:
         """After a round whose replies were all read: keep the chunks answered NOSCRIPT (Redis restarted
@@ -218,11 +217,10 @@ class Resend:
         self.todo = [i for i in self.todo if self.replies[i] is None or isinstance(self.replies[i], NoScriptError)]
         for i in self.todo:
             self.replies[i] = None
-        now = time.monotonic()
-        self.deadline = self.deadline or now + self.retry_for
-        pause = self.backoff.next()
-        if now + pause <= self.deadline:
-            return pause
+        try:
+            return self.window.pause(e)
+        except ConnectionLost:
+            pass
         ids, c = self.prep.ids, self.chunk  # bytes, as packed
         stored = [x.decode() for i in range(len(self.replies)) if i not in self.todo for x in ids[i * c:(i + 1) * c]]
         unknown = [x.decode() for i in self.todo if i in self.sent for x in ids[i * c:(i + 1) * c]]
