@@ -47,11 +47,12 @@ def aio_io(method=None, *, retry: bool = True):
 
     @functools.wraps(method)
     async def guarded(self, *args, **kw):
-        window = RetryWindow(self.retry_for if retry else 0.0)
+        window = None  # made at the first failure: the hot path pays nothing for it
         while True:
             try:
                 return await method(self, *args, **kw)
             except Exception as e:  # noqa: BLE001 - sorted by conn.failure: only Redis failures go on
+                window = window or RetryWindow(self.retry_for if retry else 0.0)
                 await asyncio.sleep(window.pause(failure(e, self.url)))
     return guarded
 

@@ -40,13 +40,14 @@ def io(method=None, *, retry: bool = True):
 
     @functools.wraps(method)
     def guarded(self, *args, **kw):
-        window = RetryWindow(self.retry_for if retry else 0.0)
+        window = None  # made at the first failure: the hot path pays nothing for it
         while True:
             try:
                 return method(self, *args, **kw)
             except Exception as e:  # noqa: BLE001 - sorted by conn.failure: only Redis failures go on
                 t = failure(e, self.url)
                 self.reset()  # the dedicated connections' state is unknown now
+                window = window or RetryWindow(self.retry_for if retry else 0.0)
                 time.sleep(window.pause(t))
     return guarded
 
