@@ -43,3 +43,31 @@ def test_supervisor_rides_out_random_cuts_and_keeps_its_results(fault_proxy, pur
     finally:
         p.close()
         r.close()
+
+
+@pytest.mark.parametrize("pure", IMPLS)
+def test_tasks_of_a_claim_whose_reply_was_lost_come_back_at_once(fault_proxy, pure):
+    # The idle supervisor's CLAIM waits in Redis behind its BZPOPMIN.  With replies held by the proxy, an
+    # enqueue wakes it: Redis leases the tasks to the supervisor, but the reply never arrives, and the
+    # connection is then cut.  After the reconnect the supervisor returns them (RELEASE 'orphans') instead
+    # of letting them wait out their 30 s lease, and each runs once.
+    r = redis.Redis.from_url(fault_proxy.redis.url)
+    p = xq.Producer(fault_proxy.redis.url)
+    qk = queue_keys("default")
+    try:
+        with XQRun(fault_proxy.url(), "--lease", "30", procs=1, pure=pure) as w:
+            assert p.result(p.enqueue("echo", 0), timeout=20) == 0
+            time.sleep(0.3)  # idle again: its BZPOPMIN and CLAIM are in Redis
+            fault_proxy.stall("down")
+            ids = p.enqueue_many("count", list(range(5)))
+            wait_for(lambda: r.zcard(qk.leases) == 5, 10, what="Redis to lease the tasks to the stalled supervisor")
+            fault_proxy.cut()
+            fault_proxy.resume()
+            wait_for(lambda: all(x[0] == b"done" for x in p.broker.records(qk, ids, "state")), 15,
+                     what="every task done well within its 30 s lease: " + w.output())
+            assert "returned 5 task(s) a claim took while its reply was lost" in w.output(), w.output()
+            assert w.proc.poll() is None
+        assert all(int(n) == 1 for n in r.hmget("test:execs", ids)), r.hgetall("test:execs")
+    finally:
+        p.close()
+        r.close()

@@ -328,6 +328,14 @@ class Broker:
                           started_ms, max_retries, *(v for t in tasks for v in t)])
         return reply[0], reply[1], refusals(reply[2])
 
+    def return_orphans(self, qk: QueueKeys, holder: str, known: Sequence[bytes]) -> list[bytes]:
+        """Put back, unstarted, every task leased to holder but not among known (the ids it holds): what a
+        claim whose reply was lost took.  Returns their ids."""
+        reply = self.run("release", [qk.leases, qk.wake, qk.sched, qk.dead, *qk.ready],
+                         [qk.task_prefix, qk.events, qk.name, 0, "orphans", "", holder, "lost", 0, "", b"{}",
+                          *known])
+        return reply[0]
+
     def renew(self, qk: QueueKeys, worker: str, lease_ms: int,
               tasks: Sequence[tuple[bytes, int]]) -> tuple[list[bytes], list[bytes]]:
         """Extend this worker's leases of (id, attempt) pairs; returns (ids it no longer holds at that attempt,

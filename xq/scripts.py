@@ -769,6 +769,8 @@ return {written, refused}
 #                             attempts remain (after ARGV[9] ms, or at the head of its list for 0), else dead
 #                  'canceled' the attempt was stopped by a cancel request: canceled
 #                  'expired'  like lost, for every lease past its deadline (ids are ignored)
+#                  'orphans'  like return, for every task leased to ARGV[7] whose id is not in ARGV[12..]
+#                             (the ids it holds, one value each): after a claim's reply was lost
 # ARGV[6] -> error text recorded for lost/canceled/expired
 # ARGV[7] -> worker id that must hold the task (see holds(); 'expired' ignores it)
 # ARGV[8] -> the attempt's outcome for its history: 'lost', 'timeout', 'canceled'
@@ -786,6 +788,21 @@ local started = ARGV[10]
 local ids, atts = {}, {}
 if mode == 'expired' then
   ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
+elseif mode == 'orphans' then
+  -- the holder's leases it does not know of: a claim whose reply was lost leased them to it; they were
+  -- never started, so they go back as 'return' does, at once instead of after their lease
+  local known = {}
+  for i = 12, #ARGV do known[ARGV[i]] = true end
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    if not known[id] then
+      local f = redis.call('HMGET', prefix .. id, 'state', 'worker', 'att')
+      if f[1] == 'running' and f[2] == holder then
+        ids[#ids + 1] = id
+        atts[#ids] = f[3]
+      end
+    end
+  end
+  mode = 'return'
 else
   for i = 12, #ARGV, 2 do
     ids[#ids + 1] = ARGV[i]

@@ -46,6 +46,7 @@ class ClaimPipeline(Component):
         self.inflight: dict[int, fast.InFlight] = {}  # seq -> the claimed task, until COMPLETE or RELEASE
         self.buffer: deque[int] = deque()          # claimed seqs not yet in a ring
         self.completions: dict[int, list] = {}     # qidx -> flat COMPLETE args (7 a task)
+        self.claim_lost = False                    # an outage ate a claim's reply: sweep its tasks back
         self.progress: dict[int, tuple] = {}       # seq -> (qidx, id, record JSON, event members, ts ms): last report
         self.results_due = 0.0                     # monotonic time by which buffered results are sent
         self.seq = 0
@@ -162,10 +163,19 @@ class ClaimPipeline(Component):
         for entry in self.pending:
             if entry[0] == "complete":
                 self._requeue_completions(entry[1], entry[2])
+        # ... unless we sweep them back once Redis answers (Leases.sync): a claim was out, reply unread
+        self.claim_lost = self.claim_lost or bool(self.waiting) or any(e[0] == "claim" for e in self.pending)
         self.pending.clear()
         self.claiming = 0
         self.waiting = self.wait_woke = False
         self._wait_fd = self._main_fd = -1
+
+    def held_ids(self, qidx: int) -> list[bytes]:
+        """Every id of queue qidx this supervisor holds: claimed (buffer, rings, children) or with a result
+        not yet confirmed."""
+        ids = [t.id for t in self.inflight.values() if t.qidx == qidx]
+        ids += self.completions.get(qidx, [])[0::7]
+        return ids
 
     def reconnected(self) -> None:
         self.idle = self.waiting = False

@@ -64,6 +64,8 @@ class Leases(Component):
                                                 **r.options)
             self.releases.popleft()
             log_refused(refused, f"{r.mode} release", sup.worker_id)
+        if sup.claims.claim_lost:
+            self._return_orphans()
         if now >= self.next_renew:
             self._renew()
             self.next_renew = now + self.cfg.lease / 6
@@ -92,6 +94,19 @@ class Leases(Component):
                                 lost.decode())
                 for tid in cancel:  # in case the control message was missed
                     sup.canceler.cancel(tid)
+
+    def _return_orphans(self) -> None:
+        """An outage ate a claim's reply: the tasks it leased to us are ours, unknown and unstarted.  Put
+        them back now rather than after their lease (after the pending releases, which name tasks we hold
+        no longer in memory)."""
+        sup = self.sup
+        for q, qk in enumerate(sup.qks):
+            back = self.broker.return_orphans(qk, sup.worker_id, sup.claims.held_ids(q) +
+                                              [i for r in self.releases if r.qidx == q for i, _ in r.tasks])
+            if back:
+                sup.claims.idle = False
+                log.info("queue %s: returned %d task(s) a claim took while its reply was lost", qk.name, len(back))
+        sup.claims.claim_lost = False
 
     def _recover(self) -> None:
         sup = self.sup
