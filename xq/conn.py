@@ -224,6 +224,8 @@ class Health:
     def down(self, e: BaseException, retry_in: float | None = None) -> None:
         kind = classify(e) or "error"
         reason = str(e)
+        if reason.startswith(f"Redis at {self.url} "):  # said by translate(): keep only the why
+            reason = reason.split(": ", 1)[-1]
         if self.ok or kind != self.reason.partition(":")[0]:
             if self.ok:
                 self.since = time.monotonic()
