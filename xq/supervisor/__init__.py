@@ -230,7 +230,7 @@ class Supervisor:
     def _outage(self, e: BaseException, now: float) -> None:
         # Children keep running; results and releases stay buffered and are sent once Redis answers
         # again (both are fenced by attempt, so a late one is refused, never wrong).  Tasks claimed by a
-        # claim whose reply was lost wait out their lease and are recovered by any supervisor.
+        # claim whose reply was lost are returned after the reconnect (Leases._return_orphans).
         delay = self.backoff.next()
         self.health.down(e, retry_in=delay)  # logged once per change of state, not once per retry
         for c in self.components:

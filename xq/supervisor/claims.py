@@ -159,7 +159,7 @@ class ClaimPipeline(Component):
     def outage(self) -> None:
         # Results sent but not confirmed are kept to be sent again (COMPLETE is idempotent, and fenced: a
         # result of an attempt lost meanwhile is refused).  A claim whose reply was lost leased tasks we
-        # never saw: their leases expire and any supervisor recovers them.
+        # never saw: Leases returns them once Redis answers (claim_lost).
         for entry in self.pending:
             if entry[0] == "complete":
                 self._requeue_completions(entry[1], entry[2])
