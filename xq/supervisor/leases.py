@@ -120,8 +120,14 @@ class Leases(Component):
 
 
 def log_refused(refused, what: str, worker_id: str) -> None:
-    """One line per report Redis refused because this worker no longer holds that attempt."""
+    """One line per report Redis refused because this worker no longer holds that attempt.  A resend
+    after a lost reply meets the state its own first send wrote (this worker, this attempt, ended): that
+    is no refusal worth a warning."""
     for r in refused:
+        if r.state and r.state != b"running" and r.attempt == r.now_attempt and r.worker.decode() == worker_id:
+            log.debug("%s of task %s attempt %d: written already (a resend after a lost reply)", what,
+                      r.id.decode(), r.attempt)
+            continue
         if not r.state:
             now = "its record is gone (expired or deleted)"
         elif r.state == b"running":
