@@ -20,14 +20,11 @@ from redis.exceptions import NoScriptError
 
 from . import scripts
 from ._impl import fast
-from .conn import DEFAULT_URL, OUTAGE, RetryWindow, check_url, dedicated, failure, make_client, redacted  # noqa: F401
+from .conn import DEFAULT_URL, RetryWindow, dedicated, failure, make_client, redacted  # noqa: F401 - DEFAULT_URL re-exported
 from .errors import ConnectionLost, ResultTimeout
 from .keys import QUEUES, QueueKeys
 
 log = logging.getLogger("xq")
-
-# Kept for callers of the old name: what a Redis failure looks like above the broker (see xq.conn).
-CONNECTION_ERRORS = OUTAGE
 
 
 def io(method=None, *, retry: bool = True):
