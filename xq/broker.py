@@ -24,6 +24,9 @@ from .conn import DEFAULT_URL, RetryWindow, dedicated, failure, make_client, red
 from .errors import ConnectionLost, ResultTimeout
 from .keys import QUEUES, QueueKeys
 
+PEEK_CAP = 1 << 20  # bytes of each field a listing ships at most (a longer one is cut and marked "truncated")
+PEEK_SKIP = ("payload", "result")  # fields a listing leaves out: status() does not show them
+
 log = logging.getLogger("xq")
 
 
@@ -228,6 +231,14 @@ class Broker:
         """(id, due time) of scheduled and retrying tasks, soonest first."""
         rows = self.client.zrange(qk.sched, offset, offset + limit - 1, withscores=True)
         return [(i.decode(), score / 1000.0) for i, score in rows]
+
+    def peek(self, zset: str, qk: QueueKeys, offset: int, limit: int, cap: int = PEEK_CAP,
+             skip: Sequence[str] = PEEK_SKIP) -> list[tuple[bytes, float, dict, dict]]:
+        """One page of a sorted set of task ids with their records, each field cut at cap bytes (script
+        PEEK): (raw id, score, {field: value}, {cut field: its full length}) per id, in order."""
+        return [(row[0], float(row[1]), dict(zip(row[2][::2], row[2][1::2])),
+                 {k.decode(): int(n) for k, n in zip(row[3][::2], row[3][1::2])})
+                for row in self.run("peek", [zset], [qk.task_prefix, offset, limit, cap, *skip])]
 
     @io
     def dead_count(self, qk: QueueKeys) -> int:
