@@ -235,8 +235,9 @@ class Broker:
     def peek(self, zset: str, qk: QueueKeys, offset: int, limit: int, cap: int = PEEK_CAP,
              skip: Sequence[str] = PEEK_SKIP) -> list[tuple[bytes, float, dict, dict]]:
         """One page of a sorted set of task ids with their records, each field cut at cap bytes (script
-        PEEK): (raw id, score, {field: value}, {cut field: its full length}) per id, in order."""
-        return [(row[0], float(row[1]), dict(zip(row[2][::2], row[2][1::2])),
+        PEEK): (raw id, score, {field: value} or None if the record is gone, {cut field: its full length})
+        per id, in order."""
+        return [(row[0], float(row[1]), dict(zip(row[2][::2], row[2][1::2])) if row[4] else None,
                  {k.decode(): int(n) for k, n in zip(row[3][::2], row[3][1::2])})
                 for row in self.run("peek", [zset], [qk.task_prefix, offset, limit, cap, *skip])]
 

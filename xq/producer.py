@@ -796,7 +796,7 @@ class Producer(ProducerBase):
         _check_page(offset, limit)
         return [task_view(task_id, queue, rec, cut, id_time=id_time)
                 for task_id, _score, rec, cut in self.broker.peek(getattr(qk, which), qk, offset, limit)
-                if rec]  # an empty record: purged, or expired, meanwhile
+                if rec is not None]  # None: purged, or expired, meanwhile
 
     def dead_letters(self, queue: str = DEFAULT_QUEUE, *, offset: int = 0, limit: int = 100) -> list[dict]:
         """One page of the queue's dead-letter set, oldest first: each entry is status() of the task

@@ -1100,8 +1100,8 @@ return 1
 # ARGV[2], ARGV[3] -> offset, count
 # ARGV[4] -> max bytes of a field's value; a longer one is cut to that and named in the row's 4th item
 # ARGV[5..] -> fields left out (e.g. payload, result: a listing does not show them)
-# Output: per id, {id, score, {field, value, ...}, {cut field, its full length, ...}}; an id whose record is
-#         gone has an empty field list
+# Output: per id, {id, score, {field, value, ...}, {cut field, its full length, ...}, 1 if its record
+#         exists else 0 (purged or expired meanwhile)}
 PEEK = """
 local prefix, offset, count, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local skip = {}
@@ -1124,7 +1124,7 @@ for i = 1, #rows, 2 do
       fields[#fields + 1] = v
     end
   end
-  out[#out + 1] = {rows[i], rows[i + 1], fields, cut}
+  out[#out + 1] = {rows[i], rows[i + 1], fields, cut, redis.call('EXISTS', key)}
 end
 return out
 """
