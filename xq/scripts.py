@@ -92,9 +92,13 @@ local function attempt_failed(key, id, queue, now, sched, dead, f, started, fini
     redis.call('ZADD', sched, due, id)
     return event(id, queue, 'retrying', now, ',"attempt":' .. att .. ',"next":' .. due), due
   end
-  local reason
-  if delay < 0 then reason = outcome .. ', not retried'
-  else reason = outcome .. ' on the last of ' .. att .. ' attempts' end
+  local reason, what = nil, outcome
+  if outcome == 'timeout' then  -- at a glance: how long it was given (the canceler's text names it)
+    local s = string.match(err, 'its timeout of ([%d%.e%+%-]+) s')
+    what = s and ('timed out after ' .. s .. ' s') or 'timed out'
+  end
+  if delay < 0 then reason = what .. ', not retried'
+  else reason = what .. ' on the last of ' .. att .. ' attempts' end
   redis.call('HSET', key, 'state', 'dead', 'fin', finished, 'dead', now, 'reason', reason, 'error', err)
   redis.call('PERSIST', key)
   redis.call('ZADD', dead, now, id)
