@@ -213,10 +213,15 @@ def test_huge_fields_are_cut_in_listings(redis_url, r):
     """A 40 MiB payload is not shipped by a listing at all; a 3 MiB error is cut at 1 MiB and marked."""
     big_err = b"E" * (3 << 20)
     put(r, GOOD, dead_record(payload=b"[" + b"1," * (20 << 20) + b"1]", error=big_err))
+    hist = orjson.dumps([{"n": 1, "outcome": "failed", "error": "x" * 1000}] * 2000)
+    put(r, "01HZZZZZZZZZZZZZZZZZZZZZZB", dead_record(hist=hist))
     with xq.Producer(redis_url) as p:
-        [row] = p.dead_letters()
+        row, row2 = p.dead_letters()
         assert len(row["error"]) == 1 << 20 and row["truncated"] == {"error": 3 << 20}
         assert row["malformed"] == []
+        # a JSON field cut by the listing is named in "truncated", not called malformed
+        assert row2["truncated"] == {"hist": len(hist)} and row2["malformed"] == [] and row2["history"] == []
+        assert len(p.status(row2["id"])["history"]) == 2000
         st = p.status(GOOD)  # one task's status is read whole
         assert len(st["error"]) == 3 << 20 and "truncated" not in st
     out = cli(redis_url, "dlq", "ls", "default")
@@ -249,6 +254,24 @@ def test_replay_of_malformed_dead_tasks(redis_url, r):
         assert p.replay("default", [other]) == [other]
         assert r.lrange(QK.ready[5], 0, -1) == [other.encode()]
         assert p.status(other)["status"] == "queued"
+
+
+def test_replay_all_with_a_non_utf8_id_in_the_dead_set(redis_url, r):
+    bad = b"\xffid"
+    put(r, bad, dead_record(), dead=DEAD_AT - 1)
+    put(r, GOOD, dead_record())
+    with xq.Producer(redis_url) as p:
+        assert p.replay("default") == ["\\xffid", GOOD]
+        assert r.lrange(QK.ready[5], 0, -1) == [bad, GOOD.encode()]
+        assert r.hget(QK.task_prefix.encode() + bad, "state") == b"queued"
+    # one id to another queue, given as dlq ls shows it
+    r.delete(*QK.ready)
+    r.hset(QK.task_prefix.encode() + bad, "state", "dead")
+    r.zadd(QK.dead, {bad: DEAD_AT})
+    out = cli(redis_url, "dlq", "replay", "default", "\\xffid", "--to-queue", "elsewhere")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "replayed 1 task(s) into elsewhere"
+    assert r.lrange(queue_keys("elsewhere").ready[5], 0, -1) == [bad] and r.zcard(QK.dead) == 0
 
 
 # ------------------------------------------------------------------------------------------ timeout reason

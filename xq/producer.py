@@ -18,7 +18,7 @@ from .conn import RetryWindow
 from .errors import ConfigError, ConnectionLost, MalformedRecord, ResultTimeout, TaskFailed, UnknownTask
 from .flow import flow_args, flow_json
 from .keys import DEFAULT_PRIORITY, PRIORITIES, check_queue, check_task_ids, queue_keys
-from .records import esc, group_view, record_options, task_view
+from .records import esc, group_view, raw_id, record_options, task_view
 
 PRIORITY_NAMES = {"critical": 0, "high": 2, "normal": 5, "low": 8}
 DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024
@@ -823,9 +823,9 @@ class Producer(ProducerBase):
             if to_queue == queue:
                 to_queue = None
         if ids is None:
-            ids = [i for i, _ in self.broker.dead_ids(qk, 0, self.broker.dead_count(qk))]
-        elif isinstance(ids, str):
-            ids = [ids]
+            ids = [i for i, _ in self.broker.dead_ids(qk, 0, self.broker.dead_count(qk), raw=True)]
+        else:  # an id as listed (escaped if it is not UTF-8) to the bytes Redis holds
+            ids = [raw_id(i) for i in ([ids] if isinstance(ids, str) else ids)]
         done: list[str] = []
         for i in range(0, len(ids), 500):
             chunk = list(ids[i:i + 500])
@@ -835,11 +835,11 @@ class Producer(ProducerBase):
                 done += self._move_dead(qk, chunk, prio, to_queue)
         return done
 
-    def _move_dead(self, qk, ids: list[str], prio: int | None, to_queue: str) -> list[str]:
+    def _move_dead(self, qk, ids: list[bytes], prio: int | None, to_queue: str) -> list[str]:
         # Two steps, as the queues live in different hash slots: enqueue a copy in to_queue under the same
         # id, then drop the original.  A crash in between leaves both (replayed twice at worst), never none.
         moved = []
-        dead = set(i for i, _ in self.broker.dead_ids(qk, 0, self.broker.dead_count(qk)))
+        dead = set(i for i, _ in self.broker.dead_ids(qk, 0, self.broker.dead_count(qk), raw=True))
         for task_id in ids:
             if task_id not in dead:
                 continue
@@ -856,12 +856,12 @@ class Producer(ProducerBase):
             maxr = maxr if maxr is not None else DEFAULT_MAX_RETRIES
             tqk = queue_keys(to_queue)
             timing = {"timeout_ms": to} if to is not None else {}
-            cmd = self.broker.pack_enqueue(tqk, name, p, maxr, [task_id.encode()], [payload], 0, 1 << 62, **timing)
+            cmd = self.broker.pack_enqueue(tqk, name, p, maxr, [task_id], [payload], 0, 1 << 62, **timing)
             self.broker.send_packed(cmd)
             reply = self.broker.read_replies([cmd])[0]
             if isinstance(reply, Exception):
                 raise reply
-            self._remember(to_queue, [task_id])
+            self._remember(to_queue, [esc(task_id)])
             moved += self.broker.replay(qk, [task_id], None, mode="remove")
         return moved
 

@@ -9,6 +9,7 @@ and the view's "malformed" list says, one entry per bad field, what is wrong wit
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -95,8 +96,8 @@ class Fields:
         try:
             return orjson.loads(v)
         except orjson.JSONDecodeError as e:
-            why = "cut at the listing's size limit" if field in self.truncated else f"not JSON ({e})"
-            self._note(field, why)
+            if field not in self.truncated:  # a listing cut it (named in "truncated"): not the record's fault
+                self._note(field, f"not JSON ({e})")
             return esc(v)
 
 
@@ -130,8 +131,16 @@ def history(fields: Fields) -> list[dict]:
     return out
 
 
-def id_text(task_id: bytes | str) -> str:
-    return esc(task_id)
+_ESCAPED = re.compile(rb"\\x([0-9a-f]{2})")
+
+
+def raw_id(task_id: bytes | str) -> bytes:
+    """A task id as the bytes Redis holds: a str shown by esc() (an id that is not UTF-8, with backslash
+    escapes) back to its bytes.  Unambiguous: a well-formed id has no backslash (keys.check_task_ids)."""
+    if not isinstance(task_id, str):
+        return task_id
+    b = task_id.encode()
+    return _ESCAPED.sub(lambda m: bytes([int(m[1], 16)]), b) if b"\\x" in b else b
 
 
 def task_view(task_id: bytes | str, queue: str, raw: dict, truncated: dict | None = None,
