@@ -119,6 +119,11 @@ def test_non_utf8_id_in_the_dead_and_scheduled_sets(redis_url, r):
     out = cli(redis_url, "dlq", "ls", "default")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[1].startswith("\\xff\\xfebad-id  ")
+    # the id as listed finds the record
+    out = cli(redis_url, "dlq", "show", "default", "\\xff\\xfebad-id")
+    assert out.returncode == 0, out.stderr
+    st = orjson.loads(out.stdout)
+    assert st["id"] == "\\xff\\xfebad-id" and st["status"] == "dead" and "id: not UTF-8" in notes(st)
 
 
 # ------------------------------------------------------------------------------------------ missing fields

@@ -574,16 +574,19 @@ class Producer(ProducerBase):
         return q
 
     def status(self, task_id: str, *, queue: str | None = None) -> dict:
-        """The task's record: status, attempts, timestamps (unix seconds), worker, error."""
+        """The task's record: status, attempts, timestamps (unix seconds), worker, error.  A malformed
+        record is shown with its bad fields escaped or raw and a "malformed" list of notes (see
+        xq.records); an id that is not UTF-8 may be given as listings show it (backslash escapes)."""
         q = self._find(task_id, queue)
-        return self._status_of(task_id, q, self.broker.task_record(queue_keys(q), task_id))
+        raw = raw_id(task_id)
+        return self._status_of(raw, q, self.broker.task_record(queue_keys(q), raw))
 
     @staticmethod
-    def _status_of(task_id: str, q: str, rec: dict) -> dict:
+    def _status_of(task_id: str | bytes, q: str, rec: dict) -> dict:
         """status() of a task's record (its HGETALL reply); shared with AsyncProducer.  A malformed record
         is shown, never raised on: see xq.records.task_view."""
         if not rec:
-            raise UnknownTask(f"no task with id {task_id!r} in queue {q!r} (never enqueued, or its "
+            raise UnknownTask(f"no task with id {esc(task_id)!r} in queue {q!r} (never enqueued, or its "
                               f"record expired)")
         return task_view(task_id, q, rec, id_time=id_time)
 
