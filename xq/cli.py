@@ -309,9 +309,26 @@ def dlq_ls(queue, offset, limit, as_json, url) -> None:
         return
     click.echo(f"{total} dead task(s) in {queue}; showing {offset + 1 if page else 0}-{offset + len(page)}")
     for t in page:
-        died = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["dead_at"])) if t["dead_at"] else "?"
-        err = (t["error"] or "").splitlines()[0] if t["error"] else ""
-        click.echo(f"{t['id']}  {died}  {t['name']}  attempts={t['attempts']}  {t['reason']}: {err[:100]}")
+        click.echo(_dead_line(t))
+
+
+def _dead_line(t: dict) -> str:
+    """One line of `xq dlq ls`: every value cut at 200 characters (a malformed record may hold anything),
+    then what is malformed in the record, if anything."""
+    from .records import cut
+
+    dead_at = t["dead_at"]
+    died = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dead_at)) \
+        if isinstance(dead_at, float) else cut(dead_at or "?", 30)
+    err = t["error"].splitlines()[0] if t["error"] and t["error"].strip() else ""
+    line = (f"{cut(t['id'])}  {died}  {cut(t['name'])}  attempts={cut(t['attempts'], 20)}  "
+            f"{cut(t['reason'])}: {cut(err, 100)}")
+    notes = list(t.get("malformed") or [])
+    if t.get("truncated"):
+        notes.append("truncated: " + ", ".join(f"{k} ({n} bytes)" for k, n in t["truncated"].items()))
+    if notes:
+        line += f"  [malformed: {cut('; '.join(notes))}]" if t.get("malformed") else f"  [{cut('; '.join(notes))}]"
+    return line
 
 
 @dlq.command("show")
