@@ -35,3 +35,23 @@ def use(payload):
     time.sleep(payload.get("s", 0))
     del block
     return os.getpid()
+
+
+_leaked = []
+
+
+@app.task("leak")
+def leak(payload):
+    """Keeps payload['mb'] MiB resident after it returns (a leak), and returns its pid."""
+    _leaked.append(b"\x01" * (payload["mb"] << 20))
+    return os.getpid()
+
+
+@app.task("stubborn_hog")
+def stubborn_hog(payload):
+    """Ignores SIGTERM (as a handler stuck in a C library that blocks it might), waits, then allocates."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(payload.get("s", 1.5))
+    return hog(payload)

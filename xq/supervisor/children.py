@@ -59,7 +59,6 @@ class Child:
     kill: tuple | None = None          # (reason 'timeout'|'canceled'|'memory', seq, text): why we stop it mid-task
     kill_at: float = 0.0               # monotonic time of the SIGKILL that follows a SIGTERM / cancel
     statm: int = -1                    # fd of /proc/<pid>/statm while a memory limit is set, else -1
-    peak: int = 0                      # highest RSS seen by a memory check, bytes
 
 
 class ChildPool(Component):
@@ -274,7 +273,6 @@ class ChildPool(Component):
 
     def _check_limit_of(self, c: Child, now: float) -> None:
         rss = rss_of(c)
-        c.peak = max(c.peak, rss)
         if rss <= self.limit:
             return
         limit = f"over --memory-limit-per-child={self.limit // MiB} MiB"
