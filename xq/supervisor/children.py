@@ -8,7 +8,7 @@ instead of respawning forever, as gunicorn does.
 
 Two memory limits, both on a child's RSS, read from its /proc/<pid>/statm (kept open, one pread a check):
 --max-memory-per-child is soft: checked every 2 s, a child over it is recycled after its current task.
---memory-limit-per-child is hard: checked every 0.1 s while a child has tasks (or has not started any), a
+--memory-limit-per-child is hard: checked at spawn and every 0.1 s while a child has tasks or is booting, a
 child over it is SIGKILLed at once; the attempt it was running ends with the outcome `memory` and is
 retried or dead like any failure.  A child over it before it ran a task counts as a boot failure.
 """
@@ -56,7 +56,8 @@ class Child:
     done: int = 0
     stopping: bool = False
     started: float = 0.0
-    kill: tuple | None = None          # (reason 'timeout'|'canceled'|'memory', seq, text): why we stop it mid-task
+    kill: tuple | None = None          # (reason, seq, text): why we stop it: 'timeout', 'canceled', 'memory'
+                                       # (mid-task, seq its task) or 'memory-boot' (before any task, seq 0)
     kill_at: float = 0.0               # monotonic time of the SIGKILL that follows a SIGTERM / cancel
     statm: int = -1                    # fd of /proc/<pid>/statm while a memory limit is set, else -1
 
@@ -64,7 +65,7 @@ class Child:
 class ChildPool(Component):
     """Owns: the children (pid -> Child), boot-failure count, the memory checks' schedules.
     Deadline: the next memory check (--max-memory-per-child every 2 s; --memory-limit-per-child every
-    0.1 s, only while some child has tasks or has not started one).  Fds: each child's pidfd."""
+    0.1 s, only while some child has tasks or is booting).  Fds: each child's pidfd."""
 
     def __init__(self, sup):
         self.sup = sup
