@@ -160,7 +160,10 @@ def main() -> None:
               help="seconds running tasks get to finish after SIGTERM/SIGINT")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=0), default=0, help="recycle a child after N tasks")
 @click.option("--max-memory-per-child", type=click.IntRange(min=0), default=0,
-              help="recycle a child whose RSS exceeds this many MiB")
+              help="soft limit: recycle a child whose RSS exceeds this many MiB after its current task")
+@click.option("--memory-limit-per-child", type=click.IntRange(min=0), default=0,
+              help="hard limit: kill a child whose RSS exceeds this many MiB at once, even mid-task (the "
+                   "attempt ends with outcome 'memory' and is retried or dead like any failure)")
 @click.option("--prefetch", type=click.IntRange(min=0), default=1, show_default=True,
               help="tasks claimed ahead per child, beyond those queued in its ring")
 @click.option("--retain-memory/--no-retain-memory", default=True, show_default=True,
@@ -175,13 +178,15 @@ def main() -> None:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grace, max_tasks_per_child,
-        max_memory_per_child, prefetch, retain_memory, level_weights, kill_grace, log_level) -> None:
+        max_memory_per_child, memory_limit_per_child, prefetch, retain_memory, level_weights, kill_grace,
+        log_level) -> None:
     """Run a supervisor and its child processes for MODULE:APP."""
     from .broker import DEFAULT_URL, Broker
-    from .supervisor import Config, Supervisor
+    from .supervisor import Config, Supervisor, check_memory_limits
 
     _setup_logging(log_level)
     n = _procs(procs)
+    check_memory_limits(max_memory_per_child * 1048576, memory_limit_per_child * 1048576)
     url = url or os.environ.get("XQ_REDIS_URL") or DEFAULT_URL
     app = load_app(app_ref)
     try:
@@ -193,7 +198,8 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
     _check_redis(broker, burst)
     cfg = Config(queues=qs, procs=n, burst=burst, lease=lease, result_ttl=result_ttl, max_payload=max_payload,
                  grace=grace, max_tasks_per_child=max_tasks_per_child,
-                 max_memory_per_child=max_memory_per_child * 1024 * 1024, prefetch=prefetch,
+                 max_memory_per_child=max_memory_per_child * 1024 * 1024,
+                 memory_limit_per_child=memory_limit_per_child * 1024 * 1024, prefetch=prefetch,
                  retain_memory=retain_memory, weights=weights, level_weights=lweights, kill_grace=kill_grace)
     try:
         code = Supervisor(app, broker, cfg).run()

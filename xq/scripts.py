@@ -777,7 +777,7 @@ return {written, refused}
 #                             (the ids it holds, one value each): after a claim's reply was lost
 # ARGV[6] -> error text recorded for lost/canceled/expired
 # ARGV[7] -> worker id that must hold the task (see holds(); 'expired' ignores it)
-# ARGV[8] -> the attempt's outcome for its history: 'lost', 'timeout', 'canceled'
+# ARGV[8] -> the attempt's outcome for its history: 'lost', 'timeout', 'memory', 'canceled'
 # ARGV[9] -> retry delay, ms (0 = at once, at the head of its list)
 # ARGV[10] -> when the attempt started (ms), or ''
 # ARGV[11] -> JSON object: task name -> max_retries, for tasks whose default is not 3 (a record's own wins)
