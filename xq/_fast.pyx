@@ -335,13 +335,26 @@ DEF TASK_FIXED = 16   # u64 seq | u16 attempt | u8 ct | u8 qidx | u16 id_len | u
 DEF RESULT_FIXED = 32  # u64 seq | u8 status | u8 rct | u16 pad | u32 err_len | f64 started | f64 finished
 
 
-def encode_task_head(uint64_t seq, uint16_t attempt, bytes ct, uint8_t qidx, bytes task_id, bytes name):
+def _head_error(attempt, ct, il, nl):
+    """Why a task head cannot be encoded (the frame carries attempt, id and name lengths in 16 bits)."""
+    if il > 0xFFFF:
+        return f"task id of {il} bytes is too large for a task head (limit 65535)"
+    if nl > 0xFFFF:
+        return f"task name of {nl} bytes is too large for a task head (limit 65535)"
+    if not 0 <= attempt <= 0xFFFF:
+        return f"attempt {attempt} does not fit a task head (limit 65535)"
+    return f"content type {ct!r} is not one byte"
+
+
+def encode_task_head(uint64_t seq, long long attempt, bytes ct, uint8_t qidx, bytes task_id, bytes name):
     cdef Py_ssize_t il = len(task_id), nl = len(name)
+    if il > 0xFFFF or nl > 0xFFFF or attempt < 0 or attempt > 0xFFFF or len(ct) != 1:
+        raise ValueError(_head_error(attempt, ct, il, nl))
     cdef object out = PyBytes_FromStringAndSize(NULL, TASK_FIXED + il + nl)
     cdef char *p = PyBytes_AS_STRING(out)
-    cdef uint16_t v16
+    cdef uint16_t v16 = <uint16_t>attempt
     memcpy(p, &seq, 8)
-    memcpy(p + 8, &attempt, 2)
+    memcpy(p + 8, &v16, 2)
     p[10] = PyBytes_AS_STRING(ct)[0]
     p[11] = <char>qidx
     v16 = <uint16_t>il

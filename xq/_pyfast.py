@@ -213,7 +213,20 @@ class Ring:
         return not self.empty()
 
 
+def _head_error(attempt, ct, il, nl):
+    """Why a task head cannot be encoded (the frame carries attempt, id and name lengths in 16 bits)."""
+    if il > 0xFFFF:
+        return f"task id of {il} bytes is too large for a task head (limit 65535)"
+    if nl > 0xFFFF:
+        return f"task name of {nl} bytes is too large for a task head (limit 65535)"
+    if not 0 <= attempt <= 0xFFFF:
+        return f"attempt {attempt} does not fit a task head (limit 65535)"
+    return f"content type {ct!r} is not one byte"
+
+
 def encode_task_head(seq, attempt, ct, qidx, task_id, name) -> bytes:
+    if len(task_id) > 0xFFFF or len(name) > 0xFFFF or not 0 <= attempt <= 0xFFFF or len(ct) != 1:
+        raise ValueError(_head_error(attempt, ct, len(task_id), len(name)))
     return _TASK.pack(seq, attempt, ct[0], qidx, len(task_id), len(name)) + task_id + name
 
 
