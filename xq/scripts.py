@@ -536,6 +536,8 @@ local function fail_invalid(c, id, key, f, why)
   if c.listen then c.events[#c.events + 1] = ev end
   settle(c.ctx, id, 'dead', now)
 end
+local KNOWN_STATES = {scheduled = true, queued = true, waiting = true, running = true, retrying = true, done = true,
+                      dead = true, expired = true, canceled = true}
 local function claim_one(c, id)
   local base = c.base
   local key = c.prefix .. id
@@ -544,7 +546,7 @@ local function claim_one(c, id)
     if not f[1] and not f[2] and not f[4] and redis.call('EXISTS', key) == 0 then
       notes[#notes + 1] = id
       notes[#notes + 1] = 'no task record with name and payload at ' .. key .. ': dropped from the queue'
-    elseif f[4] and f[4] ~= 'queued' then
+    elseif f[4] and f[4] ~= 'queued' and KNOWN_STATES[f[4]] then
       notes[#notes + 1] = id
       notes[#notes + 1] = 'state is ' .. f[4] .. ', not queued: stale queue entry dropped'
     else
@@ -552,7 +554,9 @@ local function claim_one(c, id)
     end
     return 0
   elseif f[4] ~= 'queued' then
-    if f[4] ~= 'canceled' then  -- a canceled task's entry is left in its list and dropped here
+    if not KNOWN_STATES[f[4]] then
+      fail_invalid(c, id, key, f, 'field state: ' .. cjson.encode(string.sub(f[4], 1, 40)) .. ' is not a task state')
+    elseif f[4] ~= 'canceled' then  -- a canceled task's entry is left in its list and dropped here
       notes[#notes + 1] = id
       notes[#notes + 1] = 'state is ' .. tostring(f[4]) .. ', not queued: stale queue entry dropped'
     end
