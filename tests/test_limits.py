@@ -175,3 +175,42 @@ def test_malformed_fields_fail_alone_in_the_scripts(redis_url, r, pure):
     assert [final_state(r, g)[0] for g in good] == [b"done"] * 5
     assert "claim failed" not in log and "Traceback" not in log, log
     p.close()
+
+
+@pytest.mark.parametrize("pure", IMPLS)
+def test_a_child_fails_the_task_of_a_frame_it_cannot_read(pure):
+    """A frame whose id or name is not UTF-8, or whose lengths do not match, fails that task (seq kept),
+    instead of raising out of the child's loop (which would kill the child and lose the attempt)."""
+    import importlib
+
+    from xq.child import Runner
+
+    fast = importlib.import_module("xq._pyfast" if pure else "xq._fast")
+    app = xq.App()
+
+    @app.task("t")
+    def t(payload):
+        return payload
+
+    runner = Runner(app, ["default"])
+    seq, status, _rct, _body, error = runner.run(fast.encode_task_head(9, 1, b"j", 0, b"\xff\xfe", b"t"), b"1")
+    assert (seq, status) == (9, fast.ST_FAILED) and b"malformed task frame" in error
+    head = fast.encode_task_head(11, 1, b"j", 0, b"id", b"t")
+    seq, status, _rct, _body, error = runner.run(head + b"extra", b"1")
+    assert (seq, status) == (11, fast.ST_FAILED) and b"malformed task frame" in error
+    seq, status, _rct, _body, error = runner.run(fast.encode_task_head(12, 1, b"j", 5, b"id", b"t"), b"1")
+    assert (seq, status) == (12, fast.ST_FAILED) and b"queue index" in error
+    assert runner.run(fast.encode_task_head(13, 1, b"j", 0, b"id", b"t"), b"1")[1] == fast.ST_DONE
+
+
+@pytest.mark.parametrize("pure", IMPLS)
+def test_encode_task_head_names_the_size_instead_of_crashing(pure):
+    import importlib
+
+    fast = importlib.import_module("xq._pyfast" if pure else "xq._fast")
+    with pytest.raises(ValueError, match="task id of 70000 bytes is too large for a task head"):
+        fast.encode_task_head(1, 1, b"j", 0, b"i" * 70000, b"t")
+    with pytest.raises(ValueError, match="task name of 70000 bytes is too large for a task head"):
+        fast.encode_task_head(1, 1, b"j", 0, b"i", b"n" * 70000)
+    with pytest.raises(ValueError, match="attempt 70000 does not fit a task head"):
+        fast.encode_task_head(1, 70000, b"j", 0, b"i", b"n")
