@@ -214,3 +214,21 @@ def test_encode_task_head_names_the_size_instead_of_crashing(pure):
         fast.encode_task_head(1, 1, b"j", 0, b"i", b"n" * 70000)
     with pytest.raises(ValueError, match="attempt 70000 does not fit a task head"):
         fast.encode_task_head(1, 70000, b"j", 0, b"i", b"n")
+
+
+def test_screen_claimed_flags_every_record_check_record_refuses_in_both_hot_paths():
+    """The cheap pass (C) may flag more than check_record refuses, never less; the pure twin flags exactly."""
+    import xq._fast as cf
+    import xq._pyfast as pf
+
+    rows = [(b"A1", b"echo", b"j", 1, b""), (b"x" * 129, b"echo", b"j", 1, b""), (b"a b", b"echo", b"j", 1, b""),
+            (b"A1", b"", b"j", 1, b""), (b"A1", b"n" * 201, b"b", 1, b""), (b"A1", "é".encode(), b"j", 1, b""),
+            (b"A1", b"\xff", b"j", 1, b""), (b"A1", b"a\tb", b"j", 1, b""), (b"A1", b"echo", b"x", 1, b""),
+            (b"A1", b"echo", b"jj", 1, b""), (b"A1", b"echo", b"j", 0, b""), (b"A1", b"echo", b"j", 65536, b""),
+            (b"A1", b"echo", b"j", 2, b"1500"), (b"A1", b"echo", b"j", 2, b"-1"), (b"A1", b"echo", b"j", 2, b"9" * 15),
+            (b"A1", b"echo", b"j", 2, b"x")]
+    tasks = [v for row in rows for v in (0, row[0], row[1], b"{}", row[2], row[3], row[4])]
+    refused = [i * 7 for i, row in enumerate(rows) if check_record(*row) is not None]
+    assert pf.screen_claimed(tasks) == refused
+    assert set(refused) <= set(cf.screen_claimed(tasks))
+    assert cf.screen_claimed(tasks[:7]) is None and pf.screen_claimed(tasks[:7]) is None

@@ -597,6 +597,62 @@ cdef class InFlight:
                 f"bytes>, ct={self.ct!r}, attempt={self.attempt}, timeout_ms={self.timeout_ms})")
 
 
+cdef uint8_t _ID_OK[256]
+memset(_ID_OK, 0, 256)
+for _c in bytearray(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"):
+    _ID_OK[_c] = 1
+
+
+cdef inline bint _plain(object task_id, object name, object ct, object att, object to):
+    """The cheap check of a claimed task: True if it certainly keeps every limit (keys.check_record
+    gives the reason for the rest; a non-ASCII name, for one, is looked at there)."""
+    cdef Py_ssize_t n, i
+    cdef const uint8_t *p
+    if not PyBytes_CheckExact(task_id) or not PyBytes_CheckExact(name) or not PyBytes_CheckExact(ct):
+        return False
+    n = PyBytes_GET_SIZE(task_id)
+    if n < 1 or n > 128:
+        return False
+    p = <const uint8_t *>PyBytes_AS_STRING(task_id)
+    for i in range(n):
+        if not _ID_OK[p[i]]:
+            return False
+    n = PyBytes_GET_SIZE(name)
+    if n < 1 or n > 200:
+        return False
+    p = <const uint8_t *>PyBytes_AS_STRING(name)
+    for i in range(n):
+        if p[i] < 0x20 or p[i] >= 0x7f:
+            return False
+    if PyBytes_GET_SIZE(ct) != 1 or (PyBytes_AS_STRING(ct)[0] != b'j' and PyBytes_AS_STRING(ct)[0] != b'b'):
+        return False
+    if type(att) is not int or not (1 <= att <= 65535):
+        return False
+    if not PyBytes_CheckExact(to):
+        return False
+    n = PyBytes_GET_SIZE(to)
+    if n > 14:
+        return False
+    p = <const uint8_t *>PyBytes_AS_STRING(to)
+    for i in range(n):
+        if p[i] < 0x30 or p[i] > 0x39:
+            return False
+    return True
+
+
+def screen_claimed(list tasks):
+    """Offsets (into tasks, 7 values a task) of the claimed tasks that need keys.check_record's full
+    look, or None when every one keeps the limits (the common case, one pass in C)."""
+    cdef Py_ssize_t i, n = len(tasks)
+    cdef list out = None
+    for i in range(0, n, 7):
+        if not _plain(tasks[i + 1], tasks[i + 2], tasks[i + 4], tasks[i + 5], tasks[i + 6]):
+            if out is None:
+                out = []
+            out.append(i)
+    return out
+
+
 def take_claimed(list tasks, dict inflight, buffer, uint64_t seq):
     """Record a CLAIM reply (7 values a task) as inflight[seq] = InFlight and queue seq in buffer; returns
     the last seq used."""

@@ -353,6 +353,18 @@ class InFlight:
                 f"bytes>, ct={self.ct!r}, attempt={self.attempt}, timeout_ms={self.timeout_ms})")
 
 
+def screen_claimed(tasks):
+    from xq.keys import check_record
+
+    out = None
+    for i in range(0, len(tasks), 7):
+        if check_record(tasks[i + 1], tasks[i + 2], tasks[i + 4], tasks[i + 5], tasks[i + 6]) is not None:
+            if out is None:
+                out = []
+            out.append(i)
+    return out
+
+
 def take_claimed(tasks, inflight, buffer, seq):
     for i in range(0, len(tasks), 7):
         seq += 1
