@@ -232,3 +232,32 @@ def test_screen_claimed_flags_every_record_check_record_refuses_in_both_hot_path
     assert pf.screen_claimed(tasks) == refused
     assert set(refused) <= set(cf.screen_claimed(tasks))
     assert cf.screen_claimed(tasks[:7]) is None and pf.screen_claimed(tasks[:7]) is None
+
+
+@pytest.mark.parametrize("pure", IMPLS)
+def test_malformed_delayed_records_fail_alone(redis_url, r, pure):
+    """Delayed tasks written raw (state scheduled, ZADD to sched): a pri out of 0..9 once made CLAIM RPUSH
+    to another key (a script error on every claim); a state that is no task state left it nowhere."""
+    import time as _time
+
+    p = xq.Producer(redis_url)
+    due = int(_time.time() * 1000) - 1000
+    cases = {"DPRI12": {"state": "scheduled", "pri": "12"}, "DPRIX": {"state": "scheduled", "pri": "-3"},
+             "DNOSTATE": {"state": None}, "DBOGUS": {"state": "later"}}
+    for tid, fields in cases.items():
+        rec = {"name": "echo", "payload": b'"x"', "ct": "j", "pri": "5", **fields}
+        r.hset(QK.task(tid), mapping={k: v for k, v in rec.items() if v is not None})
+        r.zadd(QK.sched, {tid: due})
+    r.zadd(QK.wake, {"1": 0})
+    good = p.enqueue_many("echo", list(range(3)))
+    with XQRun(redis_url, procs=1, pure=pure) as w:
+        wait_for(lambda: all(final_state(r, t)[0] in FINAL for t in [*cases, *good]), 30, what="every task to end")
+        assert w.proc.poll() is None, w.output()
+        log = w.output()
+    assert final_state(r, "DPRI12")[0] == b"done" and final_state(r, "DPRIX")[0] == b"done", log
+    for tid in ("DNOSTATE", "DBOGUS"):
+        st, reason, _err = final_state(r, tid)
+        assert st == b"dead" and "field state" in reason, (tid, st, reason)
+    assert [final_state(r, g)[0] for g in good] == [b"done"] * 3
+    assert "claim failed" not in log, log
+    p.close()

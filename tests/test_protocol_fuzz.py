@@ -77,6 +77,9 @@ fields = {
     "lim": st.one_of(st.none(), junk_text, lim_dict.map(lambda d: d)),
     "uk": field(b"u"), "deps": field(b"[]"), "npend": field(b"0"), "df": field(b"run"), "hd": field(b"1"),
     "grp": field(b"g"), "hist": field(b"[]"), "cxl": st.none(), "progress": field(b"{}"),
+    # written as a delayed task (state scheduled, ZADD to sched, due now) instead of RPUSH: CLAIM then
+    # moves it to the ready list of its pri first
+    "delayed": st.booleans(),
 }
 GOOD = {"id": "ok", "name": b"echo", "payload": b'"x"', "ct": b"j", "state": b"queued", "pri": b"5"}
 # a good record with one field fuzzed (most are), or every field fuzzed at once
@@ -95,9 +98,12 @@ def write(r, rec: dict) -> bytes:
 
     tid = make_id(rec["id"])
     fields = {}
+    delayed = rec.get("delayed")
     for k, v in rec.items():
-        if k == "id" or v is None:
+        if k in ("id", "delayed") or v is None:
             continue
+        if k == "state" and delayed and v == b"queued":
+            v = b"scheduled"
         if k == "lim" and isinstance(v, dict):
             # a unique key per record: a valid rate limit shared by records could defer one for its period
             v = dict(v)
@@ -110,7 +116,10 @@ def write(r, rec: dict) -> bytes:
     with r.pipeline(transaction=True) as pipe:
         if fields:
             pipe.hset(key, mapping=fields)
-        pipe.rpush(QK.ready[5], tid)
+        if delayed:
+            pipe.zadd(QK.sched, {tid: int(time.time() * 1000) - 1000})
+        else:
+            pipe.rpush(QK.ready[5], tid)
         pipe.zadd(QK.wake, {"1": 0})
         pipe.execute()
     return tid

@@ -456,6 +456,21 @@ if ARGV[6] ~= '' then
   level_weights = {}
   for w in string.gmatch(ARGV[6], '%d+') do level_weights[#level_weights + 1] = tonumber(w) end
 end
+-- A record that breaks a limit of docs/protocol.md (or lacks name, payload or state) fails alone: dead,
+-- its reason naming the field.  (The supervisor checks the fields it uses itself: id, name, ct, to.)
+local function fail_invalid(c, id, key, f, why)
+  local h = redis.call('HMGET', key, 'att', 'maxr', 'worker', 'hist')
+  local a = tonumber(f[5])
+  if not is_int(a, 0, 65534) then a = 0 end
+  h[1] = a + 1
+  redis.call('HSET', key, 'att', h[1])
+  local ev = attempt_failed(key, id, c.queue, now, KEYS[c.base + 13], KEYS[c.base + 14],
+                            h, now, now, 'invalid', 'invalid record: ' .. why, -1, 'invalid record: ' .. why)
+  if c.listen then c.events[#c.events + 1] = ev end
+  settle(c.ctx, id, 'dead', now)
+end
+local KNOWN_STATES = {scheduled = true, queued = true, waiting = true, running = true, retrying = true, done = true,
+                      dead = true, expired = true, canceled = true}
 local qs = {}
 local total_weight = 0
 for q = 1, nq do
@@ -477,6 +492,10 @@ for q = 1, nq do
         redis.call('HSET', key, 'state', 'queued')
         redis.call('RPUSH', KEYS[c.base + 1 + prio(f[2])], id)
         if c.listen then c.events[#c.events + 1] = event(id, c.queue, 'queued', now) end
+      elseif not KNOWN_STATES[f[1] or ''] and redis.call('EXISTS', key) == 1 then
+        local why = f[1] and ('field state: ' .. cjson.encode(string.sub(f[1], 1, 40)) .. ' is not a task state')
+                    or 'field state is missing'
+        fail_invalid(c, id, key, {nil, nil, nil, nil, redis.call('HGET', key, 'att')}, why)
       end
     end
     redis.call('ZREM', sched, unpack(due))
@@ -523,21 +542,6 @@ local function within_limits(c, id, key, name, L)
 end
 
 -- One popped id: claim it (returns 1), or finish or drop it as its record says (returns 0).
--- A record that breaks a limit of docs/protocol.md (or lacks name, payload or state) fails alone: dead,
--- its reason naming the field.  (The supervisor checks the fields it uses itself: id, name, ct, to.)
-local function fail_invalid(c, id, key, f, why)
-  local h = redis.call('HMGET', key, 'att', 'maxr', 'worker', 'hist')
-  local a = tonumber(f[5])
-  if not is_int(a, 0, 65534) then a = 0 end
-  h[1] = a + 1
-  redis.call('HSET', key, 'att', h[1])
-  local ev = attempt_failed(key, id, c.queue, now, KEYS[c.base + 13], KEYS[c.base + 14],
-                            h, now, now, 'invalid', 'invalid record: ' .. why, -1, 'invalid record: ' .. why)
-  if c.listen then c.events[#c.events + 1] = ev end
-  settle(c.ctx, id, 'dead', now)
-end
-local KNOWN_STATES = {scheduled = true, queued = true, waiting = true, running = true, retrying = true, done = true,
-                      dead = true, expired = true, canceled = true}
 local function claim_one(c, id)
   local base = c.base
   local key = c.prefix .. id
