@@ -261,3 +261,14 @@ def test_malformed_delayed_records_fail_alone(redis_url, r, pure):
     assert [final_state(r, g)[0] for g in good] == [b"done"] * 3
     assert "claim failed" not in log, log
     p.close()
+
+
+def test_a_max_retries_over_the_limit_in_a_record_counts_as_the_limit(redis_url, r):
+    """maxr is producer-written: a record saying 10^11 retries gets at most 1000 (the limit), not 10^11."""
+    raw_task(r, "MAXR1", name="boom", maxr="99999999999", att="1000")
+    with XQRun(redis_url, procs=1) as w:
+        wait_for(lambda: final_state(r, "MAXR1")[0] in FINAL or r.hget(QK.task("MAXR1"), "state") == b"retrying",
+                 30, what="the attempt to end")
+        log = w.output()
+    st, reason, _err = final_state(r, "MAXR1")
+    assert st == b"dead" and reason == "failed on the last of 1001 attempts", (st, reason, log)

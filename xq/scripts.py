@@ -114,8 +114,10 @@ end
 local function attempt_failed(key, id, queue, now, sched, dead, f, started, finished, outcome, err, delay, why)
   -- f: HMGET of att, maxr, worker, hist
   local att = tonumber(f[1]) or 1
+  local maxr = tonumber(f[2])  -- producer-written: past the limit of 1000 counts as 1000, junk as the default
+  if not (maxr and maxr >= 0) then maxr = 3 elseif maxr > 1000 then maxr = 1000 end
   add_history(key, f[4], att, f[3], started, finished, outcome, err)
-  if delay >= 0 and att <= (tonumber(f[2]) or 3) then
+  if delay >= 0 and att <= maxr then
     local due = now + delay
     redis.call('HSET', key, 'state', 'retrying', 'due', due, 'error', err)
     redis.call('HDEL', key, 'progress')  -- the next attempt starts from nothing
