@@ -137,6 +137,9 @@ class InFlight:
     def __init__(self, qidx: int, id: bytes, name: bytes, payload: bytes, ct: bytes, attempt: int,
                  timeout_ms: int = 0) -> None: ...
 
+def screen_claimed(tasks: list) -> list[int] | None:
+    """Offsets (into tasks, 7 values a task) of claimed tasks that may break a limit of docs/protocol.md
+    (keys.check_record says which and why), or None when none may."""
 def take_claimed(tasks: list, inflight: dict, buffer, seq: int) -> int:
     """Record a CLAIM reply (7 values a task: qidx, id, name, payload, ct, attempt, timeout ms or b'') as
     inflight[seq] = InFlight(...) (timeout b'' becomes 0) and append seq to buffer (a deque); returns the

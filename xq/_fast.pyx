@@ -335,13 +335,26 @@ DEF TASK_FIXED = 16   # u64 seq | u16 attempt | u8 ct | u8 qidx | u16 id_len | u
 DEF RESULT_FIXED = 32  # u64 seq | u8 status | u8 rct | u16 pad | u32 err_len | f64 started | f64 finished
 
 
-def encode_task_head(uint64_t seq, uint16_t attempt, bytes ct, uint8_t qidx, bytes task_id, bytes name):
+def _head_error(attempt, ct, il, nl):
+    """Why a task head cannot be encoded (the frame carries attempt, id and name lengths in 16 bits)."""
+    if il > 0xFFFF:
+        return f"task id of {il} bytes is too large for a task head (limit 65535)"
+    if nl > 0xFFFF:
+        return f"task name of {nl} bytes is too large for a task head (limit 65535)"
+    if not 0 <= attempt <= 0xFFFF:
+        return f"attempt {attempt} does not fit a task head (limit 65535)"
+    return f"content type {ct!r} is not one byte"
+
+
+def encode_task_head(uint64_t seq, long long attempt, bytes ct, uint8_t qidx, bytes task_id, bytes name):
     cdef Py_ssize_t il = len(task_id), nl = len(name)
+    if il > 0xFFFF or nl > 0xFFFF or attempt < 0 or attempt > 0xFFFF or len(ct) != 1:
+        raise ValueError(_head_error(attempt, ct, il, nl))
     cdef object out = PyBytes_FromStringAndSize(NULL, TASK_FIXED + il + nl)
     cdef char *p = PyBytes_AS_STRING(out)
-    cdef uint16_t v16
+    cdef uint16_t v16 = <uint16_t>attempt
     memcpy(p, &seq, 8)
-    memcpy(p + 8, &attempt, 2)
+    memcpy(p + 8, &v16, 2)
     p[10] = PyBytes_AS_STRING(ct)[0]
     p[11] = <char>qidx
     v16 = <uint16_t>il
@@ -582,6 +595,62 @@ cdef class InFlight:
     def __repr__(self):
         return (f"InFlight(qidx={self.qidx}, id={self.id!r}, name={self.name!r}, payload=<{len(self.payload)} "
                 f"bytes>, ct={self.ct!r}, attempt={self.attempt}, timeout_ms={self.timeout_ms})")
+
+
+cdef uint8_t _ID_OK[256]
+memset(_ID_OK, 0, 256)
+for _c in bytearray(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"):
+    _ID_OK[_c] = 1
+
+
+cdef inline bint _plain(object task_id, object name, object ct, object att, object to):
+    """The cheap check of a claimed task: True if it certainly keeps every limit (keys.check_record
+    gives the reason for the rest; a non-ASCII name, for one, is looked at there)."""
+    cdef Py_ssize_t n, i
+    cdef const uint8_t *p
+    if not PyBytes_CheckExact(task_id) or not PyBytes_CheckExact(name) or not PyBytes_CheckExact(ct):
+        return False
+    n = PyBytes_GET_SIZE(task_id)
+    if n < 1 or n > 128:
+        return False
+    p = <const uint8_t *>PyBytes_AS_STRING(task_id)
+    for i in range(n):
+        if not _ID_OK[p[i]]:
+            return False
+    n = PyBytes_GET_SIZE(name)
+    if n < 1 or n > 200:
+        return False
+    p = <const uint8_t *>PyBytes_AS_STRING(name)
+    for i in range(n):
+        if p[i] < 0x20 or p[i] >= 0x7f:
+            return False
+    if PyBytes_GET_SIZE(ct) != 1 or (PyBytes_AS_STRING(ct)[0] != b'j' and PyBytes_AS_STRING(ct)[0] != b'b'):
+        return False
+    if type(att) is not int or not (1 <= att <= 65535):
+        return False
+    if not PyBytes_CheckExact(to):
+        return False
+    n = PyBytes_GET_SIZE(to)
+    if n > 14:
+        return False
+    p = <const uint8_t *>PyBytes_AS_STRING(to)
+    for i in range(n):
+        if p[i] < 0x30 or p[i] > 0x39:
+            return False
+    return True
+
+
+def screen_claimed(list tasks):
+    """Offsets (into tasks, 7 values a task) of the claimed tasks that need keys.check_record's full
+    look, or None when every one keeps the limits (the common case, one pass in C)."""
+    cdef Py_ssize_t i, n = len(tasks)
+    cdef list out = None
+    for i in range(0, n, 7):
+        if not _plain(tasks[i + 1], tasks[i + 2], tasks[i + 4], tasks[i + 5], tasks[i + 6]):
+            if out is None:
+                out = []
+            out.append(i)
+    return out
 
 
 def take_claimed(list tasks, dict inflight, buffer, uint64_t seq):

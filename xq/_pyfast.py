@@ -213,7 +213,20 @@ class Ring:
         return not self.empty()
 
 
+def _head_error(attempt, ct, il, nl):
+    """Why a task head cannot be encoded (the frame carries attempt, id and name lengths in 16 bits)."""
+    if il > 0xFFFF:
+        return f"task id of {il} bytes is too large for a task head (limit 65535)"
+    if nl > 0xFFFF:
+        return f"task name of {nl} bytes is too large for a task head (limit 65535)"
+    if not 0 <= attempt <= 0xFFFF:
+        return f"attempt {attempt} does not fit a task head (limit 65535)"
+    return f"content type {ct!r} is not one byte"
+
+
 def encode_task_head(seq, attempt, ct, qidx, task_id, name) -> bytes:
+    if len(task_id) > 0xFFFF or len(name) > 0xFFFF or not 0 <= attempt <= 0xFFFF or len(ct) != 1:
+        raise ValueError(_head_error(attempt, ct, len(task_id), len(name)))
     return _TASK.pack(seq, attempt, ct[0], qidx, len(task_id), len(name)) + task_id + name
 
 
@@ -338,6 +351,18 @@ class InFlight:
     def __repr__(self):
         return (f"InFlight(qidx={self.qidx}, id={self.id!r}, name={self.name!r}, payload=<{len(self.payload)} "
                 f"bytes>, ct={self.ct!r}, attempt={self.attempt}, timeout_ms={self.timeout_ms})")
+
+
+def screen_claimed(tasks):
+    from xq.keys import check_record
+
+    out = None
+    for i in range(0, len(tasks), 7):
+        if check_record(tasks[i + 1], tasks[i + 2], tasks[i + 4], tasks[i + 5], tasks[i + 6]) is not None:
+            if out is None:
+                out = []
+            out.append(i)
+    return out
 
 
 def take_claimed(tasks, inflight, buffer, seq):

@@ -13,7 +13,7 @@ import orjson
 from .clock import SystemClock
 from .errors import ConfigError
 from .flow import parse_rate
-from .keys import check_queue
+from .keys import MAX_MS, MAX_RETRIES, check_name, check_queue
 from .retry import Backoff, Delays, make_backoff
 
 DEFAULT_QUEUE = "default"
@@ -160,9 +160,13 @@ class App:
             elif k == "max_retries":
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                     raise ConfigError(f"{what} must be an integer >= 0, got {v!r}")
+                if v > MAX_RETRIES:
+                    raise ConfigError(f"{what} is {v}; the limit is {MAX_RETRIES}")
                 opts[k] = v
             else:
                 opts[k] = check_seconds(what, v)
+                if opts[k] * 1000 > MAX_MS:
+                    raise ConfigError(f"{what} is {int(opts[k] * 1000)} ms; the limit is {MAX_MS} ms")
         self.routes.append((pattern, opts))
 
     def route_for(self, name: str) -> dict:
@@ -258,8 +262,18 @@ class App:
                             max_retries=max_retries if max_retries is not None else DEFAULT_MAX_RETRIES)
         else:
             raise ConfigError(f"cannot register {obj!r}: expected a function or a class with process()")
+        try:
+            check_name(tname)
+        except ConfigError as e:
+            raise ConfigError(f"cannot register {obj!r}: {e}") from None
         if isinstance(spec.max_retries, bool) or not isinstance(spec.max_retries, int) or spec.max_retries < 0:
             raise ConfigError(f"max_retries of task {tname!r} must be an integer >= 0, got {spec.max_retries!r}")
+        if spec.max_retries > MAX_RETRIES:
+            raise ConfigError(f"max_retries of task {tname!r} is {spec.max_retries}; the limit is {MAX_RETRIES}")
+        for what, secs in (("timeout", timeout), ("expires", expires)):
+            if isinstance(secs, (int, float)) and not isinstance(secs, bool) and secs == secs \
+                    and secs * 1000 > MAX_MS:
+                raise ConfigError(f"{what} of task {tname!r} is {int(secs * 1000)} ms; the limit is {MAX_MS} ms")
         if retry_on is None and not inspect.isfunction(obj):
             retry_on = getattr(obj, "retry_on", None)
         if retry_on is not None:

@@ -197,7 +197,13 @@ class Runner:
                               ctx.id, ctx.name)
 
     def run(self, head: bytes, body: bytes) -> tuple[int, int, bytes, bytes, bytes]:
-        seq, attempt, ct, qidx, tid, name = fast.decode_task_head(head)
+        try:
+            seq, attempt, ct, qidx, tid, name = fast.decode_task_head(head)
+            tid_s, name_s, queue = tid.decode(), name.decode(), self.queues[qidx]
+        except (ValueError, IndexError) as e:  # UnicodeDecodeError is a ValueError
+            # a frame this child cannot read fails its task alone (the seq leads every head)
+            return (int.from_bytes(head[:8], "little"), fast.ST_FAILED, b"j", b"",
+                    f"malformed task frame (id, name or queue index): {e}".encode())
         if self.canceled(seq):
             return seq, fast.ST_CANCELED, b"j", b"", b"canceled before it started"
         spec = self.specs.get(name)
@@ -215,7 +221,7 @@ class Runner:
                     f"unknown payload content type {ct!r}: expected 'j' (JSON) or 'b' (bytes)").encode()
         except orjson.JSONDecodeError as e:
             return seq, fast.ST_FAILED, b"j", b"", f"malformed JSON payload: {e}".encode()
-        ctx = context.TaskContext(tid.decode(), name.decode(), self.queues[qidx], attempt, self._report_cb)
+        ctx = context.TaskContext(tid_s, name_s, queue, attempt, self._report_cb)
         context._set(ctx)
         self._seq, self._pending, self._next_send = seq, None, 0.0
         mws = self.middleware

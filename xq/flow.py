@@ -12,10 +12,10 @@ from typing import Any, Sequence
 import orjson
 
 from .errors import ConfigError
+from .keys import MAX_COUNT, MAX_ID, MAX_KEY, MAX_MS, check_int
 
 RATE_PERIODS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smh])\s*$")
-MAX_KEY = 200  # bytes of a unique, concurrency or rate key (each is part of a Redis key name)
 DEP_POLICIES = ("fail", "run")
 
 
@@ -28,13 +28,24 @@ def parse_rate(what: str, value: str) -> tuple[int, int]:
     if n < 1 or mult < 1:
         raise ConfigError(f"invalid {what} {value!r}: the number of starts and the period must be at least 1 "
                           f"(a rate of zero would never run the task; cancel or pause it instead)")
-    return n, mult * RATE_PERIODS_MS[unit]
+    if n > MAX_COUNT:
+        raise ConfigError(f"{what} {value!r}: starts per period is {n}; the limit is {MAX_COUNT}")
+    period = mult * RATE_PERIODS_MS[unit]
+    if period > MAX_MS:
+        raise ConfigError(f"{what} {value!r}: the period is {period} ms; the limit is {MAX_MS} ms")
+    return n, period
 
 
 def check_key(what: str, value) -> str:
     """A non-empty key of at most MAX_KEY bytes (it becomes part of a Redis key name)."""
-    if not isinstance(value, str) or not value or len(value.encode()) > MAX_KEY:
+    if not isinstance(value, str) or not value:
         raise ConfigError(f"invalid {what} {value!r}: expected a non-empty string of at most {MAX_KEY} bytes")
+    try:
+        n = len(value.encode())
+    except UnicodeEncodeError:
+        raise ConfigError(f"invalid {what} {value[:50]!r}: not encodable as UTF-8") from None
+    if n > MAX_KEY:
+        raise ConfigError(f"{what} is {n} bytes; the limit is {MAX_KEY} bytes")
     return value
 
 
@@ -57,8 +68,7 @@ def flow_args(*, unique_key=None, unique_ttl=None, concurrency_key=None, max_con
     if concurrency_key is not None or max_concurrency is not None:
         if concurrency_key is None or max_concurrency is None:
             raise ConfigError("give concurrency_key= and max_concurrency= together")
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise ConfigError(f"invalid max_concurrency {max_concurrency!r}: expected an integer >= 1")
+        check_int("max_concurrency", max_concurrency, 1, MAX_COUNT)
         out["ck"], out["cm"] = check_key("concurrency_key", concurrency_key), max_concurrency
     if rate_key is not None or rate_limit is not None:
         if rate_key is None or rate_limit is None:
@@ -70,6 +80,9 @@ def flow_args(*, unique_key=None, unique_ttl=None, concurrency_key=None, max_con
         deps = [depends_on] if isinstance(depends_on, str) else list(depends_on)
         if not all(isinstance(d, str) and d for d in deps):
             raise ConfigError(f"invalid depends_on {depends_on!r}: expected task ids (strings)")
+        for d in deps:
+            if len(d) > MAX_ID:
+                raise ConfigError(f"depends_on id is {len(d)} characters; the limit is {MAX_ID} characters")
         if on_dependency_failure not in DEP_POLICIES:
             raise ConfigError(f"invalid on_dependency_failure {on_dependency_failure!r}: expected one of "
                               f"{', '.join(DEP_POLICIES)}")

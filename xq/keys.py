@@ -70,6 +70,98 @@ def check_task_ids(ids, count: int) -> list[bytes]:
     return [i.encode() for i in ids]
 
 
+# ---------------------------------------------------------------- limits
+# The largest value of every field a producer writes (docs/protocol.md, "Limits").  Producers refuse what
+# breaks them before writing anything (the check_* functions below); a supervisor that meets one in a
+# record written by someone else fails that task alone (check_record).
+MAX_QUEUE = 100          # characters of a queue name (A-Z a-z 0-9 _ . -)
+MAX_ID = 128             # characters of a task id (A-Z a-z 0-9 _ . : -)
+MAX_NAME = 200           # bytes (UTF-8) of a task name, no control characters
+MAX_KEY = 200            # bytes of a unique, concurrency or rate key
+MAX_RETRIES = 1000       # max retries (attempts after the first)
+MAX_ATTEMPTS = 65534     # attempts started (att); the hot path carries it in 16 bits
+MAX_MS = 10 ** 14 - 1    # any ms field: due, exp, to, enq, rate periods (about 3,170 years)
+MAX_COUNT = 10 ** 9      # max concurrency (cm) and starts per rate period (rn)
+
+_NAME_BAD_RE = re.compile(r"[\x00-\x1f\x7f]")
+_NAME_BAD_B = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+def _limit(what: str, size: int, limit: int, unit: str = "bytes") -> ConfigError:
+    return ConfigError(f"{what} is {size} {unit}; the limit is {limit} {unit}")
+
+
+def check_name(name) -> str:
+    """A task name: 1-MAX_NAME bytes of UTF-8 without control characters; ConfigError naming the sizes."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"invalid task name {name!r}: expected a non-empty string")
+    try:
+        n = len(name.encode())
+    except UnicodeEncodeError:
+        raise ConfigError(f"invalid task name {name[:50]!r}: not encodable as UTF-8") from None
+    if n > MAX_NAME:
+        raise _limit("task name", n, MAX_NAME)
+    if _NAME_BAD_RE.search(name):
+        raise ConfigError(f"invalid task name {name!r}: control characters are not allowed")
+    return name
+
+
+def check_int(what: str, value, lo: int, hi: int) -> int:
+    """An integer lo..hi (bools refused); ConfigError naming the field, the limit and the value."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"invalid {what} {value!r}: expected an integer {lo}..{hi}")
+    if value < lo:
+        raise ConfigError(f"invalid {what} {value!r}: expected an integer >= {lo}")
+    if value > hi:
+        raise ConfigError(f"{what} is {value}; the limit is {hi}")
+    return value
+
+
+def check_ms(what: str, ms: int) -> int:
+    """A time or duration in ms that fits the protocol (< 10^14)."""
+    if ms > MAX_MS:
+        raise ConfigError(f"{what} is {ms} ms; the limit is {MAX_MS} ms")
+    return ms
+
+
+_ID_B_RE = re.compile(rb"^[A-Za-z0-9_.:\-]{1,128}$")
+_CT_OK = (b"j", b"b")
+
+
+def check_record(task_id: bytes, name: bytes, ct: bytes, att, to) -> str | None:
+    """A claimed task (the fields of a CLAIM reply) against the limits: None if it may run, else the reason
+    it may not, naming the field.  Cheap: a supervisor calls it for every task it claims."""
+    if _ID_B_RE.match(task_id) is None:
+        n = len(task_id)
+        if n > MAX_ID:
+            return f"field id: task id is {n} bytes; the limit is {MAX_ID} characters"
+        return f"field id: task id {task_id[:60]!r} is not 1-{MAX_ID} characters of A-Z a-z 0-9 _ . : -"
+    n = len(name)
+    if n > MAX_NAME:
+        return f"field name: task name is {n} bytes; the limit is {MAX_NAME} bytes"
+    if not n:
+        return "field name: task name is empty"
+    if not name.isascii():
+        try:
+            name.decode()
+        except UnicodeDecodeError:
+            return f"field name: task name {name[:60]!r} is not UTF-8"
+    if _NAME_BAD_B.search(name):
+        return f"field name: task name {name[:60]!r} has control characters"
+    if ct not in _CT_OK:
+        return f"field ct: content type {ct[:20]!r} is not 'j' (JSON) or 'b' (bytes)"
+    if not isinstance(att, int) or not 1 <= att <= MAX_ATTEMPTS + 1:
+        return f"field att: attempt {att!r} is over the limit of {MAX_ATTEMPTS} attempts"
+    if to:
+        try:
+            v = int(to)
+        except ValueError:
+            return f"field to: timeout {to[:30]!r} is not an integer number of ms"
+        if not 0 <= v <= MAX_MS:
+            return f"field to: timeout of {v} ms is outside 0..{MAX_MS} ms"
+    return None
+
+
 class QueueKeys:
     """The key names of one queue."""
 

@@ -17,7 +17,8 @@ from .broker import DEFAULT_URL, Broker
 from .conn import RetryWindow
 from .errors import ConfigError, ConnectionLost, MalformedRecord, ResultTimeout, TaskFailed, UnknownTask
 from .flow import flow_args, flow_json
-from .keys import DEFAULT_PRIORITY, PRIORITIES, check_queue, check_task_ids, queue_keys
+from .keys import (DEFAULT_PRIORITY, MAX_RETRIES, PRIORITIES, check_int, check_ms, check_name, check_queue,
+                   check_task_ids, queue_keys)
 from .records import esc, group_view, raw_id, record_options, task_view
 
 PRIORITY_NAMES = {"critical": 0, "high": 2, "normal": 5, "low": 8}
@@ -90,6 +91,10 @@ def timing_args(delay=None, eta=None, expires=None, timeout=None, default_expire
         out["expires_in_ms"] = max(1, int(check_seconds("expires", expires) * 1000))
     if timeout is not None:
         out["timeout_ms"] = max(1, int(check_seconds("timeout", timeout) * 1000))
+    names = {"delay_ms": "delay", "eta_ms": "eta", "expires_at_ms": "expires", "expires_in_ms": "expires",
+             "timeout_ms": "timeout"}
+    for k, v in out.items():
+        check_ms(names[k], v)
     return out
 
 
@@ -122,16 +127,15 @@ def enqueue_options(app: App | None, name: str, queue, priority, max_retries,
     if opts:
         raise ConfigError(f"unknown enqueue option(s) {', '.join(sorted(opts))}; "
                           f"allowed: {', '.join(_ENQUEUE_OPTS)}")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"invalid task name {name!r}: expected a non-empty string")
+    check_name(name)
     route = app.route_for(name) if app is not None else {}
     queue = check_queue(queue if queue is not None else route.get("queue", DEFAULT_QUEUE))
     priority = check_priority(priority if priority is not None else route.get("priority", DEFAULT_PRIORITY))
     if max_retries is None:
         # None stores nothing: the worker applies the task's own default (or 3)
         max_retries = route.get("max_retries")
-    elif isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ConfigError(f"invalid max_retries {max_retries!r}: expected an integer >= 0")
+    else:
+        check_int("max_retries", max_retries, 0, MAX_RETRIES)
     return queue, priority, max_retries, route
 
 
@@ -506,6 +510,12 @@ class Producer(ProducerBase):
             if not isinstance(t, (tuple, list)) or len(t) not in (2, 3) or not isinstance(t[0], str) \
                     or (len(t) == 3 and not isinstance(t[2], dict)):
                 raise ConfigError(f"group member #{i} {t!r}: expected (name, payload) or (name, payload, {{options}})")
+            try:  # checked here, before the group is opened: a bad member writes nothing
+                check_name(t[0])
+                if len(t) == 3 and t[2].get("max_retries") is not None:
+                    check_int("max_retries", t[2]["max_retries"], 0, MAX_RETRIES)
+            except ConfigError as e:
+                raise ConfigError(f"group member #{i}: {e}") from None
             norm.append((t[0], t[1], dict(t[2]) if len(t) == 3 else {}))
         # every member goes to queue= if given, else where its own option or its route sends it; all to one
         queues = [o.get("queue") or queue or self._options(name, None, None, None, {})[0] for name, _p, o in norm]

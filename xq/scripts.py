@@ -59,6 +59,36 @@ local function refuse(refused, id, att, f)
   refused[#refused + 1] = f[2] or ''
   refused[#refused + 1] = f[3] or ''
 end
+-- Reads of producer-written fields are total: no value a producer may write raises a script error.
+-- A priority 0..9 (the list a task goes back to), else the default 5.
+local function prio(p)
+  p = tonumber(p)
+  if p and p >= 0 and p <= 9 and p == math.floor(p) then return p end
+  return 5
+end
+local function is_int(v, lo, hi)
+  return type(v) == 'number' and v >= lo and v <= hi and v == math.floor(v)
+end
+-- A record's 'lim' field (JSON) as a table, or nil and what is wrong with it (see docs/protocol.md, Limits).
+local function read_lim(lim)
+  if not lim then return {} end
+  local ok, L = pcall(cjson.decode, lim)
+  if not ok or type(L) ~= 'table' then return nil, 'field lim: not a JSON object' end
+  if L.ck ~= nil or L.cm ~= nil then
+    if type(L.ck) ~= 'string' or #L.ck < 1 or #L.ck > 200 then
+      return nil, 'field lim: concurrency key ck is not a string of 1-200 bytes'
+    end
+    if not is_int(L.cm, 1, 1000000000) then return nil, 'field lim: max concurrency cm is not an integer 1..1000000000' end
+  end
+  if L.rk ~= nil or L.rn ~= nil or L.rp ~= nil then
+    if type(L.rk) ~= 'string' or #L.rk < 1 or #L.rk > 200 then
+      return nil, 'field lim: rate key rk is not a string of 1-200 bytes'
+    end
+    if not is_int(L.rn, 1, 1000000000) then return nil, 'field lim: rate starts rn is not an integer 1..1000000000' end
+    if not is_int(L.rp, 1, 99999999999999) then return nil, 'field lim: rate period rp is not an integer 1..99999999999999 ms' end
+  end
+  return L
+end
 local function push_chunks(cmd, key, items)
   for i = 1, #items, 4000 do
     redis.call(cmd, key, unpack(items, i, math.min(i + 3999, #items)))
@@ -81,23 +111,26 @@ local function add_history(key, hist, att, worker, started, finished, outcome, e
 end
 -- An attempt ended without success: schedule the next one if attempts remain and retry is allowed
 -- (delay < 0: no retry), else the task is dead.  Returns the event.
-local function attempt_failed(key, id, queue, now, sched, dead, f, started, finished, outcome, err, delay)
+local function attempt_failed(key, id, queue, now, sched, dead, f, started, finished, outcome, err, delay, why)
   -- f: HMGET of att, maxr, worker, hist
   local att = tonumber(f[1]) or 1
+  local maxr = tonumber(f[2])  -- producer-written: past the limit of 1000 counts as 1000, junk as the default
+  if not (maxr and maxr >= 0) then maxr = 3 elseif maxr > 1000 then maxr = 1000 end
   add_history(key, f[4], att, f[3], started, finished, outcome, err)
-  if delay >= 0 and att <= (tonumber(f[2]) or 3) then
+  if delay >= 0 and att <= maxr then
     local due = now + delay
     redis.call('HSET', key, 'state', 'retrying', 'due', due, 'error', err)
     redis.call('HDEL', key, 'progress')  -- the next attempt starts from nothing
     redis.call('ZADD', sched, due, id)
     return event(id, queue, 'retrying', now, ',"attempt":' .. att .. ',"next":' .. due), due
   end
-  local reason, what = nil, outcome
+  local reason, what = why, outcome
   if outcome == 'timeout' then  -- at a glance: how long it was given (the canceler's text names it)
     local s = string.match(err, 'its timeout of ([%d%.e%+%-]+) s')
     what = s and ('timed out after ' .. s .. ' s') or 'timed out'
   end
-  if delay < 0 then reason = what .. ', not retried'
+  if reason then
+  elseif delay < 0 then reason = what .. ', not retried'
   else reason = what .. ' on the last of ' .. att .. ' attempts' end
   redis.call('HSET', key, 'state', 'dead', 'fin', finished, 'dead', now, 'reason', reason, 'error', err)
   redis.call('PERSIST', key)
@@ -115,13 +148,14 @@ end
 -- else it joins the tail of its ready list.
 local function make_ready(ctx, id, key, pri, due, now)
   local base = ctx.base
-  if due and tonumber(due) > now then
+  local d = tonumber(due)
+  if d and d > now and d < 1e14 then
     redis.call('HSET', key, 'state', 'scheduled')
-    redis.call('ZADD', base .. 'sched', tonumber(due), id)
+    redis.call('ZADD', base .. 'sched', d, id)
     if ctx.listen then ctx.events[#ctx.events + 1] = event(id, ctx.queue, 'scheduled', now, ',"next":' .. due) end
   else
     redis.call('HSET', key, 'state', 'queued')
-    redis.call('RPUSH', base .. 'ready:' .. (tonumber(pri) or 5), id)
+    redis.call('RPUSH', base .. 'ready:' .. prio(pri), id)
     if ctx.listen then ctx.events[#ctx.events + 1] = event(id, ctx.queue, 'queued', now) end
   end
   redis.call('ZADD', base .. 'wake', 0, '1')
@@ -141,9 +175,9 @@ local function unpark(base, ck, cm, now)
     if not id then break end
     local f = redis.call('HMGET', base .. 't:' .. id, 'state', 'pri', 'exp', 'att')
     if f[1] == 'queued' then
-      redis.call('LPUSH', base .. 'ready:' .. (tonumber(f[2]) or 5), id)
+      redis.call('LPUSH', base .. 'ready:' .. prio(f[2]), id)
       moved = moved + 1
-      if not (f[3] and (tonumber(f[4]) or 0) == 0 and tonumber(f[3]) <= now) then free = free - 1 end
+      if not (f[3] and (tonumber(f[4]) or 0) == 0 and (tonumber(f[3]) or math.huge) <= now) then free = free - 1 end
     end
   end
   if moved > 0 then redis.call('ZADD', base .. 'wake', 0, '1') end
@@ -151,9 +185,8 @@ end
 -- An attempt of a task ended, whatever its outcome: a concurrency slot it held goes back (lim: the
 -- record's 'lim' field, JSON).
 local function release_slot(base, lim, id, now)
-  if not lim then return end
-  local L = cjson.decode(lim)
-  if not L.ck then return end
+  local L = lim and read_lim(lim)
+  if not L or not L.ck then return end
   redis.call('ZREM', base .. 'c:' .. L.ck, id)
   unpark(base, L.ck, L.cm, now)
 end
@@ -219,7 +252,8 @@ local function settle(ctx, id, state, now, fields)
           local g = redis.call('HMGET', dk, 'state', 'df', 'pri', 'due')
           if g[1] == 'waiting' then
             if st == 'done' or g[2] == 'run' then
-              if redis.call('HINCRBY', dk, 'npend', -1) <= 0 then make_ready(ctx, did, dk, g[3], g[4], now) end
+              local left = redis.pcall('HINCRBY', dk, 'npend', -1)  -- a malformed npend: no longer waits
+              if type(left) ~= 'number' or left <= 0 then make_ready(ctx, did, dk, g[3], g[4], now) end
             else
               local reason = 'dependency ' .. tid .. ' ended ' .. st
               redis.call('HSET', dk, 'state', 'dead', 'fin', now, 'dead', now, 'reason', reason, 'error', reason)
@@ -428,6 +462,21 @@ if ARGV[6] ~= '' then
   level_weights = {}
   for w in string.gmatch(ARGV[6], '%d+') do level_weights[#level_weights + 1] = tonumber(w) end
 end
+-- A record that breaks a limit of docs/protocol.md (or lacks name, payload or state) fails alone: dead,
+-- its reason naming the field.  (The supervisor checks the fields it uses itself: id, name, ct, to.)
+local function fail_invalid(c, id, key, f, why)
+  local h = redis.call('HMGET', key, 'att', 'maxr', 'worker', 'hist')
+  local a = tonumber(f[5])
+  if not is_int(a, 0, 65534) then a = 0 end
+  h[1] = a + 1
+  redis.call('HSET', key, 'att', h[1])
+  local ev = attempt_failed(key, id, c.queue, now, KEYS[c.base + 13], KEYS[c.base + 14],
+                            h, now, now, 'invalid', 'invalid record: ' .. why, -1, 'invalid record: ' .. why)
+  if c.listen then c.events[#c.events + 1] = ev end
+  settle(c.ctx, id, 'dead', now)
+end
+local KNOWN_STATES = {scheduled = true, queued = true, waiting = true, running = true, retrying = true, done = true,
+                      dead = true, expired = true, canceled = true}
 local qs = {}
 local total_weight = 0
 for q = 1, nq do
@@ -447,8 +496,12 @@ for q = 1, nq do
       local f = redis.call('HMGET', key, 'state', 'pri')
       if f[1] == 'scheduled' or f[1] == 'retrying' then
         redis.call('HSET', key, 'state', 'queued')
-        redis.call('RPUSH', KEYS[c.base + 1 + (tonumber(f[2]) or 5)], id)
+        redis.call('RPUSH', KEYS[c.base + 1 + prio(f[2])], id)
         if c.listen then c.events[#c.events + 1] = event(id, c.queue, 'queued', now) end
+      elseif not KNOWN_STATES[f[1] or ''] and redis.call('EXISTS', key) == 1 then
+        local why = f[1] and ('field state: ' .. cjson.encode(string.sub(f[1], 1, 40)) .. ' is not a task state')
+                    or 'field state is missing'
+        fail_invalid(c, id, key, {nil, nil, nil, nil, redis.call('HGET', key, 'att')}, why)
       end
     end
     redis.call('ZREM', sched, unpack(due))
@@ -457,8 +510,7 @@ end
 
 -- A task with limits may start now: take its concurrency slot and count its start in each rate window
 -- (true); else park or defer it (false).  Nothing is taken unless every limit allows the start.
-local function within_limits(c, id, key, name, lim)
-  local L = lim and cjson.decode(lim) or {}
+local function within_limits(c, id, key, name, L)
   local cbase = c.ctx.base
   local slots
   if L.ck then
@@ -500,15 +552,49 @@ local function claim_one(c, id)
   local base = c.base
   local key = c.prefix .. id
   local f = redis.call('HMGET', key, 'name', 'payload', 'ct', 'state', 'att', 'to', 'exp', 'lim')
-  if not f[1] or not f[2] then
-    notes[#notes + 1] = id
-    notes[#notes + 1] = 'no task record with name and payload at ' .. key .. ': dropped from the queue'
+  if not f[1] or not f[2] or not f[4] then
+    if not f[1] and not f[2] and not f[4] and redis.call('EXISTS', key) == 0 then
+      notes[#notes + 1] = id
+      notes[#notes + 1] = 'no task record with name and payload at ' .. key .. ': dropped from the queue'
+    elseif f[4] and f[4] ~= 'queued' and KNOWN_STATES[f[4]] then
+      notes[#notes + 1] = id
+      notes[#notes + 1] = 'state is ' .. f[4] .. ', not queued: stale queue entry dropped'
+    else
+      fail_invalid(c, id, key, f, 'field ' .. ((not f[1] and 'name') or (not f[2] and 'payload') or 'state') .. ' is missing')
+    end
+    return 0
   elseif f[4] ~= 'queued' then
-    if f[4] ~= 'canceled' then  -- a canceled task's entry is left in its list and dropped here
+    if not KNOWN_STATES[f[4]] then
+      fail_invalid(c, id, key, f, 'field state: ' .. cjson.encode(string.sub(f[4], 1, 40)) .. ' is not a task state')
+    elseif f[4] ~= 'canceled' then  -- a canceled task's entry is left in its list and dropped here
       notes[#notes + 1] = id
       notes[#notes + 1] = 'state is ' .. tostring(f[4]) .. ', not queued: stale queue entry dropped'
     end
-  elseif f[7] and (tonumber(f[5]) or 0) == 0 and tonumber(f[7]) <= now then
+    return 0
+  end
+  local a0 = 0
+  if f[5] then
+    a0 = tonumber(f[5])
+    if not is_int(a0, 0, 65533) then
+      fail_invalid(c, id, key, f, 'field att: ' .. cjson.encode(string.sub(f[5], 1, 40)) .. ' is not an integer 0..65533')
+      return 0
+    end
+  end
+  local exp = f[7] and tonumber(f[7])
+  if f[7] and not (exp and exp == exp) then
+    fail_invalid(c, id, key, f, 'field exp: ' .. cjson.encode(string.sub(f[7], 1, 40)) .. ' is not a time in ms')
+    return 0
+  end
+  local L = {}
+  if f[8] then
+    local why
+    L, why = read_lim(f[8])
+    if not L then
+      fail_invalid(c, id, key, f, why)
+      return 0
+    end
+  end
+  if exp and a0 == 0 and exp <= now then
     -- expiry is a queue wait limit: a task that has started once is retried, never expired
     redis.call('HSET', key, 'state', 'expired', 'fin', now, 'error', 'expired before it started (expires at ' .. f[7] .. ')')
     if ttl > 0 then redis.call('EXPIRE', key, ttl) end
@@ -517,16 +603,16 @@ local function claim_one(c, id)
   elseif #f[2] > maxp then
     local err = 'PayloadTooLarge: payload of ' .. #f[2] .. ' bytes exceeds max_payload of ' .. maxp .. ' bytes'
     local h = redis.call('HMGET', key, 'att', 'maxr', 'worker', 'hist')
-    h[1] = (tonumber(f[5]) or 0) + 1
+    h[1] = a0 + 1
     redis.call('HSET', key, 'att', h[1])
     local ev = attempt_failed(key, id, c.queue, now, KEYS[base + 13], KEYS[base + 14],
                               h, now, now, 'payload too large', err, -1)
     if c.listen then c.events[#c.events + 1] = ev end
     settle(c.ctx, id, 'dead', now)
-  elseif (f[8] or (name_limits and name_limits[f[1]])) and not within_limits(c, id, key, f[1], f[8]) then
+  elseif (f[8] or (name_limits and name_limits[f[1]])) and not within_limits(c, id, key, f[1], L) then
     return 0
   else
-    local att = (tonumber(f[5]) or 0) + 1
+    local att = a0 + 1
     redis.call('HSET', key, 'state', 'running', 'att', att, 'claimed', now, 'worker', worker)
     c.leases[#c.leases + 1] = deadline
     c.leases[#c.leases + 1] = id
@@ -720,9 +806,12 @@ for i = 7, #ARGV, 7 do
           if m ~= '3' then redis.call('HSET', key, 'maxr', m) end
         end
       end
-      local due
+      local due, why, oc = nil, nil, 'failed'
+      if outcome == 'invalid' then  -- the supervisor found the record breaking a limit: dead, not retried
+        oc, why = 'invalid', 'invalid record: ' .. ARGV[i + 3]
+      end
       ev, due = attempt_failed(key, id, queue, now, KEYS[2], KEYS[3], f, ARGV[i + 5], ARGV[i + 6],
-                               'failed', ARGV[i + 3], delay)
+                               oc, why or ARGV[i + 3], delay, why)
       if not due then final = 'dead' end
     end
     if listen then events[#events + 1] = ev end
@@ -832,7 +921,7 @@ for i = #ids, 1, -1 do
     gone[#gone + 1] = id
     release_slot(ctx.base, f[10], id, now)
     local att = tonumber(f[2]) or 1
-    local pri = tonumber(f[4]) or 5
+    local pri = prio(f[4])
     local ev, final
     local m, text = mode, err
     if not f[3] and defaults[f[8] or ''] then
@@ -902,8 +991,8 @@ for i = 4, #ARGV, 2 do
     leases[#leases + 1] = id
     if f[4] then cancel[#cancel + 1] = id end
     if f[5] then  -- a concurrency slot's token lives as long as the lease
-      local L = cjson.decode(f[5])
-      if L.ck then redis.call('ZADD', base_of(ARGV[1]) .. 'c:' .. L.ck, 'XX', deadline, id) end
+      local L = read_lim(f[5])
+      if L and L.ck then redis.call('ZADD', base_of(ARGV[1]) .. 'c:' .. L.ck, 'XX', deadline, id) end
     end
   else
     lost[#lost + 1] = id
@@ -983,8 +1072,7 @@ for i = 6, #ARGV do
     elseif redis.call('HGET', key, 'state') == 'dead' then
       done[#done + 1] = id
       if pri == '' then pri = nil end
-      local p = math.floor(tonumber(pri or redis.call('HGET', key, 'pri')) or 5)
-      if p < 0 or p > 9 then p = 5 end  -- a malformed priority (not 0..9): the default
+      local p = prio(pri or redis.call('HGET', key, 'pri'))
       redis.call('HDEL', key, 'fin', 'started', 'claimed', 'due', 'dead', 'reason', 'cxl', 'worker', 'exp', 'error')
       redis.call('HSET', key, 'state', 'queued', 'att', 0, 'pri', p)
       if redis.call('HEXISTS', key, 'lim') == 1 then  -- its concurrency slot is released when it ends
