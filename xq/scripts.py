@@ -463,26 +463,50 @@ end
 -- a burst is spread one ms apart); a deferred task that finds the window still full (the starts before it
 -- were claimed late) keeps its place in line and waits for the instant the n-th latest start or earlier
 -- promise leaves the window.
+-- Within one call `now` is fixed, so each limit is trimmed once, and what a task not yet deferred needs (is
+-- the window full, the n latest starts and promises) is kept in `rate_memo`, per limit, and updated as
+-- starts and promises are added: deferring a backlog costs a few commands a task, not a scan.
+local rate_memo = {}
+local function memo_add(m, t, n)
+  if not m or not m.ev then return end
+  local ev = m.ev
+  local i = #ev + 1
+  while i > 1 and ev[i - 1] < t do ev[i] = ev[i - 1]; i = i - 1 end
+  ev[i] = t
+  if #ev > n then ev[#ev] = nil end
+end
 local function rate_earliest(r, id, append)
   local log, plan, n, p = r[1], r[2], r[3], r[4]
-  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - p)
-  redis.call('ZREMRANGEBYSCORE', plan, '-inf', now - 10 * p)
+  local m = rate_memo[log]
+  if not m then
+    m = {}
+    rate_memo[log] = m
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', now - p)
+    redis.call('ZREMRANGEBYSCORE', plan, '-inf', now - 10 * p)
+  end
+  r[6] = m
   local s = redis.call('ZSCORE', plan, id)
   local before = s and ('(' .. s) or '+inf'  -- the promises ahead of this task
-  if not append then
+  if not append and not (not s and m.full) then
     local lo = '(' .. (now - p)
     local used = redis.call('ZCOUNT', log, lo, now)
     if not s or tonumber(s) > now - p then
       used = used + redis.call('ZCOUNT', plan, lo, s and before or now)
     end
     if used < n then return now end
+    if not s then m.full = true end
   end
-  local ev = {}
-  for _, z in ipairs({{log, '+inf'}, {plan, before}}) do
-    local got = redis.call('ZREVRANGEBYSCORE', z[1], z[2], '-inf', 'WITHSCORES', 'LIMIT', 0, n)
-    for i = 2, #got, 2 do ev[#ev + 1] = tonumber(got[i]) end
+  local ev = not s and m.ev
+  if not ev then
+    ev = {}
+    for _, z in ipairs({{log, '+inf'}, {plan, before}}) do
+      local got = redis.call('ZREVRANGEBYSCORE', z[1], z[2], '-inf', 'WITHSCORES', 'LIMIT', 0, n)
+      for i = 2, #got, 2 do ev[#ev + 1] = tonumber(got[i]) end
+    end
+    table.sort(ev, function(a, b) return a > b end)
+    while #ev > n do ev[#ev] = nil end
+    if not s then m.ev = ev end
   end
-  table.sort(ev, function(a, b) return a > b end)
   local due = now + 1
   if ev[n] then due = math.max(due, ev[n] + p) end
   if not s and ev[1] and n <= p then due = math.max(due, ev[1] + 1) end
@@ -521,9 +545,14 @@ local function within_limits(c, id, key, name, lim, att)
       if r[5] == now then due = math.max(due, rate_earliest(r, id, true)) end
     end
     for _, r in ipairs(rates) do
-      redis.call('ZADD', r[2], 'NX', due, id)  -- a deferred task keeps its place in line
-      local keep = due - now + 10 * r[4]
-      if redis.call('PTTL', r[2]) < keep then redis.call('PEXPIRE', r[2], keep) end
+      if redis.call('ZADD', r[2], 'NX', due, id) == 1 then  -- a deferred task keeps its place in line
+        memo_add(r[6], due, r[3])
+        local keep = due - now + 10 * r[4]
+        if (r[6].keep or redis.call('PTTL', r[2])) < keep then
+          redis.call('PEXPIRE', r[2], keep)
+          r[6].keep = keep
+        end
+      end
     end
     redis.call('HSET', key, 'state', 'scheduled', 'due', due)
     redis.call('ZADD', KEYS[c.base + 13], due, id)
@@ -531,9 +560,11 @@ local function within_limits(c, id, key, name, lim, att)
     return false
   end
   for _, r in ipairs(rates) do
-    redis.call('ZREM', r[2], id)
+    if redis.call('ZREM', r[2], id) == 1 then r[6].ev = nil end  -- its promise may have been among them
     redis.call('ZADD', r[1], now, id .. ':' .. att)
     redis.call('PEXPIRE', r[1], r[4])
+    memo_add(r[6], now, r[3])
+    r[6].full = nil
   end
   if slots then redis.call('ZADD', slots, deadline, id) end
   return true
