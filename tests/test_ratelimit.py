@@ -126,7 +126,7 @@ def test_a_burst_is_deferred_to_the_earliest_instants_spread_one_ms_apart(redis_
     assert [due[t] for t in ids[4:]] == [1000, 1001, 1002, 1003, 2000, 2001, 2002, 2003]
     assert all(r.hget(QK.task(t), "state") == b"scheduled" for t in ids[4:])
     assert {k.decode(): int(v) - now for k, v in r.zrange(QK.rate_plan("api"), 0, -1, withscores=True)} == due
-    assert r.zcard(QK.rate_log("api")) == 4 and 10_000 < r.pttl(QK.rate_plan("api")) <= 12_003
+    assert r.zcard(QK.rate_log("api")) == 4 and 10_000 < r.pttl(QK.rate_plan("api")) <= 22_003
     # a task arriving later goes after every promise made, not into the first window with room
     late = p.enqueue("hit", None, rate_key="api", rate_limit="4/s")
     got, _ = _claim(r)

@@ -455,7 +455,7 @@ end
 -- Rate limits are sliding logs, exact across supervisors: a limit of n starts per p ms has a log zset
 -- (`rl:<key>` / `rnl:<name>`: member id:attempt -> start instant, ms; trimmed to the last p ms) and a plan
 -- zset (`rp:<key>` / `rnp:<name>`: deferred id -> the instant first promised to it, which is also its place
--- in line; removed when it starts, trimmed after 10 p).  A start at `now` is allowed when the starts in
+-- in line; removed when it starts, trimmed after 10 p; the key outlives its last promise by 10-20 p).  A start at `now` is allowed when the starts in
 -- (now - p, now], plus the promises in that window ahead of the task's own (all of them, for a task not
 -- deferred yet), are fewer than n; every start is logged, so no window of p ms ever holds more than n.
 -- Returns now if the start is allowed (unless `append`), else the earliest instant the task may start: a
@@ -547,10 +547,11 @@ local function within_limits(c, id, key, name, lim, att)
     for _, r in ipairs(rates) do
       if redis.call('ZADD', r[2], 'NX', due, id) == 1 then  -- a deferred task keeps its place in line
         memo_add(r[6], due, r[3])
+        -- kept 10 to 20 periods past its last promise: set again only every 10 periods of promises
         local keep = due - now + 10 * r[4]
         if (r[6].keep or redis.call('PTTL', r[2])) < keep then
-          redis.call('PEXPIRE', r[2], keep)
-          r[6].keep = keep
+          r[6].keep = keep + 10 * r[4]
+          redis.call('PEXPIRE', r[2], r[6].keep)
         end
       end
     end
