@@ -152,3 +152,13 @@ def test_a_deferred_task_claimed_late_keeps_its_place(redis_url, r):
     # at that instant it goes first: a task promised later waits while it is in line
     other = p.enqueue("hit", None, rate_key="api", rate_limit="2/s")
     assert _claim(r)[0] == [] and int(r.hget(QK.task(other), "due")) > now + 5001
+
+
+def test_tasks_giving_one_key_different_limits_each_get_their_own(redis_url, r):
+    # not a sensible set-up, but each task is held to the limit it was enqueued with, in one claim too
+    p = xq.Producer(redis_url)
+    two = p.enqueue_many("hit", [None] * 3, rate_key="api", rate_limit="2/s")
+    four = p.enqueue_many("hit", [None] * 3, rate_key="api", rate_limit="4/s")
+    got, now = _claim(r)
+    assert got == two[:2] + four[:2]
+    assert int(r.hget(QK.task(two[2]), "due")) - now == 1000 and int(r.hget(QK.task(four[2]), "due")) > now

@@ -484,6 +484,9 @@ local function rate_earliest(r, id, append)
     redis.call('ZREMRANGEBYSCORE', log, '-inf', now - p)
     redis.call('ZREMRANGEBYSCORE', plan, '-inf', now - 10 * p)
   end
+  if m.n ~= n or m.p ~= p then  -- tasks that give one key different limits: start over for each
+    m.n, m.p, m.ev, m.full = n, p, nil, nil
+  end
   r[6] = m
   local s = redis.call('ZSCORE', plan, id)
   local before = s and ('(' .. s) or '+inf'  -- the promises ahead of this task
