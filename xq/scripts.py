@@ -455,9 +455,10 @@ end
 -- Rate limits are sliding logs, exact across supervisors: a limit of n starts per p ms has a log zset
 -- (`rl:<key>` / `rnl:<name>`: member id:attempt -> start instant, ms; trimmed to the last p ms) and a plan
 -- zset (`rp:<key>` / `rnp:<name>`: deferred id -> the instant first promised to it, which is also its place
--- in line; removed when it starts, trimmed after 10 p; the key outlives its last promise by 10-20 p).  A start at `now` is allowed when the starts in
--- (now - p, now], plus the promises in that window ahead of the task's own (all of them, for a task not
--- deferred yet), are fewer than n; every start is logged, so no window of p ms ever holds more than n.
+-- in line; removed when it starts, trimmed after 10 p; the key outlives its last promise by 10-20 p).  A
+-- start at `now` is allowed when the starts in (now - p, now], plus the promises in that window ahead of
+-- the task's own (all of them, for a task not deferred yet), are fewer than n; every start is logged, so
+-- no window of p ms ever holds more than n.
 -- Returns now if the start is allowed (unless `append`), else the earliest instant the task may start: a
 -- task not deferred yet goes after every promise already made (the n-th latest start or promise, plus p;
 -- a burst is spread one ms apart); a deferred task that finds the window still full (the starts before it
