@@ -72,7 +72,8 @@ class Deferrals:
 def run_all(redis_url, r, ids, timeout=60):
     p = xq.Producer(redis_url)
     with XQRun(redis_url, app=APP, procs=2), XQRun(redis_url, app=APP, procs=2):
-        wait_for(lambda: all(p.status(t)["status"] == "done" for t in ids), timeout, what="the rate-limited tasks")
+        wait_for(lambda: all(p.status(t)["status"] == "done" for t in ids), timeout,
+                 what="the rate-limited tasks")
     assert all(p.status(t)["attempts"] == 1 for t in ids)  # deferred, never failed or retried
     ran = Counter(x.split()[0].decode() for x in r.lrange("test:starts", 0, -1))
     assert all(ran[t] == 1 for t in ids)

@@ -603,7 +603,8 @@ local function claim_one(c, id)
                               h, now, now, 'payload too large', err, -1)
     if c.listen then c.events[#c.events + 1] = ev end
     settle(c.ctx, id, 'dead', now)
-  elseif (f[8] or (name_limits and name_limits[f[1]])) and not within_limits(c, id, key, f[1], f[8], (tonumber(f[5]) or 0) + 1) then
+  elseif (f[8] or (name_limits and name_limits[f[1]]))
+         and not within_limits(c, id, key, f[1], f[8], (tonumber(f[5]) or 0) + 1) then
     return 0
   else
     local att = (tonumber(f[5]) or 0) + 1
