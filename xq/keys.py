@@ -23,8 +23,11 @@ they are only known once the record is read; the methods below name them for Pyt
     xq:{Q}:u:<key>          string  the id holding unique key <key> (PX unique_ttl, if given)
     xq:{Q}:c:<key>          zset    concurrency slots of <key>: holder id -> its lease deadline (ms)
     xq:{Q}:cw:<key>         list    ids parked over <key>'s max_concurrency, moved back one per free slot
-    xq:{Q}:r:<key>:<w>      string  starts counted in rate window w (= now // period) of rate key <key>
-    xq:{Q}:rn:<name>:<w>    string  the same for a per-task-name rate limit; `:d` suffix: deferrals
+    xq:{Q}:rl:<key>         zset    rate key <key>'s start log: id:attempt -> start instant (ms), the
+                                    last period's starts (a sliding window; PX one period)
+    xq:{Q}:rp:<key>         zset    rate key <key>'s plan: deferred id -> the instant promised to it
+    xq:{Q}:rnl:<name>       zset    the start log of task name <name>'s rate limit (@app.task(rate_limit=))
+    xq:{Q}:rnp:<name>       zset    the plan of task name <name>'s rate limit
     xq:{Q}:d:<id>           set     ids waiting for task <id> (depends_on)
     xq:{Q}:g:<gid>          hash    a group: left, sealed, total, cb (callback id), fired
     xq:{Q}:gi:<gid>         list    the group's member ids, in the order given
@@ -199,6 +202,18 @@ class QueueKeys:
 
     def parked(self, key: str) -> str:
         return f"{self.base}cw:{key}"
+
+    def rate_log(self, key: str) -> str:
+        return f"{self.base}rl:{key}"
+
+    def rate_plan(self, key: str) -> str:
+        return f"{self.base}rp:{key}"
+
+    def name_rate_log(self, name: str) -> str:
+        return f"{self.base}rnl:{name}"
+
+    def name_rate_plan(self, name: str) -> str:
+        return f"{self.base}rnp:{name}"
 
     def dependents(self, task_id: str) -> str:
         return f"{self.base}d:{task_id}"

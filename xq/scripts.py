@@ -445,8 +445,9 @@ return #ids
 # has a backlog, even when every claim is of one task.
 # Limits: a task over its concurrency key's limit is parked in that key's list (cw) and does not count
 # towards the batch, so the claim goes on with the tasks behind it; a slot's release moves it back.  A task
-# over a rate limit is scheduled for the window in which its turn comes (deferrals of one window are spread
-# over the following ones, `starts` per window), so it is neither failed nor claimed again before then.
+# over a rate limit is scheduled for the earliest instant it may start (see rate_earliest: at most `starts`
+# in any window of the period, a burst spread over successive instants), so it is neither failed nor
+# claimed again before then.
 CLAIM = _PRELUDE + """
 local now = now_ms()
 local want = tonumber(ARGV[1])
@@ -508,9 +509,75 @@ for q = 1, nq do
   end
 end
 
--- A task with limits may start now: take its concurrency slot and count its start in each rate window
--- (true); else park or defer it (false).  Nothing is taken unless every limit allows the start.
-local function within_limits(c, id, key, name, L)
+-- Rate limits are sliding logs, exact across supervisors: a limit of n starts per p ms has a log zset
+-- (`rl:<key>` / `rnl:<name>`: member id:attempt -> start instant, ms; trimmed to the last p ms) and a plan
+-- zset (`rp:<key>` / `rnp:<name>`: deferred id -> the instant first promised to it, which is also its place
+-- in line; removed when it starts, trimmed after 10 p; the key outlives its last promise by 10-20 p).  A
+-- start at `now` is allowed when the starts in (now - p, now], plus the promises in that window ahead of
+-- the task's own (all of them, for a task not deferred yet), are fewer than n; every start is logged, so
+-- no window of p ms ever holds more than n.
+-- Returns now if the start is allowed (unless `append`), else the earliest instant the task may start: a
+-- task not deferred yet goes after every promise already made (the n-th latest start or promise, plus p;
+-- a burst is spread one ms apart); a deferred task that finds the window still full (the starts before it
+-- were claimed late) keeps its place in line and waits for the instant the n-th latest start or earlier
+-- promise leaves the window.
+-- Within one call `now` is fixed, so each limit is trimmed once, and what a task not yet deferred needs (is
+-- the window full, the n latest starts and promises) is kept in `rate_memo`, per limit, and updated as
+-- starts and promises are added: deferring a backlog costs a few commands a task, not a scan.
+local rate_memo = {}
+local function memo_add(m, t, n)
+  if not m or not m.ev then return end
+  local ev = m.ev
+  local i = #ev + 1
+  while i > 1 and ev[i - 1] < t do ev[i] = ev[i - 1]; i = i - 1 end
+  ev[i] = t
+  if #ev > n then ev[#ev] = nil end
+end
+local function rate_earliest(r, id, append)
+  local log, plan, n, p = r[1], r[2], r[3], r[4]
+  local m = rate_memo[log]
+  if not m then
+    m = {}
+    rate_memo[log] = m
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', now - p)
+    redis.call('ZREMRANGEBYSCORE', plan, '-inf', now - 10 * p)
+  end
+  if m.n ~= n or m.p ~= p then  -- tasks that give one key different limits: start over for each
+    m.n, m.p, m.ev, m.full = n, p, nil, nil
+  end
+  r[6] = m
+  local s = redis.call('ZSCORE', plan, id)
+  local before = s and ('(' .. s) or '+inf'  -- the promises ahead of this task
+  if not append and not (not s and m.full) then
+    local lo = '(' .. (now - p)
+    local used = redis.call('ZCOUNT', log, lo, now)
+    if not s or tonumber(s) > now - p then
+      used = used + redis.call('ZCOUNT', plan, lo, s and before or now)
+    end
+    if used < n then return now end
+    if not s then m.full = true end
+  end
+  local ev = not s and m.ev
+  if not ev then
+    ev = {}
+    for _, z in ipairs({{log, '+inf'}, {plan, before}}) do
+      local got = redis.call('ZREVRANGEBYSCORE', z[1], z[2], '-inf', 'WITHSCORES', 'LIMIT', 0, n)
+      for i = 2, #got, 2 do ev[#ev + 1] = tonumber(got[i]) end
+    end
+    table.sort(ev, function(a, b) return a > b end)
+    while #ev > n do ev[#ev] = nil end
+    if not s then m.ev = ev end
+  end
+  local due = now + 1
+  if ev[n] then due = math.max(due, ev[n] + p) end
+  if not s and ev[1] and n <= p then due = math.max(due, ev[1] + 1) end
+  return due
+end
+
+-- A task with limits may start now: take its concurrency slot and log its start under each rate limit
+-- (true); else park it (concurrency) or defer it to the earliest instant every rate limit allows (false).
+-- Nothing is taken unless every limit allows the start.
+local function within_limits(c, id, key, name, L, att)
   local cbase = c.ctx.base
   local slots
   if L.ck then
@@ -523,25 +590,42 @@ local function within_limits(c, id, key, name, L)
     end
   end
   local rates = {}
-  if L.rk then rates[#rates + 1] = {cbase .. 'r:' .. L.rk, L.rn, L.rp} end
+  if L.rk then rates[#rates + 1] = {cbase .. 'rl:' .. L.rk, cbase .. 'rp:' .. L.rk, L.rn, L.rp} end
   local nl = name_limits and name_limits[name]
-  if nl then rates[#rates + 1] = {cbase .. 'rn:' .. name, nl[1], nl[2]} end
+  if nl then rates[#rates + 1] = {cbase .. 'rnl:' .. name, cbase .. 'rnp:' .. name, nl[1], nl[2]} end
+  local due = now
   for _, r in ipairs(rates) do
-    local win = math.floor(now / r[3])
-    r[4] = r[1] .. ':' .. win
-    if tonumber(redis.call('GET', r[4]) or '0') >= r[2] then
-      local dkey = r[4] .. ':d'
-      local k = redis.call('INCR', dkey)
-      if k == 1 then redis.call('PEXPIRE', dkey, r[3] * 2) end
-      local due = (win + 1 + math.floor((k - 1) / r[2])) * r[3]
-      redis.call('HSET', key, 'state', 'scheduled', 'due', due)
-      redis.call('ZADD', KEYS[c.base + 13], due, id)
-      if c.listen then c.events[#c.events + 1] = event(id, c.queue, 'scheduled', now, ',"next":' .. due) end
-      return false
+    r[5] = rate_earliest(r, id, false)
+    due = math.max(due, r[5])
+  end
+  if due > now then
+    -- deferred by one limit: in a limit that would have let it start now, it goes after that limit's
+    -- promises too, so every limit holds at the instant it is deferred to
+    for _, r in ipairs(rates) do
+      if r[5] == now then due = math.max(due, rate_earliest(r, id, true)) end
     end
+    for _, r in ipairs(rates) do
+      if redis.call('ZADD', r[2], 'NX', due, id) == 1 then  -- a deferred task keeps its place in line
+        memo_add(r[6], due, r[3])
+        -- kept 10 to 20 periods past its last promise: set again only every 10 periods of promises
+        local keep = due - now + 10 * r[4]
+        if (r[6].keep or redis.call('PTTL', r[2])) < keep then
+          r[6].keep = keep + 10 * r[4]
+          redis.call('PEXPIRE', r[2], r[6].keep)
+        end
+      end
+    end
+    redis.call('HSET', key, 'state', 'scheduled', 'due', due)
+    redis.call('ZADD', KEYS[c.base + 13], due, id)
+    if c.listen then c.events[#c.events + 1] = event(id, c.queue, 'scheduled', now, ',"next":' .. due) end
+    return false
   end
   for _, r in ipairs(rates) do
-    if redis.call('INCR', r[4]) == 1 then redis.call('PEXPIRE', r[4], r[3] * 2) end
+    if redis.call('ZREM', r[2], id) == 1 then r[6].ev = nil end  -- its promise may have been among them
+    redis.call('ZADD', r[1], now, id .. ':' .. att)
+    redis.call('PEXPIRE', r[1], r[4])
+    memo_add(r[6], now, r[3])
+    r[6].full = nil
   end
   if slots then redis.call('ZADD', slots, deadline, id) end
   return true
@@ -609,7 +693,7 @@ local function claim_one(c, id)
                               h, now, now, 'payload too large', err, -1)
     if c.listen then c.events[#c.events + 1] = ev end
     settle(c.ctx, id, 'dead', now)
-  elseif (f[8] or (name_limits and name_limits[f[1]])) and not within_limits(c, id, key, f[1], L) then
+  elseif (f[8] or (name_limits and name_limits[f[1]])) and not within_limits(c, id, key, f[1], L, a0 + 1) then
     return 0
   else
     local att = a0 + 1
