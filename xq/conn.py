@@ -254,7 +254,7 @@ class Health:
             then = f"; retrying (next in {retry_in:.2f} s)" if retry_in is not None else ""
             if kind == "full":
                 log.error("%s: Redis is full at %s (used memory > maxmemory under noeviction): writes are "
-                          "refused; results and releases are kept here and written once it takes writes "
+                          "refused; results and releases are kept here until Redis accepts writes "
                           "again%s", self.what, self.url, then)
             elif kind == "refused":
                 log.error("%s: Redis at %s refuses us (%s); check the password, user ACL and database in "
