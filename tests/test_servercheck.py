@@ -160,3 +160,21 @@ def test_config_renamed_warns_and_goes_on(renamed_config, caplog):
     assert len(warnings) == 1, warnings
     assert "could not check" in warnings[0] and "CONFIG GET" in warnings[0] and "unknown command" in warnings[0]
     assert [r.getMessage() for r in caplog.records] == warnings
+
+
+def test_a_redis_down_at_start_is_checked_when_it_answers(tmp_path):
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    with XQRun(url) as w:  # not --burst: waits for Redis
+        wait_for(lambda: "unreachable" in w.output(), 20, what="the supervisor to find Redis down")
+        proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+                                 "--maxmemory-policy", "allkeys-lfu", "--save", "", "--dir", str(tmp_path)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            code = w.wait(30)
+            out = w.output()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    assert code == 7, out
+    assert "maxmemory-policy allkeys-lfu" in out and "--allow-eviction" in out and "Traceback" not in out, out

@@ -197,8 +197,8 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
         broker = Broker(url)
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
-    _check_redis(broker, burst, allow_eviction)
-    cfg = Config(queues=qs, procs=n, burst=burst, lease=lease, result_ttl=result_ttl, max_payload=max_payload,
+    checked = _check_redis(broker, burst, allow_eviction)
+    cfg = Config(check_server=not checked, allow_eviction=allow_eviction, queues=qs, procs=n, burst=burst, lease=lease, result_ttl=result_ttl, max_payload=max_payload,
                  grace=grace, max_tasks_per_child=max_tasks_per_child,
                  max_memory_per_child=max_memory_per_child * 1024 * 1024, prefetch=prefetch,
                  retain_memory=retain_memory, weights=weights, level_weights=lweights, kill_grace=kill_grace)
@@ -210,11 +210,12 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
     sys.exit(code)
 
 
-def _check_redis(broker, burst: bool, allow_eviction: bool = False) -> None:
+def _check_redis(broker, burst: bool, allow_eviction: bool = False) -> bool:
     """Before any child starts: a Redis that refuses us halts `xq run` (exit 5), as retrying cannot fix
     it; one that would lose tasks (an evicting maxmemory-policy, see xq/servercheck.py) too (exit 7).  An
     unreachable one is waited for: forever (the supervisor's own backoff, children up), or with --burst
-    (a CI job) for the producers' retry window, then exit 6."""
+    (a CI job) for the producers' retry window, then exit 6.  False: not reached, so not checked yet (the
+    supervisor checks at its first connect)."""
     from .conn import Backoff
     from .producer import retry_window
     from .servercheck import RedisUnsafe, check_server
@@ -225,14 +226,12 @@ def _check_redis(broker, burst: bool, allow_eviction: bool = False) -> None:
         try:
             broker.ping()
             check_server(broker.client, broker.url, allow_eviction=allow_eviction)
-            return
+            return True
         except RedisUnsafe as e:
             _fail(EXIT_REDIS_UNSAFE, str(e))
         except ConnectionLost as e:
             if not burst:
-                log.warning("Redis is unreachable at start: its eviction policy and persistence were not "
-                            "checked")
-                return  # the supervisor reports it and keeps trying
+                return False  # the supervisor reports it, keeps trying, and checks the server once it answers
             if time.monotonic() >= deadline:
                 raise ConnectionLost(f"{e}; --burst gave up after {retry_window(None):g} s "
                                      f"($XQ_RETRY_FOR)", url=e.url) from None
