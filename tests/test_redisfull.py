@@ -89,3 +89,38 @@ def test_supervisor_keeps_results_while_redis_is_full(fresh_redis, c, tmp_path):
     assert out.count("takes writes again") == 1, out
     assert "writing results failed" not in out and "claim failed" not in out, out
     assert c.zcard(QK.leases) == 0 and c.zcard(QK.dead) == 0
+
+
+def test_an_oom_reply_is_classified_full_and_translated_to_redisfull(fresh_redis, c):
+    from xq import conn
+
+    c.config_set("maxmemory", 1)
+    with pytest.raises(redis.ResponseError) as ei:
+        c.set("k", "v")
+    assert conn.classify(ei.value) == "full"
+    url = fresh_redis.url.replace("redis://", "redis://:secret@")
+    t = conn.translate(ei.value, url)
+    assert isinstance(t, xq.RedisFull) and "is full" in str(t) and "secret" not in str(t), str(t)
+    assert isinstance(t, conn.OUTAGE)  # a supervisor waits it out
+
+
+def test_async_enqueue_and_other_producer_writes_raise_redisfull_at_once(fresh_redis, c):
+    import asyncio
+
+    async def go():
+        async with xq.AsyncProducer(fresh_redis.url) as ap:
+            await ap.enqueue("nap", {"s": 0, "v": 0}, task_id="a-0")
+            c.config_set("maxmemory", 1)
+            with pytest.raises(xq.RedisFull) as ei:
+                await ap.enqueue("nap", {"s": 0, "v": 1}, task_id="a-1")
+            return ei.value
+
+    e = asyncio.run(go())
+    assert e.not_stored == ["a-1"] and e.stored == [], (e.stored, e.not_stored)
+    with xq.Producer(fresh_redis.url, retry_for=30) as p:
+        c.config_resetstat()
+        with pytest.raises(xq.RedisFull):
+            p.cancel("a-0")  # not retried for retry_for seconds: one refused call
+        assert evalsha_calls(c) == (0, 1)
+    c.config_set("maxmemory", 0)
+    assert c.hget(QK.task("a-0"), "state") == b"queued" and not c.exists(QK.task("a-1"))

@@ -198,10 +198,11 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
     checked = _check_redis(broker, burst, allow_eviction)
-    cfg = Config(check_server=not checked, allow_eviction=allow_eviction, queues=qs, procs=n, burst=burst, lease=lease, result_ttl=result_ttl, max_payload=max_payload,
+    cfg = Config(queues=qs, procs=n, burst=burst, lease=lease, result_ttl=result_ttl, max_payload=max_payload,
                  grace=grace, max_tasks_per_child=max_tasks_per_child,
                  max_memory_per_child=max_memory_per_child * 1024 * 1024, prefetch=prefetch,
-                 retain_memory=retain_memory, weights=weights, level_weights=lweights, kill_grace=kill_grace)
+                 retain_memory=retain_memory, weights=weights, level_weights=lweights, kill_grace=kill_grace,
+                 check_server=not checked, allow_eviction=allow_eviction)
     try:
         code = Supervisor(app, broker, cfg).run()
     except Exception:

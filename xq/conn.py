@@ -6,9 +6,9 @@ What it decides, so no caller has to:
   out, was refused, Redis is loading or read-only after a failover: retrying can fix it), `"refused"`
   (Redis rejected our credentials, permissions or database: retrying cannot fix it until someone changes
   the configuration), `"full"` (an OOM reply: Redis is at `maxmemory` under `noeviction` and refuses
-  writes until memory is freed; waiting can fix it) or `None` (anything else, including an `OSError` that is not a network error: a bug,
-  raised as is).  `translate()` turns them into `xq.ConnectionLost` / `xq.RedisRefused` / `xq.RedisFull`,
-  the only Redis failures code above this layer ever sees.
+  writes until memory is freed; waiting can fix it) or `None` (anything else, including an `OSError` that
+  is not a network error: a bug, raised as is).  `translate()` turns them into `xq.ConnectionLost` /
+  `xq.RedisRefused` / `xq.RedisFull`, the only Redis failures code above this layer ever sees.
 - **How long to wait.**  `Backoff`: capped exponential with full jitter, so a fleet of supervisors that
   lost Redis together does not reconnect in lockstep.
 - **Who hears about it.**  `Health` logs a change of state once (down, with the reason; up again, with how
