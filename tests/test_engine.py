@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -213,22 +214,17 @@ def test_priorities_and_queue_order(redis_url, r):
 
 def test_redis_cli_producer_per_protocol(redis_server, redis_url, r):
     """A producer with no xq at all, following docs/protocol.md."""
-    script = (
-        "MULTI\n"
-        "HSET xq:{default}:t:01CLIPRODUCER0000000000000 name echo queue default payload "
-        "\"{\\\"from\\\":\\\"redis-cli\\\"}\" ct j state queued pri 5 maxr 3 att 0 enq 1700000000000\n"
-        "RPUSH xq:{default}:ready:5 01CLIPRODUCER0000000000000\n"
-        "ZADD xq:{default}:wake 0 1\n"
-        "EXEC\n"
-        "SADD xq:queues default\n"
-    )
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    script = doc.split("redis-cli <<'EOF'\n", 1)[1].split("EOF\n", 1)[0]
+    task_id = script.split("xq:{default}:t:", 1)[1].split()[0]
+    assert set(task_id) <= set("0123456789ABCDEFGHJKMNPQRSTVWXYZ"), "the example id must use the id alphabet"
     out = subprocess.run(["redis-cli", "-p", str(redis_server.port)], input=script, capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     with XQRun(redis_url, burst=True) as w:
         assert w.wait(60) == 0
     p = xq.Producer(redis_url)
-    assert p.result("01CLIPRODUCER0000000000000", timeout=5) == {"from": "redis-cli"}
+    assert p.result(task_id, timeout=5) == {"from": "redis-cli"}
 
 
 def test_no_shared_memory_left_behind(redis_url):

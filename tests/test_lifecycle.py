@@ -211,7 +211,7 @@ def test_timeout_kills_a_child_stuck_in_c_code_and_retries(redis_url, r, events)
         st = wait_for(lambda: (s := p.status(tid))["status"] == "dead" and s, 30, what="spin_c to die")
         assert p.result(fine, timeout=10) == 7  # the respawned child goes on
         log = w.output()
-    assert st["attempts"] == 2 and st["reason"] == "timeout on the last of 2 attempts"
+    assert st["attempts"] == 2 and st["reason"] == "timed out after 1 s on the last of 2 attempts"
     assert [h["outcome"] for h in st["history"]] == ["timeout", "timeout"]
     assert "ran longer than its timeout of 1 s" in st["error"]
     assert "timeout" in log

@@ -18,7 +18,8 @@ class XQRun:
     """One supervisor process running tests/apps/<app>; its log goes to a temp file."""
 
     def __init__(self, url: str, *args: str, app: str = "apps.basic:app", procs: int = 2, burst: bool = False,
-                 queues: str | None = None, pure: bool | None = None, env: dict | None = None):
+                 queues: str | None = None, pure: bool | None = None, env: dict | None = None,
+                 preexec_fn=None):
         cmd = [sys.executable, "-m", "xq.cli", "run", app, "--redis", url, "--procs", str(procs), *args]
         if burst:
             cmd.append("--burst")
@@ -29,7 +30,9 @@ class XQRun:
             e["XQ_PURE"] = "1" if pure else "0"
         e.update(env or {})
         self.log = tempfile.NamedTemporaryFile(prefix="xq-run-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(cmd, cwd=TESTS, env=e, stdout=self.log, stderr=subprocess.STDOUT)
+        # preexec_fn runs in the new process before exec, e.g. to set an RLIMIT_AS that bounds a test's harm
+        self.proc = subprocess.Popen(cmd, cwd=TESTS, env=e, stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=preexec_fn)
         self.pid = self.proc.pid
 
     def wait(self, timeout: float = 60) -> int:

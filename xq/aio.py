@@ -33,6 +33,7 @@ from .broker import Broker
 from .conn import Backoff, RetryWindow, check_url, client_options, failure, redacted
 from .errors import ConfigError, ConnectionLost, RedisFull, ResultTimeout, UnknownTask
 from .keys import QUEUES, check_queue, queue_keys
+from .records import raw_id
 from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer, ProducerBase,
                        Resend, event_request, finish_enqueue, prepare_enqueue)
 
@@ -162,8 +163,9 @@ class _AsyncBroker:
         return None
 
     @aio_io
-    async def task_record(self, qk, task_id: str) -> dict:
-        return await self.client.hgetall(qk.task(task_id))
+    async def task_record(self, qk, task_id: str | bytes) -> dict:
+        key = qk.task_prefix.encode() + task_id if isinstance(task_id, bytes) else qk.task(task_id)
+        return await self.client.hgetall(key)
 
     @aio_io
     async def records(self, qk, ids: Sequence, *fields: str) -> list[list]:
@@ -421,7 +423,8 @@ class AsyncProducer(ProducerBase):
     async def status(self, task_id: str, *, queue: str | None = None) -> dict:
         """As Producer.status."""
         q = await self._find(task_id, queue)
-        return Producer._status_of(task_id, q, await self.broker.task_record(queue_keys(q), task_id))
+        raw = raw_id(task_id)
+        return Producer._status_of(raw, q, await self.broker.task_record(queue_keys(q), raw))
 
     async def cancel(self, task_id: str, *, queue: str | None = None) -> str:
         """As Producer.cancel: "canceled", "canceling" or "finished"; UnknownTask for an unknown id."""

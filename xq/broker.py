@@ -23,6 +23,10 @@ from ._impl import fast
 from .conn import DEFAULT_URL, RetryWindow, dedicated, failure, make_client, redacted  # noqa: F401 - DEFAULT_URL re-exported
 from .errors import ConnectionLost, ResultTimeout
 from .keys import QUEUES, QueueKeys
+from .records import esc
+
+PEEK_CAP = 1 << 20  # bytes of each field a listing ships at most (a longer one is cut and marked "truncated")
+PEEK_SKIP = ("payload", "result")  # fields a listing leaves out: status() does not show them
 
 log = logging.getLogger("xq")
 
@@ -195,8 +199,10 @@ class Broker:
         return sorted(x.decode() for x in self.client.smembers(QUEUES))
 
     @io
-    def task_record(self, qk: QueueKeys, task_id: str) -> dict[bytes, bytes]:
-        return self.client.hgetall(qk.task(task_id))
+    def task_record(self, qk: QueueKeys, task_id: str | bytes) -> dict[bytes, bytes]:
+        """task_id bytes: as Redis holds it (it may not be UTF-8: see records.raw_id)."""
+        key = qk.task_prefix.encode() + task_id if isinstance(task_id, bytes) else qk.task(task_id)
+        return self.client.hgetall(key)
 
     @io
     def find_queue(self, task_id: str, queues: Iterable[str]) -> str | None:
@@ -218,16 +224,26 @@ class Broker:
         return out.decode(), before.decode()
 
     @io
-    def dead_ids(self, qk: QueueKeys, offset: int, limit: int) -> list[tuple[str, float]]:
-        """(id, time of death) of the dead-letter set, oldest first."""
+    def dead_ids(self, qk: QueueKeys, offset: int, limit: int, raw: bool = False) -> list[tuple[str, float]]:
+        """(id, time of death) of the dead-letter set, oldest first; raw: ids as bytes (an id written by a
+        foreign producer may not be UTF-8), else as text with backslash escapes."""
         rows = self.client.zrange(qk.dead, offset, offset + limit - 1, withscores=True)
-        return [(i.decode(), score / 1000.0) for i, score in rows]
+        return [(i if raw else esc(i), score / 1000.0) for i, score in rows]
 
     @io
     def scheduled_ids(self, qk: QueueKeys, offset: int, limit: int) -> list[tuple[str, float]]:
         """(id, due time) of scheduled and retrying tasks, soonest first."""
         rows = self.client.zrange(qk.sched, offset, offset + limit - 1, withscores=True)
-        return [(i.decode(), score / 1000.0) for i, score in rows]
+        return [(esc(i), score / 1000.0) for i, score in rows]
+
+    def peek(self, zset: str, qk: QueueKeys, offset: int, limit: int, cap: int = PEEK_CAP,
+             skip: Sequence[str] = PEEK_SKIP) -> list[tuple[bytes, float, dict, dict]]:
+        """One page of a sorted set of task ids with their records, each field cut at cap bytes (script
+        PEEK): (raw id, score, {field: value} or None if the record is gone, {cut field: its full length})
+        per id, in order."""
+        return [(row[0], float(row[1]), dict(zip(row[2][::2], row[2][1::2])) if row[4] else None,
+                 {k.decode(): int(n) for k, n in zip(row[3][::2], row[3][1::2])})
+                for row in self.run("peek", [zset], [qk.task_prefix, offset, limit, cap, *skip])]
 
     @io
     def dead_count(self, qk: QueueKeys) -> int:
@@ -236,7 +252,7 @@ class Broker:
     def replay(self, qk: QueueKeys, ids: Sequence[str], priority: int | None, mode: str = "requeue") -> list[str]:
         reply = self.run("replay", [qk.dead, qk.wake, *qk.ready],
                          [qk.task_prefix, qk.events, qk.name, "" if priority is None else priority, mode, *ids])
-        return [i.decode() for i in reply]
+        return [esc(i) for i in reply]
 
     def purge_dead(self, qk: QueueKeys, batch: int = 1000) -> int:
         total = 0

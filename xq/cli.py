@@ -163,7 +163,10 @@ def main() -> None:
               help="seconds running tasks get to finish after SIGTERM/SIGINT")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=0), default=0, help="recycle a child after N tasks")
 @click.option("--max-memory-per-child", type=click.IntRange(min=0), default=0,
-              help="recycle a child whose RSS exceeds this many MiB")
+              help="soft limit: recycle a child whose RSS exceeds this many MiB after its current task")
+@click.option("--memory-limit-per-child", type=click.IntRange(min=0), default=0,
+              help="hard limit: kill a child whose RSS exceeds this many MiB at once, even mid-task (the "
+                   "attempt ends with outcome 'memory' and is retried or dead like any failure)")
 @click.option("--prefetch", type=click.IntRange(min=0), default=1, show_default=True,
               help="tasks claimed ahead per child, beyond those queued in its ring")
 @click.option("--retain-memory/--no-retain-memory", default=True, show_default=True,
@@ -181,14 +184,15 @@ def main() -> None:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grace, max_tasks_per_child,
-        max_memory_per_child, prefetch, retain_memory, level_weights, kill_grace, allow_eviction,
-        log_level) -> None:
+        max_memory_per_child, memory_limit_per_child, prefetch, retain_memory, level_weights, kill_grace,
+        allow_eviction, log_level) -> None:
     """Run a supervisor and its child processes for MODULE:APP."""
     from .broker import DEFAULT_URL, Broker
-    from .supervisor import Config, Supervisor
+    from .supervisor import Config, Supervisor, check_memory_limits
 
     _setup_logging(log_level)
     n = _procs(procs)
+    check_memory_limits(max_memory_per_child * 1048576, memory_limit_per_child * 1048576)
     url = url or os.environ.get("XQ_REDIS_URL") or DEFAULT_URL
     app = load_app(app_ref)
     try:
@@ -200,7 +204,8 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
     checked = _check_redis(broker, burst, allow_eviction)
     cfg = Config(queues=qs, procs=n, burst=burst, lease=lease, result_ttl=result_ttl, max_payload=max_payload,
                  grace=grace, max_tasks_per_child=max_tasks_per_child,
-                 max_memory_per_child=max_memory_per_child * 1024 * 1024, prefetch=prefetch,
+                 max_memory_per_child=max_memory_per_child * 1024 * 1024,
+                 memory_limit_per_child=memory_limit_per_child * 1024 * 1024, prefetch=prefetch,
                  retain_memory=retain_memory, weights=weights, level_weights=lweights, kill_grace=kill_grace,
                  check_server=not checked, allow_eviction=allow_eviction)
     try:
@@ -323,9 +328,26 @@ def dlq_ls(queue, offset, limit, as_json, url) -> None:
         return
     click.echo(f"{total} dead task(s) in {queue}; showing {offset + 1 if page else 0}-{offset + len(page)}")
     for t in page:
-        died = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["dead_at"])) if t["dead_at"] else "?"
-        err = (t["error"] or "").splitlines()[0] if t["error"] else ""
-        click.echo(f"{t['id']}  {died}  {t['name']}  attempts={t['attempts']}  {t['reason']}: {err[:100]}")
+        click.echo(_dead_line(t))
+
+
+def _dead_line(t: dict) -> str:
+    """One line of `xq dlq ls`: every value cut at 200 characters (a malformed record may hold anything),
+    then what is malformed in the record, if anything."""
+    from .records import cut
+
+    dead_at = t["dead_at"]
+    died = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dead_at)) \
+        if isinstance(dead_at, float) else cut(dead_at or "?", 30)
+    err = t["error"].splitlines()[0] if t["error"] and t["error"].strip() else ""
+    line = (f"{cut(t['id'])}  {died}  {cut(t['name'])}  attempts={cut(t['attempts'], 20)}  "
+            f"{cut(t['reason'])}: {cut(err, 100)}")
+    notes = list(t.get("malformed") or [])
+    if t.get("truncated"):
+        notes.append("truncated: " + ", ".join(f"{k} ({n} bytes)" for k, n in t["truncated"].items()))
+    if notes:
+        line += f"  [malformed: {cut('; '.join(notes))}]" if t.get("malformed") else f"  [{cut('; '.join(notes))}]"
+    return line
 
 
 @dlq.command("show")

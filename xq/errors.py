@@ -23,6 +23,11 @@ class TaskFailed(XQError):
         self.error = error
 
 
+class MalformedRecord(XQError, ValueError):
+    """A record's field cannot be read as what it should be (e.g. a result that is not JSON), written by
+    a foreign producer or damaged; the message names the task and the field."""
+
+
 class UnknownTask(XQError, LookupError):
     """No task with that id exists (never enqueued, or its record expired)."""
 

@@ -15,9 +15,10 @@ from ._impl import fast
 from .app import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, App, check_seconds
 from .broker import DEFAULT_URL, Broker
 from .conn import RetryWindow, out_of_memory
-from .errors import ConfigError, ConnectionLost, RedisFull, ResultTimeout, TaskFailed, UnknownTask
+from .errors import ConfigError, ConnectionLost, MalformedRecord, RedisFull, ResultTimeout, TaskFailed, UnknownTask
 from .flow import flow_args, flow_json
 from .keys import DEFAULT_PRIORITY, PRIORITIES, check_queue, check_task_ids, queue_keys
+from .records import esc, group_view, raw_id, record_options, task_view
 
 PRIORITY_NAMES = {"critical": 0, "high": 2, "normal": 5, "low": 8}
 DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024
@@ -51,10 +52,6 @@ def check_priority(priority) -> int:
         raise ConfigError(f"invalid priority {priority!r}: use an integer 0 (highest) to 9 (lowest) "
                           f"or one of {', '.join(PRIORITY_NAMES)}")
     return priority
-
-
-def _ms(v: bytes | None) -> float | None:
-    return int(v) / 1000.0 if v not in (None, b"") else None
 
 
 def _unix(what: str, value) -> float:
@@ -278,19 +275,6 @@ def _check_page(offset, limit) -> None:
         raise ConfigError(f"invalid limit {limit!r}: expected an integer >= 1")
 
 
-def _history(raw: bytes | None) -> list[dict]:
-    if not raw:
-        return []
-    out = []
-    for h in orjson.loads(raw):
-        out.append({"attempt": h.get("n"), "worker": h.get("worker") or None,
-                    "started_at": h["start"] / 1000.0 if h.get("start") else None,
-                    "finished_at": h["end"] / 1000.0 if h.get("end") else None,
-                    "outcome": h.get("outcome"), "error": h.get("error") or None,
-                    "traceback": h.get("traceback") or None})
-    return out
-
-
 def id_time(task_id: str) -> float | None:
     """Creation time (unix seconds) embedded in an xq task id, None for a foreign id."""
     if len(task_id) != 26:
@@ -372,12 +356,13 @@ class EventFilter:
         for tid, q, state, fin in tasks:
             if state is None:
                 raise UnknownTask(f"no task with id {tid!r} in queue {q!r}: until_done would wait forever")
-            if state.decode() in TERMINAL:
-                out.append({"id": tid, "queue": q, "state": state.decode(),
-                            "ts": int(fin) if fin else int(time.time() * 1000), "synthetic": True})
+            if esc(state) in TERMINAL:
+                out.append({"id": tid, "queue": q, "state": esc(state),
+                            "ts": int(fin) if fin and fin.isdigit() else int(time.time() * 1000), "synthetic": True})
         for gid, q, fired in groups:
             if fired is not None:
-                out.append({"id": gid, "queue": q, "state": "group_done", "ts": int(fired), "synthetic": True})
+                out.append({"id": gid, "queue": q, "state": "group_done",
+                            "ts": int(fired) if fired.isdigit() else int(time.time() * 1000), "synthetic": True})
         return [ev for ev in out if self._take(ev)]
 
     def feed(self, data: bytes) -> list[dict]:
@@ -593,9 +578,7 @@ class Producer(ProducerBase):
         h, _ids = self.broker.group_state(queue_keys(q), gid)
         if not h:
             raise UnknownTask(f"no group with id {gid!r} in queue {q!r} (never made, or its keys expired)")
-        return {"id": gid, "queue": q, "total": int(h.get(b"total") or 0), "left": int(h.get(b"left") or 0),
-                "sealed": h.get(b"sealed") == b"1", "finished": b"fired" in h,
-                "callback": (h.get(b"cb") or b"").decode() or None}
+        return group_view(gid, q, h)
 
     # --- inspection ---
     def _find(self, task_id: str, queue: str | None) -> str:
@@ -611,68 +594,31 @@ class Producer(ProducerBase):
         return q
 
     def status(self, task_id: str, *, queue: str | None = None) -> dict:
-        """The task's record: status, attempts, timestamps (unix seconds), worker, error."""
+        """The task's record: status, attempts, timestamps (unix seconds), worker, error.  A malformed
+        record is shown with its bad fields escaped or raw and a "malformed" list of notes (see
+        xq.records); an id that is not UTF-8 may be given as listings show it (backslash escapes)."""
         q = self._find(task_id, queue)
-        return self._status_of(task_id, q, self.broker.task_record(queue_keys(q), task_id))
+        raw = raw_id(task_id)
+        return self._status_of(raw, q, self.broker.task_record(queue_keys(q), raw))
 
     @staticmethod
-    def _status_of(task_id: str, q: str, rec: dict) -> dict:
-        """status() of a task's record (its HGETALL reply); shared with AsyncProducer."""
+    def _status_of(task_id: str | bytes, q: str, rec: dict) -> dict:
+        """status() of a task's record (its HGETALL reply); shared with AsyncProducer.  A malformed record
+        is shown, never raised on: see xq.records.task_view."""
         if not rec:
-            raise UnknownTask(f"no task with id {task_id!r} in queue {q!r} (never enqueued, or its "
+            raise UnknownTask(f"no task with id {esc(task_id)!r} in queue {q!r} (never enqueued, or its "
                               f"record expired)")
-        g = rec.get
-        state = (g(b"state") or b"").decode()
-        history = _history(g(b"hist"))
-        attempts = int(g(b"att") or 0)
-        if state in ("running", "done") or (state == "canceled" and g(b"claimed") and not
-                                            (history and history[-1]["attempt"] == attempts)):
-            # the current (or successful) attempt is the record itself
-            history.append({"attempt": attempts, "worker": (g(b"worker") or b"").decode() or None,
-                            "started_at": _ms(g(b"started")) or _ms(g(b"claimed")),
-                            "finished_at": _ms(g(b"fin")) if state != "running" else None,
-                            "outcome": {"running": "running", "done": "done"}.get(state, state),
-                            "error": None, "traceback": None})
-        due = _ms(g(b"due"))
-        return {
-            "id": task_id,
-            "queue": q,
-            "name": (g(b"name") or b"").decode(),
-            "status": state,
-            "attempts": attempts,
-            "max_retries": int(g(b"maxr") or DEFAULT_MAX_RETRIES),
-            "priority": int(g(b"pri") or DEFAULT_PRIORITY),
-            "enqueued_at": _ms(g(b"enq")) or id_time(task_id),
-            "claimed_at": _ms(g(b"claimed")),
-            "started_at": _ms(g(b"started")),
-            "finished_at": _ms(g(b"fin")),
-            "worker": (g(b"worker") or b"").decode() or None,
-            # a done task's record may still hold an earlier attempt's error (it is in the history)
-            "error": None if state == "done" else (g(b"error") or b"").decode() or None,
-            "eta": due if state == "scheduled" else None,
-            "next_attempt_at": due if state == "retrying" else None,
-            "expires_at": _ms(g(b"exp")),
-            "timeout": int(g(b"to")) / 1000.0 if g(b"to") else None,
-            "dead_at": _ms(g(b"dead")),
-            "reason": (g(b"reason") or b"").decode() or None,
-            "cancel_requested_at": _ms(g(b"cxl")),
-            "replays": int(g(b"replays") or 0),
-            "history": history,
-            # flow control
-            "unique_key": (g(b"uk") or b"").decode() or None,
-            "depends_on": orjson.loads(g(b"deps")) if g(b"deps") else [],
-            "pending_dependencies": int(g(b"npend") or 0) if state == "waiting" else 0,
-            "group": (g(b"grp") or g(b"grpcb") or b"").decode() or None,
-            "limits": orjson.loads(g(b"lim")) if g(b"lim") else None,
-            "progress": orjson.loads(g(b"progress")) if g(b"progress") else None,  # {"pct", "msg", "ts"}
-        }
+        return task_view(task_id, q, rec, id_time=id_time)
 
     @staticmethod
-    def _decode_result(rec: dict) -> Any:
+    def _decode_result(rec: dict, task_id: str = "?") -> Any:
         data = rec.get(b"result")
         if rec.get(b"rct") == b"b":
             return data
-        return orjson.loads(data) if data else None
+        try:
+            return orjson.loads(data) if data else None
+        except orjson.JSONDecodeError as e:
+            raise MalformedRecord(f"task {task_id}: its result is not JSON ({e}): {esc(data[:200])!r}") from None
 
     def _terminal(self, task_id: str, q: str):
         """(True, value) if the task has finished (raises TaskFailed for a failure), else (False, None)."""
@@ -685,9 +631,9 @@ class Producer(ProducerBase):
         if state is None:
             raise UnknownTask(f"no task with id {task_id!r} in queue {q!r}")
         if state == b"done":
-            return True, cls._decode_result({b"result": result, b"rct": rct})
+            return True, cls._decode_result({b"result": result, b"rct": rct}, task_id)
         if state in (b"dead", b"expired", b"canceled"):
-            raise TaskFailed(task_id, state.decode(), (error or b"").decode())
+            raise TaskFailed(task_id, state.decode(), esc(error or b""))
         return False, None
 
     def _subscribe(self, channel: str) -> None:
@@ -773,8 +719,8 @@ class Producer(ProducerBase):
         out = []
         for tid, (state, result, rct, error) in zip(ids, records):
             if state != b"done":
-                raise TaskFailed(tid, (state or b"gone").decode(), (error or b"").decode())
-            out.append(cls._decode_result({b"result": result, b"rct": rct}))
+                raise TaskFailed(tid, esc(state or b"gone"), esc(error or b""))
+            out.append(cls._decode_result({b"result": result, b"rct": rct}, tid))
         return out
 
     # --- event streams ---
@@ -866,25 +812,23 @@ class Producer(ProducerBase):
         return outcome
 
     # --- dead letters and schedules ---
-    def _page(self, queue: str, offset: int, limit: int, ids_of) -> list[dict]:
-        """status() of each id of one page of a sorted set (records gone meanwhile are skipped)."""
+    def _page(self, queue: str, offset: int, limit: int, which: str) -> list[dict]:
+        """status() of each id of one page of a sorted set (records gone meanwhile are skipped), read in
+        one round trip with each field cut at 1 MiB (see Broker.peek; a cut one is named in "truncated")."""
         qk = queue_keys(check_queue(queue))
         _check_page(offset, limit)
-        out = []
-        for task_id, _score in ids_of(qk, offset, limit):
-            try:
-                out.append(self.status(task_id, queue=queue))
-            except UnknownTask:
-                continue  # purged, or its record expired, meanwhile
-        return out
+        return [task_view(task_id, queue, rec, cut, id_time=id_time)
+                for task_id, _score, rec, cut in self.broker.peek(getattr(qk, which), qk, offset, limit)
+                if rec is not None]  # None: purged, or expired, meanwhile
 
     def dead_letters(self, queue: str = DEFAULT_QUEUE, *, offset: int = 0, limit: int = 100) -> list[dict]:
-        """One page of the queue's dead-letter set, oldest first: each entry is status() of the task."""
-        return self._page(queue, offset, limit, self.broker.dead_ids)
+        """One page of the queue's dead-letter set, oldest first: each entry is status() of the task
+        (a malformed record is shown escaped, with a "malformed" note: see xq.records)."""
+        return self._page(queue, offset, limit, "dead")
 
     def scheduled(self, queue: str = DEFAULT_QUEUE, *, offset: int = 0, limit: int = 100) -> list[dict]:
         """One page of the queue's scheduled and retrying tasks, soonest due first: status() of each."""
-        return self._page(queue, offset, limit, self.broker.scheduled_ids)
+        return self._page(queue, offset, limit, "sched")
 
     def dead_count(self, queue: str = DEFAULT_QUEUE) -> int:
         return self.broker.dead_count(queue_keys(check_queue(queue)))
@@ -902,9 +846,9 @@ class Producer(ProducerBase):
             if to_queue == queue:
                 to_queue = None
         if ids is None:
-            ids = [i for i, _ in self.broker.dead_ids(qk, 0, self.broker.dead_count(qk))]
-        elif isinstance(ids, str):
-            ids = [ids]
+            ids = [i for i, _ in self.broker.dead_ids(qk, 0, self.broker.dead_count(qk), raw=True)]
+        else:  # an id as listed (escaped if it is not UTF-8) to the bytes Redis holds
+            ids = [raw_id(i) for i in ([ids] if isinstance(ids, str) else ids)]
         done: list[str] = []
         for i in range(0, len(ids), 500):
             chunk = list(ids[i:i + 500])
@@ -914,29 +858,33 @@ class Producer(ProducerBase):
                 done += self._move_dead(qk, chunk, prio, to_queue)
         return done
 
-    def _move_dead(self, qk, ids: list[str], prio: int | None, to_queue: str) -> list[str]:
+    def _move_dead(self, qk, ids: list[bytes], prio: int | None, to_queue: str) -> list[str]:
         # Two steps, as the queues live in different hash slots: enqueue a copy in to_queue under the same
         # id, then drop the original.  A crash in between leaves both (replayed twice at worst), never none.
         moved = []
-        dead = set(i for i, _ in self.broker.dead_ids(qk, 0, self.broker.dead_count(qk)))
+        dead = set(i for i, _ in self.broker.dead_ids(qk, 0, self.broker.dead_count(qk), raw=True))
         for task_id in ids:
             if task_id not in dead:
                 continue
             rec = self.broker.task_record(qk, task_id)
             if rec.get(b"state") != b"dead":
                 continue
-            name = rec[b"name"].decode()
-            payload = rec[b"payload"] if rec.get(b"ct") == b"b" else orjson.Fragment(rec[b"payload"])
-            p = prio if prio is not None else int(rec.get(b"pri") or DEFAULT_PRIORITY)
-            maxr = int(rec[b"maxr"]) if rec.get(b"maxr") else DEFAULT_MAX_RETRIES
+            # a malformed field (written by some other producer) takes its default instead
+            name, rpri, maxr, to, _notes = record_options(rec)
+            if not name:
+                continue  # nothing to enqueue a copy as: it stays dead here
+            payload = rec.get(b"payload") or b"null"
+            payload = payload if rec.get(b"ct") == b"b" else orjson.Fragment(payload)
+            p = prio if prio is not None else (rpri if rpri is not None else DEFAULT_PRIORITY)
+            maxr = maxr if maxr is not None else DEFAULT_MAX_RETRIES
             tqk = queue_keys(to_queue)
-            timing = {"timeout_ms": int(rec[b"to"])} if rec.get(b"to") else {}
-            cmd = self.broker.pack_enqueue(tqk, name, p, maxr, [task_id.encode()], [payload], 0, 1 << 62, **timing)
+            timing = {"timeout_ms": to} if to is not None else {}
+            cmd = self.broker.pack_enqueue(tqk, name, p, maxr, [task_id], [payload], 0, 1 << 62, **timing)
             self.broker.send_packed(cmd)
             reply = self.broker.read_replies([cmd])[0]
             if isinstance(reply, Exception):
                 raise reply
-            self._remember(to_queue, [task_id])
+            self._remember(to_queue, [esc(task_id)])
             moved += self.broker.replay(qk, [task_id], None, mode="remove")
         return moved
 

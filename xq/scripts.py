@@ -102,9 +102,13 @@ local function attempt_failed(key, id, queue, now, sched, dead, f, started, fini
     redis.call('ZADD', sched, due, id)
     return event(id, queue, 'retrying', now, ',"attempt":' .. att .. ',"next":' .. due), due
   end
-  local reason
-  if delay < 0 then reason = outcome .. ', not retried'
-  else reason = outcome .. ' on the last of ' .. att .. ' attempts' end
+  local reason, what = nil, outcome
+  if outcome == 'timeout' then  -- at a glance: how long it was given (the canceler's text names it)
+    local s = string.match(err, 'its timeout of ([%d%.e%+%-]+) s')
+    what = s and ('timed out after ' .. s .. ' s') or 'timed out'
+  end
+  if delay < 0 then reason = what .. ', not retried'
+  else reason = what .. ' on the last of ' .. att .. ' attempts' end
   redis.call('HSET', key, 'state', 'dead', 'fin', finished, 'dead', now, 'reason', reason, 'error', err)
   redis.call('PERSIST', key)
   redis.call('ZADD', dead, now, id)
@@ -783,7 +787,7 @@ return {written, refused}
 #                             (the ids it holds, one value each): after a claim's reply was lost
 # ARGV[6] -> error text recorded for lost/canceled/expired
 # ARGV[7] -> worker id that must hold the task (see holds(); 'expired' ignores it)
-# ARGV[8] -> the attempt's outcome for its history: 'lost', 'timeout', 'canceled'
+# ARGV[8] -> the attempt's outcome for its history: 'lost', 'timeout', 'memory', 'canceled'
 # ARGV[9] -> retry delay, ms (0 = at once, at the head of its list)
 # ARGV[10] -> when the attempt started (ms), or ''
 # ARGV[11] -> JSON object: task name -> max_retries, for tasks whose default is not 3 (a record's own wins)
@@ -989,7 +993,8 @@ for i = 6, #ARGV do
     elseif redis.call('HGET', key, 'state') == 'dead' then
       done[#done + 1] = id
       if pri == '' then pri = nil end
-      local p = tonumber(pri or redis.call('HGET', key, 'pri')) or 5
+      local p = math.floor(tonumber(pri or redis.call('HGET', key, 'pri')) or 5)
+      if p < 0 or p > 9 then p = 5 end  -- a malformed priority (not 0..9): the default
       redis.call('HDEL', key, 'fin', 'started', 'claimed', 'due', 'dead', 'reason', 'cxl', 'worker', 'exp', 'error')
       redis.call('HSET', key, 'state', 'queued', 'att', 0, 'pri', p)
       if redis.call('HEXISTS', key, 'lim') == 1 then  -- its concurrency slot is released when it ends
@@ -1102,9 +1107,45 @@ publish(ARGV[10], ctx.events)
 return 1
 """
 
+# Read-only, for listings (dead letters, schedules): one page of a sorted set with each task's record, every
+# field cut at a size limit, so a page of tasks with 40 MiB payloads does not ship 40 MiB per row.
+# KEYS[1] -> the sorted set (xq:{Q}:dead or xq:{Q}:sched)
+# ARGV[1] -> task key prefix
+# ARGV[2], ARGV[3] -> offset, count
+# ARGV[4] -> max bytes of a field's value; a longer one is cut to that and named in the row's 4th item
+# ARGV[5..] -> fields left out (e.g. payload, result: a listing does not show them)
+# Output: per id, {id, score, {field, value, ...}, {cut field, its full length, ...}, 1 if its record
+#         exists else 0 (purged or expired meanwhile)}
+PEEK = """
+local prefix, offset, count, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local skip = {}
+for i = 5, #ARGV do skip[ARGV[i]] = true end
+local rows = redis.call('ZRANGE', KEYS[1], offset, offset + count - 1, 'WITHSCORES')
+local out = {}
+for i = 1, #rows, 2 do
+  local key = prefix .. rows[i]
+  local fields, cut = {}, {}
+  for _, name in ipairs(redis.call('HKEYS', key)) do
+    if not skip[name] then
+      local n = redis.call('HSTRLEN', key, name)
+      local v = redis.call('HGET', key, name)
+      if n > cap then
+        v = string.sub(v, 1, cap)
+        cut[#cut + 1] = name
+        cut[#cut + 1] = n
+      end
+      fields[#fields + 1] = name
+      fields[#fields + 1] = v
+    end
+  end
+  out[#out + 1] = {rows[i], rows[i + 1], fields, cut, redis.call('EXISTS', key)}
+end
+return out
+"""
+
 ALL = {"enqueue": ENQUEUE, "claim": CLAIM, "complete": COMPLETE, "release": RELEASE, "renew": RENEW,
        "cancel": CANCEL, "replay": REPLAY, "purge": PURGE, "cron": CRON,
-       "group": GROUP}
+       "group": GROUP, "peek": PEEK}
 
 # The SHA1 each script is run by (EVALSHA); both brokers, sync and asyncio, use these.
 SHA = {name: hashlib.sha1(src.encode()).hexdigest().encode() for name, src in ALL.items()}

@@ -35,6 +35,7 @@ import orjson
 from .._impl import fast
 from ..broker import Broker, redacted
 from ..conn import OUTAGE, Backoff, Health
+from ..errors import ConfigError
 from ..keys import queue_keys
 from .canceler import Canceler
 from .children import EXIT_BOOT, ChildPool, close_quiet
@@ -49,7 +50,7 @@ EXIT_INTERNAL = 1
 EXIT_APP_IMPORT = 4  # MODULE:APP could not be imported (raised by the CLI)
 EXIT_REDIS_UNSAFE = 7  # the Redis server would lose tasks (xq.servercheck)
 
-__all__ = ["Config", "Supervisor", "EXIT_OK", "EXIT_INTERNAL", "EXIT_BOOT", "EXIT_APP_IMPORT"]
+__all__ = ["Config", "Supervisor", "check_memory_limits", "EXIT_OK", "EXIT_INTERNAL", "EXIT_BOOT", "EXIT_APP_IMPORT"]
 
 
 @dataclass
@@ -64,7 +65,8 @@ class Config:
     max_payload: int = 32 * 1024 * 1024
     grace: float = 30.0
     max_tasks_per_child: int = 0
-    max_memory_per_child: int = 0      # bytes of RSS; 0 = no limit
+    max_memory_per_child: int = 0      # bytes of RSS: recycle a child over it after its task; 0 = no limit
+    memory_limit_per_child: int = 0    # bytes of RSS: kill a child over it at once, mid-task; 0 = no limit
     prefetch: int = 0                  # tasks claimed ahead per child beyond its ring; 0 = one each
     wait_timeout: float = 1.0          # BZPOPMIN timeout: bounds the cost of a missed wake-up
     retain_memory: bool = True         # children keep freed memory for the next task (child.retain_freed_memory)
@@ -73,6 +75,17 @@ class Config:
     kill_grace: float = 5.0            # seconds between SIGTERM / xq.Cancelled and SIGKILL of a child
     check_server: bool = False         # run xq.servercheck at the first connect (Redis was down at start)
     allow_eviction: bool = False       # ... and let an evicting maxmemory-policy pass, with a warning
+
+    def __post_init__(self):
+        check_memory_limits(self.max_memory_per_child, self.memory_limit_per_child)
+
+
+def check_memory_limits(soft: int, hard: int) -> None:
+    """Raise ConfigError unless the hard RSS limit (bytes; 0: none) is above the soft one (0: none)."""
+    if hard and soft and hard <= soft:
+        raise ConfigError(f"--memory-limit-per-child={hard // 1048576} MiB must be above "
+                          f"--max-memory-per-child={soft // 1048576} MiB: the soft limit recycles a child "
+                          f"after its task, the hard one kills it mid-task, so the hard one is the higher")
 
 
 class Supervisor:

@@ -168,6 +168,7 @@ class Canceler(Component):
         self.next_watch = now + nxt
 
     def _stop_for_timeout(self, c: Child, seq: int, t, to: int, now: float) -> None:
+        # RELEASE's attempt_failed reads "its timeout of N s" from this text for the dead task's reason
         text = f"TaskTimeout: attempt {t.attempt} ran longer than its timeout of {to / 1000:g} s; its child was stopped"
         c.kill = ("timeout", seq, text)
         c.kill_at = now + self.cfg.kill_grace
