@@ -124,3 +124,36 @@ def test_async_enqueue_and_other_producer_writes_raise_redisfull_at_once(fresh_r
         assert evalsha_calls(c) == (0, 1)
     c.config_set("maxmemory", 0)
     assert c.hget(QK.task("a-0"), "state") == b"queued" and not c.exists(QK.task("a-1"))
+
+
+def test_leases_of_kept_results_are_renewed_while_full(fresh_redis, c, tmp_path):
+    """Redis full for longer than the lease: the supervisor keeps renewing the tasks whose results it holds
+    (RENEW is allow-oom), so when Redis takes writes again their results are written, not refused as late,
+    and no task runs twice."""
+    naps = tmp_path / "naps"
+    naps.write_text("")
+    with XQRun(fresh_redis.url, "--lease", "3", app="apps.naps:app", procs=2,
+               env={"XQ_TEST_NAPS": str(naps)}) as w:
+        with xq.Producer(fresh_redis.url) as p:
+            ids = p.enqueue_many("nap", [{"s": 0.5, "v": i} for i in range(2)])
+            wait_for(lambda: c.zcard(QK.leases) == 2, 20, what="both tasks to be claimed")
+            c.config_set("maxmemory", 1)
+            wait_for(lambda: len(naps.read_text().split()) == 2, 20, what="both tasks to run while Redis is full")
+            wait_for(lambda: "Redis is full" in w.output(), 20, what="the supervisor to log that Redis is full")
+            first = {i: c.zscore(QK.leases, i) for i in ids}
+            t0 = c.time()
+            start_ms = t0[0] * 1000 + t0[1] // 1000
+
+            def renewed_past_the_first_lease():
+                t = c.time()
+                now_ms = t[0] * 1000 + t[1] // 1000
+                return now_ms > max(first.values()) + 1000 and all(c.zscore(QK.leases, i) > now_ms for i in ids)
+
+            wait_for(renewed_past_the_first_lease, 40, what="the leases to be renewed past their first deadline "
+                     f"(first {first}, start {start_ms})")
+            assert [c.hget(QK.task(i), "state") for i in ids] == [b"running"] * 2
+            c.config_set("maxmemory", 0)
+            assert [p.result(i, timeout=30) for i in ids] == [0, 1]
+        out = w.output()
+    assert sorted(naps.read_text().split()) == sorted(ids), out  # each ran once
+    assert "lease was lost" not in out and "refused" not in out.replace("writes are refused", ""), out
