@@ -31,7 +31,7 @@ from . import scripts
 from .app import DEFAULT_QUEUE, App
 from .broker import Broker
 from .conn import Backoff, RetryWindow, check_url, client_options, failure, redacted
-from .errors import ConfigError, ConnectionLost, ResultTimeout, UnknownTask
+from .errors import ConfigError, ConnectionLost, RedisFull, ResultTimeout, UnknownTask
 from .keys import QUEUES, check_queue, queue_keys
 from .records import raw_id
 from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer, ProducerBase,
@@ -400,7 +400,10 @@ class AsyncProducer(ProducerBase):
 
     async def _remember(self, queue: str, ids) -> None:
         if queue not in self._known_queues:
-            await self.broker.register_queue(queue)
+            try:
+                await self.broker.register_queue(queue)
+            except RedisFull:  # the tasks are stored; a later enqueue registers the queue
+                return self._cache(queue, ids)
             self._known_queues.add(queue)
         self._cache(queue, ids)
 

@@ -1,6 +1,6 @@
 """`xq` command line: a thin click layer over the library.
 
-Exit codes (every command; `xq run` adds 1, 3 and 4):
+Exit codes (every command; `xq run` adds 1, 3, 4 and 7):
     0  success; for `xq run`: stopped (burst finished, or SIGTERM/SIGINT, graceful or hard)
     1  an error the command reports (unknown task, task failed, ...); for `xq run`: internal error
     2  usage error: bad option, malformed Redis URL
@@ -10,6 +10,8 @@ Exit codes (every command; `xq run` adds 1, 3 and 4):
        permission, no such database.  `xq run` checks this at start; once running it logs and retries.
     6  Redis unreachable: still down after the retries (commands retry for $XQ_RETRY_FOR seconds,
        default 30; `xq run --burst` waits as long at start, `xq run` without --burst waits forever)
+    7  `xq run`: the Redis server would lose tasks (a maxmemory-policy that evicts keys; --allow-eviction
+       overrides) or is older than 7.0 (see xq/servercheck.py)
 Expected failures print one line naming the URL (password masked) and the reason, never a traceback.
 """
 
@@ -32,6 +34,7 @@ from .errors import ConfigError, ConnectionLost, RedisRefused, XQError
 EXIT_USAGE = 2
 EXIT_REDIS_REFUSED = 5
 EXIT_REDIS_UNREACHABLE = 6
+EXIT_REDIS_UNSAFE = 7
 
 log = logging.getLogger("xq")
 
@@ -175,11 +178,14 @@ def main() -> None:
                    "busy level starves lower ones")
 @click.option("--kill-grace", type=click.FloatRange(min=0.0), default=5.0, show_default=True,
               help="seconds a timed-out (SIGTERM) or canceled (xq.Cancelled) child gets before SIGKILL")
+@click.option("--allow-eviction", is_flag=True,
+              help="start even though Redis' maxmemory-policy evicts keys (which silently deletes task records "
+                   "when Redis is full); without it `xq run` refuses to start (exit 7)")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grace, max_tasks_per_child,
         max_memory_per_child, memory_limit_per_child, prefetch, retain_memory, level_weights, kill_grace,
-        log_level) -> None:
+        allow_eviction, log_level) -> None:
     """Run a supervisor and its child processes for MODULE:APP."""
     from .broker import DEFAULT_URL, Broker
     from .supervisor import Config, Supervisor, check_memory_limits
@@ -195,12 +201,13 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
         broker = Broker(url)
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
-    _check_redis(broker, burst)
+    checked = _check_redis(broker, burst, allow_eviction)
     cfg = Config(queues=qs, procs=n, burst=burst, lease=lease, result_ttl=result_ttl, max_payload=max_payload,
                  grace=grace, max_tasks_per_child=max_tasks_per_child,
                  max_memory_per_child=max_memory_per_child * 1024 * 1024,
                  memory_limit_per_child=memory_limit_per_child * 1024 * 1024, prefetch=prefetch,
-                 retain_memory=retain_memory, weights=weights, level_weights=lweights, kill_grace=kill_grace)
+                 retain_memory=retain_memory, weights=weights, level_weights=lweights, kill_grace=kill_grace,
+                 check_server=not checked, allow_eviction=allow_eviction)
     try:
         code = Supervisor(app, broker, cfg).run()
     except Exception:
@@ -209,22 +216,28 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
     sys.exit(code)
 
 
-def _check_redis(broker, burst: bool) -> None:
+def _check_redis(broker, burst: bool, allow_eviction: bool = False) -> bool:
     """Before any child starts: a Redis that refuses us halts `xq run` (exit 5), as retrying cannot fix
-    it.  An unreachable one is waited for: forever (the supervisor's own backoff, children up), or with
-    --burst (a CI job) for the producers' retry window, then exit 6."""
+    it; one that would lose tasks (an evicting maxmemory-policy, see xq/servercheck.py) too (exit 7).  An
+    unreachable one is waited for: forever (the supervisor's own backoff, children up), or with --burst
+    (a CI job) for the producers' retry window, then exit 6.  False: not reached, so not checked yet (the
+    supervisor checks at its first connect)."""
     from .conn import Backoff
     from .producer import retry_window
+    from .servercheck import RedisUnsafe, check_server
 
     deadline = time.monotonic() + retry_window(None)
     backoff = Backoff(0.1, 2.0)
     while True:
         try:
             broker.ping()
-            return
+            check_server(broker.client, broker.url, allow_eviction=allow_eviction)
+            return True
+        except RedisUnsafe as e:
+            _fail(EXIT_REDIS_UNSAFE, str(e))
         except ConnectionLost as e:
             if not burst:
-                return  # the supervisor reports it and keeps trying
+                return False  # the supervisor reports it, keeps trying, and checks the server once it answers
             if time.monotonic() >= deadline:
                 raise ConnectionLost(f"{e}; --burst gave up after {retry_window(None):g} s "
                                      f"($XQ_RETRY_FOR)", url=e.url) from None

@@ -5,9 +5,10 @@ What it decides, so no caller has to:
 - **What a failure means.**  `classify()` sorts an exception into `"network"` (the connection broke, timed
   out, was refused, Redis is loading or read-only after a failover: retrying can fix it), `"refused"`
   (Redis rejected our credentials, permissions or database: retrying cannot fix it until someone changes
-  the configuration) or `None` (anything else, including an `OSError` that is not a network error: a bug,
-  raised as is).  `translate()` turns the first two into `xq.ConnectionLost` / `xq.RedisRefused`, the
-  only Redis failures code above this layer ever sees.
+  the configuration), `"full"` (an OOM reply: Redis is at `maxmemory` under `noeviction` and refuses
+  writes until memory is freed; waiting can fix it) or `None` (anything else, including an `OSError` that
+  is not a network error: a bug, raised as is).  `translate()` turns them into `xq.ConnectionLost` /
+  `xq.RedisRefused` / `xq.RedisFull`, the only Redis failures code above this layer ever sees.
 - **How long to wait.**  `Backoff`: capped exponential with full jitter, so a fleet of supervisors that
   lost Redis together does not reconnect in lockstep.
 - **Who hears about it.**  `Health` logs a change of state once (down, with the reason; up again, with how
@@ -28,11 +29,12 @@ import socket
 import time
 from urllib.parse import urlparse
 
+import hiredis
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import ConfigError, ConnectionLost, RedisRefused
+from .errors import ConfigError, ConnectionLost, RedisFull, RedisRefused
 
 log = logging.getLogger("xq")
 
@@ -120,12 +122,23 @@ def _refusal(e: BaseException) -> bool:
     return _reply_starts(e, _REFUSED_REPLIES) or any(p in msg for p in _REFUSED_PHRASES)
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """Is e Redis' OOM reply (maxmemory reached under noeviction: writes refused)?"""
+    if isinstance(e, (RedisFull, redis.exceptions.OutOfMemoryError)):
+        return True
+    return isinstance(e, (redis.ResponseError, hiredis.ReplyError)) and (
+        str(e).startswith("OOM ") or "command not allowed when used memory" in str(e))
+
+
 def classify(e: BaseException) -> str | None:
-    """'network' (retrying can fix it), 'refused' (only a configuration change can) or None (a bug)."""
+    """'network' (retrying can fix it), 'refused' (only a configuration change can), 'full' (Redis refuses
+    writes at maxmemory: freeing memory fixes it) or None (a bug)."""
     if isinstance(e, (ConnectionLost,)):
         return "network"
     if isinstance(e, RedisRefused):
         return "refused"
+    if out_of_memory(e):
+        return "full"
     if isinstance(e, (redis.AuthenticationError, redis.exceptions.AuthorizationError,
                       redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationWrongNumberOfArgsError)):
         return "refused"
@@ -149,10 +162,12 @@ def translate(e: BaseException, url: str) -> BaseException:
     """The xq error e stands for (ConnectionLost or RedisRefused, naming the URL without its password), or
     e itself when it is not a Redis failure."""
     kind = classify(e)
-    if kind is None or isinstance(e, (ConnectionLost, RedisRefused)):
+    if kind is None or isinstance(e, (ConnectionLost, RedisRefused, RedisFull)):
         return e
     reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
     where = f"Redis at {redacted(url)}"
+    if kind == "full":
+        return RedisFull(full_message(url), url=redacted(url))
     if kind == "refused":
         msg = str(e)
         what = ("no such database" if "DB index" in msg else
@@ -160,6 +175,11 @@ def translate(e: BaseException, url: str) -> BaseException:
                 else "authentication failed (wrong or missing user or password in the URL)")
         return RedisRefused(f"{where} refused us: {what}: {reason}", url=redacted(url))
     return ConnectionLost(f"{where} unreachable: {reason}", url=redacted(url))
+
+
+def full_message(url: str, what: str = "the write was refused") -> str:
+    return (f"Redis at {redacted(url)} is full (used memory > maxmemory, policy noeviction): {what}; free "
+            f"memory (finish or purge tasks, shorten --result-ttl) or raise maxmemory")
 
 
 class Backoff:
@@ -226,12 +246,17 @@ class Health:
         reason = str(e)
         if reason.startswith(f"Redis at {self.url} "):  # said by translate(): keep only the why
             reason = reason.split(": ", 1)[-1]
-        if self.ok or kind != self.reason.partition(":")[0]:
-            if self.ok:
+        prev = self.reason.partition(":")[0]
+        if kind != prev or (self.ok and not prev):  # ok with reason 'full': answering, not yet writing
+            if self.ok and not prev:
                 self.since = time.monotonic()
                 self.outages += 1
             then = f"; retrying (next in {retry_in:.2f} s)" if retry_in is not None else ""
-            if kind == "refused":
+            if kind == "full":
+                log.error("%s: Redis is full at %s (used memory > maxmemory under noeviction): writes are "
+                          "refused; results and releases are kept here until Redis accepts writes "
+                          "again%s", self.what, self.url, then)
+            elif kind == "refused":
                 log.error("%s: Redis at %s refuses us (%s); check the password, user ACL and database in "
                           "the URL%s", self.what, self.url, reason, then)
             else:
@@ -240,12 +265,26 @@ class Health:
         self.ok, self.reason = False, f"{kind}:{reason}"
 
     def up(self) -> None:
-        if not self.ok:
-            log.warning("%s: Redis at %s is reachable again after %.1f s", self.what, self.url,
-                        time.monotonic() - self.since)
+        """Redis answers again.  After 'full' that only says it answers: the state stays until wrote()."""
+        if self.ok or self.reason.startswith("full:"):
+            self.ok = True
+            return
+        log.warning("%s: Redis at %s is reachable again after %.1f s", self.what, self.url,
+                    time.monotonic() - self.since)
         self.ok, self.reason = True, ""
+
+    @property
+    def full(self) -> bool:
+        return self.reason.startswith("full:")
+
+    def wrote(self) -> None:
+        """A write was accepted: after 'full', Redis takes writes again (logged once)."""
+        if self.reason.startswith("full:"):
+            log.warning("%s: Redis at %s takes writes again after %.1f s full", self.what, self.url,
+                        time.monotonic() - self.since)
+            self.ok, self.reason = True, ""
 
 
 # What a caller above this layer catches, and all it catches, for a Redis failure: the broker translates
 # every other exception of a Redis call into one of these (see translate) or lets it through as a bug.
-OUTAGE = (ConnectionLost, RedisRefused)
+OUTAGE = (ConnectionLost, RedisRefused, RedisFull)

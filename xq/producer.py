@@ -14,8 +14,8 @@ from redis.exceptions import NoScriptError
 from ._impl import fast
 from .app import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, App, check_seconds
 from .broker import DEFAULT_URL, Broker
-from .conn import RetryWindow
-from .errors import ConfigError, ConnectionLost, MalformedRecord, ResultTimeout, TaskFailed, UnknownTask
+from .conn import RetryWindow, out_of_memory
+from .errors import ConfigError, ConnectionLost, MalformedRecord, RedisFull, ResultTimeout, TaskFailed, UnknownTask
 from .flow import flow_args, flow_json
 from .keys import (DEFAULT_PRIORITY, MAX_RETRIES, PRIORITIES, check_int, check_ms, check_name, check_queue,
                    check_task_ids, queue_keys)
@@ -148,6 +148,7 @@ class Prepared(NamedTuple):
     commands: list       # packed EVALSHA ENQUEUE, one per chunk; each replies one value
     flow: dict           # flow_args
     timing: dict         # timing_args
+    chunk: int = 1000    # ids per command
 
     @property
     def deps(self) -> list[str]:
@@ -190,7 +191,7 @@ def prepare_enqueue(app: App | None, packer, chunk: int, max_payload: int, name:
     commands = [packer.pack_enqueue(qk, name, priority, max_retries, ids[i:i + chunk], payloads[i:i + chunk],
                                     i, max_payload, flow=fj, **timing)
                 for i in range(0, len(ids), chunk)]
-    return Prepared(name, queue, priority, ids, commands, flow, timing)
+    return Prepared(name, queue, priority, ids, commands, flow, timing, chunk)
 
 
 class Resend:
@@ -234,7 +235,10 @@ class Resend:
 def finish_enqueue(prep: Prepared, replies: Sequence, app: App | None) -> tuple[list[str], bool]:
     """(ids, enqueued) from the replies of prep.commands: an error reply raises (as its xq error); a
     bytes reply means the unique key is held, and is that task's id: ([it], False), nothing enqueued.
-    Runs the app's on_enqueue hooks after a real enqueue."""
+    Runs the app's on_enqueue hooks after a real enqueue.  An OOM reply (Redis full under noeviction)
+    raises RedisFull naming which ids were stored and which not: nothing is retried behind the caller's back."""
+    if any(out_of_memory(r) for r in replies if isinstance(r, Exception)):
+        raise _full(prep, replies)
     for reply in replies:
         if isinstance(reply, Exception):
             raise _script_error(reply)
@@ -244,6 +248,19 @@ def finish_enqueue(prep: Prepared, replies: Sequence, app: App | None) -> tuple[
     if app is not None:
         app.run_enqueue_hooks(prep.name, prep.queue, out, {"priority": prep.priority, **prep.timing, **prep.flow})
     return out, True
+
+
+def _full(prep: Prepared, replies: Sequence) -> RedisFull:
+    c = prep.chunk
+    stored, not_stored = [], []
+    for i, reply in enumerate(replies):
+        (not_stored if isinstance(reply, Exception) else stored).extend(x.decode() for x in prep.ids[i * c:(i + 1) * c])
+    n = len(prep.ids)
+    what = ("nothing was stored" if not stored else
+            f"of {n} task(s), {len(stored)} were stored (err.stored) and {len(not_stored)} were not (err.not_stored)")
+    return RedisFull(f"Redis is full (used memory > maxmemory, policy noeviction): enqueue of {n} {prep.name!r} "
+                     f"task(s) refused, {what}; free memory (finish or purge tasks, shorten result_ttl) or raise "
+                     f"maxmemory, then enqueue again (ids= makes that safe)", stored=stored, not_stored=not_stored)
 
 
 def _close_quietly(ps) -> None:
@@ -419,7 +436,10 @@ class Producer(ProducerBase):
 
     def _remember(self, queue: str, ids) -> None:
         if queue not in self._known_queues:
-            self.broker.register_queue(queue)
+            try:
+                self.broker.register_queue(queue)
+            except RedisFull:  # the tasks are stored; a later enqueue registers the queue
+                return self._cache(queue, ids)
             self._known_queues.add(queue)
         self._cache(queue, ids)
 

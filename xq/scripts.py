@@ -30,7 +30,17 @@ Statuses (the `state` field of a task record; see docs/design.md for the state m
 
 import hashlib
 
-_PRELUDE = """
+
+def with_flags(src: str, flags: str) -> str:
+    """src (starting with the `#!lua` shebang of _PRELUDE) with `flags=` on its shebang line."""
+    assert src.startswith("#!lua\n"), src[:20]
+    return f"#!lua flags={flags}\n" + src[len("#!lua\n"):]
+
+# Every script starts with the `#!lua` shebang (Redis >= 7.0): a script without flags may write, so Redis
+# refuses it up front (an OOM reply) while it is at maxmemory under noeviction, instead of running it until
+# its first write fails half-way.  Scripts that only free memory or rewrite in place say `allow-oom`
+# (with_flags).  A new script built on _PRELUDE gets the shebang with it.
+_PRELUDE = """#!lua
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -1064,7 +1074,7 @@ return {requeued, dead, refused}
 # Output: {lost, cancel}: the ids it no longer holds at that attempt (recovered after its lease ran out, and
 #         maybe claimed again), and the ids held whose cancellation was requested (in case the control
 #         message was missed).  Only leases held at the claimed attempt are extended (see holds()).
-RENEW = _PRELUDE + """
+RENEW = with_flags(_PRELUDE, "allow-oom") + """  -- ZADD XX: rewrites lease scores in place
 local deadline = now_ms() + tonumber(ARGV[3])
 local leases, lost, cancel = {}, {}, {}
 for i = 4, #ARGV, 2 do
@@ -1177,7 +1187,7 @@ return done
 # ARGV[1] -> task key prefix
 # ARGV[2] -> max ids to purge in this call
 # Output: the number of dead tasks purged (their records are deleted)
-PURGE = _PRELUDE + """
+PURGE = with_flags(_PRELUDE, "allow-oom") + """  -- frees memory
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 for _, id in ipairs(ids) do redis.call('DEL', ARGV[1] .. id) end
 if #ids > 0 then push_chunks('ZREM', KEYS[1], ids) end
@@ -1278,7 +1288,7 @@ return 1
 # ARGV[5..] -> fields left out (e.g. payload, result: a listing does not show them)
 # Output: per id, {id, score, {field, value, ...}, {cut field, its full length, ...}, 1 if its record
 #         exists else 0 (purged or expired meanwhile)}
-PEEK = """
+PEEK = """#!lua flags=no-writes
 local prefix, offset, count, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local skip = {}
 for i = 5, #ARGV do skip[ARGV[i]] = true end

@@ -48,6 +48,7 @@ log = logging.getLogger("xq")
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_APP_IMPORT = 4  # MODULE:APP could not be imported (raised by the CLI)
+EXIT_REDIS_UNSAFE = 7  # the Redis server would lose tasks (xq.servercheck)
 
 __all__ = ["Config", "Supervisor", "check_memory_limits", "EXIT_OK", "EXIT_INTERNAL", "EXIT_BOOT", "EXIT_APP_IMPORT"]
 
@@ -72,6 +73,8 @@ class Config:
     weights: list | None = None        # per-queue claim weights (None: strict queue order)
     level_weights: list | None = None  # weights of priority levels 0..9 within each queue (None: strict)
     kill_grace: float = 5.0            # seconds between SIGTERM / xq.Cancelled and SIGKILL of a child
+    check_server: bool = False         # run xq.servercheck at the first connect (Redis was down at start)
+    allow_eviction: bool = False       # ... and let an evicting maxmemory-policy pass, with a warning
 
     def __post_init__(self):
         check_memory_limits(self.max_memory_per_child, self.memory_limit_per_child)
@@ -229,6 +232,8 @@ class Supervisor:
         try:
             if not self.up:
                 self.broker.ping()
+                if self.cfg.check_server and self._server_unsafe():
+                    return
                 self.broker.load_scripts()
                 self.up = True
                 self.backoff.reset()
@@ -239,6 +244,21 @@ class Supervisor:
                 c.sync(now)
         except OUTAGE as e:
             self._outage(e, now)
+
+    def _server_unsafe(self) -> bool:
+        """The start-time check of xq run, for a Redis that was unreachable then: run once, at the first
+        connect, before any claim; a server that would lose tasks halts the supervisor (exit 7)."""
+        from ..servercheck import RedisUnsafe, check_server
+
+        try:
+            check_server(self.broker.client, self.broker.url, allow_eviction=self.cfg.allow_eviction)
+        except RedisUnsafe as e:
+            log.error("%s; stopping", e)
+            self.halt(EXIT_REDIS_UNSAFE)
+            self.retry_at = math.inf  # no more Redis work: nothing was claimed
+            return True
+        self.cfg.check_server = False
+        return False
 
     def _outage(self, e: BaseException, now: float) -> None:
         # Children keep running; results and releases stay buffered and are sent once Redis answers

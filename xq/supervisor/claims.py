@@ -22,6 +22,8 @@ from redis.exceptions import NoScriptError
 
 from .._impl import fast
 from ..broker import Broker, refusals
+from ..conn import full_message, out_of_memory, redacted
+from ..errors import RedisFull
 from ..keys import check_record
 from .component import Component
 from .leases import log_refused
@@ -393,16 +395,19 @@ class ClaimPipeline(Component):
             if entry[0] == "complete":
                 if isinstance(reply, Exception):
                     self._requeue_completions(entry[1], entry[2])
+                    self._check_full(reply)  # the results are kept: an outage until Redis takes writes
                     if not isinstance(reply, NoScriptError):
                         log.error("writing results failed: %s", reply)
-                elif reply[1]:
-                    log_refused(refusals(reply[1]), "result", self.sup.worker_id)
+                else:
+                    self.sup.health.wrote()
+                    if reply[1]:
+                        log_refused(refusals(reply[1]), "result", self.sup.worker_id)
             elif entry[0] == "progress":
                 # its replies were sent back to back, ahead of the step's COMPLETE: they are all here or close
                 for i in range(entry[1]):
                     if i:
                         reply = broker.read_reply()
-                    if isinstance(reply, Exception):
+                    if isinstance(reply, Exception) and not out_of_memory(reply):  # full: the COMPLETE says so
                         log.warning("writing progress failed (dropped: progress is best effort): %s", reply)
                 reply = None
             else:
@@ -412,6 +417,13 @@ class ClaimPipeline(Component):
                 broker.load_scripts()  # Redis restarted or was flushed: the next step runs again
         return n
 
+    def _check_full(self, reply) -> None:
+        """An OOM reply (Redis at maxmemory under noeviction) is an outage, not a failed write: raised as
+        RedisFull for Supervisor._redis, which backs off and retries; what was refused is kept."""
+        if out_of_memory(reply):
+            raise RedisFull(full_message(self.broker.url, "the supervisor's writes are refused"),
+                            url=redacted(self.broker.url)) from reply
+
     def _requeue_completions(self, qidx: int, items: list) -> None:
         cur = self.completions.get(qidx)
         self.completions[qidx] = items + cur if cur else items
@@ -419,10 +431,12 @@ class ClaimPipeline(Component):
 
     def _claimed(self, reply, want: int, busy: bool) -> None:
         if isinstance(reply, Exception):
+            self._check_full(reply)
             if not isinstance(reply, NoScriptError):
                 log.error("claim failed: %s", reply)
                 self.idle = True
             return
+        self.sup.health.wrote()
         tasks, notes, leased, earliest, rnow = reply
         for i in range(0, len(notes), 2):
             log.warning("queue entry %s: %s", notes[i].decode(errors="replace"), notes[i + 1].decode(errors="replace"))

@@ -57,6 +57,12 @@ class Leases(Component):
 
     def sync(self, now: float) -> None:
         sup = self.sup
+        if now >= self.next_renew:
+            # First: while Redis is full the releases below are refused (RedisFull), but RENEW is allowed
+            # (allow-oom: it rewrites scores in place), so the leases of the tasks whose results we keep
+            # do not run out meanwhile and get them run twice once Redis takes writes again.
+            self._renew()
+            self.next_renew = now + self.cfg.lease / 6
         while self.releases:
             r = self.releases[0]
             _, _, refused = self.broker.release(sup.qks[r.qidx], r.mode, r.tasks, holder=sup.worker_id,
@@ -66,9 +72,6 @@ class Leases(Component):
             log_refused(refused, f"{r.mode} release", sup.worker_id)
         if sup.claims.claim_lost:
             self._return_orphans()
-        if now >= self.next_renew:
-            self._renew()
-            self.next_renew = now + self.cfg.lease / 6
         if now >= self.next_recover:
             self._recover()
             self.next_recover = now + min(1.0, self.cfg.lease / 4)
@@ -85,6 +88,9 @@ class Leases(Component):
         by_q: dict[int, list] = {}
         for t in sup.claims.inflight.values():
             by_q.setdefault(t.qidx, []).append((t.id, t.attempt))
+        if sup.health.full:  # results kept until Redis takes writes again: their tasks stay ours meanwhile
+            for q, items in sup.claims.completions.items():
+                by_q.setdefault(q, []).extend(zip(items[0::7], items[1::7]))
         for q, pairs in by_q.items():
             for i in range(0, len(pairs), 5000):
                 lost_ids, cancel = self.broker.renew(sup.qks[q], sup.worker_id, self._lease_ms, pairs[i:i + 5000])
