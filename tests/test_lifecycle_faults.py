@@ -73,3 +73,27 @@ def test_redis_restart_keeps_scheduled_tasks_and_cancel_channel(fresh_redis):
         time.sleep(0.3)
         assert p.cancel(tid) == "canceling"
         wait_for(lambda: p.status(tid)["status"] == "canceled", 20, what="canceled after the restart")
+
+
+def test_task_canceled_in_a_dead_childs_ring_stays_canceled(redis_url, r):
+    # Found by tests/test_model.py's predecessor: a task waiting in a child's ring behind a long one is
+    # canceled (the child is told to skip it), then the child dies.  The task went back to the local buffer,
+    # was handed to the respawned child, which had never heard of the cancel, and ran.
+    p = xq.Producer(redis_url)
+    with XQRun(redis_url, app=APP, procs=1) as w:
+        warm = p.enqueue_many("count", list(range(200)))  # quick tasks: the ring depth grows past one
+        wait_for(lambda: r.hlen("test:execs") == len(warm), 20, what="warm-up tasks")
+        r.delete("test:execs", "test:ran")
+        first, queued = p.enqueue_many("sleep_to", [{"s": 3}]), p.enqueue_many("count", ["behind"])
+        first, queued = first[0], queued[0]
+        wait_for(lambda: ran(r), 20, what="the long task to start")
+        wait_for(lambda: p.status(queued)["status"] == "running", 10, what="the next task claimed")
+        assert p.cancel(queued) == "canceling"
+        time.sleep(0.3)  # the supervisor reads the control channel and marks the task in the child's ring
+        kids = w.children()
+        assert len(kids) == 1
+        kids[0].kill()
+        wait_for(lambda: p.status(queued)["status"] in ("canceled", "done"), 20, what="the canceled task to end")
+        assert p.status(queued)["status"] == "canceled", (p.status(queued), w.output())
+        assert r.hget("test:execs", queued) is None, "the canceled task ran"
+        wait_for(lambda: p.status(first)["status"] == "done", 20, what="the lost long task to run again")

@@ -194,8 +194,14 @@ class ChildPool(Component):
         if c.partial is not None:
             seqs.append(c.partial[0])
         how = describe_exit(status)
-        # Never started: back to the front of the local buffer, in order, for another child.
-        claims.buffer.extendleft(reversed([s for s in seqs if s != current]))
+        # Never started: back to the front of the local buffer, in order, for another child ...
+        unstarted = [s for s in seqs if s != current]
+        claims.buffer.extendleft(reversed(unstarted))
+        # ... except those canceled while they waited in this child's ring: only this child knew to skip
+        # them, so they end canceled here instead of running in the next one.
+        for s in unstarted:
+            if sup.canceler.canceling.pop(s, None) is not None:
+                claims.complete_unstarted(s, b"canceled", b"canceled before it started")
         over = c.kill is not None and c.kill[0] == "memory-boot"
         if over:
             log.error("child %d: %s; this counts as a boot failure", c.pid, c.kill[2])
