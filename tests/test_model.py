@@ -25,7 +25,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from conftest import EmbeddedRedis, _require_redis_server
 from xqrun import XQRun, wait_for
@@ -40,7 +40,9 @@ SUPERVISORS = 2
 FINAL = {"done", "dead", "expired", "canceled"}
 LIMITS = {"c1": 1, "c2": 2}           # concurrency key -> max_concurrency (one limit per key)
 UNIQUE = ["u1", "u2"]
-LATE_MS = 3000                        # a handler starting this long after its cancel was recorded is a bug
+LATE_MS = 500                         # a handler starting this long after its cancel was recorded is a bug,
+                                      # unless a fault (a pause, a Redis restart) kept the news from its supervisor
+ACTIONS = ["enqueue"] * 5 + ["cancel"] * 2 + ["fault"] * 3 + ["replay", "wait"]
 Q = "default"
 BASE = "xq:{default}:"
 
@@ -93,6 +95,10 @@ class Harness:
         self.examples = self.steps = self.tasks = 0
         self.counts: dict[str, int] = {}
         self.findings: list[str] = []
+        self.blind: list[tuple] = []            # (from, to) ms: supervisors could not hear of cancels
+
+    def blind_during(self, t0: int, t1: int) -> bool:
+        return any(a <= t1 and t0 <= b for a, b in self.blind)
 
     def always(self):
         c = redis.Redis.from_url(self.url, socket_timeout=10)
@@ -144,6 +150,13 @@ class Task:
     replays: int = 0
 
 
+def pick(data, seq):
+    """One element of seq (None if empty).  The draw is the same whatever seq holds: seq depends on what
+    the real system did (which tasks ended, which children live), and Hypothesis needs draws that do not."""
+    i = data.draw(st.integers(0, 1 << 16))
+    return seq[i % len(seq)] if seq else None
+
+
 class XQModel(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
@@ -153,23 +166,29 @@ class XQModel(RuleBasedStateMachine):
         self.tasks: dict[str, Task] = {}
         self.final_seen: dict[str, tuple] = {}     # id -> (state, fin) when first seen final
         self.dead_ids: list[str] = []
+        self.history: list[str] = []               # actions so far, for failure messages
 
     # ------------------------------------------------------------------ enqueue
     def _accept(self, t: Task):
         self.tasks[t.id] = t
         H.tasks += 1
 
-    # Few rules, each picking its kind: Hypothesis' swarm testing switches whole rules off per example,
-    # and with a dozen examples a dozen small rules left some (cancel) unexercised.
-    @rule(data=st.data(), kind=st.sampled_from(["plain", "plain", "unique", "dependent", "limited"]))
-    def enqueue(self, data, kind):
+    # One rule picks the action, by fixed weights: with separate rules Hypothesis' swarm testing switches
+    # whole rules off per example, and a dozen examples left some (cancel, enqueue) barely exercised.
+    @rule(data=st.data(), action=st.sampled_from(ACTIONS))
+    def act(self, data, action):
+        getattr(self, action)(data)
+
+    def enqueue(self, data):
+        kind = data.draw(st.sampled_from(["plain", "plain", "unique", "dependent", "limited"]))
+        self.history.append(f"enqueue {kind}")
         if kind == "plain":
             self.enqueue_plain(**data.draw(st.fixed_dictionaries(dict(
                 mode=st.sampled_from(["ok", "ok", "fail", "retry"]), s=st.sampled_from([0, 0.05, 0.3, 1.0]),
                 delay=st.sampled_from([None, None, 0.2, 1.0]), maxr=st.integers(0, 2), pri=st.integers(0, 9)))))
         elif kind == "unique":
             self.enqueue_unique(data.draw(st.sampled_from(UNIQUE)), data.draw(st.sampled_from([0.05, 0.5])))
-        elif kind == "dependent" and self.tasks:
+        elif kind == "dependent":
             self.enqueue_dependent(data, data.draw(st.sampled_from(["ok", "fail"])))
         elif kind == "limited":
             self.enqueue_limited(data.draw(st.sampled_from(sorted(LIMITS))), data.draw(st.sampled_from([0.05, 0.4])),
@@ -194,7 +213,9 @@ class XQModel(RuleBasedStateMachine):
 
     def enqueue_dependent(self, data, mode):
         ids = sorted(self.tasks)
-        deps = data.draw(st.lists(st.sampled_from(ids), min_size=1, max_size=2, unique=True))
+        deps = sorted({pick(data, ids) for _ in range(data.draw(st.integers(1, 2)))} - {None})
+        if not deps:
+            return
         maxr = 10 if mode == "ok" else 0
         tid = H.producer.enqueue_many("m", [{"mode": mode, "s": 0.05}], queue=Q, max_retries=maxr,
                                       depends_on=deps)[0]
@@ -209,21 +230,24 @@ class XQModel(RuleBasedStateMachine):
         H.count("enqueue limited")
 
     # ------------------------------------------------------------------ cancel, replay
-    @precondition(lambda self: self.tasks)
-    @rule(data=st.data())
     def cancel(self, data):
         open_ = sorted(tid for tid in self.tasks if tid not in self.final_seen)
-        t = self.tasks[data.draw(st.sampled_from(open_ or sorted(self.tasks)))]
+        tid = pick(data, open_ or sorted(self.tasks))
+        if tid is None:
+            return
+        t = self.tasks[tid]
         outcome = H.producer.cancel(t.id, queue=Q)
+        self.history.append(f"cancel {tid} -> {outcome}")
         H.count(f"cancel -> {outcome}")
         if outcome != "finished" and t.cancel is None:
             t.cancel = outcome
             t.execs_at_cancel = int(H.r.hget("model:execs", t.id) or 0)
 
-    @precondition(lambda self: self.dead_ids)
-    @rule(data=st.data())
     def replay(self, data):
-        tid = data.draw(st.sampled_from(self.dead_ids))
+        tid = pick(data, self.dead_ids)
+        if tid is None:
+            return
+        self.history.append(f"replay {tid}")
         assert H.producer.replay(Q, [tid]) == [tid], f"replay of dead task {tid} did not replay it"
         self.dead_ids.remove(tid)
         self.final_seen.pop(tid, None)
@@ -231,8 +255,9 @@ class XQModel(RuleBasedStateMachine):
         H.count("replay")
 
     # ------------------------------------------------------------------ faults
-    @rule(data=st.data(), kind=st.sampled_from(["child", "child", "supervisor", "redis", "pause"]))
-    def fault(self, data, kind):
+    def fault(self, data):
+        kind = data.draw(st.sampled_from(["child", "child", "supervisor", "redis", "pause"]))
+        self.history.append(f"fault {kind}")
         if kind == "child":
             self.kill_child(data)
         elif kind == "supervisor":
@@ -243,14 +268,14 @@ class XQModel(RuleBasedStateMachine):
             self.pause_supervisor(data)
 
     def kill_child(self, data):
-        sup = data.draw(st.sampled_from(H.sups))
-        kids = sup.children()
-        if kids:
-            os.kill(data.draw(st.sampled_from(kids)).pid, signal.SIGKILL)
+        sup = pick(data, H.sups)
+        kid = pick(data, sup.children())
+        if kid is not None:
+            os.kill(kid.pid, signal.SIGKILL)
             H.count("SIGKILL child")
 
     def kill_supervisor(self, data):
-        sup = data.draw(st.sampled_from(H.sups))
+        sup = pick(data, H.sups)
         sup.kill()
         H.sups.remove(sup)
         H.retired.append(sup)
@@ -258,24 +283,30 @@ class XQModel(RuleBasedStateMachine):
         H.count("SIGKILL supervisor")
 
     def restart_redis(self):
+        t0 = int(time.time() * 1000)
         H.redis.kill()
         H.redis.start()
         H.always()
+        # cancels published meanwhile are lost; RENEW (every lease/6) reports them once reconnected
+        H.blind.append((t0, int(time.time() * 1000) + 2000))
         H.count("restart redis")
 
     def pause_supervisor(self, data):
         """Stop a supervisor (not its children) for longer than its lease: its tasks are recovered and
         maybe run elsewhere, and its late reports must be refused."""
-        sup = data.draw(st.sampled_from(H.sups))
+        sup = pick(data, H.sups)
+        t0 = int(time.time() * 1000)
         sup.signal(signal.SIGSTOP)
         try:
             time.sleep(LEASE + 0.6)
         finally:
             sup.signal(signal.SIGCONT)
+        H.blind.append((t0, int(time.time() * 1000) + 1000))
         H.count("pause supervisor past its lease")
 
-    @rule(s=st.sampled_from([0.1, 0.5]))
-    def wait(self, s):
+    def wait(self, data):
+        s = data.draw(st.sampled_from([0.1, 0.5]))
+        self.history.append(f"wait {s}")
         time.sleep(s)
 
     # ------------------------------------------------------------------ invariants
@@ -291,7 +322,10 @@ class XQModel(RuleBasedStateMachine):
     @invariant()
     def redis_agrees(self):
         H.steps += 1
-        self.check(*self.snapshot())
+        try:
+            self.check(*self.snapshot())
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nafter: {'; '.join(self.history)}") from None
 
     def check(self, ids, snap):
         now, recs, ready, sched, leases, dead, parked, slots, uniq = snap
@@ -363,6 +397,8 @@ class XQModel(RuleBasedStateMachine):
     def teardown(self):
         try:
             self._final()
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nafter: {'; '.join(self.history)}") from None
         finally:
             H.ensure_supervisors()
 
@@ -383,10 +419,15 @@ class XQModel(RuleBasedStateMachine):
             H.ensure_supervisors()
             time.sleep(0.1)
         execs = {_s(k): int(v) for k, v in H.r.hgetall("model:execs").items()}
-        late = {_s(k): int(v) for k, v in H.r.hgetall("model:late").items()}
-        for key, gap in late.items():
+        late = {_s(k): [int(x) for x in _s(v).split(":")] for k, v in H.r.hgetall("model:late").items()}
+        for key, (cxl, start) in late.items():
             H.count("handler started after its cancel was recorded")
-            assert gap <= LATE_MS, f"task attempt {key} started {gap} ms after its cancel was recorded"
+            if start - cxl > LATE_MS:
+                if H.blind_during(cxl, start):
+                    H.count("... late, after a fault hid the cancel")
+                else:
+                    raise AssertionError(f"task attempt {key} started {start - cxl} ms after its cancel was "
+                                         f"recorded, with its supervisor able to hear of it")
         for tid, t in self.tasks.items():
             state, fin, uk, lim, att, reason, deps, cxl, replays = recs[tid]
             what = f"task {tid} {t} ended {state!r} (reason {reason!r}, attempts {att}, runs {execs.get(tid, 0)})"
@@ -401,7 +442,11 @@ class XQModel(RuleBasedStateMachine):
                 continue
             if state == "done":
                 assert t.mode != "fail", f"{what}: a failing handler cannot end done"
-                assert all(recs[d][0] == "done" for d in t.deps), f"{what}: ran though a dependency did not succeed"
+                if not all(recs[d][0] == "done" for d in t.deps):
+                    # replay puts a task that died of its dependency back to work all the same: the
+                    # operator's call (REPLAY does not look at dependencies)
+                    assert t.replays, f"{what}: ran though a dependency did not succeed"
+                    H.count("done after a replay though a dependency failed")
                 assert execs.get(tid, 0) >= 1, f"{what}: done without running"
                 assert int(att) >= t.ok_at, f"{what}: done before the attempt that succeeds"
             elif state == "dead":

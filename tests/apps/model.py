@@ -2,7 +2,7 @@
 
 payload: {"mode": "ok" | "fail" | "retry", "s": seconds to sleep first, "ok_at": the first attempt that
 succeeds (mode "retry")}.  Each start is counted in Redis (`model:execs`, outside xq), with what the record
-said about a cancel at that moment (`model:late`: starts after a cancel request was recorded)."""
+said about a cancel at that moment (`model:late`: `cxl:start` ms of starts after a cancel request was recorded)."""
 
 import time
 
@@ -20,7 +20,7 @@ def m(payload):
     r().hincrby("model:execs", c.id, 1)
     cxl = r().hget(f"xq:{{{c.queue}}}:t:{c.id}", "cxl")
     if cxl is not None:
-        r().hset("model:late", f"{c.id}:{c.attempt}", now - int(cxl))
+        r().hset("model:late", f"{c.id}:{c.attempt}", f"{int(cxl)}:{now}")
     s = payload.get("s", 0)
     if s:
         time.sleep(s)
