@@ -180,7 +180,7 @@ class XQModel(RuleBasedStateMachine):
         getattr(self, action)(data)
 
     def enqueue(self, data):
-        kind = data.draw(st.sampled_from(["plain", "plain", "unique", "dependent", "limited"]))
+        kind = data.draw(st.sampled_from(["plain", "plain", "unique", "dependent", "limited", "burst"]))
         self.history.append(f"enqueue {kind}")
         if kind == "plain":
             self.enqueue_plain(**data.draw(st.fixed_dictionaries(dict(
@@ -190,6 +190,18 @@ class XQModel(RuleBasedStateMachine):
             self.enqueue_unique(data.draw(st.sampled_from(UNIQUE)), data.draw(st.sampled_from([0.05, 0.5])))
         elif kind == "dependent":
             self.enqueue_dependent(data, data.draw(st.sampled_from(["ok", "fail"])))
+        elif kind == "burst":
+            # quick tasks (the ring depth grows past one), then a slow task and quick ones behind it: they
+            # wait in a child's ring, where a cancel, then the child's death, may find them
+            quick = H.producer.enqueue_many("m", [{"mode": "ok", "s": 0}] * 20, queue=Q, max_retries=10)
+            ids = H.producer.enqueue_many("m", [{"mode": "ok", "s": 1.5}] + [{"mode": "ok", "s": 0}] * 6,
+                                          queue=Q, max_retries=10)
+            for tid in quick + ids:
+                self._accept(Task(tid, "ok", 10))
+            H.count("enqueue burst")
+            if data.draw(st.booleans()):
+                time.sleep(0.2)
+                self.cancel_then_kill(data)
         elif kind == "limited":
             self.enqueue_limited(data.draw(st.sampled_from(sorted(LIMITS))), data.draw(st.sampled_from([0.05, 0.4])),
                                  data.draw(st.integers(1, 3)))
@@ -256,7 +268,7 @@ class XQModel(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ faults
     def fault(self, data):
-        kind = data.draw(st.sampled_from(["child", "child", "supervisor", "redis", "pause"]))
+        kind = data.draw(st.sampled_from(["child", "child", "supervisor", "redis", "pause", "cancel_kill"]))
         self.history.append(f"fault {kind}")
         if kind == "child":
             self.kill_child(data)
@@ -264,6 +276,8 @@ class XQModel(RuleBasedStateMachine):
             self.kill_supervisor(data)
         elif kind == "redis":
             self.restart_redis()
+        elif kind == "cancel_kill":
+            self.cancel_then_kill(data)
         else:
             self.pause_supervisor(data)
 
@@ -273,6 +287,34 @@ class XQModel(RuleBasedStateMachine):
         if kid is not None:
             os.kill(kid.pid, signal.SIGKILL)
             H.count("SIGKILL child")
+
+    def cancel_then_kill(self, data):
+        """Cancel a task claimed but not started (maybe waiting in a child's ring), then SIGKILL the
+        children of the supervisor holding it: it must not run anyway."""
+        claimed = []
+        for tid in sorted(self.tasks):
+            if tid not in self.final_seen and not H.r.hexists("model:execs", tid):
+                if H.r.hget(BASE + "t:" + tid, "state") == b"running":
+                    claimed.append(tid)
+        tid = pick(data, claimed)
+        if tid is None:
+            return
+        worker = H.r.hget(BASE + "t:" + tid, "worker")
+        outcome = H.producer.cancel(tid, queue=Q)
+        self.history.append(f"cancel {tid} -> {outcome}")
+        H.count(f"cancel -> {outcome}")
+        t = self.tasks[tid]
+        if outcome == "finished" or t.cancel is not None:
+            return
+        t.cancel = outcome
+        t.execs_at_cancel = int(H.r.hget("model:execs", tid) or 0)
+        time.sleep(LATE_MS / 1000 + 0.1)  # the supervisor has heard of the cancel by now
+        pid = int(worker.split(b":")[-2]) if worker else -1
+        for sup in H.sups:
+            if sup.pid == pid:
+                for kid in sup.children():
+                    kid.kill()
+                H.count("cancel a claimed task, then SIGKILL its supervisor's children")
 
     def kill_supervisor(self, data):
         sup = pick(data, H.sups)
