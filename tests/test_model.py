@@ -2,9 +2,11 @@
 appendfsync always) and real `xq run` supervisors (tests/apps/model.py).
 
 Rules enqueue tasks (plain, delayed, unique, with dependencies, with a concurrency key) whose payload says
-whether the handler succeeds, fails or fails until an attempt; cancel; replay a dead task; SIGKILL a child;
+whether the handler succeeds, fails or fails until an attempt, and bursts of quick tasks behind a slow one;
+cancel; replay a dead task; SIGKILL a child; cancel a claimed task, then SIGKILL its supervisor's children;
 SIGKILL a supervisor and start another; restart Redis (SIGKILL, then start on its AOF); pause a supervisor
-(SIGSTOP) past its lease so another recovers its tasks; or let time pass.  After every step the invariants
+(SIGSTOP) past its lease so another recovers its tasks; or let time pass.  Handlers record their starts in
+Redis, so a start after a cancel the supervisor could have heard of is caught too.  After every step the invariants
 are checked on one atomic snapshot of Redis (a Lua script), and at the end every task must be final and
 agree with the model.
 
@@ -20,8 +22,6 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-import psutil
-import pytest
 import redis
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
