@@ -185,25 +185,26 @@ def test_replay_by_ids_then_all_and_they_succeed(redis_url, r):
 
     assert p.replay("default", [a, "NOT-A-DEAD-ID"]) == [a]
     st = p.status(a)
-    assert st["status"] == "queued" and st["attempts"] == 0 and st["replays"] == 1
+    # a fresh retry budget, but attempt numbers go on (a fencing token never repeats; see test_fencing)
+    assert st["status"] == "queued" and st["attempts"] == 1 and st["replays"] == 1
     assert st["dead_at"] is None and st["reason"] is None and st["worker"] is None
     assert r.zscore(qk.dead, a) is None and a.encode() in r.lrange(qk.ready[5], 0, -1)
     assert p.dead_count() == 2
     assert p.replay("default", [a]) == []  # not dead any more: skipped
 
     with XQRun(redis_url, app=APP):
-        assert p.result(a, timeout=30) == {"ok": "a", "queue": "default", "attempt": 1}
+        assert p.result(a, timeout=30) == {"ok": "a", "queue": "default", "attempt": 2}
         assert sorted(p.replay("default")) == sorted([b, c])  # ids=None: all of them, while one runs
         assert p.dead_count() == 0 and p.dead_letters("default") == []
         assert p.result(b, timeout=30)["ok"] == "b"
         assert p.result(c, timeout=30)["ok"] == "c"
     for tid in (a, b, c):
         st = p.status(tid)
-        assert st["status"] == "done" and st["attempts"] == 1 and st["replays"] == 1
+        assert st["status"] == "done" and st["attempts"] == 2 and st["replays"] == 1
         # the failed attempt before the replay is kept in the history
-        assert [(h["attempt"], h["outcome"]) for h in st["history"]] == [(1, "failed"), (1, "done")]
+        assert [(h["attempt"], h["outcome"]) for h in st["history"]] == [(1, "failed"), (2, "done")]
         assert st["history"][0]["error"].startswith("RuntimeError: flag not set")
-        assert attempts_seen(r, tid) == ["1:default", "1:default"]
+        assert attempts_seen(r, tid) == ["1:default", "2:default"]
     assert p.replay("default") == []
     # done: the error of the attempt before the replay is in the history, not the error of the task
     assert [p.status(tid)["error"] for tid in (a, b, c)] == [None, None, None]
@@ -228,7 +229,7 @@ def test_replay_with_new_priority(redis_url, r):
         assert w.wait(60) == 0, w.output()
     assert {p.status(i)["status"] for i in (hi, zero, keep)} == {"done"}
     for i in (hi, zero, keep):
-        assert attempts_seen(r, i) == ["1:default", "1:default"]
+        assert attempts_seen(r, i) == ["1:default", "2:default"]
     # one child, claimed in priority order: 0, then 2 ("high"), then 5
     started = [p.status(i)["started_at"] for i in (zero, hi, keep)]
     assert started == sorted(started)
@@ -379,7 +380,8 @@ def test_cli_dlq(redis_url, r):
     # the replayed tasks now succeed, each in the queue it was replayed into
     r.set(FLAG, 1)
     with XQRun(redis_url, app=APP, queues="default,other"):
-        assert p.result(a, timeout=30, queue="default") == {"ok": "a", "queue": "default", "attempt": 1}
+        # attempt numbers go on across a replay
+        assert p.result(a, timeout=30, queue="default") == {"ok": "a", "queue": "default", "attempt": 2}
         assert p.result(b, timeout=30, queue="other") == {"ok": "b", "queue": "other", "attempt": 1}
         assert p.result(c, timeout=30, queue="other") == {"ok": "c", "queue": "other", "attempt": 1}
     assert attempts_seen(r, d) == ["1:default"]  # purged: never ran again

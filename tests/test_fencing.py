@@ -75,6 +75,33 @@ def test_same_worker_reclaiming_its_task_fences_on_the_attempt(b, r, redis_url):
     assert complete(b, "A", [tid, 2, "done", b"1", "j", 3, 4]) == (1, [])
 
 
+def test_a_replayed_task_never_repeats_a_fencing_token(b, r, redis_url):
+    """Found by the model test: REPLAY used to reset the attempt to 0, so worker A, stalled past its lease
+    while the task died elsewhere and was replayed, could claim it again as (A, 1) and have the stale
+    attempt 1's result taken for the new one's.  Attempt numbers now go on across replays; the retry
+    budget starts afresh."""
+    p = xq.Producer(redis_url)
+    tid = p.enqueue("count", 1, max_retries=1).encode()
+    claim(b, "A", lease_ms=1)
+    recover(b)                                           # A stalled: attempt 1 lost, retried
+    r.zadd(QK.sched, {tid: 0})                           # due now
+    assert claim(b, "B", lease_ms=1) == (tid, 2)
+    recover(b)                                           # lost again: the budget of 2 attempts is spent
+    assert r.hget(QK.task(tid.decode()), "state") == b"dead"
+    assert p.replay("default", [tid.decode()]) == [tid.decode()]
+    assert claim(b, "A") == (tid, 3)                     # not (A, 1) again
+    assert complete(b, "A", [tid, 1, "done", b'"stale"', "j", 1, 2]) == (0, [tid, b"1", b"running", b"A", b"3"])
+    # the replayed task has its full budget again: a failure of attempt 3 is retried, of attempt 4 is final
+    assert complete(b, "A", [tid, 3, "retry", b"0,1", "boom", 3, 4]) == (1, [])
+    assert r.hget(QK.task(tid.decode()), "state") == b"retrying"
+    r.zadd(QK.sched, {tid: 0})
+    assert claim(b, "A") == (tid, 4)
+    assert complete(b, "A", [tid, 4, "retry", b"0,1", "boom", 5, 6]) == (1, [])
+    st = p.status(tid.decode())
+    assert st["status"] == "dead" and st["reason"] == "failed on the last of 2 attempts", st
+    assert [h["attempt"] for h in st["history"]] == [1, 2, 3, 4]
+
+
 def test_complete_of_a_missing_record_is_refused_and_not_recreated(b, r, redis_url):
     written, refused = complete(b, "A", [b"NOPE", 1, "done", b"1", "j", 1, 2])
     assert written == 0 and refused == [b"NOPE", b"1", b"", b"", b""]

@@ -846,8 +846,10 @@ class Producer(ProducerBase):
     def replay(self, queue: str = DEFAULT_QUEUE, ids: Sequence[str] | None = None, *,
                priority: int | str | None = None, to_queue: str | None = None) -> list[str]:
         """Put dead tasks back to work: all of them (ids=None) or those ids; optionally at a new priority
-        and/or into another queue.  Attempts start again from zero; the attempt history is kept (in the
-        same queue).  Returns the ids replayed; ids not in the dead-letter set are skipped, and replaying
+        and/or into another queue.  Each gets its full retry budget again; in the same queue its attempt
+        numbers go on (xq.current().attempt of the first run after a replay is one more than the last
+        before it, so no attempt is ever confused with an earlier one) and its history is kept; in another
+        queue it starts from attempt 1.  Returns the ids replayed; ids not in the dead-letter set are skipped, and replaying
         an empty set returns []."""
         qk = queue_keys(check_queue(queue))
         prio = None if priority is None else check_priority(priority)

@@ -124,10 +124,13 @@ end
 local function attempt_failed(key, id, queue, now, sched, dead, f, started, finished, outcome, err, delay, why)
   -- f: HMGET of att, maxr, worker, hist
   local att = tonumber(f[1]) or 1
+  -- attempts since the last replay (att keeps counting across replays: see REPLAY) against the budget
+  local used = att - (tonumber(redis.call('HGET', key, 'att0')) or 0)
+  if not (used >= 1 and used <= att) then used = att end
   local maxr = tonumber(f[2])  -- producer-written: past the limit of 1000 counts as 1000, junk as the default
   if not (maxr and maxr >= 0) then maxr = 3 elseif maxr > 1000 then maxr = 1000 end
   add_history(key, f[4], att, f[3], started, finished, outcome, err)
-  if delay >= 0 and att <= maxr then
+  if delay >= 0 and used <= maxr then
     local due = now + delay
     redis.call('HSET', key, 'state', 'retrying', 'due', due, 'error', err)
     redis.call('HDEL', key, 'progress')  -- the next attempt starts from nothing
@@ -141,7 +144,7 @@ local function attempt_failed(key, id, queue, now, sched, dead, f, started, fini
   end
   if reason then
   elseif delay < 0 then reason = what .. ', not retried'
-  else reason = what .. ' on the last of ' .. att .. ' attempts' end
+  else reason = what .. ' on the last of ' .. used .. ' attempts' end
   redis.call('HSET', key, 'state', 'dead', 'fin', finished, 'dead', now, 'reason', reason, 'error', err)
   redis.call('PERSIST', key)
   redis.call('ZADD', dead, now, id)
@@ -1143,13 +1146,16 @@ return {'finished', state}
 # ARGV[2] -> events channel
 # ARGV[3] -> queue name
 # ARGV[4] -> new priority, or '' to keep each task's own
-# ARGV[5] -> mode: 'requeue' (back to this queue's ready lists, attempts start again) or 'remove' (drop
+# ARGV[5] -> mode: 'requeue' (back to this queue's ready lists, a fresh retry budget) or 'remove' (drop
 #            from this queue: the caller has enqueued it elsewhere)
 # ARGV[6..] -> ids
 # Output: the ids replayed (ids not in the dead-letter set are skipped; an entry whose record is gone or
 #         no longer dead is dropped from the set, not replayed)
-# A replayed task starts afresh: attempts, expiry and the last error are cleared (its history stays); its
-# unique key, group membership and dependents were settled when it died and stay so.
+# A replayed task starts afresh: it gets its full retry budget again, expiry and the last error are
+# cleared (its history stays); its unique key, group membership and dependents were settled when it died
+# and stay so.  Its attempt number `att` keeps counting (`att0` marks where the budget restarts): the
+# fencing token (worker, att) of a claim after the replay never equals one before it, so a report of an
+# attempt whose lease was lost before the task died cannot be taken for one of the replayed task's.
 REPLAY = _PRELUDE + """
 local prefix, channel, queue, pri, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now = now_ms()
@@ -1168,7 +1174,9 @@ for i = 6, #ARGV do
       if pri == '' then pri = nil end
       local p = prio(pri or redis.call('HGET', key, 'pri'))
       redis.call('HDEL', key, 'fin', 'started', 'claimed', 'due', 'dead', 'reason', 'cxl', 'worker', 'exp', 'error')
-      redis.call('HSET', key, 'state', 'queued', 'att', 0, 'pri', p)
+      local a = tonumber(redis.call('HGET', key, 'att'))
+      if not is_int(a, 0, 65533) then a = 0 end
+      redis.call('HSET', key, 'state', 'queued', 'att', a, 'att0', a, 'pri', p)
       if redis.call('HEXISTS', key, 'lim') == 1 then  -- its concurrency slot is released when it ends
         redis.call('SADD', base_of(ARGV[1]) .. 'hooked', id)
       end
