@@ -3,6 +3,8 @@ their results until Redis takes writes again.  Real redis-servers, real `xq run`
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import redis
 
@@ -89,6 +91,45 @@ def test_supervisor_keeps_results_while_redis_is_full(fresh_redis, c, tmp_path):
     assert out.count("takes writes again") == 1, out
     assert "writing results failed" not in out and "claim failed" not in out, out
     assert c.zcard(QK.leases) == 0 and c.zcard(QK.dead) == 0
+
+
+def cannot_persist(c: redis.Redis, data_dir) -> None:
+    """Make Redis refuse writes with MISCONF, as a full or read-only disk does: an RDB save point, the data
+    directory gone from under it, a BGSAVE that fails (stop-writes-on-bgsave-error is yes by default)."""
+    c.config_set("save", "3600 1")
+    shutil.rmtree(data_dir)
+    c.bgsave()
+    wait_for(lambda: c.info("persistence")["rdb_last_bgsave_status"] == "err", 20, what="the save to fail")
+
+
+def test_a_redis_that_cannot_persist_is_waited_out_and_producers_hear_why(fresh_redis, c, tmp_path):
+    """MISCONF used to reach the supervisor as a bug: it logged 'claim failed' and 'writing results
+    failed' thousands of times a second and then exited on a traceback; producers got a bare
+    ResponseError."""
+    naps = tmp_path / "naps"
+    naps.write_text("")
+    try:
+        with XQRun(fresh_redis.url, app="apps.naps:app", procs=2, env={"XQ_TEST_NAPS": str(naps)}) as w:
+            with xq.Producer(fresh_redis.url) as p:
+                ids = p.enqueue_many("nap", [{"s": 1.0, "v": i} for i in range(6)])
+                wait_for(lambda: c.zcard(QK.leases) > 0, 20, what="a task to be claimed")
+                cannot_persist(c, tmp_path / "redis")
+                with pytest.raises(xq.RedisFull) as ei:
+                    p.enqueue("nap", {"s": 0, "v": 9}, task_id="misconf-1")
+                assert ei.value.cause == "misconf" and ei.value.not_stored == ["misconf-1"]
+                assert "cannot persist to disk" in str(ei.value) and "nothing was stored" in str(ei.value)
+                wait_for(lambda: "cannot persist to disk" in w.output(), 20, what="the supervisor to say why")
+                wait_for(lambda: len(naps.read_text().split()) >= 2, 20, what="tasks to run meanwhile")
+                c.config_set("stop-writes-on-bgsave-error", "no")  # what the message suggests
+                assert [p.result(i, timeout=30) for i in ids] == list(range(6))
+            wait_for(lambda: "takes writes again" in w.output(), 10, what="the supervisor to log the recovery")
+            assert w.proc.poll() is None, w.output()
+            out = w.output()
+    finally:
+        c.config_set("save", "")  # so the fixture's shutdown does not try to save into the missing directory
+    assert sorted(naps.read_text().split()) == sorted(ids), out  # each ran once
+    assert out.count("cannot persist to disk") == 1, out
+    assert "claim failed" not in out and "writing results failed" not in out and "Traceback" not in out, out
 
 
 def test_an_oom_reply_is_classified_full_and_translated_to_redisfull(fresh_redis, c):

@@ -5,8 +5,9 @@ What it decides, so no caller has to:
 - **What a failure means.**  `classify()` sorts an exception into `"network"` (the connection broke, timed
   out, was refused, Redis is loading or read-only after a failover: retrying can fix it), `"refused"`
   (Redis rejected our credentials, permissions or database: retrying cannot fix it until someone changes
-  the configuration), `"full"` (an OOM reply: Redis is at `maxmemory` under `noeviction` and refuses
-  writes until memory is freed; waiting can fix it) or `None` (anything else, including an `OSError` that
+  the configuration), `"full"` (Redis refuses writes, answering all else: an OOM reply at `maxmemory`
+  under `noeviction`, or MISCONF after a failed RDB save; freeing memory or disk fixes it, so it is waited
+  out) or `None` (anything else, including an `OSError` that
   is not a network error: a bug, raised as is).  `translate()` turns them into `xq.ConnectionLost` /
   `xq.RedisRefused` / `xq.RedisFull`, the only Redis failures code above this layer ever sees.
 - **How long to wait.**  `Backoff`: capped exponential with full jitter, so a fleet of supervisors that
@@ -130,6 +131,19 @@ def out_of_memory(e: BaseException) -> bool:
         str(e).startswith("OOM ") or "command not allowed when used memory" in str(e))
 
 
+def cannot_persist(e: BaseException) -> bool:
+    """Is e Redis' MISCONF reply (an RDB save failed under stop-writes-on-bgsave-error: writes refused)?"""
+    if isinstance(e, RedisFull):
+        return e.cause == "misconf"
+    return isinstance(e, (redis.ResponseError, hiredis.ReplyError)) and str(e).startswith("MISCONF")
+
+
+def refuses_writes(e: BaseException) -> bool:
+    """Does Redis refuse writes for now, answering everything else: full (OOM) or unable to persist
+    (MISCONF)?  Either is waited out with the writes kept, never retried blindly nor taken for a bug."""
+    return out_of_memory(e) or cannot_persist(e)
+
+
 def classify(e: BaseException) -> str | None:
     """'network' (retrying can fix it), 'refused' (only a configuration change can), 'full' (Redis refuses
     writes at maxmemory: freeing memory fixes it) or None (a bug)."""
@@ -137,7 +151,7 @@ def classify(e: BaseException) -> str | None:
         return "network"
     if isinstance(e, RedisRefused):
         return "refused"
-    if out_of_memory(e):
+    if refuses_writes(e):  # 'full' stands for both: writes refused until someone frees memory or disk
         return "full"
     if isinstance(e, (redis.AuthenticationError, redis.exceptions.AuthorizationError,
                       redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationWrongNumberOfArgsError)):
@@ -167,7 +181,7 @@ def translate(e: BaseException, url: str) -> BaseException:
     reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
     where = f"Redis at {redacted(url)}"
     if kind == "full":
-        return RedisFull(full_message(url), url=redacted(url))
+        return RedisFull(full_message(url, e=e), url=redacted(url), cause="misconf" if cannot_persist(e) else "oom")
     if kind == "refused":
         msg = str(e)
         what = ("no such database" if "DB index" in msg else
@@ -177,7 +191,12 @@ def translate(e: BaseException, url: str) -> BaseException:
     return ConnectionLost(f"{where} unreachable: {reason}", url=redacted(url))
 
 
-def full_message(url: str, what: str = "the write was refused") -> str:
+def full_message(url: str, what: str = "the write was refused", e: BaseException | None = None) -> str:
+    """What to tell an operator about a Redis that refuses writes (e: the reply, for which of the two)."""
+    if e is not None and cannot_persist(e):
+        return (f"Redis at {redacted(url)} cannot persist to disk (MISCONF: its last RDB save failed and "
+                f"stop-writes-on-bgsave-error is yes): {what}; fix the disk (space, permissions: see the Redis "
+                f"log; writes resume after the next good save) or set stop-writes-on-bgsave-error no")
     return (f"Redis at {redacted(url)} is full (used memory > maxmemory, policy noeviction): {what}; free "
             f"memory (finish or purge tasks, shorten --result-ttl) or raise maxmemory")
 
@@ -252,7 +271,11 @@ class Health:
                 self.since = time.monotonic()
                 self.outages += 1
             then = f"; retrying (next in {retry_in:.2f} s)" if retry_in is not None else ""
-            if kind == "full":
+            if kind == "full" and cannot_persist(e):
+                log.error("%s: Redis at %s cannot persist to disk (MISCONF: its last RDB save failed): writes "
+                          "are refused; results and releases are kept here until Redis accepts writes "
+                          "again%s", self.what, self.url, then)
+            elif kind == "full":
                 log.error("%s: Redis is full at %s (used memory > maxmemory under noeviction): writes are "
                           "refused; results and releases are kept here until Redis accepts writes "
                           "again%s", self.what, self.url, then)
@@ -280,7 +303,7 @@ class Health:
     def wrote(self) -> None:
         """A write was accepted: after 'full', Redis takes writes again (logged once)."""
         if self.reason.startswith("full:"):
-            log.warning("%s: Redis at %s takes writes again after %.1f s full", self.what, self.url,
+            log.warning("%s: Redis at %s takes writes again after %.1f s refusing them", self.what, self.url,
                         time.monotonic() - self.since)
             self.ok, self.reason = True, ""
 

@@ -85,15 +85,18 @@ class RedisRefused(XQError):
 
 
 class RedisFull(XQError):
-    """Redis is at its `maxmemory` under the `noeviction` policy and refuses writes (an OOM reply).
+    """Redis refuses writes: it is at its `maxmemory` under the `noeviction` policy (an OOM reply,
+    `.cause == "oom"`), or it cannot persist to disk (MISCONF: an RDB save failed under
+    stop-writes-on-bgsave-error, `.cause == "misconf"`).
 
     From an enqueue nothing is retried silently: `.stored` lists the ids that are in Redis (chunks of an
     enqueue_many written before Redis filled up) and `.not_stored` those that are not; enqueue them again
     (with ids=) once memory is freed or `maxmemory` raised.  A supervisor meeting it keeps its results and
     writes them once Redis takes writes again."""
 
-    def __init__(self, message: str, *, url: str = "", stored: list | None = None, not_stored: list | None = None):
+    def __init__(self, message: str, *, url: str = "", stored: list | None = None, not_stored: list | None = None,
+                 cause: str = "oom"):
         super().__init__(message)
-        self.url = url
+        self.url, self.cause = url, cause
         self.stored = stored or []
         self.not_stored = not_stored or []

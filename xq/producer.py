@@ -14,7 +14,7 @@ from redis.exceptions import NoScriptError
 from ._impl import fast
 from .app import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, App, check_seconds
 from .broker import DEFAULT_URL, Broker
-from .conn import RetryWindow, out_of_memory
+from .conn import RetryWindow, cannot_persist, refuses_writes
 from .errors import ConfigError, ConnectionLost, MalformedRecord, RedisFull, ResultTimeout, TaskFailed, UnknownTask
 from .flow import flow_args, flow_json
 from .keys import (DEFAULT_PRIORITY, MAX_RETRIES, PRIORITIES, check_int, check_ms, check_name, check_queue,
@@ -235,9 +235,9 @@ class Resend:
 def finish_enqueue(prep: Prepared, replies: Sequence, app: App | None) -> tuple[list[str], bool]:
     """(ids, enqueued) from the replies of prep.commands: an error reply raises (as its xq error); a
     bytes reply means the unique key is held, and is that task's id: ([it], False), nothing enqueued.
-    Runs the app's on_enqueue hooks after a real enqueue.  An OOM reply (Redis full under noeviction)
-    raises RedisFull naming which ids were stored and which not: nothing is retried behind the caller's back."""
-    if any(out_of_memory(r) for r in replies if isinstance(r, Exception)):
+    Runs the app's on_enqueue hooks after a real enqueue.  A reply refusing writes (OOM: Redis full under
+    noeviction; MISCONF: it cannot persist) raises RedisFull naming which ids were stored and which not: nothing is retried behind the caller's back."""
+    if any(refuses_writes(r) for r in replies if isinstance(r, Exception)):
         raise _full(prep, replies)
     for reply in replies:
         if isinstance(reply, Exception):
@@ -258,6 +258,11 @@ def _full(prep: Prepared, replies: Sequence) -> RedisFull:
     n = len(prep.ids)
     what = ("nothing was stored" if not stored else
             f"of {n} task(s), {len(stored)} were stored (err.stored) and {len(not_stored)} were not (err.not_stored)")
+    if any(cannot_persist(r) for r in replies if isinstance(r, Exception)):
+        return RedisFull(f"Redis cannot persist to disk (MISCONF: its last RDB save failed and "
+                         f"stop-writes-on-bgsave-error is yes): enqueue of {n} {prep.name!r} task(s) refused, "
+                         f"{what}; fix the disk (see the Redis log), then enqueue again (ids= makes that safe)",
+                         stored=stored, not_stored=not_stored, cause="misconf")
     return RedisFull(f"Redis is full (used memory > maxmemory, policy noeviction): enqueue of {n} {prep.name!r} "
                      f"task(s) refused, {what}; free memory (finish or purge tasks, shorten result_ttl) or raise "
                      f"maxmemory, then enqueue again (ids= makes that safe)", stored=stored, not_stored=not_stored)

@@ -22,7 +22,7 @@ from redis.exceptions import NoScriptError
 
 from .._impl import fast
 from ..broker import Broker, refusals
-from ..conn import full_message, out_of_memory, redacted
+from ..conn import cannot_persist, full_message, redacted, refuses_writes
 from ..errors import RedisFull
 from ..keys import check_record
 from .component import Component
@@ -407,7 +407,7 @@ class ClaimPipeline(Component):
                 for i in range(entry[1]):
                     if i:
                         reply = broker.read_reply()
-                    if isinstance(reply, Exception) and not out_of_memory(reply):  # full: the COMPLETE says so
+                    if isinstance(reply, Exception) and not refuses_writes(reply):  # full: the COMPLETE says so
                         log.warning("writing progress failed (dropped: progress is best effort): %s", reply)
                 reply = None
             else:
@@ -420,9 +420,10 @@ class ClaimPipeline(Component):
     def _check_full(self, reply) -> None:
         """An OOM reply (Redis at maxmemory under noeviction) is an outage, not a failed write: raised as
         RedisFull for Supervisor._redis, which backs off and retries; what was refused is kept."""
-        if out_of_memory(reply):
-            raise RedisFull(full_message(self.broker.url, "the supervisor's writes are refused"),
-                            url=redacted(self.broker.url)) from reply
+        if refuses_writes(reply):
+            raise RedisFull(full_message(self.broker.url, "the supervisor's writes are refused", reply),
+                            url=redacted(self.broker.url),
+                            cause="misconf" if cannot_persist(reply) else "oom") from reply
 
     def _requeue_completions(self, qidx: int, items: list) -> None:
         cur = self.completions.get(qidx)
