@@ -418,8 +418,9 @@ class ClaimPipeline(Component):
         return n
 
     def _check_full(self, reply) -> None:
-        """An OOM reply (Redis at maxmemory under noeviction) is an outage, not a failed write: raised as
-        RedisFull for Supervisor._redis, which backs off and retries; what was refused is kept."""
+        """A reply refusing writes (OOM: Redis at maxmemory under noeviction; MISCONF: it cannot persist) is
+        an outage, not a failed write: raised as RedisFull for Supervisor._redis, which backs off and
+        retries; what was refused is kept."""
         if refuses_writes(reply):
             raise RedisFull(full_message(self.broker.url, "the supervisor's writes are refused", reply),
                             url=redacted(self.broker.url),
