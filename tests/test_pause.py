@@ -152,3 +152,14 @@ def test_cli_pause_and_resume_outputs_exit_codes_and_events(redis_url, r):
     assert out.returncode == 2 and "invalid queue name 'bad name'" in out.stderr, out
     out = cli("redis://127.0.0.1:1/0", "queue", "pause", "mail", env={"XQ_RETRY_FOR": "0"})  # no one on port 1
     assert out.returncode == 6, out
+
+
+def test_weighted_claims_skip_a_paused_queue_and_give_its_share_to_the_others(redis_url, r):
+    p = xq.Producer(redis_url)
+    assert p.pause_queue("default")
+    held = p.enqueue_many("count", list(range(20)))
+    flowing = p.enqueue_many("count", list(range(20)), queue="other")
+    with XQRun(redis_url, burst=True, queues="default:9,other:1") as w:
+        assert w.wait(30) == 0
+    assert states(p, flowing, "other") == {"done"} and execs(r, flowing) == 20
+    assert states(p, held) == {"queued"} and execs(r, held) == 0
