@@ -15,6 +15,7 @@ import time
 from typing import Iterable, NamedTuple, Sequence
 
 import hiredis
+import orjson
 import redis
 from redis.exceptions import NoScriptError
 
@@ -244,6 +245,40 @@ class Broker:
         return [(row[0], float(row[1]), dict(zip(row[2][::2], row[2][1::2])) if row[4] else None,
                  {k.decode(): int(n) for k, n in zip(row[3][::2], row[3][1::2])})
                 for row in self.run("peek", [zset], [qk.task_prefix, offset, limit, cap, *skip])]
+
+    @io
+    def set_paused(self, qk: QueueKeys, paused: bool) -> bool:
+        """Pause (set xq:{Q}:paused) or resume (delete it, and set the wake marker so idle supervisors
+        claim at once) the queue, publishing a queue event {"queue","state":"paused"|"resumed","ts"} on its
+        events channel, all in one MULTI.  Returns whether the state changed.  Idempotent, so retried."""
+        ms = int(time.time() * 1000)
+        pipe = self.client.pipeline(transaction=True)
+        if paused:
+            pipe.set(qk.paused, ms, nx=True)
+        else:
+            pipe.delete(qk.paused)
+            pipe.zadd(qk.wake, {"1": 0})
+        changed = bool(pipe.execute()[0])
+        if changed:
+            ev = orjson.dumps([{"queue": qk.name, "state": "paused" if paused else "resumed", "ts": ms}])
+            self.client.publish(qk.events, ev)
+        return changed
+
+    @io
+    def paused_since(self, qks: Sequence[QueueKeys]) -> list[float | None]:
+        """For each queue, the time (s since the epoch) it was paused, or None if it is not paused."""
+        if not qks:
+            return []
+        pipe = self.client.pipeline(transaction=False)  # one slot per queue: GETs, not a cross-slot MGET
+        for qk in qks:
+            pipe.get(qk.paused)
+        out: list[float | None] = []
+        for v in pipe.execute():
+            try:
+                out.append(None if v is None else int(v) / 1000.0)
+            except ValueError:
+                out.append(0.0)  # paused by someone who wrote another value: paused all the same
+        return out
 
     @io
     def dead_count(self, qk: QueueKeys) -> int:

@@ -392,6 +392,31 @@ def dlq_purge(queue, yes, url) -> None:
         click.echo(f"purged {p.purge_dead(queue)} dead task(s) from {queue}")
 
 
+@main.group()
+def queue() -> None:
+    """Inspect and steer one queue."""
+
+
+@queue.command("pause")
+@click.argument("name")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def queue_pause(name, url) -> None:
+    """Pause queue NAME: supervisors stop claiming from it (running tasks finish) until `xq queue resume`."""
+    with _producer(url) as p:
+        changed = p.pause_queue(name)
+    click.echo(f"paused queue {name}" if changed else f"queue {name} was already paused")
+
+
+@queue.command("resume")
+@click.argument("name")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def queue_resume(name, url) -> None:
+    """Resume queue NAME: supervisors claim from it again at once."""
+    with _producer(url) as p:
+        changed = p.resume_queue(name)
+    click.echo(f"resumed queue {name}" if changed else f"queue {name} was not paused")
+
+
 @main.command()
 @click.argument("task_id")
 @click.option("--queue", default=None)

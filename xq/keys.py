@@ -11,6 +11,8 @@ slot and one Lua script may touch them all):
     xq:{Q}:sched            zset    id -> due time (ms, Redis server time) of scheduled and retrying tasks
     xq:{Q}:dead             zset    id -> time of death (ms): the dead-letter set
     xq:{Q}:cron             hash    periodic entry -> the last tick fired (ms), so each tick fires once
+    xq:{Q}:paused           string  exists while the queue is paused (value: ms since the epoch it was
+                                    paused); CLAIM skips the queue (read inside the script)
     xq:{Q}:t:<id>           hash    the task record: message, state, attempts, timestamps, result
     xq:{Q}:events           channel Pub/Sub channel of task state changes (JSON arrays of events)
     xq:{Q}:control          channel Pub/Sub channel to supervisors: ids whose cancellation was requested
@@ -190,6 +192,11 @@ class QueueKeys:
         return self.task_prefix + task_id
 
     # flow control: built by the scripts from the base; named here for Python readers (tests, inspection)
+    @property
+    def paused(self) -> str:
+        """Exists while the queue is paused; CLAIM builds it from the base."""
+        return self.base + "paused"
+
     @property
     def hooked(self) -> str:
         return self.base + "hooked"

@@ -905,6 +905,25 @@ class Producer(ProducerBase):
             moved += self.broker.replay(qk, [task_id], None, mode="remove")
         return moved
 
+    # --- pause / resume (delegates to xq.inspect.Inspector) ---
+    def _inspector(self):
+        from .inspect import Inspector
+
+        return Inspector(self.url, broker=self.broker)
+
+    def pause_queue(self, queue: str = DEFAULT_QUEUE) -> bool:
+        """Pause the queue: no supervisor claims from it until resume_queue (see Inspector.pause_queue).
+        Returns False if it was paused already."""
+        return self._inspector().pause_queue(queue)
+
+    def resume_queue(self, queue: str = DEFAULT_QUEUE) -> bool:
+        """Resume a paused queue (idle supervisors wake at once).  Returns False if it was not paused."""
+        return self._inspector().resume_queue(queue)
+
+    def paused(self, queue: str = DEFAULT_QUEUE) -> bool:
+        """Is the queue paused?"""
+        return self._inspector().paused(queue)
+
     def purge_dead(self, queue: str = DEFAULT_QUEUE) -> int:
         """Delete every task in the queue's dead-letter set; returns how many."""
         return self.broker.purge_dead(queue_keys(check_queue(queue)))

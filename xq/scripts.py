@@ -456,6 +456,10 @@ return #ids
 # their weights, then strictly by level.  With weights, each queue first gets its share of the batch by
 # weight (see shares()), then what is left is filled in queue order, so no queue starves while another
 # has a backlog, even when every claim is of one task.
+# Paused queues: a queue whose key xq:{Q}:paused exists (Producer.pause_queue) is skipped: no task is
+# claimed from it and its due scheduled/retrying tasks stay in sched until it is resumed; it adds no
+# weight, re-sets no wake marker and reports no earliest time, so idle and burst supervisors treat it as
+# holding nothing claimable.  Its leases still count in leased (running tasks finish).
 # Limits: a task over its concurrency key's limit is parked in that key's list (cw) and does not count
 # towards the batch, so the claim goes on with the tasks behind it; a slot's release moves it back.  A task
 # over a rate limit is scheduled for the earliest instant it may start (see rate_earliest: at most `starts`
@@ -500,10 +504,13 @@ for q = 1, nq do
   c.listen = listening(c.channel)
   c.ctx = {base = base_of(c.prefix), queue = c.queue, listen = c.listen, events = c.events, ttl = ttl}
   qs[q] = c
-  if c.weight then total_weight = total_weight + c.weight end
+  -- a paused queue (its `paused` key exists) is skipped: nothing is claimed from it, its due scheduled and
+  -- retrying tasks stay in sched, and it neither re-sets its wake marker nor reports an earliest time
+  c.paused = redis.call('EXISTS', c.ctx.base .. 'paused') == 1
+  if c.weight and not c.paused then total_weight = total_weight + c.weight end
   -- due scheduled and retrying tasks go to the tail of their ready lists
   local sched = KEYS[c.base + 13]
-  local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, 1000)
+  local due = c.paused and {} or redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, 1000)
   if #due > 0 then
     for _, id in ipairs(due) do
       local key = c.prefix .. id
@@ -755,6 +762,7 @@ end
 
 local function take(c, n)
   local base, taken = c.base, 0
+  if c.paused then return 0 end
   if level_weights and n > 0 then
     -- the non-empty levels share n by their weights first
     local nonempty, ws = {}, {}
@@ -796,7 +804,7 @@ end
 if total_weight > 0 and want > 0 then
   local idx, ws = {}, {}
   for q = 1, nq do
-    if qs[q].weight and qs[q].weight > 0 then
+    if qs[q].weight and qs[q].weight > 0 and not qs[q].paused then
       idx[#idx + 1] = q
       ws[#ws + 1] = qs[q].weight
     end
@@ -819,10 +827,11 @@ for q = 1, nq do
   leased = leased + redis.call('ZCARD', KEYS[base + 12])
   -- Work left behind wakes the next idle supervisor; the one that took the marker may have filled up.
   -- (An empty list does not exist in Redis, so one EXISTS over the ten levels tells.)
-  if redis.call('EXISTS', unpack(KEYS, base + 1, base + 10)) > 0 then
+  -- (Not for a paused queue: its waiting tasks would wake idle supervisors for nothing, over and over.)
+  if not c.paused and redis.call('EXISTS', unpack(KEYS, base + 1, base + 10)) > 0 then
     redis.call('ZADD', KEYS[base + 11], 0, '1')
   end
-  local first = redis.call('ZRANGE', KEYS[base + 13], 0, 0, 'WITHSCORES')
+  local first = c.paused and {} or redis.call('ZRANGE', KEYS[base + 13], 0, 0, 'WITHSCORES')
   if first[2] then
     local t = tonumber(first[2])
     if earliest < 0 or t < earliest then earliest = t end
