@@ -53,7 +53,7 @@ class Registry(Component):
         self.sup = sup
         self.broker = sup.broker
         self.interval = max(0.1, float(getattr(sup.cfg, "heartbeat", 5.0)))
-        self.ttl_ms = int(self.interval * TTL_BEATS * 1000)
+        self.ttl_ms = round(self.interval * TTL_BEATS * 1000)
         self.started = time.time()
         self.host = socket.gethostname()
         self.next_beat = 0.0
