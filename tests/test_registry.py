@@ -145,3 +145,24 @@ def test_cli_workers_table_json_and_show(redis_url):
     out = _cli(redis_url, "workers").stdout.splitlines()
     assert out[-1] == "0 worker(s)" and len(out) == 2
     assert orjson.loads(_cli(redis_url, "workers", "--json").stdout) == []
+
+
+def test_heartbeat_rides_out_an_outage(fault_proxy):
+    # Redis unreachable for many beats: the supervisor neither crashes nor logs per beat; its record
+    # expires meanwhile and is written again at the first turn after the reconnect.
+    url = fault_proxy.redis.url
+    with XQRun(fault_proxy.url(), "--heartbeat", "0.2", procs=1, queues="default") as run, \
+            Inspector(url) as i, xq.Producer(url) as p:
+        w = wait_for(lambda: _by_pid(i, run.pid), 20, what="registered")
+        fault_proxy.refuse(True)
+        wait_for(lambda: i.worker(w["id"]) is None, 10, what="the record to expire during the outage")
+        time.sleep(1.0)  # five more beats without Redis
+        fault_proxy.refuse(False)
+        w2 = wait_for(lambda: i.worker(w["id"]), 15, what="the worker registered again")
+        assert w2["started"] == w["started"] and w2["pid"] == run.pid
+        assert p.result(p.enqueue("echo", 7), timeout=20) == 7
+        wait_for(lambda: i.worker(w["id"])["done"] == 1, 10, what="the task counted")
+        assert run.proc.poll() is None
+        out = run.output()
+        assert out.count("unreachable") == 1 and "reachable again" in out, out
+        assert "Traceback" not in out and "heartbeat" not in out.lower(), out
