@@ -23,7 +23,7 @@ from . import scripts
 from ._impl import fast
 from .conn import DEFAULT_URL, RetryWindow, dedicated, failure, make_client, redacted  # noqa: F401 - DEFAULT_URL re-exported
 from .errors import ConnectionLost, ResultTimeout
-from .keys import QUEUES, QueueKeys
+from .keys import QUEUES, WORKERS, QueueKeys, worker_key
 from .records import esc
 
 PEEK_CAP = 1 << 20  # bytes of each field a listing ships at most (a longer one is cut and marked "truncated")
@@ -194,6 +194,41 @@ class Broker:
     @io
     def register_queue(self, queue: str) -> None:
         self.client.sadd(QUEUES, queue)
+
+    # --- worker registry (xq/supervisor/registry.py) ---
+    @io(retry=False)
+    def heartbeat(self, worker_id: str, record: bytes, ttl_ms: int, now_ms: int, prune_before_ms: int) -> None:
+        """Write a supervisor's registry record (PX ttl_ms) and its index entry, in one round trip; drop
+        index entries not refreshed since prune_before_ms (workers long dead), so the index stays bounded."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(worker_key(worker_id), record, px=ttl_ms)
+        pipe.zadd(WORKERS, {worker_id: now_ms})
+        pipe.zremrangebyscore(WORKERS, "-inf", f"({prune_before_ms}")
+        pipe.execute()
+
+    @io(retry=False)
+    def unregister(self, worker_id: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(worker_key(worker_id))
+        pipe.zrem(WORKERS, worker_id)
+        pipe.execute()
+
+    @io
+    def workers(self) -> list[tuple[str, float, bytes | None]]:
+        """(worker id, last heartbeat ms, record JSON or None once expired) of every indexed worker,
+        newest heartbeat first."""
+        rows = self.client.zrevrange(WORKERS, 0, -1, withscores=True)
+        if not rows:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for wid, _ in rows:
+            pipe.get(worker_key(wid.decode(errors="replace")))
+        recs = pipe.execute()
+        return [(wid.decode(errors="replace"), score, rec) for (wid, score), rec in zip(rows, recs)]
+
+    @io
+    def worker_record(self, worker_id: str) -> bytes | None:
+        return self.client.get(worker_key(worker_id))
 
     @io
     def queues(self) -> list[str]:

@@ -181,11 +181,13 @@ def main() -> None:
 @click.option("--allow-eviction", is_flag=True,
               help="start even though Redis' maxmemory-policy evicts keys (which silently deletes task records "
                    "when Redis is full); without it `xq run` refuses to start (exit 7)")
+@click.option("--heartbeat", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="seconds between this worker's registry heartbeats (`xq workers`); it drops out 3 beats after dying")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grace, max_tasks_per_child,
         max_memory_per_child, memory_limit_per_child, prefetch, retain_memory, level_weights, kill_grace,
-        allow_eviction, log_level) -> None:
+        allow_eviction, heartbeat, log_level) -> None:
     """Run a supervisor and its child processes for MODULE:APP."""
     from .broker import DEFAULT_URL, Broker
     from .supervisor import Config, Supervisor, check_memory_limits
@@ -207,7 +209,7 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
                  max_memory_per_child=max_memory_per_child * 1024 * 1024,
                  memory_limit_per_child=memory_limit_per_child * 1024 * 1024, prefetch=prefetch,
                  retain_memory=retain_memory, weights=weights, level_weights=lweights, kill_grace=kill_grace,
-                 check_server=not checked, allow_eviction=allow_eviction)
+                 check_server=not checked, allow_eviction=allow_eviction, heartbeat=heartbeat)
     try:
         code = Supervisor(app, broker, cfg).run()
     except Exception:
@@ -301,6 +303,84 @@ def events(queues, ids, states, timeout, until_done, url) -> None:
                           timeout=timeout, until_done=until_done)
         for ev in stream:
             click.echo(orjson.dumps(ev).decode())
+
+
+# ---------------------------------------------------------------- worker registry
+def _inspector(url: str | None):
+    from .inspect import Inspector
+
+    return Inspector(url)
+
+
+def _mib(n) -> str:
+    return f"{n / 1048576:.0f}M" if isinstance(n, (int, float)) else "?"
+
+
+def _duration(s) -> str:
+    if not isinstance(s, (int, float)):
+        return "?"
+    s = int(max(0, s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
+
+
+def _worker_row(w: dict, now: float) -> list[str]:
+    from .records import cut
+
+    tasks = w.get("tasks") if isinstance(w.get("tasks"), list) else []
+    names = ",".join(sorted({str(t.get("name")) for t in tasks if isinstance(t, dict)}))
+    queues = w.get("queues")
+    rss = w.get("rss") if isinstance(w.get("rss"), dict) else {}
+    started = w.get("started")
+    return [cut(str(w.get("id")), 60), cut(str(w.get("host", "?")), 30), str(w.get("pid", "?")),
+            cut(",".join(map(str, queues)) if isinstance(queues, list) else "?", 40),
+            f"{w.get('busy', '?')}/{w.get('procs', '?')}", str(w.get("done", "?")), str(w.get("failed", "?")),
+            _mib(rss.get("total")), _duration(now - started if isinstance(started, (int, float)) else None),
+            _duration(w.get("age")), str(w.get("state", "?")), str(w.get("impl", "?")), cut(names, 40) or "-"]
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print the full records as JSON")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def workers(as_json, url) -> None:
+    """List the live supervisors (the worker registry), newest heartbeat first."""
+    with _inspector(url) as i:
+        ws = i.workers()
+    if as_json:
+        click.echo(_dump(ws))
+        return
+    now = time.time()
+    header = ["ID", "HOST", "PID", "QUEUES", "BUSY", "DONE", "FAILED", "RSS", "UP", "BEAT", "STATE", "IMPL",
+              "RUNNING"]
+    click.echo(_table(header, [_worker_row(w, now) for w in ws]))
+    click.echo(f"{len(ws)} worker(s)")
+
+
+@main.group()
+def worker() -> None:
+    """Show one supervisor of the worker registry."""
+
+
+@worker.command("show")
+@click.argument("worker_id")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def worker_show(worker_id, url) -> None:
+    """Print one live supervisor's registry record, with the tasks it runs now, as JSON."""
+    with _inspector(url) as i:
+        w = i.worker(worker_id)
+    if w is None:
+        raise click.ClickException(f"no live worker {worker_id!r} (unknown, stopped, or its heartbeat expired)")
+    click.echo(_dump(w))
 
 
 @main.group()

@@ -4,6 +4,9 @@ Key schema (Q is a queue name; `{Q}` is a Redis Cluster hash tag, so every key o
 slot and one Lua script may touch them all):
 
     xq:queues               set     names of every queue ever enqueued to (inspection only)
+    xq:workers              zset    worker id -> its last heartbeat (ms): the worker registry's index
+    xq:worker:<id>          string  a supervisor's registry record (JSON), EXPIREd after its TTL: a worker
+                                    whose record is gone is dead, whatever xq:workers still says
     xq:{Q}:ready:P          list    ids ready to run at priority P (0 = highest .. 9), FIFO (RPUSH, LMPOP)
     xq:{Q}:wake             zset    wake-up marker: one member "1"; producers ZADD it, idle supervisors
                                     BZPOPMIN it, so an idle queue costs no polling
@@ -45,6 +48,12 @@ from .errors import ConfigError
 PRIORITIES = 10
 DEFAULT_PRIORITY = 5
 QUEUES = "xq:queues"
+WORKERS = "xq:workers"
+
+
+def worker_key(worker_id: str) -> str:
+    """The registry record of one supervisor (see xq/supervisor/registry.py)."""
+    return "xq:worker:" + worker_id
 
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 

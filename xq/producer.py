@@ -826,6 +826,20 @@ class Producer(ProducerBase):
             raise UnknownTask(f"cannot cancel {task_id!r}: no task with that id in queue {q!r}")
         return outcome
 
+    # --- worker registry (delegates to xq.inspect.Inspector) ---
+    def _inspector(self):
+        from .inspect import Inspector
+
+        return Inspector(self.url, broker=self.broker)
+
+    def workers(self) -> list[dict]:
+        """The live supervisors' registry records, newest heartbeat first (see Inspector.workers)."""
+        return self._inspector().workers()
+
+    def worker(self, worker_id: str) -> dict | None:
+        """One live supervisor's registry record, or None (see Inspector.worker)."""
+        return self._inspector().worker(worker_id)
+
     # --- dead letters and schedules ---
     def _page(self, queue: str, offset: int, limit: int, which: str) -> list[dict]:
         """status() of each id of one page of a sorted set (records gone meanwhile are skipped), read in

@@ -6,6 +6,7 @@
     Leases         leases.py     lease renewal, releases, expired-lease recovery   RENEW, RELEASE
     Canceler       canceler.py   cancel requests, timeouts, the kill watch         control channel
     Ticker         ticker.py     periodic (cron) entries                           CRON
+    Registry       registry.py   this worker's heartbeat in the worker registry    SET PX, ZADD (a timer)
 
 Each has its own state, a deadline() and fds() for the sleep, step(now) for local work and sync(now) for
 its Redis work (component.py).  The Supervisor only wires them, runs the loop, handles signals (gunicorn
@@ -41,6 +42,7 @@ from .canceler import Canceler
 from .children import EXIT_BOOT, ChildPool, close_quiet
 from .claims import ClaimPipeline
 from .leases import Leases
+from .registry import Registry
 from .ticker import Ticker
 
 log = logging.getLogger("xq")
@@ -75,6 +77,7 @@ class Config:
     kill_grace: float = 5.0            # seconds between SIGTERM / xq.Cancelled and SIGKILL of a child
     check_server: bool = False         # run xq.servercheck at the first connect (Redis was down at start)
     allow_eviction: bool = False       # ... and let an evicting maxmemory-policy pass, with a warning
+    heartbeat: float = 5.0             # seconds between worker-registry heartbeats; the record's TTL is 3x
 
     def __post_init__(self):
         check_memory_limits(self.max_memory_per_child, self.memory_limit_per_child)
@@ -115,9 +118,10 @@ class Supervisor:
         self.canceler = Canceler(self)
         self.leases = Leases(self)
         self.ticker = Ticker(self)
-        self.components = (self.pool, self.claims, self.canceler, self.leases, self.ticker)
+        self.registry = Registry(self)
+        self.components = (self.pool, self.claims, self.canceler, self.leases, self.ticker, self.registry)
         # Redis work in this order: releases go out before the next claim can take the tasks again
-        self.redis_components = (self.leases, self.claims, self.ticker, self.canceler)
+        self.redis_components = (self.leases, self.claims, self.ticker, self.canceler, self.registry)
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> int:
@@ -182,6 +186,7 @@ class Supervisor:
 
     def _teardown(self) -> None:
         self.pool.teardown()
+        self.registry.close()
         self.canceler.close()
         signal.set_wakeup_fd(-1)
         os.close(self._sig_r)

@@ -53,6 +53,8 @@ class ClaimPipeline(Component):
         self.progress: dict[int, tuple] = {}       # seq -> (qidx, id, record JSON, event members, ts ms): last report
         self.results_due = 0.0                     # monotonic time by which buffered results are sent
         self.seq = 0
+        self.done_total = 0                        # results written since start: done, and any other outcome
+        self.failed_total = 0                      # (counted per COMPLETE reply, for the worker registry)
         self.avg = 0.001                           # EWMA of task run time, seconds
         self.depth = 1
         self.idle = False                          # the last claim found the queues empty
@@ -400,6 +402,10 @@ class ClaimPipeline(Component):
                         log.error("writing results failed: %s", reply)
                 else:
                     self.sup.health.wrote()
+                    items = entry[2]
+                    ok = items[2::7].count(b"done")
+                    self.done_total += ok
+                    self.failed_total += len(items) // 7 - ok
                     if reply[1]:
                         log_refused(refusals(reply[1]), "result", self.sup.worker_id)
             elif entry[0] == "progress":

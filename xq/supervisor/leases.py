@@ -69,6 +69,8 @@ class Leases(Component):
                                                 ttl=self.cfg.result_ttl, max_retries=sup.max_retries_json,
                                                 **r.options)
             self.releases.popleft()
+            if r.mode != "return":  # lost, canceled, timed out, over memory: an attempt that failed
+                sup.claims.failed_total += len(r.tasks)
             log_refused(refused, f"{r.mode} release", sup.worker_id)
         if sup.claims.claim_lost:
             self._return_orphans()
