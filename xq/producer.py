@@ -828,6 +828,7 @@ class Producer(ProducerBase):
 
     # --- worker registry (delegates to xq.inspect.Inspector) ---
     def _inspector(self):
+        """An Inspector sharing this producer's Broker (the operator reads and writes live there)."""
         from .inspect import Inspector
 
         return Inspector(self.url, broker=self.broker)
@@ -920,11 +921,6 @@ class Producer(ProducerBase):
         return moved
 
     # --- pause / resume (delegates to xq.inspect.Inspector) ---
-    def _inspector(self):
-        from .inspect import Inspector
-
-        return Inspector(self.url, broker=self.broker)
-
     def pause_queue(self, queue: str = DEFAULT_QUEUE) -> bool:
         """Pause the queue: no supervisor claims from it until resume_queue (see Inspector.pause_queue).
         Returns False if it was paused already."""
