@@ -179,7 +179,10 @@ def test_leases_of_kept_results_are_renewed_while_full(fresh_redis, c, tmp_path)
             ids = p.enqueue_many("nap", [{"s": 0.5, "v": i} for i in range(2)])
             wait_for(lambda: c.zcard(QK.leases) == 2, 20, what="both tasks to be claimed")
             c.config_set("maxmemory", 1)
-            wait_for(lambda: len(naps.read_text().split()) == 2, 20, what="both tasks to run while Redis is full")
+            try:
+                wait_for(lambda: len(naps.read_text().split()) == 2, 20, what="both tasks to run while Redis is full")
+            except AssertionError as e:
+                raise AssertionError(f"{e}; ran {naps.read_text().split()}; supervisor said:\n{w.output()}") from None
             wait_for(lambda: "Redis is full" in w.output(), 20, what="the supervisor to log that Redis is full")
             first = {i: c.zscore(QK.leases, i) for i in ids}
             t0 = c.time()
@@ -198,6 +201,25 @@ def test_leases_of_kept_results_are_renewed_while_full(fresh_redis, c, tmp_path)
         out = w.output()
     assert sorted(naps.read_text().split()) == sorted(ids), out  # each ran once
     assert "lease was lost" not in out and "refused" not in out.replace("writes are refused", ""), out
+
+
+def test_a_refused_side_write_keeps_the_replies_the_main_connection_awaits(fresh_redis, c):
+    """A side write refused as full (the registry heartbeat, which skips its beat and goes on) used to reset
+    the broker's dedicated connections, throwing away a claim reply the supervisor still awaited: the
+    claimed tasks stayed leased and never ran (test_leases_of_kept_results_are_renewed_while_full, 1 run
+    in 10).  A refused write leaves every connection in step: nothing is dropped."""
+    from xq.broker import Broker
+
+    b = Broker(fresh_redis.url)
+    try:
+        b.send_packed(b"*1\r\n$4\r\nPING\r\n")  # awaited on the main connection, as a claim's reply is
+        c.config_set("maxmemory", 1)
+        with pytest.raises(xq.RedisFull):
+            b.heartbeat("w1", b"{}", 1000, 1, 0)
+        assert b.read_reply() == b"PONG"
+    finally:
+        c.config_set("maxmemory", 0)
+        b.close()
 
 
 def test_every_script_declares_itself_to_redis():

@@ -22,7 +22,7 @@ from redis.exceptions import NoScriptError
 from . import scripts
 from ._impl import fast
 from .conn import DEFAULT_URL, RetryWindow, dedicated, failure, make_client, redacted  # noqa: F401 - DEFAULT_URL re-exported
-from .errors import ConnectionLost, ResultTimeout
+from .errors import ConnectionLost, RedisFull, ResultTimeout
 from .keys import QUEUES, WORKERS, QueueKeys, worker_key
 from .records import esc
 
@@ -48,7 +48,11 @@ def io(method=None, *, retry: bool = True):
                 return method(self, *args, **kw)
             except Exception as e:  # noqa: BLE001 - sorted by conn.failure: only Redis failures go on
                 t = failure(e, self.url)
-                self.reset()  # the dedicated connections' state is unknown now
+                if not isinstance(t, RedisFull):
+                    # the dedicated connections' state is unknown now.  Not after a refused write: its reply
+                    # was read and every connection is in step, and a reset would throw away the replies
+                    # the supervisor's main connection still awaits (a claim's: tasks leased, never seen)
+                    self.reset()
                 window = window or RetryWindow(self.retry_for if retry else 0.0)
                 time.sleep(window.pause(t))
     return guarded
