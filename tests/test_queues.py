@@ -132,3 +132,23 @@ def test_tasks_per_state_with_paging(fleet, redis_url):
     assert ids["dead"][0] in table.stdout and "dead tasks of default: showing 1-1" in table.stdout
     done = cli(redis_url, "tasks", "default", "--state", "done")
     assert done.returncode == 2 and "not indexed yet" in done.stderr and done.stdout == ""
+
+
+def test_sampled_counts_say_they_are_bounds(redis_url):
+    """With more sched or hooked ids than the sample, the split and the waiting walk are lower bounds and
+    say so; per-name counts are then a sample."""
+    p = xq.Producer(redis_url)
+    first = p.enqueue("echo", 0)  # never served: it stays queued, so its dependents wait
+    p.enqueue_many("echo", list(range(5)), delay=600)
+    p.enqueue("echo", 1, depends_on=[first])
+    p.enqueue("echo", 2, depends_on=[p.enqueue("echo", 3)])
+    with Inspector(redis_url) as i:
+        full = i.queue("default", by_name=True)
+        small = i.queue("default", by_name=True, sample=1)
+    assert (full["scheduled"], full["waiting"], full["ready"]) == (5, 2, 2)
+    assert full["sched_split_exact"] and full["waiting_exact"] and full["by_name_exact"]
+    assert full["latency"] >= 0 and full["oldest_ready_id"] == first
+    assert not small["sched_split_exact"] and not small["waiting_exact"] and not small["by_name_exact"]
+    assert small["scheduled"] + small["retrying"] == 5 and small["waiting"] == 1
+    assert small["by_name"]["echo"]["scheduled"] == 1  # the first id of sched only
+    p.close()

@@ -597,19 +597,18 @@ def tasks(queue_name, state, name, offset, limit, as_json, url) -> None:
     if as_json:
         click.echo(_dump(page))
         return
+    col = {"scheduled": "DUE", "retrying": "NEXT", "running": "STARTED", "dead": "DIED"}.get(state)
     rows = []
     for t in page["tasks"]:
         when = {"scheduled": t["eta"], "retrying": t["next_attempt_at"], "running": t["started_at"] or t["claimed_at"],
-                "dead": t["dead_at"]}.get(state, t["enqueued_at"])
-        note = t["error"] or t["reason"] or ""
-        if state == "waiting":
-            note = f"{t['pending_dependencies']} pending"
+                "dead": t["dead_at"]}.get(state)
+        note = f"{t['pending_dependencies']} pending" if state == "waiting" else (t["error"] or t["reason"] or "")
         if t.get("malformed"):
             note += f"  [malformed: {'; '.join(t['malformed'])}]"
         rows.append([cut(t["id"], 60), cut(t["name"], 40), str(t["priority"]), _when(t["enqueued_at"]),
-                     _when(when), str(t["attempts"]), cut(note, 100)])
-    col = {"scheduled": "DUE", "retrying": "NEXT", "running": "STARTED", "dead": "DIED"}.get(state, "-")
-    click.echo(_table(["ID", "NAME", "PRI", "ENQUEUED", col, "ATT", "ERROR"], rows))
+                     *([_when(when)] if col else []), str(t["attempts"]), cut(note, 100)])
+    click.echo(_table(["ID", "NAME", "PRI", "ENQUEUED", *([col] if col else []), "ATT",
+                       "DEPENDENCIES" if state == "waiting" else "ERROR"], rows))
     shown = f"{offset + 1}-{offset + len(rows)}" if rows else "none"
     click.echo(f"{state} tasks of {queue_name}: showing {shown}"
                + ("" if page["complete"] else " (stopped after looking at 10000 ids: there may be more)"))

@@ -1385,7 +1385,8 @@ end
 local paused = redis.call('GET', KEYS[14]) or false
 local nhooked = redis.call('SCARD', KEYS[15])
 local hooked
-if nhooked <= cap then hooked = redis.call('SMEMBERS', KEYS[15]) else hooked = redis.call('SRANDMEMBER', KEYS[15], cap) end
+if nhooked <= cap then hooked = redis.call('SMEMBERS', KEYS[15])
+else hooked = redis.call('SRANDMEMBER', KEYS[15], cap) end
 local seen, waiting = {}, 0
 local function check(id)
   if seen[id] then return end
