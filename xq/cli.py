@@ -516,7 +516,7 @@ def _queue_row(q: dict) -> list[str]:
 
 
 @main.command()
-@click.option("--by-name", is_flag=True, help="also count per task name (a sample of the first 1000 ids per list)")
+@click.option("--by-name", is_flag=True, help="also count per task name (a sample of the first 200 ids per list)")
 @click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
 @click.option("--redis", "url", default=None, help="Redis URL")
 def queues(by_name, as_json, url) -> None:
@@ -532,7 +532,7 @@ def queues(by_name, as_json, url) -> None:
 
 @queue.command("show")
 @click.argument("name")
-@click.option("--by-name", is_flag=True, help="also count per task name (a sample of the first 1000 ids per list)")
+@click.option("--by-name", is_flag=True, help="also count per task name (a sample of the first 200 ids per list)")
 @click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
 @click.option("--redis", "url", default=None, help="Redis URL")
 def queue_show(name, by_name, as_json, url) -> None:
@@ -553,7 +553,7 @@ def queue_show(name, by_name, as_json, url) -> None:
     click.echo(f"  ready      {q['ready']}" + (f"  (by priority {levels})" if levels else ""))
     click.echo(f"  scheduled  {q['scheduled']}")
     click.echo(f"  retrying   {q['retrying']}" + ("" if q["sched_split_exact"] else
-                                                   "+  (lower bound: only the 1000 soonest due were looked at)"))
+                                                   "+  (lower bound: only the 200 soonest due were looked at)"))
     click.echo(f"  running    {q['running']}")
     click.echo(f"  waiting    {q['waiting']}" + ("" if q["waiting_exact"] else
                                                  "+  (lower bound: found through a sample of the hooked set)"))
@@ -563,7 +563,7 @@ def queue_show(name, by_name, as_json, url) -> None:
         click.echo("")
         click.echo(_table(["NAME", "QUEUED", "SCHEDULED", "RETRYING", "RUNNING", "WAITING", "DEAD"], rows))
         if not q["by_name_exact"]:
-            click.echo("(a sample: the first 1000 ids of each list and set)")
+            click.echo("(a sample: the first 200 ids of each list and set)")
 
 
 TASK_STATES = ["queued", "scheduled", "retrying", "running", "waiting", "dead", "done", "expired", "canceled"]

@@ -25,7 +25,8 @@ from .records import cut as _cut, esc, task_view
 
 __all__ = ["Inspector", "NotIndexed"]
 
-SAMPLE = 1000   # ids looked at per list or set by queue(): the sched split, the waiting walk, by_name
+SAMPLE = 200    # ids looked at per list or set by queue(): the sched split, the waiting walk, by_name
+                # (about 1 ms of Redis time at the cap, measured: docs/design.md)
 SCAN = 10000    # ids looked at most by a filtered tasks() listing
 STATES_BY_NAME = ("queued", "scheduled", "retrying", "running", "waiting", "dead")
 LISTED = ["queued", "scheduled", "retrying", "running", "waiting", "dead"]
