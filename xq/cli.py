@@ -612,6 +612,8 @@ def tasks(queue_name, state, name, offset, limit, as_json, url) -> None:
     shown = f"{offset + 1}-{offset + len(rows)}" if rows else "none"
     click.echo(f"{state} tasks of {queue_name}: showing {shown}"
                + ("" if page["complete"] else " (stopped after looking at 10000 ids: there may be more)"))
+    if state == "waiting":
+        click.echo("(waiting tasks have no index of their own: found through the tasks they wait for)")
 
 
 @main.command()

@@ -19,7 +19,7 @@ import orjson
 
 from .broker import DEFAULT_URL, Broker
 from .errors import ConfigError
-from .keys import check_queue, queue_keys
+from .keys import check_int, check_queue, queue_keys
 from .producer import id_time, retry_window
 from .records import cut as _cut, esc, task_view
 
@@ -114,6 +114,7 @@ class Inspector:
         set (waiting_exact False when it holds more than `sample` ids).  by_name: counts per task name
         over the first `sample` ids of each list and set (a sample when "by_name_exact" is False)."""
         qk = queue_keys(check_queue(queue))
+        check_int("sample", sample, 1, 100000)
         (ready, nsched, retrying, looked, nleases, ndead, paused, head, head_enq, now, waiting,
          waiting_exact, names) = self.broker.queue_stats(qk, sample, by_name)
         latency = None
