@@ -153,4 +153,11 @@ def test_sampled_counts_say_they_are_bounds(redis_url):
     assert not small["sched_split_exact"] and not small["waiting_exact"] and not small["by_name_exact"]
     assert small["scheduled"] + small["retrying"] == 5 and small["waiting"] == 1
     assert small["by_name"]["echo"]["scheduled"] == 1  # the first id of sched only
+    fan = p.enqueue("echo", 4)
+    p.enqueue_many("echo", list(range(40)), depends_on=[fan])  # 40 dependents of one task
+    with Inspector(redis_url) as i:
+        full = i.queue("default")
+        bounded = i.queue("default", sample=3)  # every hooked id, but the walk stops after 10 x 3 dependents
+    assert full["waiting"] == 42 and full["waiting_exact"]
+    assert not bounded["waiting_exact"] and 1 <= bounded["waiting"] <= 42
     p.close()

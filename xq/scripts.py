@@ -1341,7 +1341,8 @@ return out
 # ARGV[4] -> '1' to count per task name (a sample: the first `cap` ids of each list and set)
 # Output: {{ready per level 0..9}, sched total, retrying (among the sched ids looked at), sched ids looked
 #          at, leases, dead, paused value or false, oldest ready id or false, its enq or false, now (ms,
-#          Redis TIME), waiting, 1 if the waiting walk covered every hooked id else 0,
+#          Redis TIME), waiting, 1 if the waiting walk covered every hooked id (and looked at no more
+#          than 10 * cap dependents) else 0,
 #          {name, {queued, scheduled, retrying, running, waiting, dead}, ...}}
 # Waiting tasks have no index of their own: they are found through the hooked set (every unfinished task
 # something waits for): the members of each hooked id's d:<id> set and its group's callback.
@@ -1387,27 +1388,35 @@ local nhooked = redis.call('SCARD', KEYS[15])
 local hooked
 if nhooked <= cap then hooked = redis.call('SMEMBERS', KEYS[15])
 else hooked = redis.call('SRANDMEMBER', KEYS[15], cap) end
-local seen, waiting = {}, 0
+local seen, waiting, budget, whole = {}, 0, cap * 10, nhooked <= cap
 local function check(id)
   if seen[id] then return end
   seen[id] = true
+  budget = budget - 1
   if redis.call('HGET', prefix .. id, 'state') == 'waiting' then
     waiting = waiting + 1
     if by_name then tally('waiting', id) end
   end
 end
 for _, h in ipairs(hooked) do
-  for _, id in ipairs(redis.call('SMEMBERS', base .. 'd:' .. h)) do check(id) end
+  -- a task with a huge fan-out of dependents: read its d:<id> set in pages, within the budget
+  local cursor = '0'
+  repeat
+    local page = redis.call('SSCAN', base .. 'd:' .. h, cursor, 'COUNT', 100)
+    cursor = page[1]
+    for _, id in ipairs(page[2]) do check(id) end
+  until cursor == '0' or budget <= 0
   local grp = redis.call('HGET', prefix .. h, 'grp')
   if grp then
     local cb = redis.call('HGET', base .. 'g:' .. grp, 'cb')
     if cb then check(cb) end
   end
+  if budget <= 0 then whole = false; break end
 end
 local flat = {}
 for _, n in ipairs(order) do flat[#flat + 1] = n; flat[#flat + 1] = names[n] end
 return {ready, nsched, retrying, #sids, nleases, ndead, paused, head, head_enq, now, waiting,
-        nhooked <= cap and 1 or 0, flat}
+        whole and 1 or 0, flat}
 """
 
 ALL = {"enqueue": ENQUEUE, "claim": CLAIM, "complete": COMPLETE, "release": RELEASE, "renew": RENEW,
