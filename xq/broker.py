@@ -370,6 +370,74 @@ class Broker:
             pipe.hmget(qk.task(i), *fields)
         return pipe.execute()
 
+    # --- queue inspection (issue 11: xq queues / queue show / tasks) ---
+    def queue_stats(self, qk: QueueKeys, cap: int, by_name: bool) -> list:
+        """Script QSTATS: the counts of one queue in one round trip (see xq/scripts.py)."""
+        keys = [*qk.ready, qk.sched, qk.leases, qk.dead, qk.paused, qk.hooked]
+        return self.run("qstats", keys, [qk.task_prefix, qk.base, cap, 1 if by_name else 0])
+
+    @io
+    def ready_ids(self, qk: QueueKeys, offset: int, limit: int) -> list[bytes]:
+        """ids of the ready lists in claim order (priority 0 first, FIFO within a level), offset..+limit:
+        LLEN of each level, then LRANGE of the levels the page falls in (two round trips)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in qk.ready:
+            pipe.llen(key)
+        lens = pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        start, want, n = offset, limit, 0
+        for key, ln in zip(qk.ready, lens):
+            if want <= 0:
+                break
+            if start >= ln:
+                start -= ln
+                continue
+            pipe.lrange(key, start, start + want - 1)
+            want -= min(ln - start, want)
+            start = 0
+            n += 1
+        return [i for part in (pipe.execute() if n else []) for i in part]
+
+    @io
+    def waiting_ids(self, qk: QueueKeys, cap: int) -> tuple[list[bytes], bool]:
+        """ids of waiting tasks, found through the hooked set (see scripts.QSTATS): the d:<id> members and
+        group callbacks of at most cap hooked ids; (ids, whether every hooked id was looked at)."""
+        hooked, cursor, complete = [], 0, True
+        for _ in range(cap):  # bounded: SSCAN pages until cap hooked ids
+            cursor, part = self.client.sscan(qk.hooked, cursor, count=min(1000, cap))
+            hooked.extend(part)
+            if cursor == 0 or len(hooked) >= cap:
+                complete = cursor == 0 and len(hooked) <= cap
+                break
+        hooked = hooked[:cap]
+        pipe = self.client.pipeline(transaction=False)
+        for h in hooked:
+            pipe.smembers(qk.base.encode() + b"d:" + h)
+            pipe.hget(qk.task_prefix.encode() + h, "grp")
+        replies = pipe.execute() if hooked else []
+        cand = {i for deps in replies[0::2] for i in deps}
+        groups = [g for g in replies[1::2] if g]
+        if groups:
+            pipe = self.client.pipeline(transaction=False)
+            for g in groups:
+                pipe.hget(qk.base.encode() + b"g:" + g, "cb")
+            cand.update(cb for cb in pipe.execute() if cb)
+        ids = sorted(cand)
+        pipe = self.client.pipeline(transaction=False)
+        for i in ids:
+            pipe.hget(qk.task_prefix.encode() + i, "state")
+        return [i for i, st in zip(ids, pipe.execute() if ids else []) if st == b"waiting"], complete
+
+    @io
+    def raw_records(self, qk: QueueKeys, ids: Sequence[bytes], fields: Sequence[str]) -> list[dict]:
+        """HMGET of the given fields of many records, pipelined, as {field: value} without absent fields
+        ({} if the record is gone)."""
+        pipe = self.client.pipeline(transaction=False)
+        for i in ids:
+            pipe.hmget(qk.task_prefix.encode() + i, *fields)
+        keys = [f.encode() for f in fields]
+        return [{k: v for k, v in zip(keys, row) if v is not None} for row in (pipe.execute() if ids else [])]
+
     @io
     def lease_score(self, qk: QueueKeys, task_id: str):
         return self.client.zscore(qk.leases, task_id)

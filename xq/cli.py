@@ -497,6 +497,125 @@ def queue_resume(name, url) -> None:
     click.echo(f"resumed queue {name}" if changed else f"queue {name} was not paused")
 
 
+# ---------------------------------------------------------------- queues and tasks
+QUEUE_HEADER = ["QUEUE", "PAUSED", "READY", "SCHEDULED", "RETRYING", "RUNNING", "WAITING", "DEAD", "LATENCY"]
+
+
+def _latency(s) -> str:
+    if not isinstance(s, (int, float)):
+        return "-"
+    return f"{s:.1f}s" if s < 60 else _duration(s)
+
+
+def _queue_row(q: dict) -> list[str]:
+    def n(key, exact=True):
+        return str(q[key]) + ("" if exact else "+")
+    return [q["queue"], "yes" if q["paused"] else "no", n("ready"), n("scheduled"),
+            n("retrying", q["sched_split_exact"]), n("running"), n("waiting", q["waiting_exact"]), n("dead"),
+            _latency(q["latency"])]
+
+
+@main.command()
+@click.option("--by-name", is_flag=True, help="also count per task name (a sample of the first 200 ids per list)")
+@click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def queues(by_name, as_json, url) -> None:
+    """List every queue with its counts per state and its latency (age of the oldest ready task)."""
+    with _inspector(url) as i:
+        qs = i.queues(by_name=by_name)
+    if as_json:
+        click.echo(_dump(qs))
+        return
+    click.echo(_table(QUEUE_HEADER, [_queue_row(q) for q in qs]))
+    click.echo(f"{len(qs)} queue(s); a count ending in + is a lower bound (see `xq queue show`)")
+
+
+@queue.command("show")
+@click.argument("name")
+@click.option("--by-name", is_flag=True, help="also count per task name (a sample of the first 200 ids per list)")
+@click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def queue_show(name, by_name, as_json, url) -> None:
+    """Show queue NAME: ready per priority level, scheduled, retrying, running, waiting, dead, latency."""
+    from .records import cut
+
+    with _inspector(url) as i:
+        q = i.queue(name, by_name=by_name)
+    if as_json:
+        click.echo(_dump(q))
+        return
+    since = q["paused_since"]
+    click.echo(f"queue {q['queue']}" + (f"  PAUSED since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}"
+                                        if q["paused"] and since else "  PAUSED" if q["paused"] else ""))
+    click.echo(f"  latency    {_latency(q['latency'])}" + (f"  (oldest ready: {q['oldest_ready_id']})"
+                                                            if q["oldest_ready_id"] else ""))
+    levels = "  ".join(f"{p}:{n}" for p, n in q["ready_by_priority"].items() if n)
+    click.echo(f"  ready      {q['ready']}" + (f"  (by priority {levels})" if levels else ""))
+    click.echo(f"  scheduled  {q['scheduled']}")
+    click.echo(f"  retrying   {q['retrying']}" + ("" if q["sched_split_exact"] else
+                                                   "+  (lower bound: only the 200 soonest due were looked at)"))
+    click.echo(f"  running    {q['running']}")
+    click.echo(f"  waiting    {q['waiting']}" + ("" if q["waiting_exact"] else
+                                                 "+  (lower bound: found through a sample of the hooked set)"))
+    click.echo(f"  dead       {q['dead']}")
+    if by_name:
+        rows = [[cut(n, 60), *(str(c[s]) for s in c)] for n, c in sorted(q["by_name"].items())]
+        click.echo("")
+        click.echo(_table(["NAME", "QUEUED", "SCHEDULED", "RETRYING", "RUNNING", "WAITING", "DEAD"], rows))
+        if not q["by_name_exact"]:
+            click.echo("(a sample: the first 200 ids of each list and set)")
+
+
+TASK_STATES = ["queued", "scheduled", "retrying", "running", "waiting", "dead", "done", "expired", "canceled"]
+
+
+def _when(t) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "-"
+
+
+@main.command()
+@click.argument("queue_name", metavar="QUEUE")
+@click.option("--state", required=True, type=click.Choice(TASK_STATES))
+@click.option("--name", default=None, help="only tasks with this name")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def tasks(queue_name, state, name, offset, limit, as_json, url) -> None:
+    """List the tasks of QUEUE in one state, one page at a time.  Order: queued in claim order (priority 0
+    first, oldest first within a level); scheduled and retrying soonest due first; running soonest lease
+    deadline first; dead oldest first; waiting oldest enqueued first.  done/expired/canceled are not
+    indexed yet (exit 2)."""
+    from .inspect import NotIndexed
+    from .records import cut
+
+    with _inspector(url) as i:
+        try:
+            page = i.tasks(queue_name, state, name=name, offset=offset, limit=limit)
+        except NotIndexed as e:
+            _fail(EXIT_USAGE, str(e))
+    if as_json:
+        click.echo(_dump(page))
+        return
+    col = {"scheduled": "DUE", "retrying": "NEXT", "running": "STARTED", "dead": "DIED"}.get(state)
+    rows = []
+    for t in page["tasks"]:
+        when = {"scheduled": t["eta"], "retrying": t["next_attempt_at"], "running": t["started_at"] or t["claimed_at"],
+                "dead": t["dead_at"]}.get(state)
+        note = f"{t['pending_dependencies']} pending" if state == "waiting" else (t["error"] or t["reason"] or "")
+        if t.get("malformed"):
+            note += f"  [malformed: {'; '.join(t['malformed'])}]"
+        rows.append([cut(t["id"], 60), cut(t["name"], 40), str(t["priority"]), _when(t["enqueued_at"]),
+                     *([_when(when)] if col else []), str(t["attempts"]), cut(note, 100)])
+    click.echo(_table(["ID", "NAME", "PRI", "ENQUEUED", *([col] if col else []), "ATT",
+                       "DEPENDENCIES" if state == "waiting" else "ERROR"], rows))
+    shown = f"{offset + 1}-{offset + len(rows)}" if rows else "none"
+    click.echo(f"{state} tasks of {queue_name}: showing {shown}"
+               + ("" if page["complete"] else " (stopped after looking at 10000 ids: there may be more)"))
+    if state == "waiting":
+        click.echo("(waiting tasks have no index of their own: found through the tasks they wait for)")
+
+
 @main.command()
 @click.argument("task_id")
 @click.option("--queue", default=None)

@@ -841,6 +841,18 @@ class Producer(ProducerBase):
         """One live supervisor's registry record, or None (see Inspector.worker)."""
         return self._inspector().worker(worker_id)
 
+    def queues(self, by_name: bool = False) -> list[dict]:
+        """The counts of every queue (see Inspector.queues)."""
+        return self._inspector().queues(by_name=by_name)
+
+    def queue(self, queue: str = DEFAULT_QUEUE, by_name: bool = False) -> dict:
+        """One queue's counts per state and its latency, read in one round trip (see Inspector.queue)."""
+        return self._inspector().queue(queue, by_name=by_name)
+
+    def tasks(self, queue: str, state: str, **kw) -> dict:
+        """One page of a queue's tasks in one state (see Inspector.tasks)."""
+        return self._inspector().tasks(queue, state, **kw)
+
     # --- dead letters and schedules ---
     def _page(self, queue: str, offset: int, limit: int, which: str) -> list[dict]:
         """status() of each id of one page of a sorted set (records gone meanwhile are skipped), read in

@@ -1332,9 +1332,96 @@ end
 return out
 """
 
+# ---------------------------------------------------------------- queue stats (inspection, issue 11)
+# QSTATS: everything `xq queues` / `xq queue show` shows of one queue, in one round trip; writes nothing.
+# KEYS[1..10] -> xq:{Q}:ready:0..9; KEYS[11] sched; KEYS[12] leases; KEYS[13] dead; KEYS[14] paused;
+#                KEYS[15] hooked
+# ARGV[1] -> task key prefix; ARGV[2] -> the queue's base key (xq:{Q}:); ARGV[3] -> cap: ids looked at per
+#            list or set at most (the split of sched by state, the waiting walk, the per-name sample)
+# ARGV[4] -> '1' to count per task name (a sample: the first `cap` ids of each list and set)
+# Output: {{ready per level 0..9}, sched total, retrying (among the sched ids looked at), sched ids looked
+#          at, leases, dead, paused value or false, oldest ready id or false, its enq or false, now (ms,
+#          Redis TIME), waiting, 1 if the waiting walk covered every hooked id (and looked at no more
+#          than 10 * cap dependents) else 0,
+#          {name, {queued, scheduled, retrying, running, waiting, dead}, ...}}
+# Waiting tasks have no index of their own: they are found through the hooked set (every unfinished task
+# something waits for): the members of each hooked id's d:<id> set and its group's callback.
+QSTATS = """#!lua flags=no-writes
+local prefix, base, cap, by_name = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local names, order = {}, {}
+local SLOT = {queued = 1, scheduled = 2, retrying = 3, running = 4, waiting = 5, dead = 6}
+local function tally(state, id)
+  local n = redis.call('HGET', prefix .. id, 'name') or '?'
+  local row = names[n]
+  if not row then row = {0, 0, 0, 0, 0, 0}; names[n] = row; order[#order + 1] = n end
+  row[SLOT[state]] = row[SLOT[state]] + 1
+end
+local ready, head, head_enq = {}, false, false
+for p = 1, 10 do
+  local n = redis.call('LLEN', KEYS[p])
+  ready[p] = n
+  if n > 0 and not head then
+    head = redis.call('LINDEX', KEYS[p], 0)
+    head_enq = redis.call('HGET', prefix .. head, 'enq') or false
+  end
+  if by_name and n > 0 then
+    for _, id in ipairs(redis.call('LRANGE', KEYS[p], 0, cap - 1)) do tally('queued', id) end
+  end
+end
+local nsched = redis.call('ZCARD', KEYS[11])
+local sids = redis.call('ZRANGE', KEYS[11], 0, cap - 1)
+local retrying = 0
+for _, id in ipairs(sids) do
+  local st = redis.call('HGET', prefix .. id, 'state')
+  if st == 'retrying' then retrying = retrying + 1 end
+  if by_name then tally(st == 'retrying' and 'retrying' or 'scheduled', id) end
+end
+local nleases, ndead = redis.call('ZCARD', KEYS[12]), redis.call('ZCARD', KEYS[13])
+if by_name then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[12], 0, cap - 1)) do tally('running', id) end
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[13], 0, cap - 1)) do tally('dead', id) end
+end
+local paused = redis.call('GET', KEYS[14]) or false
+local nhooked = redis.call('SCARD', KEYS[15])
+local hooked
+if nhooked <= cap then hooked = redis.call('SMEMBERS', KEYS[15])
+else hooked = redis.call('SRANDMEMBER', KEYS[15], cap) end
+local seen, waiting, budget, whole = {}, 0, cap * 10, nhooked <= cap
+local function check(id)
+  if seen[id] then return end
+  seen[id] = true
+  budget = budget - 1
+  if redis.call('HGET', prefix .. id, 'state') == 'waiting' then
+    waiting = waiting + 1
+    if by_name then tally('waiting', id) end
+  end
+end
+for _, h in ipairs(hooked) do
+  -- a task with a huge fan-out of dependents: read its d:<id> set in pages, within the budget
+  local cursor = '0'
+  repeat
+    local page = redis.call('SSCAN', base .. 'd:' .. h, cursor, 'COUNT', 100)
+    cursor = page[1]
+    for _, id in ipairs(page[2]) do check(id) end
+  until cursor == '0' or budget <= 0
+  local grp = redis.call('HGET', prefix .. h, 'grp')
+  if grp then
+    local cb = redis.call('HGET', base .. 'g:' .. grp, 'cb')
+    if cb then check(cb) end
+  end
+  if budget <= 0 then whole = false; break end
+end
+local flat = {}
+for _, n in ipairs(order) do flat[#flat + 1] = n; flat[#flat + 1] = names[n] end
+return {ready, nsched, retrying, #sids, nleases, ndead, paused, head, head_enq, now, waiting,
+        whole and 1 or 0, flat}
+"""
+
 ALL = {"enqueue": ENQUEUE, "claim": CLAIM, "complete": COMPLETE, "release": RELEASE, "renew": RENEW,
        "cancel": CANCEL, "replay": REPLAY, "purge": PURGE, "cron": CRON,
-       "group": GROUP, "peek": PEEK}
+       "group": GROUP, "peek": PEEK, "qstats": QSTATS}
 
 # The SHA1 each script is run by (EVALSHA); both brokers, sync and asyncio, use these.
 SHA = {name: hashlib.sha1(src.encode()).hexdigest().encode() for name, src in ALL.items()}
