@@ -55,21 +55,25 @@ def test_metrics_count_the_tasks_run_and_probes_answer(redis_url):
         assert _get(port, "/healthz")[0] == 200
         ok = p.enqueue_many("echo", list(range(30)), queue="default")
         bad = p.enqueue_many("boom", list(range(4)), queue="default")
+        crash = p.enqueue("crash_once", 1, queue="default")  # attempt 1 kills its child: a 'lost' RELEASE
         assert [p.result(i, timeout=30) for i in ok] == list(range(30))
+        assert p.result(crash, timeout=30) == "survived"
 
         def counted():
             m = _scrape(port)
             return m if _v(m, "xq_tasks_total", queue="default", name="echo", outcome="done") == 30 and \
-                _v(m, "xq_tasks_total", queue="default", name="boom", outcome="failed") == 4 else None
+                _v(m, "xq_tasks_total", queue="default", name="boom", outcome="failed") == 4 and \
+                _v(m, "xq_tasks_total", queue="default", name="crash_once", outcome="done") == 1 else None
 
         m = wait_for(counted, 20, interval=0.2, what="counters to reach 30 done + 4 failed")
         assert len(bad) == 4
-        assert not [k for k in m if k[0] == "xq_tasks_total" and dict(k[1]).get("name") not in ("echo", "boom")]
+        assert _v(m, "xq_tasks_total", queue="default", name="crash_once", outcome="lost") == 1
+        assert not [k for k in m if k[0] == "xq_tasks_total" and dict(k[1])["name"] not in ("echo", "boom", "crash_once")]
         assert _v(m, "xq_task_run_seconds_count", queue="default", name="echo") == 30
         assert _v(m, "xq_task_run_seconds_count", queue="default", name="boom") == 4
         assert _v(m, "xq_task_wait_seconds_count", queue="default", name="echo") == 30  # first attempts, xq ids
         assert _v(m, "xq_task_run_seconds_bucket", queue="default", name="echo", le="+Inf") == 30
-        assert _v(m, "xq_claim_batch_size_sum") == 34
+        assert _v(m, "xq_claim_batch_size_sum") == 36  # each attempt claimed once
         assert _v(m, "xq_claim_batch_size_count") >= 1
         assert _v(m, "xq_children", state="total") == 2
         assert _v(m, "xq_children_configured") == 2

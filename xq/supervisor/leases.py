@@ -73,6 +73,8 @@ class Leases(Component):
             self.releases.popleft()
             if r.mode != "return":  # lost, canceled, timed out, over memory: an attempt that failed
                 sup.claims.failed_total += len(r.tasks)
+            if sup.metrics is not None:
+                sup.metrics.released(r)
             log_refused(refused, f"{r.mode} release", sup.worker_id)
         if sup.claims.claim_lost:
             self._return_orphans()

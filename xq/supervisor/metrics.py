@@ -194,6 +194,23 @@ class Metrics(Component):
             for v in ms:
                 h.observe(v / 1000.0)
 
+    def released(self, r) -> None:
+        """One accepted RELEASE (Leases.Release): attempts ended without a result (lost, canceled, timeout,
+        memory) count by their outcome; tasks handed back unstarted ('return') only drop their names."""
+        pop = self.names.pop
+        if r.mode == "return":
+            for tid, _ in r.tasks:
+                pop(tid, None)
+            return
+        outcome = r.options.get("outcome") or r.mode
+        outcome = outcome.decode(errors="replace") if isinstance(outcome, bytes) else str(outcome)
+        q, counts = self.qnames[r.qidx], {}
+        for tid, _ in r.tasks:
+            name = pop(tid, b"?")
+            counts[name] = counts.get(name, 0) + 1
+        for name, n in counts.items():
+            self.tasks.labels(q, name.decode(errors="replace"), outcome).inc(n)
+
     def sync(self, now: float) -> None:
         if now < self.next_depth:
             return
