@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -85,6 +86,11 @@ def test_metrics_count_the_tasks_run_and_probes_answer(redis_url):
         assert _v(m, "xq_queue_latency_seconds", queue="default") is not None
         assert _get(port, "/healthz")[0] == 200
         assert _get(port, "/nope")[0] == 404
+        # every series the Grafana dashboard queries is served
+        with open(os.path.join(TESTS, "..", "docs", "grafana-xq.json")) as f:
+            used = set(re.findall(r"\bxq_[a-z_]+", f.read())) - {"xq_overview"}
+        served = {k[0] for k in m}
+        assert used and used <= served, used - served
 
 
 def test_queue_depth_and_latency_of_a_waiting_queue(redis_url):
