@@ -7,6 +7,7 @@
     Canceler       canceler.py   cancel requests, timeouts, the kill watch         control channel
     Ticker         ticker.py     periodic (cron) entries                           CRON
     Registry       registry.py   this worker's heartbeat in the worker registry    SET PX, ZADD (a timer)
+    Metrics        metrics.py    /metrics, /healthz, /readyz (--metrics-port only) LLEN, ZCARD (a timer)
 
 Each has its own state, a deadline() and fds() for the sleep, step(now) for local work and sync(now) for
 its Redis work (component.py).  The Supervisor only wires them, runs the loop, handles signals (gunicorn
