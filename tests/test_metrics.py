@@ -126,6 +126,18 @@ def test_readyz_flips_while_redis_is_away(fault_proxy):
         assert run.proc.poll() is None
 
 
+def test_metrics_port_in_use_is_a_clear_error(redis_url):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        out = subprocess.run([sys.executable, "-m", "xq.cli", "run", "apps.basic:app", "--redis", redis_url,
+                              "--procs", "1", "--metrics-port", str(s.getsockname()[1])], cwd=TESTS,
+                             capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert "cannot listen" in out.stderr
+
+
 def test_metrics_port_without_prometheus_client_is_a_clear_error(redis_url, tmp_path):
     hide = tmp_path / "prometheus_client"
     hide.mkdir()

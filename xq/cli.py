@@ -222,7 +222,14 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
                  check_server=not checked, allow_eviction=allow_eviction, heartbeat=heartbeat,
                  metrics_port=metrics_port)
     try:
-        code = Supervisor(app, broker, cfg).run()
+        sup = Supervisor(app, broker, cfg)
+    except ConfigError as e:  # --metrics-port taken
+        raise click.BadParameter(str(e), param_hint="--metrics-port") from None
+    except Exception:
+        log.exception("supervisor crashed")
+        sys.exit(1)
+    try:
+        code = sup.run()
     except Exception:
         log.exception("supervisor crashed")
         code = 1

@@ -123,7 +123,10 @@ class Metrics(Component):
                                         value=time.monotonic() - metrics.last_turn)
 
         reg.register(Live())
-        self.server = ThreadingHTTPServer((host, port), _handler(self, pc))
+        try:
+            self.server = ThreadingHTTPServer((host, port), _handler(self, pc))
+        except OSError as e:
+            raise ConfigError(f"--metrics-port {port}: cannot listen on {host}:{port}: {e.strerror or e}") from None
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name="xq-metrics", daemon=True)
