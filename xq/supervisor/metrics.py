@@ -28,11 +28,14 @@ import logging
 import math
 import threading
 import time
+from bisect import bisect_left
+from collections import Counter
+from itertools import compress, repeat
+from operator import sub
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .. import child as childmod
 from ..errors import ConfigError
-from ..keys import PRIORITIES
 from .component import Component
 
 log = logging.getLogger("xq")
@@ -46,21 +49,50 @@ BATCH_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # the attempt's outcome as COMPLETE gets it; 'retry' is any failure the script retries or makes dead as the
 # task's retries decide: shown as 'failed' (others: done, canceled, invalid, memory, ... as sent)
 OUTCOME_LABEL = {b"done": "done", b"retry": "failed"}
-_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_VAL = {ord(c): i for i, c in enumerate(_ALPHABET)}
+# xq ids are Crockford base32 (no I L O U); int(x, 32) reads 0-9 a-v: map one alphabet onto the other
+_TO_B32 = bytes.maketrans(b"0123456789ABCDEFGHJKMNPQRSTVWXYZ", b"0123456789abcdefghijklmnopqrstuv")
 
 
 def id_ms(tid: bytes) -> int:
     """The enqueue time (ms since the epoch) an xq task id starts with, or -1 for an id of another form."""
     if len(tid) != 26:
         return -1
-    v = 0
     try:
-        for b in tid[:10]:
-            v = (v << 5) | _VAL[b]
-    except KeyError:
+        return int(tid[:10].translate(_TO_B32), 32)
+    except ValueError:
         return -1
-    return v
+
+
+class Hist:
+    """Histograms by (queue, name) kept as plain bucket counts, filled a batch at a time with C-level
+    map/bisect/Counter (prometheus-client's observe() takes a lock and a Python call per value), and read
+    by the scrape thread through a collector (a copied list: a scrape may miss the batch being added)."""
+
+    def __init__(self, name: str, doc: str, bounds_s: tuple):
+        self.name, self.doc = name, doc
+        self.bounds = tuple(bounds_s)
+        self.bounds_ms = [b * 1000.0 for b in bounds_s]
+        self.series: dict[tuple, list] = {}   # (queue, name) -> [count per bucket (+Inf last)..., sum in ms]
+
+    def add(self, key: tuple, values_ms: list) -> None:
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = [0] * (len(self.bounds) + 2)
+        for i, n in Counter(map(bisect_left, repeat(self.bounds_ms), values_ms)).items():
+            s[i] += n
+        s[-1] += sum(values_ms)
+
+    def family(self, HistogramMetricFamily):
+        fam = HistogramMetricFamily(self.name, self.doc, labels=("queue", "name"))
+        les = [repr(float(b)) for b in self.bounds] + ["+Inf"]
+        for key, s in list(self.series.items()):
+            s = list(s)
+            acc, buckets = 0, []
+            for le, n in zip(les, s[:-1]):
+                acc += n
+                buckets.append((le, acc))
+            fam.add_metric(key, buckets, s[-1] / 1000.0)
+        return fam
 
 
 def require_client():
@@ -77,7 +109,7 @@ class Metrics(Component):
 
     def __init__(self, sup, port: int, host: str = "0.0.0.0"):
         pc = require_client()
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         self.sup = sup
         self.names: dict[bytes, bytes] = {}
@@ -87,10 +119,9 @@ class Metrics(Component):
         reg = self.registry = pc.CollectorRegistry()
         self.tasks = pc.Counter("xq_tasks", "Tasks finished by this supervisor, by queue, name and outcome",
                                 ("queue", "name", "outcome"), registry=reg)
-        self.run_time = pc.Histogram("xq_task_run_seconds", "Task run time in a child (finished - started)",
-                                     ("queue", "name"), buckets=RUN_BUCKETS, registry=reg)
-        self.wait_time = pc.Histogram("xq_task_wait_seconds", "Queue wait of first attempts: start - enqueue "
-                                      "(from the task id)", ("queue", "name"), buckets=WAIT_BUCKETS, registry=reg)
+        self.run_time = Hist("xq_task_run_seconds", "Task run time in a child (finished - started)", RUN_BUCKETS)
+        self.wait_time = Hist("xq_task_wait_seconds", "Queue wait of first attempts: start - enqueue (from the "
+                              "task id)", WAIT_BUCKETS)
         self.batch = pc.Histogram("xq_claim_batch_size", "Tasks per claim reply", buckets=BATCH_BUCKETS,
                                   registry=reg)
         self.depth = pc.Gauge("xq_queue_depth", "Tasks in this supervisor's queues by state (read every "
@@ -104,6 +135,8 @@ class Metrics(Component):
             """Read at scrape time from counters the loop keeps anyway (plain ints: no lock needed)."""
 
             def collect(self):
+                yield metrics.run_time.family(HistogramMetricFamily)
+                yield metrics.wait_time.family(HistogramMetricFamily)
                 s = metrics.sup
                 busy, total = metrics.children()
                 g = GaugeMetricFamily("xq_children", "Child processes of this supervisor", labels=("state",))
@@ -170,32 +203,34 @@ class Metrics(Component):
     def completed(self, qidx: int, items: list) -> None:
         """One accepted COMPLETE: items are 7 a task (id, attempt, outcome, text, result, started, finished ms)."""
         q = self.qnames[qidx]
-        pop = self.names.pop
-        counts: dict[tuple, int] = {}
-        runs: dict[bytes, list] = {}
-        waits: dict[bytes, list] = {}
-        for i in range(0, len(items), 7):
-            tid = items[i]
-            name = pop(tid, b"?")
-            key = (name, items[i + 2])
-            counts[key] = counts.get(key, 0) + 1
-            started = items[i + 5]
-            runs.setdefault(name, []).append(items[i + 6] - started)
-            if items[i + 1] == 1:
-                t0 = id_ms(tid)
-                if 0 < t0 <= started:
-                    waits.setdefault(name, []).append(started - t0)
-        for (name, outcome), n in counts.items():
+        ids = items[0::7]
+        names = list(map(self.names.pop, ids, repeat(b"?")))
+        for (name, outcome), n in Counter(zip(names, items[2::7])).items():
             outcome = OUTCOME_LABEL.get(outcome) or outcome.decode(errors="replace")
             self.tasks.labels(q, name.decode(errors="replace"), outcome).inc(n)
-        for name, ms in runs.items():
-            h = self.run_time.labels(q, name.decode(errors="replace"))
-            for v in ms:
-                h.observe(v / 1000.0)
-        for name, ms in waits.items():
-            h = self.wait_time.labels(q, name.decode(errors="replace"))
-            for v in ms:
-                h.observe(v / 1000.0)
+        started = items[5::7]
+        runs = list(map(sub, items[6::7], started))
+        first = [a == 1 for a in items[1::7]]
+        t0s = list(map(id_ms, compress(ids, first)))
+        waits = [s - t for s, t in zip(compress(started, first), t0s) if 0 < t <= s]
+        one = names[0]
+        if names.count(one) == len(names):  # the common case: a batch of one task name
+            key = (q, one.decode(errors="replace"))
+            self.run_time.add(key, runs)
+            if waits:
+                self.wait_time.add(key, waits)
+            return
+        by_name: dict[bytes, list] = {}
+        for name, v in zip(names, runs):
+            by_name.setdefault(name, []).append(v)
+        for name, vs in by_name.items():
+            self.run_time.add((q, name.decode(errors="replace")), vs)
+        by_name = {}
+        for name, s, t in zip(compress(names, first), compress(started, first), t0s):
+            if 0 < t <= s:
+                by_name.setdefault(name, []).append(s - t)
+        for name, vs in by_name.items():
+            self.wait_time.add((q, name.decode(errors="replace")), vs)
 
     def released(self, r) -> None:
         """One accepted RELEASE (Leases.Release): attempts ended without a result (lost, canceled, timeout,
