@@ -1,6 +1,6 @@
 """The cost of `xq run --metrics-port`: a no-op drain with metrics off and on, alternated in one run.
 
-    PYTHONPATH=$PWD python3 bench/metrics_cost.py [N] [ROUNDS] [PROCS]
+    PYTHONPATH=$PWD python3 bench/metrics_cost.py [N] [ROUNDS] [PROCS] [SCRAPE_EVERY_S (0: no scraper)]
 
 Each round enqueues N no-op tasks, then runs `xq run --burst` over them and takes the drain window from the
 task records (first claim to last finish).  A scraper hits /metrics every 0.5 s while metrics are on, as
@@ -22,8 +22,8 @@ import xq  # noqa: E402
 from benchutil import _free_port, drain_window, private_redis, xq_run  # noqa: E402
 
 
-def scrape_until(port: int, stop: threading.Event) -> None:
-    while not stop.wait(0.5):
+def scrape_until(port: int, stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
         except OSError:
@@ -34,6 +34,7 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     procs = sys.argv[3] if len(sys.argv) > 3 else "2"
+    every = float(sys.argv[4]) if len(sys.argv) > 4 else 0.5
     res: dict[str, list[float]] = {"off": [], "on": []}
     with private_redis() as (url, _):
         r = redis.Redis.from_url(url)
@@ -47,7 +48,8 @@ def main() -> None:
             if mode == "on":
                 port = _free_port()
                 args += ["--metrics-port", str(port)]
-                threading.Thread(target=scrape_until, args=(port, stop), daemon=True).start()
+                if every > 0:
+                    threading.Thread(target=scrape_until, args=(port, stop, every), daemon=True).start()
             proc = xq_run(url, *args, procs=procs)
             assert proc.wait(timeout=600) == 0
             stop.set()
