@@ -183,16 +183,26 @@ def main() -> None:
                    "when Redis is full); without it `xq run` refuses to start (exit 7)")
 @click.option("--heartbeat", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="seconds between this worker's registry heartbeats (`xq workers`); it drops out 3 beats after dying")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
+              help="serve Prometheus /metrics and the /healthz, /readyz probes on this port (0 = off; needs "
+                   "the 'metrics' extra: pip install 'xq[metrics]')")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grace, max_tasks_per_child,
         max_memory_per_child, memory_limit_per_child, prefetch, retain_memory, level_weights, kill_grace,
-        allow_eviction, heartbeat, log_level) -> None:
+        allow_eviction, heartbeat, metrics_port, log_level) -> None:
     """Run a supervisor and its child processes for MODULE:APP."""
     from .broker import DEFAULT_URL, Broker
     from .supervisor import Config, Supervisor, check_memory_limits
 
     _setup_logging(log_level)
+    if metrics_port:
+        from .supervisor.metrics import require_client
+
+        try:
+            require_client()
+        except ConfigError as e:
+            raise click.BadParameter(str(e), param_hint="--metrics-port") from None
     n = _procs(procs)
     check_memory_limits(max_memory_per_child * 1048576, memory_limit_per_child * 1048576)
     url = url or os.environ.get("XQ_REDIS_URL") or DEFAULT_URL
@@ -209,9 +219,17 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
                  max_memory_per_child=max_memory_per_child * 1024 * 1024,
                  memory_limit_per_child=memory_limit_per_child * 1024 * 1024, prefetch=prefetch,
                  retain_memory=retain_memory, weights=weights, level_weights=lweights, kill_grace=kill_grace,
-                 check_server=not checked, allow_eviction=allow_eviction, heartbeat=heartbeat)
+                 check_server=not checked, allow_eviction=allow_eviction, heartbeat=heartbeat,
+                 metrics_port=metrics_port)
     try:
-        code = Supervisor(app, broker, cfg).run()
+        sup = Supervisor(app, broker, cfg)
+    except ConfigError as e:  # --metrics-port taken
+        raise click.BadParameter(str(e), param_hint="--metrics-port") from None
+    except Exception:
+        log.exception("supervisor crashed")
+        sys.exit(1)
+    try:
+        code = sup.run()
     except Exception:
         log.exception("supervisor crashed")
         code = 1

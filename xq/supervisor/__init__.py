@@ -7,6 +7,7 @@
     Canceler       canceler.py   cancel requests, timeouts, the kill watch         control channel
     Ticker         ticker.py     periodic (cron) entries                           CRON
     Registry       registry.py   this worker's heartbeat in the worker registry    SET PX, ZADD (a timer)
+    Metrics        metrics.py    /metrics, /healthz, /readyz (--metrics-port only) LLEN, ZCARD (a timer)
 
 Each has its own state, a deadline() and fds() for the sleep, step(now) for local work and sync(now) for
 its Redis work (component.py).  The Supervisor only wires them, runs the loop, handles signals (gunicorn
@@ -78,6 +79,7 @@ class Config:
     check_server: bool = False         # run xq.servercheck at the first connect (Redis was down at start)
     allow_eviction: bool = False       # ... and let an evicting maxmemory-policy pass, with a warning
     heartbeat: float = 5.0             # seconds between worker-registry heartbeats; the record's TTL is 3x
+    metrics_port: int = 0              # serve /metrics, /healthz, /readyz on this port (0: off; metrics.py)
 
     def __post_init__(self):
         check_memory_limits(self.max_memory_per_child, self.memory_limit_per_child)
@@ -112,6 +114,8 @@ class Supervisor:
         self.retry_at = 0.0
         self.backoff = Backoff(base=0.1, cap=5.0)
         self.health = Health("supervisor " + self.worker_id, broker.url)
+        self.redis_errors = 0              # failed attempts met by _redis (for metrics)
+        self.reconnects = 0                # reconnects after an outage
         # the components, in the order the loop runs their steps
         self.pool = ChildPool(self)
         self.claims = ClaimPipeline(self)
@@ -122,6 +126,13 @@ class Supervisor:
         self.components = (self.pool, self.claims, self.canceler, self.leases, self.ticker, self.registry)
         # Redis work in this order: releases go out before the next claim can take the tasks again
         self.redis_components = (self.leases, self.claims, self.ticker, self.canceler, self.registry)
+        self.metrics = None
+        if cfg.metrics_port:
+            from .metrics import Metrics
+
+            self.metrics = Metrics(self, cfg.metrics_port)
+            self.components += (self.metrics,)
+            self.redis_components += (self.metrics,)
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> int:
@@ -147,6 +158,8 @@ class Supervisor:
         """In a new child: drop what belongs to the supervisor process alone."""
         close_quiet(self._sig_r)
         close_quiet(self._sig_w)
+        if self.metrics is not None:
+            self.metrics.forget_after_fork()
         self.broker.forget_after_fork()
 
     def _install_signals(self) -> None:
@@ -188,6 +201,8 @@ class Supervisor:
         self.pool.teardown()
         self.registry.close()
         self.canceler.close()
+        if self.metrics is not None:
+            self.metrics.close()
         signal.set_wakeup_fd(-1)
         os.close(self._sig_r)
         os.close(self._sig_w)
@@ -201,6 +216,8 @@ class Supervisor:
         self.pool.step(now)
         got = self.claims.step(now)
         self.canceler.step(now)
+        if self.metrics is not None:
+            self.metrics.step(now)
         if not self.accepting and self.stop_deadline is not None and now >= self.stop_deadline \
                 and self.pool.children and not self.hard:
             log.warning("grace period of %.0f s ran out; stopping the remaining children", self.cfg.grace)
@@ -240,6 +257,8 @@ class Supervisor:
                 if self.cfg.check_server and self._server_unsafe():
                     return
                 self.broker.load_scripts()
+                if self.redis_errors:
+                    self.reconnects += 1
                 self.up = True
                 self.backoff.reset()
                 self.health.up()
@@ -269,6 +288,7 @@ class Supervisor:
         # Children keep running; results and releases stay buffered and are sent once Redis answers
         # again (both are fenced by attempt, so a late one is refused, never wrong).  Tasks claimed by a
         # claim whose reply was lost are returned after the reconnect (Leases._return_orphans).
+        self.redis_errors += 1
         delay = self.backoff.next()
         self.health.down(e, retry_in=delay)  # logged once per change of state, not once per retry
         for c in self.components:

@@ -406,6 +406,8 @@ class ClaimPipeline(Component):
                     ok = items[2::7].count(b"done")
                     self.done_total += ok
                     self.failed_total += len(items) // 7 - ok
+                    if self.sup.metrics is not None:
+                        self.sup.metrics.completed(entry[1], items)
                     if reply[1]:
                         log_refused(refusals(reply[1]), "result", self.sup.worker_id)
             elif entry[0] == "progress":
@@ -458,6 +460,8 @@ class ClaimPipeline(Component):
         self.due_unblocked = False
         if n and any(tasks[6::7]):
             self.sup.canceler.saw_timeouts()
+        if self.sup.metrics is not None:
+            self.sup.metrics.claimed(tasks)
         # Burst exit also waits for other supervisors' leases (a dead one's tasks come back on expiry) and
         # for scheduled and retrying tasks.
         self.drained = n == 0 and not notes and not inflight and leased == 0 and not busy and earliest < 0

@@ -45,6 +45,8 @@ class Leases(Component):
         now = time.monotonic()
         self.next_renew = now + self.cfg.lease / 6
         self.next_recover = now
+        self.renewed = 0       # leases renewed, tasks recovered: counters for metrics
+        self.recovered = 0
         self._lease_ms = int(self.cfg.lease * 1000)
 
     def release(self, mode: str, tasks: list, **options) -> None:
@@ -71,6 +73,8 @@ class Leases(Component):
             self.releases.popleft()
             if r.mode != "return":  # lost, canceled, timed out, over memory: an attempt that failed
                 sup.claims.failed_total += len(r.tasks)
+            if sup.metrics is not None:
+                sup.metrics.released(r)
             log_refused(refused, f"{r.mode} release", sup.worker_id)
         if sup.claims.claim_lost:
             self._return_orphans()
@@ -96,6 +100,7 @@ class Leases(Component):
         for q, pairs in by_q.items():
             for i in range(0, len(pairs), 5000):
                 lost_ids, cancel = self.broker.renew(sup.qks[q], sup.worker_id, self._lease_ms, pairs[i:i + 5000])
+                self.renewed += len(pairs[i:i + 5000]) - len(lost_ids)
                 for lost in lost_ids:
                     log.warning("task %s: this worker's lease was lost (it ran out during an outage or a stall?); "
                                 "another worker may run it too, and this attempt's result will be refused",
@@ -122,6 +127,7 @@ class Leases(Component):
             requeued, failed, _ = self.broker.release(qk, "expired", [], error="recovered by " + sup.worker_id,
                                                       ttl=self.cfg.result_ttl, max_retries=sup.max_retries_json)
             if requeued or failed:
+                self.recovered += len(requeued) + len(failed)
                 sup.claims.idle = False
                 log.warning("queue %s: recovered %d task(s) with expired leases (%d requeued, %d failed)",
                             qk.name, len(requeued) + len(failed), len(requeued), len(failed))
