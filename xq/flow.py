@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import orjson
 
 from .errors import ConfigError
-from .keys import MAX_COUNT, MAX_ID, MAX_KEY, MAX_MS, check_int
+from .keys import MAX_COUNT, MAX_ID, MAX_KEY, MAX_MS, check_int, check_text
 
 RATE_PERIODS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smh])\s*$")
@@ -38,15 +38,7 @@ def parse_rate(what: str, value: str) -> tuple[int, int]:
 
 def check_key(what: str, value) -> str:
     """A non-empty key of at most MAX_KEY bytes (it becomes part of a Redis key name)."""
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"invalid {what} {value!r}: expected a non-empty string of at most {MAX_KEY} bytes")
-    try:
-        n = len(value.encode())
-    except UnicodeEncodeError:
-        raise ConfigError(f"invalid {what} {value[:50]!r}: not encodable as UTF-8") from None
-    if n > MAX_KEY:
-        raise ConfigError(f"{what} is {n} bytes; the limit is {MAX_KEY} bytes")
-    return value
+    return check_text(what, value, MAX_KEY)
 
 
 def flow_args(*, unique_key=None, unique_ttl=None, concurrency_key=None, max_concurrency=None, rate_key=None,

@@ -105,16 +105,22 @@ def _limit(what: str, size: int, limit: int, unit: str = "bytes") -> ConfigError
     return ConfigError(f"{what} is {size} {unit}; the limit is {limit} {unit}")
 
 
+def check_text(what: str, value, limit: int) -> str:
+    """A non-empty str of at most limit bytes of UTF-8; ConfigError naming the field and both sizes."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"invalid {what} {value!r}: expected a non-empty string of at most {limit} bytes")
+    try:
+        n = len(value.encode())
+    except UnicodeEncodeError:
+        raise ConfigError(f"invalid {what} {value[:50]!r}: not encodable as UTF-8") from None
+    if n > limit:
+        raise _limit(what, n, limit)
+    return value
+
+
 def check_name(name) -> str:
     """A task name: 1-MAX_NAME bytes of UTF-8 without control characters; ConfigError naming the sizes."""
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"invalid task name {name!r}: expected a non-empty string")
-    try:
-        n = len(name.encode())
-    except UnicodeEncodeError:
-        raise ConfigError(f"invalid task name {name[:50]!r}: not encodable as UTF-8") from None
-    if n > MAX_NAME:
-        raise _limit("task name", n, MAX_NAME)
+    check_text("task name", name, MAX_NAME)
     if _NAME_BAD_RE.search(name):
         raise ConfigError(f"invalid task name {name!r}: control characters are not allowed")
     return name
