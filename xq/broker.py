@@ -199,27 +199,6 @@ class Broker:
     def register_queue(self, queue: str) -> None:
         self.client.sadd(QUEUES, queue)
 
-    # --- metrics (xq/supervisor/metrics.py) ---
-    @io(retry=False)
-    def queue_depths(self, qks) -> tuple[list, int]:
-        """Per queue (ready, scheduled, leased, dead, [oldest ready id of each priority]) in one pipelined
-        round trip on the pooled client, and this host's time in ms."""
-        pipe = self.client.pipeline(transaction=False)
-        for qk in qks:
-            for key in qk.ready:
-                pipe.llen(key)
-            pipe.zcard(qk.sched)
-            pipe.zcard(qk.leases)
-            pipe.zcard(qk.dead)
-            for key in qk.ready:
-                pipe.lindex(key, 0)
-        out, n = pipe.execute(), len(qks[0].ready) if qks else 0
-        rows, w = [], 2 * n + 3
-        for i in range(len(qks)):
-            r = out[i * w:(i + 1) * w]
-            rows.append((sum(r[:n]), r[n], r[n + 1], r[n + 2], [x for x in r[n + 3:] if x]))
-        return rows, int(time.time() * 1000)
-
     # --- worker registry (xq/supervisor/registry.py) ---
     @io(retry=False)
     def heartbeat(self, worker_id: str, record: bytes, ttl_ms: int, now_ms: int, prune_before_ms: int) -> None:

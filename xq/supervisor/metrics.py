@@ -11,8 +11,8 @@ What the loop does, and when (never per Redis call; only while metrics are on):
   items carry no name: a dict update from the reply, popped at completion);
 - per COMPLETE reply (ClaimPipeline._collect): tasks by queue, name and outcome, run time (finished -
   started, both from the child) and queue wait time histograms;
-- a timer (every DEPTH_INTERVAL s, one pipelined round trip on the pooled client): queue depth by state and
-  latency (age of the oldest ready task) of this supervisor's queues;
+- a timer (every DEPTH_INTERVAL s, Inspector.queue: one read-only script per queue on the pooled client,
+  the figures `xq queue show` gives): queue depth by state and latency (age of the oldest ready task) of this supervisor's queues;
 - every turn: the time of the turn, for /healthz.
 
 Queue wait time is the task's start minus its enqueue time, read from its id (xq ids begin with the enqueue
@@ -36,6 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .. import child as childmod
 from ..errors import ConfigError
+from ..inspect import Inspector
 from .component import Component
 
 log = logging.getLogger("xq")
@@ -115,6 +116,7 @@ class Metrics(Component):
         self.names: dict[bytes, bytes] = {}
         self.last_turn = time.monotonic()
         self.next_depth = 0.0
+        self.inspector = Inspector(broker=sup.broker)  # shares the supervisor's Broker: nothing to close
         self.qnames = list(sup.qnames)
         reg = self.registry = pc.CollectorRegistry()
         self.tasks = pc.Counter("xq_tasks", "Tasks finished by this supervisor, by queue, name and outcome",
@@ -253,14 +255,15 @@ class Metrics(Component):
         if now < self.next_depth:
             return
         self.next_depth = now + DEPTH_INTERVAL
-        rows, now_ms = self.sup.broker.queue_depths(self.sup.qks)
-        for q, (ready, sched, leased, dead, oldest) in zip(self.qnames, rows):
-            self.depth.labels(q, "ready").set(ready)
-            self.depth.labels(q, "scheduled").set(sched)
-            self.depth.labels(q, "running").set(leased)
-            self.depth.labels(q, "dead").set(dead)
-            t0 = min((id_ms(i) for i in oldest if id_ms(i) > 0), default=-1)
-            self.latency.labels(q).set(max(0.0, (now_ms - t0) / 1000.0) if t0 > 0 else 0.0)
+        # the counts and latency `xq queue show` gives (Inspector.queue: one read-only script per queue),
+        # so a dashboard and the CLI never disagree; sample=1: no per-task walk, only the counts
+        for q in self.qnames:
+            st = self.inspector.queue(q, sample=1)
+            self.depth.labels(q, "ready").set(st["ready"])
+            self.depth.labels(q, "scheduled").set(st["scheduled"] + st["retrying"])
+            self.depth.labels(q, "running").set(st["running"])
+            self.depth.labels(q, "dead").set(st["dead"])
+            self.latency.labels(q).set(st["latency"] or 0.0)
 
     def deadline(self) -> float:
         return self.next_depth if self.sup.up else math.inf
