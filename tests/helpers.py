@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 from types import ModuleType
@@ -57,3 +59,15 @@ def load_embedded() -> ModuleType:
 def subscribers(r, channel: str = "xq:{default}:events") -> int:
     """How many clients are subscribed to channel (default: the default queue's events)."""
     return r.pubsub_numsub(channel)[0][1]
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a server a test started itself (by its Popen): SIGTERM, then SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)

@@ -10,7 +10,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ import pytest
 import redis
 
 import xq
-from helpers import free_port
+from helpers import free_port, stop_process
 from test_engine import assert_queue_empty, execs, states
 from xq.keys import queue_keys
 from xqrun import TESTS, XQRun, wait_for
@@ -266,13 +265,7 @@ def auth_redis(tmp_path):
         c.close()
         yield port
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def _pings(c: redis.Redis) -> bool:

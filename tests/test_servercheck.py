@@ -5,9 +5,7 @@ the check could not be made.  Real redis-servers, real `xq run` (tests/apps/basi
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
 import subprocess
 
 import pytest
@@ -15,7 +13,7 @@ import redis
 
 import xq
 from conftest import EmbeddedRedis
-from helpers import free_port
+from helpers import free_port, stop_process
 from xq.keys import queue_keys
 from xq.servercheck import RedisUnsafe, check_server
 from xqrun import XQRun, wait_for
@@ -137,13 +135,7 @@ def renamed_config(tmp_path):
         yield client, f"redis://127.0.0.1:{port}/0"
     finally:
         client.close()
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def _pings(client) -> bool:
