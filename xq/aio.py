@@ -3,9 +3,10 @@
 The same options, checks and wire format as the sync `xq.Producer`: both call producer.prepare_enqueue
 (every option checked, every chunk packed, nothing sent) and producer.finish_enqueue (replies read back),
 and share the record and event interpretation (Producer._status_of, _outcome, _group_values,
-EventFilter).  What differs is only the I/O, which _AsyncBroker does on `redis.asyncio`: it is the
+EventFilter), and the inspection (queues, tasks, workers, pause/resume: xq.inspect's plans, run by
+AsyncInspector).  What differs is only the I/O, which _AsyncBroker does on `redis.asyncio`: it is the
 asyncio twin of broker.Broker (the one other place xq sends Redis commands from), reusing its script
-hashes, its enqueue packing and its script arguments.
+hashes, its enqueue packing, its script arguments and its plans of pipelines.
 
 Unlike Producer, an AsyncProducer may be shared by any number of concurrent tasks of one event loop:
 each enqueue borrows a pooled connection for its pipelined chunks, every waiting result() shares the
