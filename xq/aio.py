@@ -3,9 +3,10 @@
 The same options, checks and wire format as the sync `xq.Producer`: both call producer.prepare_enqueue
 (every option checked, every chunk packed, nothing sent) and producer.finish_enqueue (replies read back),
 and share the record and event interpretation (Producer._status_of, _outcome, _group_values,
-EventFilter).  What differs is only the I/O, which _AsyncBroker does on `redis.asyncio`: it is the
+EventFilter), and the inspection (queues, tasks, workers, pause/resume: xq.inspect's plans, run by
+AsyncInspector).  What differs is only the I/O, which _AsyncBroker does on `redis.asyncio`: it is the
 asyncio twin of broker.Broker (the one other place xq sends Redis commands from), reusing its script
-hashes, its enqueue packing and its script arguments.
+hashes, its enqueue packing, its script arguments and its plans of pipelines.
 
 Unlike Producer, an AsyncProducer may be shared by any number of concurrent tasks of one event loop:
 each enqueue borrows a pooled connection for its pipelined chunks, every waiting result() shares the
@@ -27,12 +28,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
-from . import scripts
+from . import broker, scripts
 from .app import DEFAULT_QUEUE, App
 from .broker import Broker
 from .conn import Backoff, RetryWindow, check_url, client_options, failure, redacted
 from .errors import ConfigError, ConnectionLost, RedisFull, ResultTimeout, UnknownTask
-from .keys import QUEUES, check_queue, queue_keys
+from .keys import QUEUES, check_queue, queue_keys, worker_key
+from .inspect import SAMPLE, SCAN, AsyncInspector
 from .records import raw_id
 from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer, ProducerBase,
                        Resend, event_request, finish_enqueue, prepare_enqueue)
@@ -184,6 +186,54 @@ class _AsyncBroker:
     async def cancel(self, qk, task_id: str, ttl: int) -> tuple[str, str]:
         out, before = await self.run("cancel", *Broker.cancel_args(qk, task_id, ttl))
         return out.decode(), before.decode()
+
+    # --- inspection (xq.inspect.AsyncInspector): Broker's methods of the same names, on the same plans ---
+    async def pipelined(self, plan):
+        """As Broker.pipelined: run a plan of pipelines (broker.Batch) and return its value."""
+        replies = None
+        try:
+            while True:
+                batch = plan.send(replies)
+                pipe = self.client.pipeline(transaction=batch.multi)
+                for method, args, kw in batch.calls:
+                    getattr(pipe, method)(*args, **kw)
+                replies = await pipe.execute() if batch.calls else []
+        except StopIteration as done:
+            return done.value
+
+    @aio_io
+    async def workers(self) -> list[tuple[str, float, bytes | None]]:
+        return await self.pipelined(broker.plan_workers())
+
+    @aio_io
+    async def worker_record(self, worker_id: str) -> bytes | None:
+        return await self.client.get(worker_key(worker_id))
+
+    @aio_io
+    async def set_paused(self, qk, paused: bool) -> bool:
+        return await self.pipelined(broker.plan_set_paused(qk, paused, int(time.time() * 1000)))
+
+    @aio_io
+    async def paused_since(self, qks) -> list[float | None]:
+        return await self.pipelined(broker.plan_paused_since(qks))
+
+    async def queue_stats(self, qk, cap: int, by_name: bool) -> list:
+        return await self.run("qstats", *broker.queue_stats_args(qk, cap, by_name))
+
+    @aio_io
+    async def ready_ids(self, qk, offset: int, limit: int) -> list[bytes]:
+        return await self.pipelined(broker.plan_ready_ids(qk, offset, limit))
+
+    @aio_io
+    async def waiting_ids(self, qk, cap: int) -> tuple[list[bytes], bool]:
+        return await self.pipelined(broker.plan_waiting_ids(qk, cap))
+
+    @aio_io
+    async def raw_records(self, qk, ids: Sequence[bytes], fields: Sequence[str]) -> list[dict]:
+        return await self.pipelined(broker.plan_raw_records(qk, ids, fields))
+
+    async def peek(self, zset: str, qk, offset: int, limit: int) -> list[tuple[bytes, float, dict | None, dict]]:
+        return broker.peek_rows(await self.run("peek", *broker.peek_args(zset, qk, offset, limit)))
 
     @aio_io(retry=False)
     async def next_message(self, ps, timeout: float):
@@ -433,6 +483,45 @@ class AsyncProducer(ProducerBase):
         if outcome == "unknown":
             raise UnknownTask(f"cannot cancel {task_id!r}: no task with that id in queue {q!r}")
         return outcome
+
+    # --- queues, tasks, workers, pause / resume (delegates to xq.inspect.AsyncInspector, as Producer does) ---
+    def _inspector(self) -> AsyncInspector:
+        """An AsyncInspector sharing this producer's broker."""
+        return AsyncInspector(self.url, broker=self.broker)
+
+    async def workers(self) -> list[dict]:
+        """As Producer.workers: the live supervisors' registry records, newest heartbeat first."""
+        return await self._inspector().workers()
+
+    async def worker(self, worker_id: str) -> dict | None:
+        """As Producer.worker: one live supervisor's registry record, or None."""
+        return await self._inspector().worker(worker_id)
+
+    async def queues(self, by_name: bool = False) -> list[dict]:
+        """As Producer.queues: the counts of every queue."""
+        return await self._inspector().queues(by_name=by_name)
+
+    async def queue(self, queue: str = DEFAULT_QUEUE, by_name: bool = False, sample: int = SAMPLE) -> dict:
+        """As Producer.queue: one queue's counts per state and its latency (see Inspector.queue)."""
+        return await self._inspector().queue(queue, by_name=by_name, sample=sample)
+
+    async def tasks(self, queue: str, state: str, *, name: str | None = None, offset: int = 0, limit: int = 50,
+                    scan: int = SCAN) -> dict:
+        """As Producer.tasks: one page of a queue's tasks in one state (see Inspector.tasks)."""
+        return await self._inspector().tasks(queue, state, name=name, offset=offset, limit=limit, scan=scan)
+
+    async def pause_queue(self, queue: str = DEFAULT_QUEUE) -> bool:
+        """As Producer.pause_queue: no supervisor claims from the queue until resume_queue; False if it was
+        paused already."""
+        return await self._inspector().pause_queue(queue)
+
+    async def resume_queue(self, queue: str = DEFAULT_QUEUE) -> bool:
+        """As Producer.resume_queue; False if it was not paused."""
+        return await self._inspector().resume_queue(queue)
+
+    async def paused(self, queue: str = DEFAULT_QUEUE) -> bool:
+        """As Producer.paused."""
+        return await self._inspector().paused(queue)
 
     # --- results ---
     async def _outcome(self, task_id: str, q: str):

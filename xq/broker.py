@@ -68,6 +68,16 @@ class Refused(NamedTuple):
     now_attempt: int   # the record's attempt now (0 when it has none)
 
 
+class Batch(NamedTuple):
+    """One pipeline of a multi-step read (see Broker.pipelined): the reply of each call, in order."""
+    calls: list       # (redis-py command method, args, kwargs) each, as made by cmd()
+    multi: bool = False  # in MULTI/EXEC
+
+
+def cmd(method: str, *args, **kw) -> tuple:
+    return method, args, kw
+
+
 def refusals(flat: Sequence) -> list[Refused]:
     """The refused list of a COMPLETE or RELEASE reply (5 values a task; see scripts.COMPLETE)."""
     return [Refused(flat[i], int(flat[i + 1]), flat[i + 2], flat[i + 3], int(flat[i + 4] or 0))
@@ -184,6 +194,20 @@ class Broker:
             self.load_scripts()
             return self.client.evalsha(self._sha[name], len(keys), *keys, *argv)
 
+    def pipelined(self, plan):
+        """Run a plan: a generator that yields Batches and gets each one's replies back, written once for
+        Broker and xq.aio._AsyncBroker (which differ only in how they send a pipeline); returns its value."""
+        replies = None
+        try:
+            while True:
+                batch = plan.send(replies)
+                pipe = self.client.pipeline(transaction=batch.multi)
+                for method, args, kw in batch.calls:
+                    getattr(pipe, method)(*args, **kw)
+                replies = pipe.execute() if batch.calls else []
+        except StopIteration as done:
+            return done.value
+
     # --- producer ---
     def pack_enqueue(self, qk: QueueKeys, name: str, priority: int, max_retries: int | None, ids: Sequence[bytes],
                      payloads: Sequence, first: int, max_payload: int, *, delay_ms="", eta_ms="",
@@ -221,14 +245,7 @@ class Broker:
     def workers(self) -> list[tuple[str, float, bytes | None]]:
         """(worker id, last heartbeat ms, record JSON or None once expired) of every indexed worker,
         newest heartbeat first."""
-        rows = self.client.zrevrange(WORKERS, 0, -1, withscores=True)
-        if not rows:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for wid, _ in rows:
-            pipe.get(worker_key(wid.decode(errors="replace")))
-        recs = pipe.execute()
-        return [(wid.decode(errors="replace"), score, rec) for (wid, score), rec in zip(rows, recs)]
+        return self.pipelined(plan_workers())
 
     @io
     def worker_record(self, worker_id: str) -> bytes | None:
@@ -281,43 +298,19 @@ class Broker:
         """One page of a sorted set of task ids with their records, each field cut at cap bytes (script
         PEEK): (raw id, score, {field: value} or None if the record is gone, {cut field: its full length})
         per id, in order."""
-        return [(row[0], float(row[1]), dict(zip(row[2][::2], row[2][1::2])) if row[4] else None,
-                 {k.decode(): int(n) for k, n in zip(row[3][::2], row[3][1::2])})
-                for row in self.run("peek", [zset], [qk.task_prefix, offset, limit, cap, *skip])]
+        return peek_rows(self.run("peek", *peek_args(zset, qk, offset, limit, cap, skip)))
 
     @io
     def set_paused(self, qk: QueueKeys, paused: bool) -> bool:
         """Pause (set xq:{Q}:paused) or resume (delete it, and set the wake marker so idle supervisors
         claim at once) the queue, publishing a queue event {"queue","state":"paused"|"resumed","ts"} on its
         events channel, all in one MULTI.  Returns whether the state changed.  Idempotent, so retried."""
-        ms = int(time.time() * 1000)
-        pipe = self.client.pipeline(transaction=True)
-        if paused:
-            pipe.set(qk.paused, ms, nx=True)
-        else:
-            pipe.delete(qk.paused)
-            pipe.zadd(qk.wake, {"1": 0})
-        changed = bool(pipe.execute()[0])
-        if changed:
-            ev = orjson.dumps([{"queue": qk.name, "state": "paused" if paused else "resumed", "ts": ms}])
-            self.client.publish(qk.events, ev)
-        return changed
+        return self.pipelined(plan_set_paused(qk, paused, int(time.time() * 1000)))
 
     @io
     def paused_since(self, qks: Sequence[QueueKeys]) -> list[float | None]:
         """For each queue, the time (s since the epoch) it was paused, or None if it is not paused."""
-        if not qks:
-            return []
-        pipe = self.client.pipeline(transaction=False)  # one slot per queue: GETs, not a cross-slot MGET
-        for qk in qks:
-            pipe.get(qk.paused)
-        out: list[float | None] = []
-        for v in pipe.execute():
-            try:
-                out.append(None if v is None else int(v) / 1000.0)
-            except ValueError:
-                out.append(0.0)  # paused by someone who wrote another value: paused all the same
-        return out
+        return self.pipelined(plan_paused_since(qks))
 
     @io
     def dead_count(self, qk: QueueKeys) -> int:
@@ -373,70 +366,25 @@ class Broker:
     # --- queue inspection (issue 11: xq queues / queue show / tasks) ---
     def queue_stats(self, qk: QueueKeys, cap: int, by_name: bool) -> list:
         """Script QSTATS: the counts of one queue in one round trip (see xq/scripts.py)."""
-        keys = [*qk.ready, qk.sched, qk.leases, qk.dead, qk.paused, qk.hooked]
-        return self.run("qstats", keys, [qk.task_prefix, qk.base, cap, 1 if by_name else 0])
+        return self.run("qstats", *queue_stats_args(qk, cap, by_name))
 
     @io
     def ready_ids(self, qk: QueueKeys, offset: int, limit: int) -> list[bytes]:
         """ids of the ready lists in claim order (priority 0 first, FIFO within a level), offset..+limit:
         LLEN of each level, then LRANGE of the levels the page falls in (two round trips)."""
-        pipe = self.client.pipeline(transaction=False)
-        for key in qk.ready:
-            pipe.llen(key)
-        lens = pipe.execute()
-        pipe = self.client.pipeline(transaction=False)
-        start, want, n = offset, limit, 0
-        for key, ln in zip(qk.ready, lens):
-            if want <= 0:
-                break
-            if start >= ln:
-                start -= ln
-                continue
-            pipe.lrange(key, start, start + want - 1)
-            want -= min(ln - start, want)
-            start = 0
-            n += 1
-        return [i for part in (pipe.execute() if n else []) for i in part]
+        return self.pipelined(plan_ready_ids(qk, offset, limit))
 
     @io
     def waiting_ids(self, qk: QueueKeys, cap: int) -> tuple[list[bytes], bool]:
         """ids of waiting tasks, found through the hooked set (see scripts.QSTATS): the d:<id> members and
         group callbacks of at most cap hooked ids; (ids, whether every hooked id was looked at)."""
-        hooked, cursor, complete = [], 0, True
-        for _ in range(cap):  # bounded: SSCAN pages until cap hooked ids
-            cursor, part = self.client.sscan(qk.hooked, cursor, count=min(1000, cap))
-            hooked.extend(part)
-            if cursor == 0 or len(hooked) >= cap:
-                complete = cursor == 0 and len(hooked) <= cap
-                break
-        hooked = hooked[:cap]
-        pipe = self.client.pipeline(transaction=False)
-        for h in hooked:
-            pipe.smembers(qk.base.encode() + b"d:" + h)
-            pipe.hget(qk.task_prefix.encode() + h, "grp")
-        replies = pipe.execute() if hooked else []
-        cand = {i for deps in replies[0::2] for i in deps}
-        groups = [g for g in replies[1::2] if g]
-        if groups:
-            pipe = self.client.pipeline(transaction=False)
-            for g in groups:
-                pipe.hget(qk.base.encode() + b"g:" + g, "cb")
-            cand.update(cb for cb in pipe.execute() if cb)
-        ids = sorted(cand)
-        pipe = self.client.pipeline(transaction=False)
-        for i in ids:
-            pipe.hget(qk.task_prefix.encode() + i, "state")
-        return [i for i, st in zip(ids, pipe.execute() if ids else []) if st == b"waiting"], complete
+        return self.pipelined(plan_waiting_ids(qk, cap))
 
     @io
     def raw_records(self, qk: QueueKeys, ids: Sequence[bytes], fields: Sequence[str]) -> list[dict]:
         """HMGET of the given fields of many records, pipelined, as {field: value} without absent fields
         ({} if the record is gone)."""
-        pipe = self.client.pipeline(transaction=False)
-        for i in ids:
-            pipe.hmget(qk.task_prefix.encode() + i, *fields)
-        keys = [f.encode() for f in fields]
-        return [{k: v for k, v in zip(keys, row) if v is not None} for row in (pipe.execute() if ids else [])]
+        return self.pipelined(plan_raw_records(qk, ids, fields))
 
     @io
     def lease_score(self, qk: QueueKeys, task_id: str):
@@ -638,3 +586,104 @@ class Broker:
         for g in group_ids:
             pipe.hget(qk.group(g), "fired")
         return pipe.execute()
+
+
+# --- multi-step reads and writes as plans (issue 11) ---
+# Each is a generator that yields a Batch (one pipeline) and is sent its replies, returning the result: the
+# commands and the logic between round trips are written once, and Broker.pipelined and
+# xq.aio._AsyncBroker.pipelined only send them (see docs/design.md "Inspection").
+
+def plan_workers():
+    rows = (yield Batch([cmd("zrevrange", WORKERS, 0, -1, withscores=True)]))[0]
+    if not rows:
+        return []
+    recs = yield Batch([cmd("get", worker_key(wid.decode(errors="replace"))) for wid, _ in rows])
+    return [(wid.decode(errors="replace"), score, rec) for (wid, score), rec in zip(rows, recs)]
+
+
+def plan_set_paused(qk: QueueKeys, paused: bool, ms: int):
+    if paused:
+        calls = [cmd("set", qk.paused, ms, nx=True)]
+    else:
+        calls = [cmd("delete", qk.paused), cmd("zadd", qk.wake, {"1": 0})]
+    changed = bool((yield Batch(calls, multi=True))[0])
+    if changed:
+        ev = orjson.dumps([{"queue": qk.name, "state": "paused" if paused else "resumed", "ts": ms}])
+        yield Batch([cmd("publish", qk.events, ev)])
+    return changed
+
+
+def plan_paused_since(qks: Sequence[QueueKeys]):
+    if not qks:
+        return []
+    # one slot per queue: GETs, not a cross-slot MGET
+    out: list[float | None] = []
+    for v in (yield Batch([cmd("get", qk.paused) for qk in qks])):
+        try:
+            out.append(None if v is None else int(v) / 1000.0)
+        except ValueError:
+            out.append(0.0)  # paused by someone who wrote another value: paused all the same
+    return out
+
+
+def plan_ready_ids(qk: QueueKeys, offset: int, limit: int):
+    lens = yield Batch([cmd("llen", key) for key in qk.ready])
+    calls, start, want = [], offset, limit
+    for key, ln in zip(qk.ready, lens):
+        if want <= 0:
+            break
+        if start >= ln:
+            start -= ln
+            continue
+        calls.append(cmd("lrange", key, start, start + want - 1))
+        want -= min(ln - start, want)
+        start = 0
+    return [i for part in ((yield Batch(calls)) if calls else []) for i in part]
+
+
+def plan_waiting_ids(qk: QueueKeys, cap: int):
+    hooked, cursor, complete = [], 0, True
+    for _ in range(cap):  # bounded: SSCAN pages until cap hooked ids
+        cursor, part = (yield Batch([cmd("sscan", qk.hooked, cursor, count=min(1000, cap))]))[0]
+        hooked.extend(part)
+        if cursor == 0 or len(hooked) >= cap:
+            complete = cursor == 0 and len(hooked) <= cap
+            break
+    hooked = hooked[:cap]
+    calls = []
+    for h in hooked:
+        calls += [cmd("smembers", qk.base.encode() + b"d:" + h), cmd("hget", qk.task_prefix.encode() + h, "grp")]
+    replies = (yield Batch(calls)) if hooked else []
+    cand = {i for deps in replies[0::2] for i in deps}
+    groups = [g for g in replies[1::2] if g]
+    if groups:
+        cbs = yield Batch([cmd("hget", qk.base.encode() + b"g:" + g, "cb") for g in groups])
+        cand.update(cb for cb in cbs if cb)
+    ids = sorted(cand)
+    states = (yield Batch([cmd("hget", qk.task_prefix.encode() + i, "state") for i in ids])) if ids else []
+    return [i for i, st in zip(ids, states) if st == b"waiting"], complete
+
+
+def plan_raw_records(qk: QueueKeys, ids: Sequence[bytes], fields: Sequence[str]):
+    rows = (yield Batch([cmd("hmget", qk.task_prefix.encode() + i, *fields) for i in ids])) if ids else []
+    keys = [f.encode() for f in fields]
+    return [{k: v for k, v in zip(keys, row) if v is not None} for row in rows]
+
+
+def queue_stats_args(qk: QueueKeys, cap: int, by_name: bool) -> tuple[list, list]:
+    """(KEYS, ARGV) of scripts.QSTATS; shared with xq.aio."""
+    return ([*qk.ready, qk.sched, qk.leases, qk.dead, qk.paused, qk.hooked],
+            [qk.task_prefix, qk.base, cap, 1 if by_name else 0])
+
+
+def peek_args(zset: str, qk: QueueKeys, offset: int, limit: int, cap: int = PEEK_CAP,
+              skip: Sequence[str] = PEEK_SKIP) -> tuple[list, list]:
+    """(KEYS, ARGV) of scripts.PEEK; shared with xq.aio."""
+    return [zset], [qk.task_prefix, offset, limit, cap, *skip]
+
+
+def peek_rows(reply) -> list[tuple[bytes, float, dict | None, dict]]:
+    """The reply of scripts.PEEK as Broker.peek returns it."""
+    return [(row[0], float(row[1]), dict(zip(row[2][::2], row[2][1::2])) if row[4] else None,
+             {k.decode(): int(n) for k, n in zip(row[3][::2], row[3][1::2])})
+            for row in reply]

@@ -6,7 +6,8 @@ the CLI, Producer and later `xq top`, the dashboard and the HTTP API share.
         i.worker(worker_id)     # one of them, or None
         i.pause_queue("q"); i.paused("q"); i.resume_queue("q")
 
-Sync, built on xq.broker.Broker like xq/producer.py.  Reads never block a supervisor and are lenient: a
+Sync, built on xq.broker.Broker like xq/producer.py; AsyncInspector is its asyncio twin (AsyncProducer's),
+running the same plans (plan_* below) on xq.aio's broker.  Reads never block a supervisor and are lenient: a
 record that cannot be parsed is shown with what is wrong with it (xq/records.py) rather than raising.
 """
 
@@ -23,7 +24,7 @@ from .keys import check_int, check_queue, queue_keys
 from .producer import id_time, retry_window
 from .records import cut as _cut, esc, task_view
 
-__all__ = ["Inspector", "NotIndexed"]
+__all__ = ["AsyncInspector", "Inspector", "NotIndexed"]
 
 SAMPLE = 200    # ids looked at per list or set by queue(): the sched split, the waiting walk, by_name
                 # (about 1 ms of Redis time at the cap, measured: docs/design.md)
@@ -39,8 +40,20 @@ class NotIndexed(Exception):
     """A listing that needs an index xq does not keep yet (finished tasks)."""
 
 
+def run_plan(broker, plan):
+    """Run an inspection plan (see plan_queue) on a sync Broker: its return value."""
+    result = None
+    try:
+        while True:
+            method, *args = plan.send(result)
+            result = getattr(broker, method)(*args)
+    except StopIteration as done:
+        return done.value
+
+
 class Inspector:
-    """Reads of queues, tasks and workers over one Redis; Producer delegates to one sharing its Broker."""
+    """Reads of queues, tasks and workers over one Redis; Producer delegates to one sharing its Broker.
+    Each method runs a plan_* of this module (shared with the asyncio twin, AsyncInspector)."""
 
     def __init__(self, url: str | None = None, *, retry_for: float | None = None, socket_timeout: float = 30.0,
                  broker: Broker | None = None):
@@ -65,42 +78,33 @@ class Inspector:
 
     def paused_since(self, queue: str) -> float | None:
         """When the queue was paused (seconds since the epoch, the pauser's clock), or None if it is not."""
-        return self.broker.paused_since([queue_keys(check_queue(queue))])[0]
+        return run_plan(self.broker, plan_paused_since(queue))
 
     def pause_queue(self, queue: str) -> bool:
         """Pause the queue: every supervisor's next claim skips it (tasks running now finish; due scheduled
         and retrying tasks stay scheduled).  Kept in Redis, so it outlives supervisor restarts.  Returns
         False if it was paused already."""
-        qk = queue_keys(check_queue(queue))
-        self.broker.register_queue(queue)
-        return self.broker.set_paused(qk, True)
+        return run_plan(self.broker, plan_pause_queue(queue))
 
     def resume_queue(self, queue: str) -> bool:
         """Resume the queue and wake idle supervisors.  Returns False if it was not paused."""
-        return self.broker.set_paused(queue_keys(check_queue(queue)), False)
+        return run_plan(self.broker, plan_resume_queue(queue))
 
     # ---------------------------------------------------------------- worker registry
     def workers(self) -> list[dict]:
         """Every live supervisor's registry record (xq/supervisor/registry.py), newest heartbeat first.
         A supervisor that stopped cleanly is gone at once; one that died, once its record expired (3
         heartbeats).  Each record gains `age`: seconds since its last heartbeat."""
-        now = time.time()
-        out = []
-        for wid, _score, raw in self.broker.workers():
-            if raw is None:
-                continue  # expired: the worker died (its index entry is pruned by live workers later)
-            out.append(_worker_view(wid, raw, now))
-        return out
+        return run_plan(self.broker, plan_workers())
 
     def worker(self, worker_id: str) -> dict | None:
         """One supervisor's registry record, or None if it is not alive (unknown, stopped, or expired)."""
-        raw = self.broker.worker_record(worker_id)
-        return None if raw is None else _worker_view(worker_id, raw, time.time())
+        return run_plan(self.broker, plan_worker(worker_id))
 
     # ---------------------------------------------------------------- queues and tasks (issue 11)
     def queues(self, by_name: bool = False) -> list[dict]:
         """queue() of every queue ever enqueued to (xq:queues), by name; one round trip per queue."""
-        return [self.queue(q, by_name=by_name) for q in self.broker.queues()]
+        return run_plan(self.broker, plan_queues(by_name))
 
     def queue(self, queue: str, by_name: bool = False, sample: int = SAMPLE) -> dict:
         """The counts of one queue, read in one round trip (script QSTATS, read-only):
@@ -113,37 +117,7 @@ class Inspector:
         ("sched_split_exact" False).  Waiting tasks have no index: they are found through the hooked
         set (waiting_exact False when it holds more than `sample` ids).  by_name: counts per task name
         over the first `sample` ids of each list and set (a sample when "by_name_exact" is False)."""
-        qk = queue_keys(check_queue(queue))
-        check_int("sample", sample, 1, 100000)
-        (ready, nsched, retrying, looked, nleases, ndead, paused, head, head_enq, now, waiting,
-         waiting_exact, names) = self.broker.queue_stats(qk, sample, by_name)
-        latency = None
-        if head:
-            try:  # enq: a foreign producer's; xq's own ids carry their creation time instead
-                enq_ms = int(head_enq) if head_enq else int(id_time(esc(head)) * 1000)
-                latency = round(max(0, now - enq_ms) / 1000.0, 3)
-            except (TypeError, ValueError):
-                latency = None  # neither a readable enq nor an xq id (written by hand, or gone)
-        out = {
-            "queue": queue,
-            "paused": bool(paused),
-            "paused_since": _ms(paused),
-            "ready": sum(ready),
-            "ready_by_priority": {str(p): n for p, n in enumerate(ready)},
-            "scheduled": nsched - retrying,
-            "retrying": retrying,
-            "sched_split_exact": looked >= nsched,
-            "running": nleases,
-            "waiting": waiting,
-            "waiting_exact": bool(waiting_exact),
-            "dead": ndead,
-            "latency": latency,
-            "oldest_ready_id": esc(head) if head else None,
-        }
-        if by_name:
-            out["by_name"] = {esc(n): dict(zip(STATES_BY_NAME, row)) for n, row in zip(names[::2], names[1::2])}
-            out["by_name_exact"] = max(ready + [nsched, nleases, ndead]) <= sample and bool(waiting_exact)
-        return out
+        return run_plan(self.broker, plan_queue(queue, by_name, sample))
 
     def tasks(self, queue: str, state: str, *, name: str | None = None, offset: int = 0,
               limit: int = 50, scan: int = SCAN) -> dict:
@@ -155,60 +129,211 @@ class Inspector:
         for scheduled/retrying (which share a set), at most `scan` ids are looked at ("complete" False
         when there may be more).  Finished states (done, expired, canceled) need an index not built yet:
         NotIndexed."""
-        qk = queue_keys(check_queue(queue))
-        if state in FINISHED:
-            raise NotIndexed(f"--state {state}: finished tasks are not indexed yet (issue 11 keeps a capped "
-                             f"index of recently finished ids for this; look one up with `xq status ID`)")
-        if state not in LISTED:
-            raise ConfigError(f"invalid state {state!r}: expected one of {', '.join(LISTED + FINISHED)}")
-        if offset < 0 or limit < 1:
-            raise ConfigError("offset must be >= 0 and limit >= 1")
-        # unfiltered, Redis skips the first `offset` positions; filtered, we skip `offset` matches
-        filtered = name is not None or state in ("scheduled", "retrying") or state == "waiting"
-        skip = offset if filtered else 0
-        rows, matched, complete = [], 0, True
+        return run_plan(self.broker, plan_tasks(queue, state, name, offset, limit, scan))
 
-        def take(task_id, raw, cut=None) -> bool:
-            nonlocal matched
-            if not raw:
-                return True  # the record is gone meanwhile (finished and purged): skip it
-            v = task_view(task_id, queue, raw, cut, id_time=id_time)
-            if v["status"] != state or (name is not None and v["name"] != name):
-                return True  # e.g. a canceled id still in a ready list (supervisors drop it when popped)
-            matched += 1
-            if matched > skip:
-                rows.append(_task_row(v))
-            return len(rows) < limit
 
-        if state == "waiting":
-            ids, complete = self.broker.waiting_ids(qk, scan)
-            recs = self.broker.raw_records(qk, ids, ROW_FIELDS)
-            born = [task_view(i, queue, raw, id_time=id_time)["enqueued_at"] if raw else None
-                    for i, raw in zip(ids, recs)]
-            order = sorted(range(len(ids)), key=lambda k: (born[k] if isinstance(born[k], float) else 0.0, ids[k]))
-            for k in order:
-                if not take(ids[k], recs[k]):
-                    break
-        else:
-            pos, looked = (0 if filtered else offset), 0
-            for _ in range(scan):  # bounded: each turn reads one chunk
-                chunk = min(200, scan - looked) if filtered else limit
-                if chunk <= 0:
-                    complete = False
-                    break
-                if state == "queued":
-                    ids = self.broker.ready_ids(qk, pos, chunk)
-                    batch = list(zip(ids, self.broker.raw_records(qk, ids, ROW_FIELDS), [None] * len(ids)))
-                else:
-                    zset = {"scheduled": qk.sched, "retrying": qk.sched, "running": qk.leases,
-                            "dead": qk.dead}[state]
-                    batch = [(i, rec, cut) for i, _s, rec, cut in self.broker.peek(zset, qk, pos, chunk)]
-                pos += len(batch)
-                looked += len(batch)
-                more = all(take(*row) for row in batch)
-                if not more or len(batch) < chunk or not filtered:
-                    break
-        return {"queue": queue, "state": state, "offset": offset, "tasks": rows, "complete": complete}
+class AsyncInspector:
+    """The asyncio twin of Inspector, on xq.aio's broker (redis.asyncio): the same plans, so the same
+    results and errors; AsyncProducer delegates to one sharing its broker."""
+
+    def __init__(self, url: str | None = None, *, retry_for: float | None = None, socket_timeout: float = 30.0,
+                 broker=None):
+        from .aio import _AsyncBroker  # redis.asyncio only for those who use it
+
+        self.url = url or os.environ.get("XQ_REDIS_URL") or DEFAULT_URL
+        self._own = broker is None
+        self.broker = broker or _AsyncBroker(self.url, retry_for=retry_window(retry_for),
+                                             socket_timeout=socket_timeout)
+
+    async def close(self) -> None:
+        if self._own:
+            await self.broker.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    async def _run(self, plan):
+        result = None
+        try:
+            while True:
+                method, *args = plan.send(result)
+                result = await getattr(self.broker, method)(*args)
+        except StopIteration as done:
+            return done.value
+
+    async def paused(self, queue: str) -> bool:
+        """As Inspector.paused."""
+        return await self.paused_since(queue) is not None
+
+    async def paused_since(self, queue: str) -> float | None:
+        """As Inspector.paused_since."""
+        return await self._run(plan_paused_since(queue))
+
+    async def pause_queue(self, queue: str) -> bool:
+        """As Inspector.pause_queue."""
+        return await self._run(plan_pause_queue(queue))
+
+    async def resume_queue(self, queue: str) -> bool:
+        """As Inspector.resume_queue."""
+        return await self._run(plan_resume_queue(queue))
+
+    async def workers(self) -> list[dict]:
+        """As Inspector.workers."""
+        return await self._run(plan_workers())
+
+    async def worker(self, worker_id: str) -> dict | None:
+        """As Inspector.worker."""
+        return await self._run(plan_worker(worker_id))
+
+    async def queues(self, by_name: bool = False) -> list[dict]:
+        """As Inspector.queues."""
+        return await self._run(plan_queues(by_name))
+
+    async def queue(self, queue: str, by_name: bool = False, sample: int = SAMPLE) -> dict:
+        """As Inspector.queue."""
+        return await self._run(plan_queue(queue, by_name, sample))
+
+    async def tasks(self, queue: str, state: str, *, name: str | None = None, offset: int = 0,
+                    limit: int = 50, scan: int = SCAN) -> dict:
+        """As Inspector.tasks."""
+        return await self._run(plan_tasks(queue, state, name, offset, limit, scan))
+
+
+# ---------------------------------------------------------------- plans
+# An inspection function is written once, as a plan: a generator that yields a broker call, a tuple
+# (Broker method name, *args), and is sent its result, and returns what the function returns.  It checks
+# its arguments before its first yield, so both sides raise the same errors for bad input.  Inspector runs
+# plans on xq.broker.Broker (run_plan), AsyncInspector on xq.aio._AsyncBroker, whose methods have the same
+# names and results.  How to add one: docs/design.md "Inspection".
+
+def plan_paused_since(queue: str):
+    return (yield "paused_since", [queue_keys(check_queue(queue))])[0]
+
+
+def plan_pause_queue(queue: str):
+    qk = queue_keys(check_queue(queue))
+    yield "register_queue", queue
+    return (yield "set_paused", qk, True)
+
+
+def plan_resume_queue(queue: str):
+    return (yield "set_paused", queue_keys(check_queue(queue)), False)
+
+
+def plan_workers():
+    now = time.time()
+    out = []
+    for wid, _score, raw in (yield "workers",):
+        if raw is None:
+            continue  # expired: the worker died (its index entry is pruned by live workers later)
+        out.append(_worker_view(wid, raw, now))
+    return out
+
+
+def plan_worker(worker_id: str):
+    raw = yield "worker_record", worker_id
+    return None if raw is None else _worker_view(worker_id, raw, time.time())
+
+
+def plan_queues(by_name: bool):
+    out = []
+    for q in (yield "queues",):
+        out.append((yield from plan_queue(q, by_name, SAMPLE)))
+    return out
+
+
+def plan_queue(queue: str, by_name: bool, sample: int):
+    qk = queue_keys(check_queue(queue))
+    check_int("sample", sample, 1, 100000)
+    (ready, nsched, retrying, looked, nleases, ndead, paused, head, head_enq, now, waiting,
+     waiting_exact, names) = yield "queue_stats", qk, sample, by_name
+    latency = None
+    if head:
+        try:  # enq: a foreign producer's; xq's own ids carry their creation time instead
+            enq_ms = int(head_enq) if head_enq else int(id_time(esc(head)) * 1000)
+            latency = round(max(0, now - enq_ms) / 1000.0, 3)
+        except (TypeError, ValueError):
+            latency = None  # neither a readable enq nor an xq id (written by hand, or gone)
+    out = {
+        "queue": queue,
+        "paused": bool(paused),
+        "paused_since": _ms(paused),
+        "ready": sum(ready),
+        "ready_by_priority": {str(p): n for p, n in enumerate(ready)},
+        "scheduled": nsched - retrying,
+        "retrying": retrying,
+        "sched_split_exact": looked >= nsched,
+        "running": nleases,
+        "waiting": waiting,
+        "waiting_exact": bool(waiting_exact),
+        "dead": ndead,
+        "latency": latency,
+        "oldest_ready_id": esc(head) if head else None,
+    }
+    if by_name:
+        out["by_name"] = {esc(n): dict(zip(STATES_BY_NAME, row)) for n, row in zip(names[::2], names[1::2])}
+        out["by_name_exact"] = max(ready + [nsched, nleases, ndead]) <= sample and bool(waiting_exact)
+    return out
+
+
+def plan_tasks(queue: str, state: str, name: str | None, offset: int, limit: int, scan: int):
+    qk = queue_keys(check_queue(queue))
+    if state in FINISHED:
+        raise NotIndexed(f"--state {state}: finished tasks are not indexed yet (issue 11 keeps a capped "
+                         f"index of recently finished ids for this; look one up with `xq status ID`)")
+    if state not in LISTED:
+        raise ConfigError(f"invalid state {state!r}: expected one of {', '.join(LISTED + FINISHED)}")
+    if offset < 0 or limit < 1:
+        raise ConfigError("offset must be >= 0 and limit >= 1")
+    # unfiltered, Redis skips the first `offset` positions; filtered, we skip `offset` matches
+    filtered = name is not None or state in ("scheduled", "retrying") or state == "waiting"
+    skip = offset if filtered else 0
+    rows, matched, complete = [], 0, True
+
+    def take(task_id, raw, cut=None) -> bool:
+        nonlocal matched
+        if not raw:
+            return True  # the record is gone meanwhile (finished and purged): skip it
+        v = task_view(task_id, queue, raw, cut, id_time=id_time)
+        if v["status"] != state or (name is not None and v["name"] != name):
+            return True  # e.g. a canceled id still in a ready list (supervisors drop it when popped)
+        matched += 1
+        if matched > skip:
+            rows.append(_task_row(v))
+        return len(rows) < limit
+
+    if state == "waiting":
+        ids, complete = yield "waiting_ids", qk, scan
+        recs = yield "raw_records", qk, ids, ROW_FIELDS
+        born = [task_view(i, queue, raw, id_time=id_time)["enqueued_at"] if raw else None
+                for i, raw in zip(ids, recs)]
+        order = sorted(range(len(ids)), key=lambda k: (born[k] if isinstance(born[k], float) else 0.0, ids[k]))
+        for k in order:
+            if not take(ids[k], recs[k]):
+                break
+    else:
+        pos, looked = (0 if filtered else offset), 0
+        for _ in range(scan):  # bounded: each turn reads one chunk
+            chunk = min(200, scan - looked) if filtered else limit
+            if chunk <= 0:
+                complete = False
+                break
+            if state == "queued":
+                ids = yield "ready_ids", qk, pos, chunk
+                batch = list(zip(ids, (yield "raw_records", qk, ids, ROW_FIELDS), [None] * len(ids)))
+            else:
+                zset = {"scheduled": qk.sched, "retrying": qk.sched, "running": qk.leases,
+                        "dead": qk.dead}[state]
+                batch = [(i, rec, cut) for i, _s, rec, cut in (yield "peek", zset, qk, pos, chunk)]
+            pos += len(batch)
+            looked += len(batch)
+            more = all(take(*row) for row in batch)
+            if not more or len(batch) < chunk or not filtered:
+                break
+    return {"queue": queue, "state": state, "offset": offset, "tasks": rows, "complete": complete}
 
 
 def _worker_view(wid: str, raw: bytes, now: float) -> dict:

@@ -845,9 +845,10 @@ class Producer(ProducerBase):
         """The counts of every queue (see Inspector.queues)."""
         return self._inspector().queues(by_name=by_name)
 
-    def queue(self, queue: str = DEFAULT_QUEUE, by_name: bool = False) -> dict:
-        """One queue's counts per state and its latency, read in one round trip (see Inspector.queue)."""
-        return self._inspector().queue(queue, by_name=by_name)
+    def queue(self, queue: str = DEFAULT_QUEUE, by_name: bool = False, **kw) -> dict:
+        """One queue's counts per state and its latency, read in one round trip (see Inspector.queue: kw
+        is its `sample`)."""
+        return self._inspector().queue(queue, by_name=by_name, **kw)
 
     def tasks(self, queue: str, state: str, **kw) -> dict:
         """One page of a queue's tasks in one state (see Inspector.tasks)."""
