@@ -21,7 +21,7 @@ from .conn import redacted
 from .errors import ConnectionLost
 from .inspect import Inspector
 
-__all__ = ["snapshot", "sparkline", "queue_rows", "worker_rows", "queue_detail", "worker_detail", "run"]
+__all__ = ["snapshot", "sparkline", "queue_rows", "worker_rows", "queue_detail", "worker_detail", "app_class", "run"]
 
 HISTORY_MINUTES = 30
 BARS = "▁▂▃▄▅▆▇█"
@@ -33,7 +33,8 @@ WORKER_COLUMNS = ["HOST", "PID", "QUEUES", "BUSY", "DONE", "FAILED", "RSS", "BEA
 # ---------------------------------------------------------------- data: one refresh, no terminal
 def snapshot(insp: Inspector, *, detail_queue: str | None = None, minutes: int = HISTORY_MINUTES) -> dict:
     """Everything one refresh shows: {"time", "queues": [Inspector.queue() + "throughput": done per minute,
-    oldest first], "workers": Inspector.workers(), "detail": Inspector.queue(detail_queue, by_name=True)
+    oldest first] by name, "workers": Inspector.workers() by host and pid (a stable order: the registry's
+    is by heartbeat, which reshuffles every beat), "detail": Inspector.queue(detail_queue, by_name=True)
     or None}.  Throughput is empty while the Inspector has no history() (before the stats history)."""
     history = getattr(insp, "history", None)
     queues = []
@@ -45,7 +46,8 @@ def snapshot(insp: Inspector, *, detail_queue: str | None = None, minutes: int =
     detail = None
     if detail_queue is not None and any(q["queue"] == detail_queue for q in queues):
         detail = insp.queue(detail_queue, by_name=True)
-    return {"time": time.time(), "queues": queues, "workers": insp.workers(), "detail": detail}
+    workers = sorted(insp.workers(), key=lambda w: (str(w.get("host")), str(w.get("pid")), str(w.get("id"))))
+    return {"time": time.time(), "queues": queues, "workers": workers, "detail": detail}
 
 
 def sparkline(values: list[int], width: int = HISTORY_MINUTES) -> str:
@@ -173,7 +175,7 @@ Refreshes every --interval seconds; reads only (except p) through xq.inspect.Ins
 
 
 # ---------------------------------------------------------------- the textual app
-def _app_class():
+def app_class():
     """TopApp, defined on first use so that importing xq.top (and snapshot) works without textual."""
     from rich.text import Text
     from textual.app import App, ComposeResult
@@ -248,7 +250,13 @@ def _app_class():
                 error = _status_error(e)
             finally:
                 self.fetching = False
-            self.call_from_thread(self._render, snap, error)
+            self._from_thread(self._render, snap, error)
+
+        def _from_thread(self, fn, *args) -> None:
+            try:
+                self.call_from_thread(fn, *args)
+            except RuntimeError:
+                pass  # the app is exiting: nothing left to show it on
 
         # ---- rendering (UI thread)
         def _render(self, snap: dict | None, error: str | None) -> None:
@@ -283,8 +291,9 @@ def _app_class():
                 text = "xq top: connecting ..."
             else:
                 s = self.snap
-                text = (f"xq top  {redacted(self.insp.url)}  {len(s['queues'])} queue(s)  {len(s['workers'])} worker(s)  "
-                        f"updated {time.strftime('%H:%M:%S', time.localtime(s['time']))}  [{self.view}]")
+                at = time.strftime("%H:%M:%S", time.localtime(s["time"]))
+                text = (f"xq top  {redacted(self.insp.url)}  {len(s['queues'])} queue(s)  "
+                        f"{len(s['workers'])} worker(s)  updated {at}  [{self.view}]")
             if self.note:
                 text += f"  | {self.note}"
             self.query_one("#status", Static).update(text)
@@ -354,12 +363,14 @@ def _app_class():
             except Exception as e:  # noqa: BLE001 - shown, never a traceback
                 note = f"could not pause/resume {queue}: {_reason(e)}"
             self.note = note
-            self.call_from_thread(self.tick)
-            self.call_from_thread(self._render_status)
+            self._from_thread(self.tick)
+            self._from_thread(self._render_status)
 
         def on_unmount(self) -> None:
-            with self.lock:
+            # a read stuck on an unresponsive Redis holds the lock for up to its socket timeout: quit anyway
+            if self.lock.acquire(timeout=0.5):
                 self.insp.close()
+                self.lock.release()
 
     return TopApp
 
@@ -378,5 +389,5 @@ def _reason(e: Exception) -> str:
 
 def run(url: str | None = None, interval: float = 1.0) -> None:
     """Run the dashboard in this terminal until q (needs textual: ImportError otherwise)."""
-    app = _app_class()(url, interval)
+    app = app_class()(url, interval)
     app.run()
