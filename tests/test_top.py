@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import shutil
@@ -111,8 +112,8 @@ class Tmux:
         self.name = "top"
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
         # -u: pytest's environment has COLUMNS=80 LINES=24, which would override the pane's real size
-        cmd = ["env", "-u", "COLUMNS", "-u", "LINES", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "xq.cli", "top", "--redis", url,
-               *args]
+        cmd = ["env", "-u", "COLUMNS", "-u", "LINES", *(f"{k}={v}" for k, v in env.items()),
+               sys.executable, "-m", "xq.cli", "top", "--redis", url, *args]
         self.tmux("new-session", "-d", "-s", self.name, "-x", "160", "-y", "45", shlex.join(cmd))
         # keep the pane after its process ends, so a test can tell "exited" from "never started"
         self.tmux("set-option", "-t", self.name, "remain-on-exit", "on")
@@ -226,3 +227,39 @@ def test_top_says_redis_is_unreachable_and_recovers(fresh_redis, top_in_tmux):
     fresh_redis.start()  # same port, same data dir: the AOF brings the queue back
     top.wait_screen(lambda s: "Redis unreachable" not in s and queue_cells(s, "back"), "the screen to recover")
     assert not top.dead()
+
+
+def test_top_keys_in_textual_pilot(redis_url):
+    """Textual's own driver, for what the terminal test does not press: enter (detail) and ? (help)."""
+    from xq.top import app_class
+
+    with xq.Producer(redis_url) as p:
+        p.enqueue("count", 1, queue="solo")
+
+    async def drive():
+        app = app_class()(redis_url, 0.2)
+        async with app.run_test(size=(160, 45)) as pilot:
+            for _ in range(200):  # bounded: 10 s
+                if app.snap is not None and app.snap["detail"] is not None:
+                    break
+                await pilot.pause(0.05)
+            assert [q["queue"] for q in app.snap["queues"]] == ["solo"]
+            assert app.selected["queues"] == "solo" and app.snap["detail"]["by_name"]["count"]["queued"] == 1
+            detail, help_ = app.query_one("#detail"), app.query_one("#help")
+            assert detail.display and not help_.display
+            await pilot.press("enter")
+            assert not detail.display
+            await pilot.press("enter")
+            assert detail.display
+            await pilot.press("question_mark")
+            assert help_.display
+            await pilot.press("2")
+            assert app.view == "workers" and app.query_one("#workers").display
+            await pilot.press("p")  # not in the queues view: says so, pauses nothing
+            assert "switch to the queues view" in app.note
+            await pilot.press("q")
+        return app
+
+    asyncio.run(drive())
+    with Inspector(redis_url) as insp:
+        assert not insp.paused("solo")
