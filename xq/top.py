@@ -304,8 +304,9 @@ def app_class():
                 pane.update("")
                 return
             if self.view == "queues":
-                d = self.snap.get("detail")
-                pane.update(queue_detail(d if d and d["queue"] == self.selected["queues"] else None))
+                d, sel = self.snap.get("detail"), self.selected["queues"]
+                pane.update(queue_detail(d) if d and d["queue"] == sel else
+                            f"queue {sel}: reading ..." if sel else queue_detail(None))
             else:
                 w = next((w for w in self.snap["workers"] if str(w.get("id")) == self.selected["workers"]), None)
                 pane.update(worker_detail(w, time.time()))
