@@ -16,7 +16,7 @@ import pytest
 
 import xq
 from xq.inspect import Inspector
-from xq.top import QUEUE_COLUMNS, queue_detail, queue_rows, snapshot, sparkline, worker_detail, worker_rows
+from xq.top import HISTORY_MINUTES, QUEUE_COLUMNS, queue_detail, queue_rows, snapshot, sparkline, worker_detail, worker_rows
 from xqrun import TESTS, XQRun, wait_for
 
 ROOT = os.path.dirname(TESTS)
@@ -31,7 +31,8 @@ def test_snapshot_shows_queues_workers_and_running_tasks(redis_url, r):
         assert [q["queue"] for q in snap["queues"]] == ["default", "other"]
         other = snap["queues"][1]
         assert (other["ready"], other["ready_by_priority"]["1"], other["running"]) == (3, 3, 0)
-        assert snap["queues"][0]["throughput"] == []  # no Inspector.history yet: an empty sparkline
+        # Inspector.history (the stats history, another branch): zeros for 30 minutes; before it, empty
+        assert snap["queues"][0]["throughput"] == ([0] * HISTORY_MINUTES if hasattr(insp, "history") else [])
         assert snap["workers"] == []
         assert snap["detail"]["by_name"]["sleep"]["queued"] == 1
 
@@ -60,6 +61,23 @@ def test_snapshot_shows_queues_workers_and_running_tasks(redis_url, r):
             assert rows["other"][:4] == ["other", "no", "3", "0"]
             assert "sleep" in queue_detail(snap["detail"])
             w.kill()
+
+
+def test_snapshot_throughput_after_a_real_drain(redis_url):
+    """With the stats history (Inspector.history), the drained tasks show in the sparkline and DONE 1m;
+    without it, both stay empty and the rest of the row is unchanged."""
+    with xq.Producer(redis_url) as p, Inspector(redis_url) as insp:
+        p.enqueue_many("count", list(range(5)))
+        with XQRun(redis_url, burst=True) as w:
+            assert w.wait() == 0
+        (q,) = snapshot(insp)["queues"]
+        (_key, cells), = queue_rows({"queues": [q]})
+        assert (q["ready"], q["running"]) == (0, 0)
+        if hasattr(insp, "history"):
+            assert sum(q["throughput"]) == 5 and q["done_1m"] == 5 and cells[-2] == "5"
+            assert "█" in cells[-3]  # the busiest minute gets the full bar
+        else:
+            assert q["throughput"] == [] and cells[-3].strip() == "" and cells[-2:] == ["-", "-"]
 
 
 def test_snapshot_uses_the_history_api_when_there_is_one(redis_url):
