@@ -3,7 +3,7 @@
 Exit codes (every command; `xq run` adds 1, 3, 4 and 7):
     0  success; for `xq run`: stopped (burst finished, or SIGTERM/SIGINT, graceful or hard)
     1  an error the command reports (unknown task, task failed, ...); for `xq run`: internal error
-    2  usage error: bad option, malformed Redis URL
+    2  usage error: bad option, malformed Redis URL, a missing optional extra (`xq top` without textual)
     3  `xq run`: children failed to boot repeatedly; the supervisor halted instead of respawning forever
     4  `xq run`: MODULE:APP could not be imported, or is not an xq.App
     5  Redis refused us: authentication failed (wrong or missing password or user), missing ACL
@@ -642,6 +642,21 @@ def status(task_id, queue, url) -> None:
     """Print a task's record as JSON."""
     with _producer(url) as p:
         click.echo(_dump(p.status(task_id, queue=queue)))
+
+
+@main.command()
+@click.option("--redis", "url", default=None, help="Redis URL [default: $XQ_REDIS_URL, else redis://127.0.0.1:6379/0]")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="seconds between refreshes")
+def top(url, interval) -> None:
+    """A live terminal dashboard of the queues and workers (keys: q quit, tab switch view, p pause, ? help)."""
+    try:
+        import textual  # noqa: F401 - only to tell a missing optional extra from any other failure
+    except ImportError:
+        _fail(EXIT_USAGE, "xq top needs the optional extra: pip install 'xq[top]'")
+    from .top import run as run_top
+
+    run_top(url, interval)  # a malformed URL fails here, before the screen is taken (exit 2)
 
 
 @main.command()
