@@ -320,9 +320,10 @@ def retention_view(policy: dict, mark: dict) -> dict:
             "trimmed_at": at / 1000.0 if at else None}
 
 
-def retention_text(q: str, r: dict) -> str:
+def retention_text(r: dict) -> str:
+    """What a retention_view keeps, in words."""
     age = f"{r['max_age']} s" if r["max_age"] else "the result ttl"
-    return f"queue {q!r}'s retention keeps the last {r['keep']} finished per state, for at most {age}"
+    return f"keeps the last {r['keep']} finished per state, for at most {age}"
 
 
 def missing_task(task_id: str, views: dict[str, dict], where: str) -> UnknownTask:
@@ -334,8 +335,8 @@ def missing_task(task_id: str, views: dict[str, dict], where: str) -> UnknownTas
         newest = r["trimmed_newest"]
         if born is not None and newest is not None and born <= newest + 1.0:  # 1 s: clock skew between hosts
             return TaskTrimmed(f"task {task_id!r} was trimmed: it is older than the newest of the {r['trimmed']} "
-                               f"finished record(s) removed from queue {q!r} ({retention_text(q, r)}; enqueue "
-                               f"with result_ttl= to keep a result longer)", queue=q)
+                               f"finished record(s) removed by the retention of queue {q!r}, which {retention_text(r)} "
+                               f"(enqueue with result_ttl= to keep a result longer)", queue=q)
     return UnknownTask(f"no task with id {esc(task_id)!r} {where} (never enqueued, or its record expired)")
 
 # --- event streams, shared by Producer.events and aio.AsyncProducer.events: filtering here, I/O in them ---
@@ -666,7 +667,8 @@ class Producer(ProducerBase):
 
     def _missing(self, task_id: str, queues: Sequence[str]) -> UnknownTask:
         """The error for a task with no record in queues: TaskTrimmed if a queue's retention removed it."""
-        views = {q: retention_view(*pm) for q, pm in zip(queues, self.broker.retention([queue_keys(q) for q in queues]))}
+        marks = self.broker.retention([queue_keys(q) for q in queues])
+        views = {q: retention_view(*pm) for q, pm in zip(queues, marks)}
         return missing_task(task_id, views, f"in queue {queues[0]!r}" if len(queues) == 1 else "in any queue")
 
     @staticmethod
