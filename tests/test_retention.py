@@ -201,3 +201,11 @@ def test_result_ttl_option_is_checked(p):
     with xq.Producer(p.url, app=app) as pa:
         tid = pa.enqueue("t", 1, queue=Q)
         assert pa.broker.client.hget(queue_keys(Q).task(tid), "rttl") == b"600"
+
+
+def test_enqueue_cli_result_ttl(redis_url, r):
+    out = cli(redis_url, "enqueue", "echo", "1", "--queue", Q, "--result-ttl", "120")
+    assert out.returncode == 0, out.stderr
+    assert r.hget(queue_keys(Q).task(out.stdout.strip()), "rttl") == b"120"
+    out = cli(redis_url, "enqueue", "echo", "1", "--queue", Q, "--result-ttl", "0")
+    assert out.returncode == 2 and "invalid result_ttl 0" in out.stderr, out.stderr

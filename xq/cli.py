@@ -281,9 +281,11 @@ def _check_redis(broker, burst: bool, allow_eviction: bool = False) -> bool:
 @click.option("--max-concurrency", type=int, default=None)
 @click.option("--rate-key", default=None, help="at most --rate-limit starts of tasks with this key")
 @click.option("--rate-limit", default=None, metavar="N/s|N/m|N/h")
+@click.option("--result-ttl", type=int, default=None,
+              help="seconds its finished record is kept, whatever the queue's retention count")
 @click.option("--redis", "url", default=None, help="Redis URL")
 def enqueue(name, payload, queue, priority, delay, eta, expires, timeout, max_retries, unique_key, unique_ttl,
-            depends_on, concurrency_key, max_concurrency, rate_key, rate_limit, url) -> None:
+            depends_on, concurrency_key, max_concurrency, rate_key, rate_limit, result_ttl, url) -> None:
     """Enqueue task NAME with a JSON PAYLOAD; prints the task id."""
     try:
         value = orjson.loads(payload)
@@ -294,7 +296,8 @@ def enqueue(name, payload, queue, priority, delay, eta, expires, timeout, max_re
         click.echo(p.enqueue(name, value, queue=queue, priority=prio, delay=delay, eta=eta, expires=expires,
                              timeout=timeout, max_retries=max_retries, unique_key=unique_key, unique_ttl=unique_ttl,
                              depends_on=list(depends_on) or None, concurrency_key=concurrency_key,
-                             max_concurrency=max_concurrency, rate_key=rate_key, rate_limit=rate_limit))
+                             max_concurrency=max_concurrency, rate_key=rate_key, rate_limit=rate_limit,
+                             result_ttl=result_ttl))
 
 
 @main.command()
