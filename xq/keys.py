@@ -111,8 +111,8 @@ MAX_COUNT = 10 ** 9      # max concurrency (cm) and starts per rate period (rn)
 MAX_KEEP = 10 ** 9       # finished or dead records a retention policy keeps per state
 
 # Retention defaults (docs/design.md, "Retention"): a queue without a policy keeps the newest 10,000
-# finished records per final state and 10,000 dead letters, each for at most the result ttl: about
-# 4 x 10,000 x ~400 B = ~16 MB of Redis per queue at most, whatever the task rate.
+# finished records per final state (for at most the result ttl) and 10,000 dead letters: about
+# 3 x 10,000 x ~460 B + 10,000 x ~2,000 B = ~34 MB of Redis per queue at most, whatever the task rate.
 DEFAULT_KEEP = 10000
 DEFAULT_KEEP_DEAD = 10000
 
