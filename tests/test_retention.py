@@ -98,6 +98,18 @@ def test_async_producer_says_trimmed(p, redis_url, r):
     asyncio.run(main())
 
 
+def test_group_result_past_the_cap_says_trimmed(p, redis_url, r):
+    p.set_retention(Q, keep=3)
+    g = p.group([("echo", i) for i in range(8)], queue=Q)
+    drain(redis_url, r, g.ids)
+    with pytest.raises(xq.TaskTrimmed, match="keeps the last 3"):
+        p.result(g, timeout=5)
+    # members that ask for their own result ttl outlive the count
+    g = p.group([("echo", i, {"result_ttl": 600}) for i in range(8)], queue=Q)
+    drain(redis_url, r, g.ids)
+    assert p.result(g, timeout=5) == list(range(8))
+
+
 def test_finished_listings_newest_first_with_paging(p, redis_url, r):
     p.set_retention(Q, keep=1000)
     first = p.enqueue_many("echo", list(range(5)), queue=Q)

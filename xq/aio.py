@@ -503,7 +503,11 @@ class AsyncProducer(ProducerBase):
                     pass
             if (await self.broker.groups_fired(qk, [group.id]))[0] is None:
                 raise ResultTimeout(f"group {group.id} did not finish within {timeout} s")
-        return Producer._group_values(group.ids, await self.broker.records(qk, group.ids, *OUTCOME_FIELDS))
+        records = await self.broker.records(qk, group.ids, *OUTCOME_FIELDS)
+        gone = next((tid for tid, rec in zip(group.ids, records) if rec[0] is None), None)
+        if gone is not None:  # a member's record was trimmed: as Producer._group_result
+            raise await self._missing(gone, [group.queue])
+        return Producer._group_values(group.ids, records)
 
     # --- event streams ---
     def events(self, ids=None, queues: Sequence[str] | str | None = None, states: Sequence[str] | str | None = None,

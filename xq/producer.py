@@ -784,7 +784,11 @@ class Producer(ProducerBase):
                 msg = self._next_message(qk.events, left if left is not None else 3600.0)
                 if msg is None or (msg["type"] == "message" and needle in msg["data"]):
                     break  # news of the group, or a timeout or an outage: look at its state
-        return self._group_values(group.ids, self.broker.records(qk, group.ids, *OUTCOME_FIELDS))
+        records = self.broker.records(qk, group.ids, *OUTCOME_FIELDS)
+        gone = next((tid for tid, rec in zip(group.ids, records) if rec[0] is None), None)
+        if gone is not None:  # a member's record was trimmed (a group larger than the queue's retention keeps)
+            raise self._missing(gone, [group.queue])
+        return self._group_values(group.ids, records)
 
     @classmethod
     def _group_values(cls, ids: Sequence[str], records: Sequence) -> list:
