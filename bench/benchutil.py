@@ -46,6 +46,17 @@ def private_redis():
         shutil.rmtree(d, ignore_errors=True)
 
 
+def flush(r, queues=("default",)) -> None:
+    """FLUSHALL, then lift the retention count of queues: the drain benchmarks read every task's record
+    (drain_window), which the default policy (10,000 finished per queue) would have trimmed.  What the cut
+    costs is measured on its own (bench/retention_cost.py)."""
+    from xq.keys import MAX_KEEP, queue_keys
+
+    r.flushall()
+    for q in queues:
+        r.hset(queue_keys(q).retention, mapping={"keep": MAX_KEEP, "keep_dead": MAX_KEEP})
+
+
 def xq_run(url: str, *args: str, procs: str = "auto") -> subprocess.Popen:
     """Start the real `xq run bench's app` as a subprocess."""
     return subprocess.Popen([sys.executable, "-m", "xq.cli", "run", "benchapp:app", "--redis", url,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from benchutil import private_redis
+from benchutil import flush, private_redis
 
 
 @pytest.fixture
@@ -19,6 +19,6 @@ def bench_redis():
 @pytest.fixture
 def rdb(bench_redis):
     r = redis.Redis.from_url(bench_redis)
-    r.flushall()
+    flush(r)
     yield r
     r.close()

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import redis  # noqa: E402
 
 import xq  # noqa: E402
-from benchutil import _free_port, drain_window, private_redis, xq_run  # noqa: E402
+from benchutil import _free_port, drain_window, flush, private_redis, xq_run  # noqa: E402
 
 
 def scrape_until(port: int, stop: threading.Event, every: float) -> None:
@@ -40,7 +40,7 @@ def main() -> None:
         r = redis.Redis.from_url(url)
         for i in range(rounds * 2):
             mode = "off" if i % 2 == 0 else "on"
-            r.flushall()
+            flush(r)
             with xq.Producer(url) as p:
                 ids = p.enqueue_many("noop", [None] * n, queue="default")
             args = ["--burst", "--queues", "default"]

@@ -22,7 +22,7 @@ import redis
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import xq  # noqa: E402
-from benchutil import drain_window, private_redis, xq_run  # noqa: E402
+from benchutil import drain_window, flush, private_redis, xq_run  # noqa: E402
 
 
 def cpu(p: psutil.Process) -> float:
@@ -34,7 +34,7 @@ def profile_enqueue(r, p, rp: psutil.Process, n: int) -> None:
     me = psutil.Process()
     payloads = [{"i": i} for i in range(n)]
     for _ in range(5):
-        r.flushall()
+        flush(r)
         r0, m0, t0 = cpu(rp), cpu(me), time.perf_counter()
         p.enqueue_many("noop", payloads)
         t1 = time.perf_counter()

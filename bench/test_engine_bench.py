@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 import xq
-from benchutil import drain_window, xq_run
+from benchutil import drain_window, flush, xq_run
 
 N_ENQUEUE = 100_000
 N_DRAIN = 100_000
@@ -30,7 +30,7 @@ def test_enqueue_many(benchmark, bench_redis, rdb):
 
     # One warm-up round: a fresh redis-server page-faults its memory in while it first grows, which
     # measured 150k/s where the next rounds on the same server gave 200-297k/s (bench/profile.py enqueue).
-    benchmark.pedantic(run, setup=lambda: rdb.flushall() and None, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(run, setup=lambda: flush(rdb), rounds=5, iterations=1, warmup_rounds=1)
     rate = N_ENQUEUE / benchmark.stats.stats.median
     benchmark.extra_info["tasks_per_s"] = round(rate)
     print(f"\nenqueue_many: {rate:,.0f} tasks/s ({N_ENQUEUE} tasks, median of 5 after 1 warm-up)")
@@ -42,7 +42,7 @@ def test_drain_noop(benchmark, bench_redis, rdb):
     rates = []
 
     def setup():
-        rdb.flushall()
+        flush(rdb)
         ids = p.enqueue_many("noop", [None] * N_DRAIN)
         return (ids,), {}
 
@@ -108,7 +108,7 @@ def test_cpu_bound_efficiency(benchmark, bench_redis, rdb):
     effs, rates, ideals = [], [], []
 
     def setup():
-        rdb.flushall()
+        flush(rdb)
         ids = p.enqueue_many("thumb", [images[i % len(images)] for i in range(n)])
         ideals.append(_baseline(images, cores, 150))
         return (ids,), {}

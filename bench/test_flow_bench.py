@@ -12,7 +12,7 @@ import time
 import pytest
 
 import xq
-from benchutil import drain_window, xq_run
+from benchutil import drain_window, flush, xq_run
 
 N_DRAIN = 100_000
 
@@ -31,7 +31,7 @@ def test_drain_with_concurrency_and_unique_keys(benchmark, bench_redis, rdb):
     order = iter(kinds)
 
     def setup():
-        rdb.flushall()
+        flush(rdb)
         kind = next(order)
         if kind == "C":
             # one enqueue per key: 100,000 round trips, outside the measured drain
@@ -72,7 +72,7 @@ def test_group_of_100000(benchmark, bench_redis, rdb):
     out = {}
 
     def setup():
-        rdb.flushall()
+        flush(rdb)
         t0 = time.perf_counter()
         g = p.group([("noop", None)] * n, then=("group_size", None))
         out["enqueue_s"] = time.perf_counter() - t0
@@ -120,7 +120,7 @@ def test_claim_deferring_a_rate_limited_backlog(benchmark, bench_redis, rdb):
 
     def run():
         for _ in range(3):
-            rdb.flushall()
+            flush(rdb)
             rdb.eval(scripts.CLAIM, len(keys), *keys, 0, "w", 60_000, 1 << 20, 0, *tail)  # load the script
             p.enqueue_many("noop", [None] * n, rate_key="api", rate_limit="5/s")
             per_task["first"].append(claim() / (n - 5))

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import xq
-from benchutil import drain_window, xq_run
+from benchutil import drain_window, flush, xq_run
 from xq.keys import queue_keys
 
 N_DRAIN = 100_000
@@ -48,7 +48,7 @@ def test_drain_retries_configured(benchmark, bench_redis, rdb):
     order = iter(kinds)
 
     def setup():
-        rdb.flushall()
+        flush(rdb)
         kind = next(order)
         if kind != "retry":
             ids = p.enqueue_many("noop", [None] * N_DRAIN)
@@ -85,7 +85,7 @@ def test_drain_ten_percent_fail_once(benchmark, bench_redis, rdb):
     rates, retried = [], []
 
     def setup():
-        rdb.flushall()
+        flush(rdb)
         ids = p.enqueue_many("flaky", payloads)
         return (ids,), {}
 

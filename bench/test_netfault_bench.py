@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import pytest
 
 import xq
-from benchutil import BENCH, drain_window, xq_run
+from benchutil import BENCH, drain_window, flush, xq_run
 from xq.keys import queue_keys
 
 sys.path.insert(0, os.path.join(os.path.dirname(BENCH), "tests"))  # `from faultproxy import ...`, as tests do
@@ -56,7 +56,7 @@ def test_drain_with_cuts_every_2s(benchmark, bench_redis, rdb):
     order = iter(kinds)
 
     def setup():
-        rdb.flushall()
+        flush(rdb)
         return (next(order), p.enqueue_many("noop", [None] * N_DRAIN)), {}
 
     def run(kind, ids):

@@ -5,7 +5,7 @@ from .app import App, Processor
 from .clock import ScaledClock, SystemClock
 from .context import TaskContext, current
 from .errors import (Cancelled, ConfigError, ConnectionLost, MalformedRecord, NonRetryable, PayloadTooLarge, ResultTimeout,
-                     Retry, TaskFailed, RedisFull, RedisRefused, TaskTimeout, UnknownTask, XQError)
+                     Retry, TaskFailed, TaskTrimmed, RedisFull, RedisRefused, TaskTimeout, UnknownTask, XQError)
 from .producer import Group, Producer
 from .retry import Backoff, Delays
 
@@ -18,7 +18,7 @@ def new_ids(n: int) -> list[str]:
     return [i.decode() for i in fast.new_ids(n)]
 
 __all__ = ["App", "Processor", "Producer", "TaskContext", "current", "XQError", "ConfigError",
-           "PayloadTooLarge", "TaskFailed", "UnknownTask", "ResultTimeout", "MalformedRecord", "Retry", "NonRetryable", "Cancelled",
+           "PayloadTooLarge", "TaskFailed", "UnknownTask", "TaskTrimmed", "ResultTimeout", "MalformedRecord", "Retry", "NonRetryable", "Cancelled",
            "TaskTimeout", "ConnectionLost", "RedisRefused", "RedisFull", "Group", "Backoff", "Delays", "ScaledClock", "SystemClock", "AsyncProducer", "new_ids"]
 __version__ = "0.1.0"
 

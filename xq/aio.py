@@ -37,7 +37,7 @@ from .keys import QUEUES, check_queue, queue_keys, worker_key
 from .inspect import SAMPLE, SCAN, AsyncInspector
 from .records import raw_id
 from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer, ProducerBase,
-                       Resend, event_request, finish_enqueue, prepare_enqueue)
+                       Resend, event_request, finish_enqueue, missing_task, prepare_enqueue, retention_view)
 
 SUBSCRIBE_TIMEOUT = 10.0
 
@@ -163,6 +163,15 @@ class _AsyncBroker:
             if hit:
                 return q
         return None
+
+    @aio_io
+    async def retention(self, qks) -> list[tuple[dict, dict]]:
+        pipe = self.client.pipeline(transaction=False)
+        for qk in qks:
+            pipe.hgetall(qk.retention)
+            pipe.hgetall(qk.trimmed)
+        out = await pipe.execute()
+        return list(zip(out[::2], out[1::2]))
 
     @aio_io
     async def task_record(self, qk, task_id: str | bytes) -> dict:
@@ -463,10 +472,10 @@ class AsyncProducer(ProducerBase):
             return check_queue(queue)
         q = self._queue_of.get(task_id)
         if q is None:
-            q = await self.broker.find_queue(task_id, await self.broker.queues())
+            queues = await self.broker.queues()
+            q = await self.broker.find_queue(task_id, queues)
             if q is None:
-                raise UnknownTask(f"no task with id {task_id!r} in any queue (never enqueued, or its "
-                                  f"record expired)")
+                raise await self._missing(task_id, queues)
             self._queue_of[task_id] = q
         return q
 
@@ -474,7 +483,16 @@ class AsyncProducer(ProducerBase):
         """As Producer.status."""
         q = await self._find(task_id, queue)
         raw = raw_id(task_id)
-        return Producer._status_of(raw, q, await self.broker.task_record(queue_keys(q), raw))
+        rec = await self.broker.task_record(queue_keys(q), raw)
+        if not rec:
+            raise await self._missing(task_id, [q])
+        return Producer._status_of(raw, q, rec)
+
+    async def _missing(self, task_id: str, queues) -> UnknownTask:
+        """As Producer._missing."""
+        marks = await self.broker.retention([queue_keys(q) for q in queues])
+        views = {q: retention_view(*pm) for q, pm in zip(queues, marks)}
+        return missing_task(task_id, views, f"in queue {queues[0]!r}" if len(queues) == 1 else "in any queue")
 
     async def cancel(self, task_id: str, *, queue: str | None = None) -> str:
         """As Producer.cancel: "canceled", "canceling" or "finished"; UnknownTask for an unknown id."""
@@ -526,6 +544,8 @@ class AsyncProducer(ProducerBase):
     # --- results ---
     async def _outcome(self, task_id: str, q: str):
         rec = (await self.broker.records(queue_keys(q), [task_id], *OUTCOME_FIELDS))[0]
+        if rec[0] is None:
+            raise await self._missing(task_id, [q])
         return Producer._outcome(task_id, q, rec)
 
     async def result(self, task_id: "str | Group", timeout: float | None = None, *, queue: str | None = None) -> Any:
@@ -572,7 +592,11 @@ class AsyncProducer(ProducerBase):
                     pass
             if (await self.broker.groups_fired(qk, [group.id]))[0] is None:
                 raise ResultTimeout(f"group {group.id} did not finish within {timeout} s")
-        return Producer._group_values(group.ids, await self.broker.records(qk, group.ids, *OUTCOME_FIELDS))
+        records = await self.broker.records(qk, group.ids, *OUTCOME_FIELDS)
+        gone = next((tid for tid, rec in zip(group.ids, records) if rec[0] is None), None)
+        if gone is not None:  # a member's record was trimmed: as Producer._group_result
+            raise await self._missing(gone, [group.queue])
+        return Producer._group_values(group.ids, records)
 
     # --- event streams ---
     def events(self, ids=None, queues: Sequence[str] | str | None = None, states: Sequence[str] | str | None = None,

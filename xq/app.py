@@ -13,12 +13,12 @@ import orjson
 from .clock import SystemClock
 from .errors import ConfigError
 from .flow import parse_rate
-from .keys import MAX_MS, MAX_RETRIES, check_name, check_queue
+from .keys import MAX_MS, MAX_RETRIES, check_name, check_queue, check_result_ttl
 from .retry import Backoff, Delays, make_backoff
 
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_RETRIES = 3
-ROUTE_OPTIONS = ("queue", "priority", "max_retries", "timeout", "expires")
+ROUTE_OPTIONS = ("queue", "priority", "max_retries", "timeout", "expires", "result_ttl")
 
 log = logging.getLogger("xq")
 
@@ -75,6 +75,7 @@ class TaskSpec:
     timeout: float | None = None
     expires: float | None = None
     rate_limit: tuple | None = None    # (starts, period ms) per queue, from "100/s"
+    result_ttl: int | None = None      # seconds its finished record is kept, exempt from the count cut
     explicit: frozenset = frozenset()  # route options given at registration: they win over app.route()
     _instance: Any = field(default=None, repr=False)
 
@@ -130,7 +131,8 @@ class App:
     def route(self, pattern: str, **options) -> None:
         """Default queue and options for task names matching pattern (exact name or fnmatch glob).
 
-        options among queue, priority, max_retries, timeout, expires (seconds after enqueue); routes are
+        options among queue, priority, max_retries, timeout, expires (seconds after enqueue), result_ttl
+        (whole seconds a finished record is kept, exempt from the queue's retention count); routes are
         tried in the order added and the first match wins.  A registered task's own queue and options,
         when given explicitly at registration, take precedence over any route."""
         from .producer import check_priority
@@ -163,6 +165,8 @@ class App:
                 if v > MAX_RETRIES:
                     raise ConfigError(f"{what} is {v}; the limit is {MAX_RETRIES}")
                 opts[k] = v
+            elif k == "result_ttl":
+                opts[k] = check_result_ttl(what, v)
             else:
                 opts[k] = check_seconds(what, v)
                 if opts[k] * 1000 > MAX_MS:
@@ -185,18 +189,20 @@ class App:
 
     def task(self, name: str | None = None, *, queue: str | None = None, max_retries: int | None = None,
              retry_on=None, backoff=None, timeout: float | None = None, expires: float | None = None,
-             rate_limit: str | None = None):
+             rate_limit: str | None = None, result_ttl: int | None = None):
         """Decorator registering a function (called with the payload) or a Processor-like class.
 
         max_retries (default 3), retry_on (exception types to retry, default every Exception), backoff
         (xq.Backoff(base, cap, factor, jitter) — the default, exponential with jitter — or a list of delays in
         seconds, the last repeating), timeout (seconds per attempt), expires (seconds after enqueue),
         rate_limit ("100/s", "5/m", "1/h": at most that many starts of this task per period, per queue,
-        across all supervisors; tasks over it are deferred to a later period)."""
+        across all supervisors; tasks over it are deferred to a later period), result_ttl (whole seconds
+        its finished record is kept, whatever the queue's retention keeps: see docs/design.md, Retention)."""
 
         def deco(obj):
             self.register(obj, name=name, queue=queue, max_retries=max_retries, retry_on=retry_on,
-                          backoff=backoff, timeout=timeout, expires=expires, rate_limit=rate_limit)
+                          backoff=backoff, timeout=timeout, expires=expires, rate_limit=rate_limit,
+                          result_ttl=result_ttl)
             return obj
 
         if callable(name) and not isinstance(name, str):  # bare @app.task
@@ -241,7 +247,8 @@ class App:
 
     def register(self, obj, *, name: str | None = None, queue: str | None = None,
                  max_retries: int | None = None, retry_on=None, backoff=None, timeout: float | None = None,
-                 expires: float | None = None, rate_limit: str | None = None) -> TaskSpec:
+                 expires: float | None = None, rate_limit: str | None = None,
+                 result_ttl: int | None = None) -> TaskSpec:
         """Register a function, a class with `name` and `process()`, or an instance of one."""
         if inspect.isclass(obj):
             if not callable(getattr(obj, "process", None)):
@@ -291,8 +298,13 @@ class App:
             rate_limit = getattr(obj, "rate_limit", None)
         if rate_limit is not None:
             spec.rate_limit = parse_rate(f"rate_limit of task {tname!r}", rate_limit)
+        if result_ttl is None and not inspect.isfunction(obj):
+            result_ttl = getattr(obj, "result_ttl", None)
+        if result_ttl is not None:
+            spec.result_ttl = check_result_ttl(f"result_ttl of task {tname!r}", result_ttl)
         check_queue(spec.queue)
-        given = {"queue": queue, "max_retries": max_retries, "timeout": timeout, "expires": expires}
+        given = {"queue": queue, "max_retries": max_retries, "timeout": timeout, "expires": expires,
+                 "result_ttl": result_ttl}
         spec.explicit = frozenset(k for k, v in given.items() if v is not None or _declared(obj, k))
         if tname in self.tasks:
             raise ConfigError(f"task name {tname!r} is registered twice")

@@ -275,6 +275,34 @@ class Broker:
                 return q
         return None
 
+    @io
+    def retention(self, qks: Sequence[QueueKeys]) -> list[tuple[dict, dict]]:
+        """Per queue: (its retention policy, its trimmed watermark), HGETALL replies, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for qk in qks:
+            pipe.hgetall(qk.retention)
+            pipe.hgetall(qk.trimmed)
+        out = pipe.execute()
+        return list(zip(out[::2], out[1::2]))
+
+    @io
+    def set_retention(self, qk: QueueKeys, values: dict[str, int], unset: Sequence[str]) -> None:
+        """Set fields of a queue's retention policy and remove others (back to their defaults)."""
+        pipe = self.client.pipeline(transaction=True)
+        if values:
+            pipe.hset(qk.retention, mapping=values)
+        if unset:
+            pipe.hdel(qk.retention, *unset)
+        pipe.execute()
+
+    @io
+    def finished_counts(self, qk: QueueKeys) -> list[int]:
+        """ZCARD of the done, canceled, expired indexes and the dead-letter set."""
+        pipe = self.client.pipeline(transaction=False)
+        for z in (qk.finished("done"), qk.finished("canceled"), qk.finished("expired"), qk.dead):
+            pipe.zcard(z)
+        return pipe.execute()
+
     def cancel(self, qk: QueueKeys, task_id: str, ttl: int) -> tuple[str, str]:
         """(outcome, state before); see scripts.CANCEL."""
         out, before = self.run("cancel", *self.cancel_args(qk, task_id, ttl))

@@ -281,9 +281,11 @@ def _check_redis(broker, burst: bool, allow_eviction: bool = False) -> bool:
 @click.option("--max-concurrency", type=int, default=None)
 @click.option("--rate-key", default=None, help="at most --rate-limit starts of tasks with this key")
 @click.option("--rate-limit", default=None, metavar="N/s|N/m|N/h")
+@click.option("--result-ttl", type=int, default=None,
+              help="seconds its finished record is kept, whatever the queue's retention count")
 @click.option("--redis", "url", default=None, help="Redis URL")
 def enqueue(name, payload, queue, priority, delay, eta, expires, timeout, max_retries, unique_key, unique_ttl,
-            depends_on, concurrency_key, max_concurrency, rate_key, rate_limit, url) -> None:
+            depends_on, concurrency_key, max_concurrency, rate_key, rate_limit, result_ttl, url) -> None:
     """Enqueue task NAME with a JSON PAYLOAD; prints the task id."""
     try:
         value = orjson.loads(payload)
@@ -294,7 +296,8 @@ def enqueue(name, payload, queue, priority, delay, eta, expires, timeout, max_re
         click.echo(p.enqueue(name, value, queue=queue, priority=prio, delay=delay, eta=eta, expires=expires,
                              timeout=timeout, max_retries=max_retries, unique_key=unique_key, unique_ttl=unique_ttl,
                              depends_on=list(depends_on) or None, concurrency_key=concurrency_key,
-                             max_concurrency=max_concurrency, rate_key=rate_key, rate_limit=rate_limit))
+                             max_concurrency=max_concurrency, rate_key=rate_key, rate_limit=rate_limit,
+                             result_ttl=result_ttl))
 
 
 @main.command()
@@ -515,6 +518,37 @@ def queue_resume(name, url) -> None:
     click.echo(f"resumed queue {name}" if changed else f"queue {name} was not paused")
 
 
+@queue.command("retention")
+@click.argument("name")
+@click.option("--keep", type=int, default=None, help="finished records kept per final state (done, canceled, expired)")
+@click.option("--max-age", type=int, default=None, help="seconds a finished record is kept at most (0: the result ttl)")
+@click.option("--keep-dead", type=int, default=None, help="dead letters kept")
+@click.option("--reset", is_flag=True, help="put every field back to its default first")
+@click.option("--json", "as_json", is_flag=True, help="print the policy as JSON")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def queue_retention(name, keep, max_age, keep_dead, reset, as_json, url) -> None:
+    """Show or set queue NAME's retention policy: how many finished records (per final state) and dead
+    letters it keeps, and for how long.  Without options: show it."""
+    with _inspector(url) as i:
+        if keep is None and max_age is None and keep_dead is None and not reset:
+            r = i.retention(name)
+        else:
+            r = i.set_retention(name, keep=keep, max_age=max_age, keep_dead=keep_dead, reset=reset)
+    if as_json:
+        click.echo(_dump(r))
+        return
+    d = set(r["defaults"])
+    tag = lambda k: "  (default)" if k in d else ""  # noqa: E731
+    n = r["indexed"]
+    click.echo(f"retention of queue {name}")
+    click.echo(f"  keep       {r['keep']} finished per state{tag('keep')}")
+    click.echo(f"  max-age    {str(r['max_age']) + ' s' if r['max_age'] else 'the result ttl'}{tag('max_age')}")
+    click.echo(f"  keep-dead  {r['keep_dead']} dead letters{tag('keep_dead')}")
+    click.echo(f"  indexed    done {n['done']}, canceled {n['canceled']}, expired {n['expired']}, dead {n['dead']}")
+    click.echo(f"  trimmed    {r['trimmed']} record(s)" + (f", the newest finished {_when(r['trimmed_newest'])}"
+                                                       if r["trimmed_newest"] else ""))
+
+
 # ---------------------------------------------------------------- queues and tasks
 QUEUE_HEADER = ["QUEUE", "PAUSED", "READY", "SCHEDULED", "RETRYING", "RUNNING", "WAITING", "DEAD", "LATENCY"]
 
@@ -602,8 +636,8 @@ def _when(t) -> str:
 def tasks(queue_name, state, name, offset, limit, as_json, url) -> None:
     """List the tasks of QUEUE in one state, one page at a time.  Order: queued in claim order (priority 0
     first, oldest first within a level); scheduled and retrying soonest due first; running soonest lease
-    deadline first; dead oldest first; waiting oldest enqueued first.  done/expired/canceled are not
-    indexed yet (exit 2)."""
+    deadline first; dead oldest first; waiting oldest enqueued first; done, expired and canceled newest
+    finished first (as many as the queue's retention keeps: see `xq queue retention`)."""
     from .inspect import NotIndexed
     from .records import cut
 
@@ -615,11 +649,12 @@ def tasks(queue_name, state, name, offset, limit, as_json, url) -> None:
     if as_json:
         click.echo(_dump(page))
         return
-    col = {"scheduled": "DUE", "retrying": "NEXT", "running": "STARTED", "dead": "DIED"}.get(state)
+    col = {"scheduled": "DUE", "retrying": "NEXT", "running": "STARTED", "dead": "DIED", "done": "FINISHED",
+           "expired": "FINISHED", "canceled": "FINISHED"}.get(state)
     rows = []
     for t in page["tasks"]:
         when = {"scheduled": t["eta"], "retrying": t["next_attempt_at"], "running": t["started_at"] or t["claimed_at"],
-                "dead": t["dead_at"]}.get(state)
+                "dead": t["dead_at"]}.get(state, t.get("finished_at"))
         note = f"{t['pending_dependencies']} pending" if state == "waiting" else (t["error"] or t["reason"] or "")
         if t.get("malformed"):
             note += f"  [malformed: {'; '.join(t['malformed'])}]"

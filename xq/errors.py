@@ -32,6 +32,15 @@ class UnknownTask(XQError, LookupError):
     """No task with that id exists (never enqueued, or its record expired)."""
 
 
+class TaskTrimmed(UnknownTask):
+    """The task finished, but its record was removed by its queue's retention policy (`xq queue retention`):
+    it is older than the finished records the queue keeps.  `.queue` names the queue."""
+
+    def __init__(self, message: str, *, queue: str = ""):
+        super().__init__(message)
+        self.queue = queue
+
+
 class ResultTimeout(XQError, TimeoutError):
     """Producer.result() gave up waiting."""
 

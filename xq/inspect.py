@@ -5,6 +5,7 @@ the CLI, Producer and later `xq top`, the dashboard and the HTTP API share.
         i.workers()             # the live supervisors, newest heartbeat first
         i.worker(worker_id)     # one of them, or None
         i.pause_queue("q"); i.paused("q"); i.resume_queue("q")
+        i.retention("q"); i.set_retention("q", keep=1000, max_age=3600)
 
 Sync, built on xq.broker.Broker like xq/producer.py; AsyncInspector is its asyncio twin (AsyncProducer's),
 running the same plans (plan_* below) on xq.aio's broker.  Reads never block a supervisor and are lenient: a
@@ -20,8 +21,8 @@ import orjson
 
 from .broker import DEFAULT_URL, Broker
 from .errors import ConfigError
-from .keys import check_int, check_queue, queue_keys
-from .producer import id_time, retry_window
+from .keys import MAX_KEEP, MAX_RESULT_TTL, check_int, check_queue, queue_keys
+from .producer import id_time, retention_view, retry_window
 from .records import cut as _cut, esc, task_view
 
 __all__ = ["AsyncInspector", "Inspector", "NotIndexed"]
@@ -37,7 +38,7 @@ ROW_FIELDS = ("name", "state", "pri", "enq", "due", "att", "maxr", "claimed", "s
 
 
 class NotIndexed(Exception):
-    """A listing that needs an index xq does not keep yet (finished tasks)."""
+    """A listing that needs an index xq does not keep."""
 
 
 def run_plan(broker, plan):
@@ -90,6 +91,41 @@ class Inspector:
         """Resume the queue and wake idle supervisors.  Returns False if it was not paused."""
         return run_plan(self.broker, plan_resume_queue(queue))
 
+    # ---------------------------------------------------------------- retention
+    def retention(self, queue: str) -> dict:
+        """The queue's retention policy (keep: finished records kept per final state; max_age: seconds,
+        None for the result ttl; keep_dead: dead letters kept; "defaults": the fields not set), what the
+        scripts removed so far (trimmed: count, trimmed_newest: finish time of the newest removed,
+        trimmed_at) and the sizes of the finished indexes (done, canceled, expired, dead)."""
+        qk = queue_keys(check_queue(queue))
+        [(policy, mark)] = self.broker.retention([qk])
+        out = {"queue": queue, **retention_view(policy, mark)}
+        out["indexed"] = dict(zip(("done", "canceled", "expired", "dead"), self.broker.finished_counts(qk)))
+        return out
+
+    def set_retention(self, queue: str, *, keep: int | None = None, max_age: int | None = None,
+                      keep_dead: int | None = None, reset: bool = False) -> dict:
+        """Set the queue's retention policy: keep (1..10^9 finished records per final state), max_age
+        (seconds, 1..10^11; 0: back to the result ttl), keep_dead (1..10^9 dead letters); reset first
+        puts every field back to its default.  Read by every finishing script from its next call; a lower
+        cap is caught up over a few calls.  Returns retention()."""
+        qk = queue_keys(check_queue(queue))
+        values, unset = {}, ["keep", "max_age", "keep_dead"] if reset else []
+        if keep is not None:
+            values["keep"] = check_int("keep", keep, 1, MAX_KEEP)
+        if keep_dead is not None:
+            values["keep_dead"] = check_int("keep_dead", keep_dead, 1, MAX_KEEP)
+        if max_age is not None:
+            if check_int("max_age", max_age, 0, MAX_RESULT_TTL) == 0:
+                unset.append("max_age")
+            else:
+                values["max_age"] = max_age
+        unset = [u for u in unset if u not in values]
+        if values or unset:
+            self.broker.register_queue(queue)
+            self.broker.set_retention(qk, values, unset)
+        return self.retention(queue)
+
     # ---------------------------------------------------------------- worker registry
     def workers(self) -> list[dict]:
         """Every live supervisor's registry record (xq/supervisor/registry.py), newest heartbeat first.
@@ -125,10 +161,10 @@ class Inspector:
         attempts, error's first line, reason, malformed), read leniently (xq/records.py).  Order:
         queued: claim order (priority 0 first, oldest first within a level); scheduled, retrying: soonest
         due first; running: soonest lease deadline first; dead: oldest death first; waiting: oldest
-        enqueue first (found through the hooked set, at most `scan` hooked ids).  With a name filter, or
-        for scheduled/retrying (which share a set), at most `scan` ids are looked at ("complete" False
-        when there may be more).  Finished states (done, expired, canceled) need an index not built yet:
-        NotIndexed."""
+        enqueue first (found through the hooked set, at most `scan` hooked ids); done, expired, canceled:
+        newest finished first, from the queue's capped index of finished ids (see retention()).  With a
+        name filter, or for scheduled/retrying (which share a set), at most `scan` ids are looked at
+        ("complete" False when there may be more)."""
         return run_plan(self.broker, plan_tasks(queue, state, name, offset, limit, scan))
 
 
@@ -281,10 +317,7 @@ def plan_queue(queue: str, by_name: bool, sample: int):
 
 def plan_tasks(queue: str, state: str, name: str | None, offset: int, limit: int, scan: int):
     qk = queue_keys(check_queue(queue))
-    if state in FINISHED:
-        raise NotIndexed(f"--state {state}: finished tasks are not indexed yet (issue 11 keeps a capped "
-                         f"index of recently finished ids for this; look one up with `xq status ID`)")
-    if state not in LISTED:
+    if state not in LISTED + FINISHED:
         raise ConfigError(f"invalid state {state!r}: expected one of {', '.join(LISTED + FINISHED)}")
     if offset < 0 or limit < 1:
         raise ConfigError("offset must be >= 0 and limit >= 1")
@@ -302,7 +335,7 @@ def plan_tasks(queue: str, state: str, name: str | None, offset: int, limit: int
             return True  # e.g. a canceled id still in a ready list (supervisors drop it when popped)
         matched += 1
         if matched > skip:
-            rows.append(_task_row(v))
+            rows.append(_task_row(v, finished=state in FINISHED))
         return len(rows) < limit
 
     if state == "waiting":
@@ -324,6 +357,10 @@ def plan_tasks(queue: str, state: str, name: str | None, offset: int, limit: int
             if state == "queued":
                 ids = yield "ready_ids", qk, pos, chunk
                 batch = list(zip(ids, (yield "raw_records", qk, ids, ROW_FIELDS), [None] * len(ids)))
+            elif state in FINISHED:
+                # newest first: the chunk `pos` entries from the end, by negative ranks, reversed
+                page = yield "peek", qk.finished(state), qk, -(pos + chunk), chunk
+                batch = [(i, rec, cut) for i, _s, rec, cut in reversed(page)]
             else:
                 zset = {"scheduled": qk.sched, "retrying": qk.sched, "running": qk.leases,
                         "dead": qk.dead}[state]
@@ -357,14 +394,17 @@ def _ms(v) -> float | None:
         return None
 
 
-def _task_row(v: dict) -> dict:
-    """One row of tasks(): the listing fields of a task_view, the error cut to its first line."""
+def _task_row(v: dict, finished: bool = False) -> dict:
+    """One row of tasks(): the listing fields of a task_view, the error cut to its first line (and, for a
+    finished one, when it finished)."""
     err = v.get("error")
     first = err.strip().splitlines()[0] if isinstance(err, str) and err.strip() else None
     row = {k: v.get(k) for k in ("id", "name", "status", "priority", "attempts", "enqueued_at", "eta",
                                  "next_attempt_at", "claimed_at", "started_at", "worker", "dead_at", "reason",
                                  "pending_dependencies")}
     row["error"] = _cut(first, 200) if first else None
+    if finished:
+        row["finished_at"] = v.get("finished_at")
     if v.get("malformed"):
         row["malformed"] = v["malformed"]
     if v.get("truncated"):

@@ -17,8 +17,19 @@ slot and one Lua script may touch them all):
     xq:{Q}:paused           string  exists while the queue is paused (value: ms since the epoch it was
                                     paused); CLAIM skips the queue (read inside the script)
     xq:{Q}:t:<id>           hash    the task record: message, state, attempts, timestamps, result
+    xq:{Q}:done             zset    id -> finish time (ms) of recently finished tasks, one index per final
+    xq:{Q}:canceled         zset      state (dead letters: xq:{Q}:dead), written by the script that
+    xq:{Q}:expired          zset      finishes them and cut to the queue's retention policy
+    xq:{Q}:retention        hash    the queue's retention policy (xq queue retention): keep (finished
+                                    records per state), max_age (seconds), keep_dead; unset: defaults
+    xq:{Q}:trimmed          hash    the retention watermark: n (records removed), fin (finish ms of the
+                                    newest removed), at (ms of the last removal); tells status() that a
+                                    missing record was removed rather than never there
     xq:{Q}:events           channel Pub/Sub channel of task state changes (JSON arrays of events)
     xq:{Q}:control          channel Pub/Sub channel to supervisors: ids whose cancellation was requested
+
+The finished indexes, retention and trimmed are built by the scripts from the queue's base like the flow
+control keys below (every finishing script would otherwise need 5 more KEYS, CLAIM 5 per queue).
 
 Flow control (built by the scripts from the queue's base `xq:{Q}:` and a task record's fields, since
 they are only known once the record is read; the methods below name them for Python readers):
@@ -48,6 +59,7 @@ from .errors import ConfigError
 PRIORITIES = 10
 DEFAULT_PRIORITY = 5
 QUEUES = "xq:queues"
+FINISHED_STATES = ("done", "canceled", "expired")
 WORKERS = "xq:workers"
 
 
@@ -96,6 +108,13 @@ MAX_RETRIES = 1000       # max retries (attempts after the first)
 MAX_ATTEMPTS = 65534     # attempts started (att); the hot path carries it in 16 bits
 MAX_MS = 10 ** 14 - 1    # any ms field: due, exp, to, enq, rate periods (about 3,170 years)
 MAX_COUNT = 10 ** 9      # max concurrency (cm) and starts per rate period (rn)
+MAX_KEEP = 10 ** 9       # finished or dead records a retention policy keeps per state
+
+# Retention defaults (docs/design.md, "Retention"): a queue without a policy keeps the newest 10,000
+# finished records per final state (for at most the result ttl) and 10,000 dead letters: about
+# 3 x 10,000 x ~460 B + 10,000 x ~2,000 B = ~34 MB of Redis per queue at most, whatever the task rate.
+DEFAULT_KEEP = 10000
+DEFAULT_KEEP_DEAD = 10000
 
 _NAME_BAD_RE = re.compile(r"[\x00-\x1f\x7f]")
 _NAME_BAD_B = re.compile(rb"[\x00-\x1f\x7f]")
@@ -135,6 +154,14 @@ def check_int(what: str, value, lo: int, hi: int) -> int:
     if value > hi:
         raise ConfigError(f"{what} is {value}; the limit is {hi}")
     return value
+
+
+MAX_RESULT_TTL = MAX_MS // 1000  # seconds
+
+
+def check_result_ttl(what: str, value) -> int:
+    """A task's own result ttl: whole seconds 1..MAX_RESULT_TTL; ConfigError naming what otherwise."""
+    return check_int(what, value, 1, MAX_RESULT_TTL)
 
 
 def check_ms(what: str, ms: int) -> int:
@@ -211,6 +238,22 @@ class QueueKeys:
     def paused(self) -> str:
         """Exists while the queue is paused; CLAIM builds it from the base."""
         return self.base + "paused"
+
+    def finished(self, state: str) -> str:
+        """The index of recently finished ids in a final state: done, canceled, expired (dead: .dead)."""
+        if state not in FINISHED_STATES:
+            raise ConfigError(f"invalid finished state {state!r}: expected one of {', '.join(FINISHED_STATES)}")
+        return self.base + state
+
+    @property
+    def retention(self) -> str:
+        """The queue's retention policy (hash: keep, max_age, keep_dead)."""
+        return self.base + "retention"
+
+    @property
+    def trimmed(self) -> str:
+        """The retention watermark (hash: n, fin, at)."""
+        return self.base + "trimmed"
 
     @property
     def hooked(self) -> str:

@@ -15,10 +15,11 @@ from ._impl import fast
 from .app import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, App, check_seconds
 from .broker import DEFAULT_URL, Broker
 from .conn import RetryWindow, cannot_persist, refuses_writes
-from .errors import ConfigError, ConnectionLost, MalformedRecord, RedisFull, ResultTimeout, TaskFailed, UnknownTask
+from .errors import (ConfigError, ConnectionLost, MalformedRecord, RedisFull, ResultTimeout, TaskFailed, TaskTrimmed,
+                     UnknownTask)
 from .flow import flow_args, flow_json
-from .keys import (DEFAULT_PRIORITY, MAX_RETRIES, PRIORITIES, check_int, check_ms, check_name, check_queue,
-                   check_task_ids, queue_keys)
+from .keys import (DEFAULT_KEEP, DEFAULT_KEEP_DEAD, DEFAULT_PRIORITY, MAX_RETRIES, PRIORITIES, check_int,
+                   check_ms, check_name, check_queue, check_result_ttl, check_task_ids, queue_keys)
 from .records import esc, group_view, raw_id, record_options, task_view
 
 PRIORITY_NAMES = {"critical": 0, "high": 2, "normal": 5, "low": 8}
@@ -26,7 +27,7 @@ DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024
 TERMINAL = ("done", "dead", "expired", "canceled")
 _ENQUEUE_OPTS = ("queue", "priority", "max_retries", "delay", "eta", "expires", "timeout", "unique_key",
                  "unique_ttl", "ids", "task_id", "depends_on", "on_dependency_failure", "concurrency_key", "max_concurrency",
-                 "rate_key", "rate_limit")
+                 "rate_key", "rate_limit", "result_ttl")
 OUTCOME_FIELDS = ("state", "result", "rct", "error")
 ETA_PAST_LIMIT = 60.0  # seconds an eta may lie in the past (clock skew) and still mean "run now"
 DEFAULT_RETRY_FOR = 30.0  # seconds a producer retries through a Redis outage before raising ConnectionLost
@@ -171,7 +172,7 @@ def prepare_enqueue(app: App | None, packer, chunk: int, max_payload: int, name:
                     concurrency_key: str | None = None, max_concurrency: int | None = None,
                     rate_key: str | None = None, rate_limit: str | None = None, unique_key: str | None = None,
                     unique_ttl: float | None = None, ids: Sequence[str] | None = None, _group: str | None = None,
-                    **opts) -> Prepared:
+                    result_ttl: int | None = None, **opts) -> Prepared:
     """Check every option of an enqueue_many and pack its commands (packer: a Broker, for pack_enqueue).
 
     Pure CPU, no Redis: the caller then checks the dependencies' queues (Prepared.check_deps), sends
@@ -183,6 +184,9 @@ def prepare_enqueue(app: App | None, packer, chunk: int, max_payload: int, name:
                      max_concurrency=max_concurrency, rate_key=rate_key, rate_limit=rate_limit,
                      depends_on=depends_on, on_dependency_failure=on_dependency_failure, group=_group,
                      count=len(payloads))
+    rttl = result_ttl if result_ttl is not None else route.get("result_ttl")
+    if rttl is not None:  # travels with the flow options: the record's 'rttl' (see scripts.retain)
+        flow["rt"] = check_result_ttl("result_ttl", rttl)
     timing = timing_args(delay, eta, expires, timeout if timeout is not None else route.get("timeout"),
                          route.get("expires"))
     ids = fast.new_ids(len(payloads)) if ids is None else check_task_ids(ids, len(payloads))
@@ -298,6 +302,42 @@ def id_time(task_id: str) -> float | None:
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+# --- retention: what a missing record means, shared by Producer and AsyncProducer (I/O in them) ---
+def retention_view(policy: dict, mark: dict) -> dict:
+    """A queue's retention policy and watermark (their HGETALL replies) with the defaults filled in."""
+    def num(d, k):
+        try:
+            return int(d[k])
+        except (KeyError, TypeError, ValueError):
+            return None
+    fin, at = num(mark, b"fin"), num(mark, b"at")
+    return {"keep": num(policy, b"keep") or DEFAULT_KEEP, "max_age": num(policy, b"max_age"),
+            "keep_dead": num(policy, b"keep_dead") or DEFAULT_KEEP_DEAD,
+            "defaults": sorted({"keep", "max_age", "keep_dead"} - {k.decode() for k in policy}),
+            "trimmed": num(mark, b"n") or 0, "trimmed_newest": fin / 1000.0 if fin else None,
+            "trimmed_at": at / 1000.0 if at else None}
+
+
+def retention_text(r: dict) -> str:
+    """What a retention_view keeps, in words."""
+    age = f"{r['max_age']} s" if r["max_age"] else "the result ttl"
+    return f"keeps the last {r['keep']} finished per state, for at most {age}"
+
+
+def missing_task(task_id: str, views: dict[str, dict], where: str) -> UnknownTask:
+    """The error for a task id with no record in the queues of views (queue -> retention_view): TaskTrimmed
+    when the id was made before the newest record a queue's retention removed (an xq id carries its
+    creation time), else UnknownTask (`where` names where it was looked for)."""
+    born = id_time(task_id) if isinstance(task_id, str) else None
+    for q, r in views.items():
+        newest = r["trimmed_newest"]
+        if born is not None and newest is not None and born <= newest + 1.0:  # 1 s: clock skew between hosts
+            return TaskTrimmed(f"task {task_id!r} was trimmed: it is older than the newest of the {r['trimmed']} "
+                               f"finished record(s) removed by the retention of queue {q!r}, which {retention_text(r)} "
+                               f"(enqueue with result_ttl= to keep a result longer)", queue=q)
+    return UnknownTask(f"no task with id {esc(task_id)!r} {where} (never enqueued, or its record expired)")
 
 # --- event streams, shared by Producer.events and aio.AsyncProducer.events: filtering here, I/O in them ---
 EVENT_STATES = ("scheduled", "queued", "waiting", "running", "progress", "retrying", "done", "dead", "expired",
@@ -452,7 +492,7 @@ class Producer(ProducerBase):
                 priority: int | str | None = None, max_retries: int | None = None, delay: float | None = None,
                 eta: dt.datetime | float | None = None, expires: float | dt.datetime | None = None,
                 timeout: float | None = None, unique_key: str | None = None, unique_ttl: float | None = None,
-                task_id: str | None = None, **opts) -> str:
+                task_id: str | None = None, result_ttl: int | None = None, **opts) -> str:
         """Enqueue one task; returns its id (task_id if given).  See enqueue_many for the options.
 
         unique_key: while a task enqueued with this key (in this queue) has not ended (done, dead, expired,
@@ -460,7 +500,8 @@ class Producer(ProducerBase):
         and enqueues nothing.  Without unique_ttl the key is held until the task ends, however long."""
         return self.enqueue_many(name, [payload], queue=queue, priority=priority, max_retries=max_retries,
                                  delay=delay, eta=eta, expires=expires, timeout=timeout, unique_key=unique_key,
-                                 unique_ttl=unique_ttl, ids=None if task_id is None else [task_id], **opts)[0]
+                                 unique_ttl=unique_ttl, ids=None if task_id is None else [task_id],
+                                 result_ttl=result_ttl, **opts)[0]
 
     def enqueue_many(self, name: str, payloads: Iterable[Any], *, queue: str | None = None,
                      priority: int | str | None = None, max_retries: int | None = None,
@@ -469,7 +510,8 @@ class Producer(ProducerBase):
                      depends_on: Sequence[str] | str | None = None, on_dependency_failure: str = "fail",
                      concurrency_key: str | None = None, max_concurrency: int | None = None,
                      rate_key: str | None = None, rate_limit: str | None = None,
-                     ids: Sequence[str] | None = None, _group: str | None = None, **opts) -> list[str]:
+                     ids: Sequence[str] | None = None, _group: str | None = None, result_ttl: int | None = None,
+                     **opts) -> list[str]:
         """Enqueue one task per payload, pipelined in chunks; returns their ids in order.
 
         queue/priority/max_retries/timeout/expires default to the app's route for the task name (with
@@ -486,6 +528,9 @@ class Producer(ProducerBase):
         ids: the tasks' ids, one per payload (default: new ones, see xq.new_ids).  A task whose id has a
         record in the queue already is not stored again, so a call that raised ConnectionLost can be
         repeated with the same ids (e.g. `ids=err.stored + err.unknown` plus the rest) without duplicates.
+        result_ttl: whole seconds the tasks' finished records are kept (instead of the supervisor's
+        --result-ttl), and not removed by the queue's retention count (see retention()): for results read
+        long after the task ended.
         Every payload is encoded and checked before anything is sent, so a bad payload enqueues nothing.
         """
         broker = self.broker
@@ -493,7 +538,8 @@ class Producer(ProducerBase):
                                priority=priority, max_retries=max_retries, delay=delay, eta=eta, expires=expires,
                                timeout=timeout, depends_on=depends_on, on_dependency_failure=on_dependency_failure,
                                concurrency_key=concurrency_key, max_concurrency=max_concurrency,
-                               rate_key=rate_key, rate_limit=rate_limit, ids=ids, _group=_group, **opts)
+                               rate_key=rate_key, rate_limit=rate_limit, ids=ids, _group=_group,
+                               result_ttl=result_ttl, **opts)
         prep.check_deps([self._find(dep, None) for dep in prep.deps])
         out, _enqueued = finish_enqueue(prep, self._send(prep), self.app)
         self._remember(prep.queue, out)
@@ -601,10 +647,10 @@ class Producer(ProducerBase):
             return check_queue(queue)
         q = self._queue_of.get(task_id)
         if q is None:
-            q = self.broker.find_queue(task_id, self.broker.queues())
+            queues = self.broker.queues()
+            q = self.broker.find_queue(task_id, queues)
             if q is None:
-                raise UnknownTask(f"no task with id {task_id!r} in any queue (never enqueued, or its "
-                                  f"record expired)")
+                raise self._missing(task_id, queues)
             self._queue_of[task_id] = q
         return q
 
@@ -614,7 +660,16 @@ class Producer(ProducerBase):
         xq.records); an id that is not UTF-8 may be given as listings show it (backslash escapes)."""
         q = self._find(task_id, queue)
         raw = raw_id(task_id)
-        return self._status_of(raw, q, self.broker.task_record(queue_keys(q), raw))
+        rec = self.broker.task_record(queue_keys(q), raw)
+        if not rec:
+            raise self._missing(task_id, [q])
+        return self._status_of(raw, q, rec)
+
+    def _missing(self, task_id: str, queues: Sequence[str]) -> UnknownTask:
+        """The error for a task with no record in queues: TaskTrimmed if a queue's retention removed it."""
+        marks = self.broker.retention([queue_keys(q) for q in queues])
+        views = {q: retention_view(*pm) for q, pm in zip(queues, marks)}
+        return missing_task(task_id, views, f"in queue {queues[0]!r}" if len(queues) == 1 else "in any queue")
 
     @staticmethod
     def _status_of(task_id: str | bytes, q: str, rec: dict) -> dict:
@@ -637,7 +692,10 @@ class Producer(ProducerBase):
 
     def _terminal(self, task_id: str, q: str):
         """(True, value) if the task has finished (raises TaskFailed for a failure), else (False, None)."""
-        return self._outcome(task_id, q, self.broker.client.hmget(queue_keys(q).task(task_id), *OUTCOME_FIELDS))
+        rec = self.broker.client.hmget(queue_keys(q).task(task_id), *OUTCOME_FIELDS)
+        if rec[0] is None:
+            raise self._missing(task_id, [q])
+        return self._outcome(task_id, q, rec)
 
     @classmethod
     def _outcome(cls, task_id: str, q: str, rec) -> tuple[bool, Any]:
@@ -726,7 +784,11 @@ class Producer(ProducerBase):
                 msg = self._next_message(qk.events, left if left is not None else 3600.0)
                 if msg is None or (msg["type"] == "message" and needle in msg["data"]):
                     break  # news of the group, or a timeout or an outage: look at its state
-        return self._group_values(group.ids, self.broker.records(qk, group.ids, *OUTCOME_FIELDS))
+        records = self.broker.records(qk, group.ids, *OUTCOME_FIELDS)
+        gone = next((tid for tid, rec in zip(group.ids, records) if rec[0] is None), None)
+        if gone is not None:  # a member's record was trimmed (a group larger than the queue's retention keeps)
+            raise self._missing(gone, [group.queue])
+        return self._group_values(group.ids, records)
 
     @classmethod
     def _group_values(cls, ids: Sequence[str], records: Sequence) -> list:
@@ -853,6 +915,14 @@ class Producer(ProducerBase):
     def tasks(self, queue: str, state: str, **kw) -> dict:
         """One page of a queue's tasks in one state (see Inspector.tasks)."""
         return self._inspector().tasks(queue, state, **kw)
+
+    def retention(self, queue: str = DEFAULT_QUEUE) -> dict:
+        """The queue's retention policy and what it removed (see Inspector.retention)."""
+        return self._inspector().retention(queue)
+
+    def set_retention(self, queue: str = DEFAULT_QUEUE, **policy) -> dict:
+        """Set the queue's retention policy: keep, max_age, keep_dead, reset (see Inspector.set_retention)."""
+        return self._inspector().set_retention(queue, **policy)
 
     # --- dead letters and schedules ---
     def _page(self, queue: str, offset: int, limit: int, which: str) -> list[dict]:

@@ -30,6 +30,8 @@ Statuses (the `state` field of a task record; see docs/design.md for the state m
 
 import hashlib
 
+from .keys import DEFAULT_KEEP, DEFAULT_KEEP_DEAD
+
 
 def with_flags(src: str, flags: str) -> str:
     """src (starting with the `#!lua` shebang of _PRELUDE) with `flags=` on its shebang line."""
@@ -102,6 +104,69 @@ end
 local function push_chunks(cmd, key, items)
   for i = 1, #items, 4000 do
     redis.call(cmd, key, unpack(items, i, math.min(i + 3999, #items)))
+  end
+end
+-- A finished record is kept for the caller's result ttl (seconds; 0: forever), or for the task's own
+-- result_ttl (its 'rttl' field, from the enqueue) when it asked for one.
+local function expire_finished(key, ttl, rttl)
+  local t = tonumber(rttl) or ttl
+  if t and t > 0 then redis.call('EXPIRE', key, t) end
+end
+-- Retention (docs/design.md, "Retention").  The script that finishes a task indexes it by its final
+-- state in base..'done' / 'canceled' / 'expired' (id -> Redis time, ms; dead letters are in base..'dead')
+-- and then cuts the indexes it grew to the queue's policy (base..'retention': keep, max_age, keep_dead;
+-- one HMGET a call; an unset field takes its default):
+--   age:   entries older than max_age seconds (default: the result ttl) leave the index, and their
+--          records are deleted unless the task asked for its own result_ttl (they then expire by it);
+--   count: past `keep` (dead: keep_dead) the oldest entries leave the index and their records are
+--          deleted, again except those with their own result_ttl (a dead letter is deleted anyway).
+-- A record is deleted only while it is still in the index's state (an id reused after its record
+-- expired is left alone).  Each cut takes at most 1000 + 2 x (ids this call added) entries, so a call
+-- costs O(its batch) and a lowered policy is caught up over a few calls.  What is removed moves the
+-- watermark base..'trimmed' (n removed, fin: the newest removed entry's time, at: when), so that status()
+-- of a missing record older than fin can say it was trimmed rather than unknown.
+-- grown: {state = {ids finished in it by this call}} for done, canceled, expired (dead: already added)
+local function retain(base, now, ttl, grown)
+  local p = redis.call('HMGET', base .. 'retention', 'keep', 'max_age', 'keep_dead')
+  local keep = tonumber(p[1]) or """ + str(DEFAULT_KEEP) + """
+  local age = tonumber(p[2]) or ttl or 0
+  local keep_dead = tonumber(p[3]) or """ + str(DEFAULT_KEEP_DEAD) + """
+  local removed, newest = 0, 0
+  local function cut(index, state, rows)  -- rows: a ZRANGE WITHSCORES reply, oldest first
+    if #rows == 0 then return end
+    local ids = {}
+    for i = 1, #rows, 2 do
+      local id = rows[i]
+      ids[#ids + 1] = id
+      local key = base .. 't:' .. id
+      local f = redis.call('HMGET', key, 'state', 'rttl')
+      if f[1] == state and (state == 'dead' or not f[2]) then redis.call('DEL', key) end
+    end
+    removed = removed + #ids
+    newest = math.max(newest, tonumber(rows[#rows]))
+    push_chunks('ZREM', index, ids)
+  end
+  for state, ids in pairs(grown) do
+    if #ids > 0 then
+      local index = base .. state
+      local entries = {}
+      for _, id in ipairs(ids) do entries[#entries + 1] = now; entries[#entries + 1] = id end
+      push_chunks('ZADD', index, entries)
+      local batch = 1000 + #entries
+      if age > 0 then
+        cut(index, state, redis.call('ZRANGEBYSCORE', index, '-inf', now - age * 1000, 'WITHSCORES', 'LIMIT', 0, batch))
+      end
+      local excess = redis.call('ZCARD', index) - keep
+      if excess > 0 then cut(index, state, redis.call('ZRANGE', index, 0, math.min(excess, batch) - 1, 'WITHSCORES')) end
+    end
+  end
+  local excess = redis.call('ZCARD', base .. 'dead') - keep_dead
+  if excess > 0 then cut(base .. 'dead', 'dead', redis.call('ZRANGE', base .. 'dead', 0, math.min(excess, 2000) - 1, 'WITHSCORES')) end
+  if removed > 0 then
+    local w = base .. 'trimmed'
+    redis.call('HINCRBY', w, 'n', removed)
+    if newest > (tonumber(redis.call('HGET', w, 'fin')) or 0) then redis.call('HSET', w, 'fin', newest) end
+    redis.call('HSET', w, 'at', now)
   end
 end
 -- Attempt history: a JSON array in the record's 'hist' field, one object per attempt that did not succeed
@@ -302,7 +367,8 @@ end
 # ARGV[11] -> queue name
 # ARGV[12] -> flow options, JSON, or '' for none (see xq/flow.py): uk (unique key), ut (its TTL ms),
 #             ck/cm (concurrency key, max concurrency), rk/rn/rp (rate key, starts, period ms), deps (ids
-#             of this queue the tasks wait for), df ('run': run even if a dependency fails), grp (group id)
+#             of this queue the tasks wait for), df ('run': run even if a dependency fails), grp (group id),
+#             rt (the tasks' own result ttl, seconds: kept as 'rttl', exempt from the count cut of retain())
 # ARGV[13..] -> per task, 3 values: id, payload, ct ('j' JSON, 'b' raw bytes)
 # Output: the number of tasks enqueued (ids that have a record already are skipped, so a call resent after a
 #         lost reply enqueues nothing twice); or, when the unique key is held, the id of the task holding it (a
@@ -349,6 +415,7 @@ if ARGV[12] ~= '' then
     extra[#extra + 1], extra[#extra + 2] = 'lim', cjson.encode({ck = flow.ck, cm = flow.cm, rk = flow.rk, rn = flow.rn, rp = flow.rp})
   end
   if flow.grp then extra[#extra + 1], extra[#extra + 2] = 'grp', flow.grp end
+  if flow.rt then extra[#extra + 1], extra[#extra + 2] = 'rttl', flow.rt end  -- its own result ttl, seconds
   if flow.deps and #flow.deps > 0 then
     extra[#extra + 1], extra[#extra + 2] = 'deps', cjson.encode(flow.deps)
     if flow.df then extra[#extra + 1], extra[#extra + 2] = 'df', flow.df end
@@ -407,6 +474,7 @@ if state == 'dead' then
     end
     settle(ctx, id, 'dead', now)
   end
+  retain(base, now, nil, {})
   publish(ARGV[10], ctx.events)
   return #ids
 end
@@ -492,6 +560,7 @@ local function fail_invalid(c, id, key, f, why)
                             h, now, now, 'invalid', 'invalid record: ' .. why, -1, 'invalid record: ' .. why)
   if c.listen then c.events[#c.events + 1] = ev end
   settle(c.ctx, id, 'dead', now)
+  c.finals = true
 end
 local KNOWN_STATES = {scheduled = true, queued = true, waiting = true, running = true, retrying = true, done = true,
                       dead = true, expired = true, canceled = true}
@@ -500,7 +569,7 @@ local total_weight = 0
 for q = 1, nq do
   local a = 4 + q * 4
   local c = {base = (q - 1) * 14, prefix = ARGV[a], channel = ARGV[a + 1], queue = ARGV[a + 2],
-             weight = tonumber(ARGV[a + 3]), leases = {}, events = {}, first = 1}
+             weight = tonumber(ARGV[a + 3]), leases = {}, events = {}, first = 1, expired = {}, finals = false}
   c.listen = listening(c.channel)
   c.ctx = {base = base_of(c.prefix), queue = c.queue, listen = c.listen, events = c.events, ttl = ttl}
   qs[q] = c
@@ -701,7 +770,9 @@ local function claim_one(c, id)
   if exp and a0 == 0 and exp <= now then
     -- expiry is a queue wait limit: a task that has started once is retried, never expired
     redis.call('HSET', key, 'state', 'expired', 'fin', now, 'error', 'expired before it started (expires at ' .. f[7] .. ')')
-    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    expire_finished(key, ttl, redis.call('HGET', key, 'rttl'))
+    c.expired[#c.expired + 1] = id
+    c.finals = true
     if c.listen then c.events[#c.events + 1] = event(id, c.queue, 'expired', now) end
     settle(c.ctx, id, 'expired', now)
   elseif #f[2] > maxp then
@@ -713,6 +784,7 @@ local function claim_one(c, id)
                               h, now, now, 'payload too large', err, -1)
     if c.listen then c.events[#c.events + 1] = ev end
     settle(c.ctx, id, 'dead', now)
+    c.finals = true
   elseif (f[8] or (name_limits and name_limits[f[1]])) and not within_limits(c, id, key, f[1], L, a0 + 1) then
     return 0
   else
@@ -823,6 +895,7 @@ for q = 1, nq do
   local c = qs[q]
   local base = c.base
   if #c.leases > 0 then push_chunks('ZADD', KEYS[base + 12], c.leases) end
+  if c.finals then retain(c.ctx.base, now, ttl, {expired = c.expired}) end
   publish(c.channel, c.events)
   leased = leased + redis.call('ZCARD', KEYS[base + 12])
   -- Work left behind wakes the next idle supervisor; the one that took the marker may have filled up.
@@ -870,10 +943,11 @@ local ids, events, done, refused = {}, {}, {}, {}
 local written = 0
 local now, listen = nil, nil
 local ctx = {base = base_of(prefix), queue = queue, events = events, ttl = ttl}
+local grown, final_any = {done = done, canceled = {}}, false
 for i = 7, #ARGV, 7 do
   local id, att, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = prefix .. id
-  local f = redis.call('HMGET', key, 'state', 'worker', 'att')
+  local f = redis.call('HMGET', key, 'state', 'worker', 'att', 'rttl')
   if not holds(f, worker, att) then
     refuse(refused, id, att, f)
     if f[1] ~= 'running' then ids[#ids + 1] = id end
@@ -884,12 +958,13 @@ for i = 7, #ARGV, 7 do
       redis.call('HSET', key, 'state', 'done', 'result', ARGV[i + 3], 'started', ARGV[i + 5], 'fin', ARGV[i + 6],
                  'rct', ARGV[i + 4])
     end
-    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    expire_finished(key, ttl, f[4])
     written = written + 1
     done[#done + 1] = id
     ids[#ids + 1] = id
   else
     local g = redis.call('HMGET', key, 'maxr', 'hist', 'lim')
+    local rttl = f[4]
     f = {f[3], g[1], f[2], g[2]}  -- att, maxr, worker, hist: what attempt_failed reads
     now = now or now_ms()
     if listen == nil then listen = listening(ARGV[2]) ctx.listen = listen end
@@ -900,7 +975,8 @@ for i = 7, #ARGV, 7 do
       final = 'canceled'
       add_history(key, f[4], tonumber(f[1]) or 1, f[3], ARGV[i + 5], ARGV[i + 6], 'canceled', ARGV[i + 3])
       redis.call('HSET', key, 'state', 'canceled', 'fin', ARGV[i + 6], 'error', ARGV[i + 3])
-      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+      expire_finished(key, ttl, rttl)
+      grown.canceled[#grown.canceled + 1] = id
       ev = event(id, queue, 'canceled', now)
     else
       local delay = -1
@@ -921,7 +997,10 @@ for i = 7, #ARGV, 7 do
       if not due then final = 'dead' end
     end
     if listen then events[#events + 1] = ev end
-    if final then settle(ctx, id, final, now) end
+    if final then
+      settle(ctx, id, final, now)
+      final_any = true
+    end
     written = written + 1
     ids[#ids + 1] = id
   end
@@ -942,6 +1021,10 @@ if #done > 0 and redis.call('EXISTS', ctx.base .. 'hooked') == 1 then
   end
 end
 push_chunks('ZREM', KEYS[1], ids)
+if #done > 0 or final_any then
+  now = now or now_ms()
+  retain(ctx.base, now, ttl, grown)
+end
 if #refused == 0 then
   if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[4]) end
 elseif #done > 0 and ARGV[4] ~= '' then
@@ -1010,13 +1093,14 @@ else
 end
 local defaults = cjson.decode(ARGV[11])
 local listen = listening(channel)
-local requeued, dead, events, gone, refused = {}, {}, {}, {}, {}
+local requeued, dead, events, gone, refused, canceled = {}, {}, {}, {}, {}, {}
 local ctx = {base = base_of(prefix), queue = queue, listen = listen, events = events, ttl = ttl}
 -- LPUSH reverses, so walk backwards to keep the original order at the head of each list.
 for i = #ids, 1, -1 do
   local id = ids[i]
   local key = prefix .. id
-  local f = redis.call('HMGET', key, 'state', 'att', 'maxr', 'pri', 'worker', 'hist', 'claimed', 'name', 'cxl', 'lim')
+  local f = redis.call('HMGET', key, 'state', 'att', 'maxr', 'pri', 'worker', 'hist', 'claimed', 'name', 'cxl', 'lim',
+                      'rttl')
   local fence = {f[1], f[5], f[2]}
   if f[1] ~= 'running' then
     gone[#gone + 1] = id  -- a stale lease entry: nothing holds it
@@ -1046,7 +1130,8 @@ for i = #ids, 1, -1 do
     elseif m == 'canceled' then
       add_history(key, f[6], att, f[5], started ~= '' and started or f[7], now, 'canceled', text)
       redis.call('HSET', key, 'state', 'canceled', 'fin', now, 'error', text)
-      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+      expire_finished(key, ttl, f[11])
+      canceled[#canceled + 1] = id
       ev = event(id, queue, 'canceled', now)
       final = 'canceled'
     else
@@ -1073,6 +1158,7 @@ for i = #ids, 1, -1 do
   end
 end
 push_chunks('ZREM', KEYS[1], gone)
+if #canceled > 0 or #dead > 0 then retain(ctx.base, now, ttl, {canceled = canceled}) end
 if #requeued > 0 then redis.call('ZADD', KEYS[2], 0, '1') end
 publish(channel, events)
 return {requeued, dead, refused}
@@ -1126,17 +1212,19 @@ return {lost, cancel}
 CANCEL = _PRELUDE + """
 local id = ARGV[6]
 local key = ARGV[1] .. id
-local state = redis.call('HGET', key, 'state')
+local r = redis.call('HMGET', key, 'state', 'rttl')
+local state = r[1]
 if not state then return {'unknown', ''} end
 local now = now_ms()
 if state == 'queued' or state == 'scheduled' or state == 'retrying' or state == 'waiting' then
   redis.call('HSET', key, 'state', 'canceled', 'fin', now, 'error', 'canceled while ' .. state)
   redis.call('ZREM', KEYS[1], id)
   local ttl = tonumber(ARGV[5])
-  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+  expire_finished(key, ttl, r[2])
   local ctx = {base = base_of(ARGV[1]), queue = ARGV[4], listen = listening(ARGV[2]), events = {}, ttl = ttl}
   if ctx.listen then ctx.events[1] = event(id, ARGV[4], 'canceled', now) end
   settle(ctx, id, 'canceled', now)
+  retain(ctx.base, now, ttl, {canceled = {id}})
   publish(ARGV[2], ctx.events)
   return {'canceled', state}
 end
