@@ -167,7 +167,7 @@ def test_async_pause_is_honoured_by_a_real_supervisor(redis_url, r):
 BAD = [
     ("queue", ("bad name",), {}),
     ("queue", ("default",), {"sample": 0}),
-    ("tasks", ("default", "done"), {}),
+    ("tasks", ("default", "done"), {"offset": -1}),
     ("tasks", ("default", "sleeping"), {}),
     ("tasks", ("default", "queued"), {"offset": -1}),
     ("tasks", ("default", "queued"), {"limit": 0}),
