@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 import xq
-from xq.inspect import AsyncInspector, Inspector, NotIndexed
+from xq.inspect import AsyncInspector, Inspector
 from xq.keys import WORKERS, queue_keys, worker_key
 from test_queues import fleet  # noqa: F401 - the same fixture: a paused queue with tasks in every state
 from xqrun import XQRun, wait_for
@@ -202,7 +202,7 @@ def test_bad_input_gives_the_same_errors_and_touches_nothing(redis_url, r):
                     out.append(None)
             return out
     assert run(main()) == sync
-    assert sync[2][0] is NotIndexed and "not indexed yet" in sync[2][1]
+    assert sync[2][0] is xq.ConfigError and "offset" in sync[2][1]
     assert sync[3][0] is xq.ConfigError and "invalid state 'sleeping'" in sync[3][1]
     assert "invalid queue name 'bad name'" in sync[0][1] and "sample" in sync[1][1]
     assert r.smembers("xq:queues") == set()  # a refused pause registered nothing

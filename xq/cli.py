@@ -638,14 +638,10 @@ def tasks(queue_name, state, name, offset, limit, as_json, url) -> None:
     first, oldest first within a level); scheduled and retrying soonest due first; running soonest lease
     deadline first; dead oldest first; waiting oldest enqueued first; done, expired and canceled newest
     finished first (as many as the queue's retention keeps: see `xq queue retention`)."""
-    from .inspect import NotIndexed
     from .records import cut
 
     with _inspector(url) as i:
-        try:
-            page = i.tasks(queue_name, state, name=name, offset=offset, limit=limit)
-        except NotIndexed as e:
-            _fail(EXIT_USAGE, str(e))
+        page = i.tasks(queue_name, state, name=name, offset=offset, limit=limit)
     if as_json:
         click.echo(_dump(page))
         return

@@ -25,7 +25,7 @@ from .keys import MAX_KEEP, MAX_RESULT_TTL, check_int, check_queue, queue_keys
 from .producer import id_time, retention_view, retry_window
 from .records import cut as _cut, esc, task_view
 
-__all__ = ["AsyncInspector", "Inspector", "NotIndexed"]
+__all__ = ["AsyncInspector", "Inspector"]
 
 SAMPLE = 200    # ids looked at per list or set by queue(): the sched split, the waiting walk, by_name
                 # (about 1 ms of Redis time at the cap, measured: docs/design.md)
@@ -35,10 +35,6 @@ LISTED = ["queued", "scheduled", "retrying", "running", "waiting", "dead"]
 FINISHED = ["done", "expired", "canceled"]
 ROW_FIELDS = ("name", "state", "pri", "enq", "due", "att", "maxr", "claimed", "started", "worker", "error",
               "dead", "reason", "npend", "deps", "exp")
-
-
-class NotIndexed(Exception):
-    """A listing that needs an index xq does not keep."""
 
 
 def run_plan(broker, plan):
