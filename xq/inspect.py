@@ -5,6 +5,7 @@ the CLI, Producer and later `xq top`, the dashboard and the HTTP API share.
         i.workers()             # the live supervisors, newest heartbeat first
         i.worker(worker_id)     # one of them, or None
         i.pause_queue("q"); i.paused("q"); i.resume_queue("q")
+        i.history("q", name="resize", minutes=60)   # per-minute done/failed/retried/runtime
 
 Sync, built on xq.broker.Broker like xq/producer.py.  Reads never block a supervisor and are lenient: a
 record that cannot be parsed is shown with what is wrong with it (xq/records.py) rather than raising.
@@ -19,7 +20,8 @@ import orjson
 
 from .broker import DEFAULT_URL, Broker
 from .errors import ConfigError
-from .keys import check_int, check_queue, queue_keys
+from .keys import check_int, check_name, check_queue, queue_keys
+from . import stats as _stats
 from .producer import id_time, retry_window
 from .records import cut as _cut, esc, task_view
 
@@ -103,7 +105,8 @@ class Inspector:
         return [self.queue(q, by_name=by_name) for q in self.broker.queues()]
 
     def queue(self, queue: str, by_name: bool = False, sample: int = SAMPLE) -> dict:
-        """The counts of one queue, read in one round trip (script QSTATS, read-only):
+        """The counts of one queue, read in one round trip (script QSTATS, read-only), and its done and
+        failed attempts of the last minute and hour from the stats history (a second round trip):
 
         ready (per priority level 0..9, and in all), scheduled, retrying, running (leased), waiting,
         dead, paused (and since when), latency (seconds since the oldest ready task was enqueued: the
@@ -112,11 +115,15 @@ class Inspector:
         first `sample` (soonest due) ids; beyond that the split is a lower bound on retrying
         ("sched_split_exact" False).  Waiting tasks have no index: they are found through the hooked
         set (waiting_exact False when it holds more than `sample` ids).  by_name: counts per task name
-        over the first `sample` ids of each list and set (a sample when "by_name_exact" is False)."""
+        over the first `sample` ids of each list and set (a sample when "by_name_exact" is False), with a
+        row for every name with stats history too.  done_1m, failed_1m, done_1h, failed_1h (the queue's and
+        each name's): rolling windows of the last 60 s and 60 min, estimated from whole minutes (see
+        stats.rolling); "failed" counts failed attempts, retried or dead."""
         qk = queue_keys(check_queue(queue))
         check_int("sample", sample, 1, 100000)
         (ready, nsched, retrying, looked, nleases, ndead, paused, head, head_enq, now, waiting,
          waiting_exact, names) = self.broker.queue_stats(qk, sample, by_name)
+        at = time.time()
         latency = None
         if head:
             try:  # enq: a foreign producer's; xq's own ids carry their creation time instead
@@ -140,10 +147,51 @@ class Inspector:
             "latency": latency,
             "oldest_ready_id": esc(head) if head else None,
         }
+        rows = {esc(n): dict(zip(STATES_BY_NAME, row)) for n, row in zip(names[::2], names[1::2])}
+        if by_name:  # names that ran lately but have no task in any state now get a row too
+            for n in self.history_names(queue, now=at):
+                rows.setdefault(n, dict.fromkeys(STATES_BY_NAME, 0))
+        # one more round trip: the last 61 minutes of history of the queue (and of each name)
+        keys = [None, *sorted(rows)] if by_name else [None]
+        for key, hist in zip(keys, self._histories(qk, keys, 61, at)):
+            target = out if key is None else rows[key]
+            target["done_1m"], target["failed_1m"] = _stats.rolling(hist, at, 1)
+            target["done_1h"], target["failed_1h"] = _stats.rolling(hist, at, 60)
         if by_name:
-            out["by_name"] = {esc(n): dict(zip(STATES_BY_NAME, row)) for n, row in zip(names[::2], names[1::2])}
+            out["by_name"] = {n: rows[n] for n in sorted(rows)}
             out["by_name_exact"] = max(ready + [nsched, nleases, ndead]) <= sample and bool(waiting_exact)
         return out
+
+    # ---------------------------------------------------------------- stats history
+    def history(self, queue: str, *, name: str | None = None, minutes: int = 60,
+                now: float | None = None) -> list[dict]:
+        """The stats history of the queue (name None) or of one task name, one dict per minute, oldest
+        first, ending with the current minute (so far): {"minute": unix seconds of its start, "done",
+        "failed" (= "retried" + "dead"), "retried", "dead", "runtime": seconds of run time of the attempts
+        that ended in it}.  Minutes with nothing have zeros.  minutes 1..1500 (kept 24 h at least); now:
+        the clock to read at (seconds since the epoch; default this machine's).  One round trip."""
+        qk = queue_keys(check_queue(queue))
+        check_int("minutes", minutes, 1, _stats.MAX_MINUTES)
+        if name is not None:
+            check_name(name)
+        at = time.time() if now is None else now
+        return [m.as_dict() for m in self._histories(qk, [name], minutes, at)[0]]
+
+    def history_names(self, queue: str, *, now: float | None = None) -> list[str]:
+        """The task names of the queue with stats history (written within the last 25 hours), sorted."""
+        qk = queue_keys(check_queue(queue))
+        at = time.time() if now is None else now
+        return sorted(esc(n) for n in self.broker.stats_names(qk, int(at // 3600) - _stats.HOURS))
+
+    def _histories(self, qk, names: list, minutes: int, now: float) -> list[list]:
+        """stats.Minute lists of each name (None: the whole queue), in one pipelined round trip."""
+        last = int(now // 60)
+        first = last - minutes + 1
+        spans = _stats.ranges(first, last)
+        reads = [(qk.stats(hour, name), lo, hi) for name in names for hour, lo, hi in spans]
+        got = self.broker.stats_ranges(reads)
+        k = len(spans)
+        return [_stats.decode(first, last, got[i * k:(i + 1) * k]) for i in range(len(names))]
 
     def tasks(self, queue: str, state: str, *, name: str | None = None, offset: int = 0,
               limit: int = 50, scan: int = SCAN) -> dict:
