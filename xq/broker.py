@@ -494,7 +494,7 @@ class Broker:
             total_us += us
             key = qk.stats_b(hour, name)
             out.append(pack([b"BITFIELD", key, b"OVERFLOW", b"SAT", b"INCRBY", b"u32", off, count,
-                             b"INCRBY", b"u40", off + stats.RUNTIME_BIT, us]))
+                             b"INCRBY", b"u40", off + stats.RUNTIME_BIT, us, *stats.SIZE_OP]))
             n += 1
             if fresh(key):
                 out.append(pack([b"EXPIRE", key, stats.TTL]))
@@ -502,7 +502,7 @@ class Broker:
                 n += 2
         key = qk.stats_b(hour)
         out.append(pack([b"BITFIELD", key, b"OVERFLOW", b"SAT", b"INCRBY", b"u32", off, total_n,
-                         b"INCRBY", b"u40", off + stats.RUNTIME_BIT, total_us]))
+                         b"INCRBY", b"u40", off + stats.RUNTIME_BIT, total_us, *stats.SIZE_OP]))
         n += 1
         if fresh(key):  # once an hour per queue: the name index's own expiry, and its names gone quiet
             out.append(pack([b"EXPIRE", key, stats.TTL]))

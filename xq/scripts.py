@@ -166,7 +166,7 @@ local function count_failed(stn, key, name, now, due, started, finished)
   if not due then r, d = 0, 1 end
   for _, k in ipairs({base .. 'st:' .. hour, base .. 'st:' .. hour .. ':' .. name}) do
     redis.call('BITFIELD', k, 'OVERFLOW', 'SAT', 'INCRBY', 'u32', off + 32, r, 'INCRBY', 'u32', off + 64, d,
-               'INCRBY', 'u40', off + 96, string.format('%d', us))
+               'INCRBY', 'u40', off + 96, string.format('%d', us), 'INCRBY', 'u8', 8152, 0)  -- stats.SIZE_OP
     redis.call('EXPIRE', k, 90000)
   end
   redis.call('ZADD', stn, hour, name)

@@ -27,6 +27,10 @@ RUNTIME_BIT = 96         # bit offset of the runtime field within a record
 TTL = 90000              # seconds a key lives after its first write: 25 h, so 24 h of minutes stay readable
 HOURS = 25               # hours a name stays in xq:{Q}:stn after its last write
 MAX_MINUTES = 1500       # the most minutes history() reads (25 h)
+# Every write also adds 0 to the last byte of the hour, so a key is made at its full length at once: grown
+# minute by minute instead, Redis would over-allocate it at each step (sdsMakeRoomFor doubles: measured
+# 2136 bytes of MEMORY USAGE for a key grown a minute at a time, 1368 for one made at full length).
+SIZE_OP = (b"INCRBY", b"u8", 60 * RECORD_BITS - 8, 0)
 
 
 class Minute(NamedTuple):
