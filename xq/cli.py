@@ -610,7 +610,7 @@ def stats(queue_name, name, minutes, show_all, as_json, url) -> None:
     shown = [r for r in rows if show_all or r["done"] or r["failed"]]
     table = [[time.strftime("%Y-%m-%d %H:%M", time.localtime(r["minute"])), str(r["done"]), str(r["failed"]),
               str(r["retried"]), str(r["dead"]), f"{r['runtime']:.3f}",
-              f"{r['runtime'] / (r['done'] + r['failed']) * 1000:.1f}" if r["done"] + r["failed"] else "-"]
+              f"{r['runtime'] / (r['done'] + r['failed']) * 1000:.3f}" if r["done"] + r["failed"] else "-"]
              for r in shown]
     if table:
         click.echo(_table(["MINUTE", "DONE", "FAILED", "RETRIED", "DEAD", "RUNTIME_S", "AVG_MS"], table))
