@@ -853,6 +853,10 @@ class Producer(ProducerBase):
         """One page of a queue's tasks in one state (see Inspector.tasks)."""
         return self._inspector().tasks(queue, state, **kw)
 
+    def history(self, queue: str = DEFAULT_QUEUE, **kw) -> list[dict]:
+        """A queue's (or one task name's) per-minute stats history (see Inspector.history)."""
+        return self._inspector().history(queue, **kw)
+
     # --- dead letters and schedules ---
     def _page(self, queue: str, offset: int, limit: int, which: str) -> list[dict]:
         """status() of each id of one page of a sorted set (records gone meanwhile are skipped), read in
