@@ -4,9 +4,9 @@
 
 Each round enqueues N no-op tasks (one task name: the stats add one BITFIELD for it and one for the queue
 to each pipeline step), runs `xq run --burst` over them and takes the drain window from the task records
-(first claim to last finish), and the supervisor's own CPU time per task (user + system, sampled every
-20 ms until it exits: less at the mercy of other load than the rate).  The machine is shared and noisy:
-every round is printed, then the medians."""
+(first claim to last finish), Redis' time in BITFIELD (commandstats), and the supervisor's own CPU time
+per task (user + system, sampled every 20 ms until it exits: less at the mercy of other load than the
+rate).  The machine is shared and noisy: every round is printed, then the medians."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ def main() -> None:
             r.flushall()
             with xq.Producer(url) as p:
                 ids = p.enqueue_many("noop", [None] * n)
+            r.config_resetstat()
             proc = xq_run(url, "--burst", *(["--no-stats"] if mode == "off" else []), procs=procs)
             seen: list = []
             poll = threading.Thread(target=cpu_until_exit, args=(proc.pid, seen), daemon=True)
@@ -59,8 +60,12 @@ def main() -> None:
             first, last = drain_window(r, "default", ids)
             res[mode].append(len(ids) / (last - first))
             cpu[mode].append(seen[0] / len(ids) * 1e6 if seen else float("nan"))
+            cs = r.info("commandstats")
+            bf = cs.get("cmdstat_bitfield", {})
             print(f"round {i + 1} stats {mode:3}: {res[mode][-1]:,.0f} tasks/s, supervisor CPU "
-                  f"{cpu[mode][-1]:.2f} us/task", flush=True)
+                  f"{cpu[mode][-1]:.2f} us/task; in Redis: BITFIELD {bf.get('calls', 0)} calls "
+                  f"{bf.get('usec', 0) / len(ids):.3f} us/task, EVALSHA "
+                  f"{cs.get('cmdstat_evalsha', {}).get('usec', 0) / len(ids):.2f} us/task", flush=True)
         r.close()
     off, on = statistics.median(res["off"]), statistics.median(res["on"])
     print(f"median: --no-stats {off:,.0f} tasks/s, stats on {on:,.0f} tasks/s ({(on - off) / off * 100:+.1f}%)")
