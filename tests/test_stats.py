@@ -168,3 +168,29 @@ def test_rolling_windows_are_estimated_from_whole_minutes():
     # at 15 s into the current minute (61): all of it, plus 3/4 of the minute before
     assert stats.rolling(m, 61 * 60 + 15, 1) == (610 + round(600 * 0.75), 1 + round(0.75))
     assert stats.rolling(m, 61 * 60, 60) == (sum(10 * k for k in range(2, 62)) + 10, 61)
+
+
+def test_lease_expired_attempts_count_as_failed_and_stale_reports_count_nothing(redis_url, r):
+    """RELEASE 'expired' (a supervisor lost) counts a retried then a dead attempt; a late COMPLETE of the
+    recovered attempt is refused by the fence before anything is counted."""
+    b = Broker(redis_url)
+    with xq.Producer(redis_url) as p:
+        tid = p.enqueue("job", 1, max_retries=1).encode()
+    claim = lambda: b.run("claim", Broker.claim_keys([QK]),  # noqa: E731
+                          [1, "A", 1, 1 << 20, 60, *Broker.claim_tail([QK])])[0]
+    for want in ("retrying", "dead"):
+        assert claim()[1] == tid
+        time.sleep(0.01)  # the 1 ms lease runs out
+        b.release(QK, "expired", [], error="recovered by test", ttl=60, stats=True)
+        state = r.hget(QK.task(tid.decode()), "state").decode()
+        if state == "queued":  # retried at once (delay 0): back in its list
+            state = "retrying"
+        assert state == want
+    late = b.run("complete", [QK.leases, QK.sched, QK.dead, QK.stats_names],
+                 [QK.task_prefix, QK.events, 60, "", "default", "A", tid, 2, "failed", "boom", "", 1, 2])
+    assert late[0] == 0 and late[1]  # refused
+    with Inspector(redis_url) as i:
+        for name in ("job", None):
+            assert totals(i.history("default", name=name, minutes=2)) == {"done": 0, "failed": 2, "retried": 1,
+                                                                          "dead": 1}
+    b.close()
