@@ -58,9 +58,11 @@ def flush(r, queues=("default",)) -> None:
 
 
 def xq_run(url: str, *args: str, procs: str = "auto") -> subprocess.Popen:
-    """Start the real `xq run bench's app` as a subprocess."""
+    """Start the real `xq run bench's app` as a subprocess; $XQ_BENCH_RUN_ARGS adds options to every run
+    (e.g. XQ_BENCH_RUN_ARGS=--no-stats, to measure what an option costs)."""
+    extra = os.environ.get("XQ_BENCH_RUN_ARGS", "").split()
     return subprocess.Popen([sys.executable, "-m", "xq.cli", "run", "benchapp:app", "--redis", url,
-                             "--procs", procs, "--log-level", "warning", *args], cwd=BENCH)
+                             "--procs", procs, "--log-level", "warning", *args, *extra], cwd=BENCH)
 
 
 def drain_window(r, queue: str, ids) -> tuple[float, float]:

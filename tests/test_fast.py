@@ -296,6 +296,23 @@ def test_drain_results_and_build_event(impl):
     assert impl.build_event(b"q", completions[1], 123) == b""
 
 
+def test_drain_results_counts_done_tasks_per_queue_and_name_for_the_stats_history(impl):
+    from collections import deque
+
+    w, r, _ = make_ring(impl)
+    F = impl.InFlight
+    inflight = {1: F(0, b"a", b"x", b"", b"j", 1), 2: F(0, b"b", b"x", b"", b"j", 1), 3: F(0, b"c", b"y", b"", b"j", 1),
+                4: F(1, b"d", b"x", b"", b"j", 1), 5: F(0, b"e", b"x", b"", b"j", 1)}
+    w.write(impl.encode_result_head(1, impl.ST_DONE, b"j", 1.0, 1.5, b""), b"1")
+    w.write(impl.encode_result_head(2, impl.ST_DONE, b"j", 2.0, 2.25, b""), b"1")
+    w.write(impl.encode_result_head(3, impl.ST_DONE, b"j", 2.0, 3.0, b""), b"1")
+    w.write(impl.encode_result_head(4, impl.ST_DONE, b"j", 2.0, 2.125, b""), b"1")
+    w.write(impl.encode_result_head(5, impl.ST_FAILED, b"j", 2.0, 9.0, b"boom"), b"")  # failures: counted in Redis
+    stats = {0: {b"x": [1, 1.0]}}  # what an earlier drain of this step left
+    assert impl.drain_results(r, inflight, {}, deque([1, 2, 3, 4, 5]), 100, None, stats) == (5, 8.875)
+    assert stats == {0: {b"x": [3, 1.75], b"y": [1, 1.0]}, 1: {b"x": [1, 0.125]}}
+
+
 def test_done_event_carries_a_small_json_result(impl):
     items = [b"a", 1, b"done", b'{"k":[1,2]}', b"j", 0, 0,
              b"b", 1, b"done", b"[" + b"1," * impl.EVENT_RESULT_MAX + b"1]", b"j", 0, 0,   # too large: read it

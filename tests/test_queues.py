@@ -69,8 +69,10 @@ def test_queue_counts_every_state_in_one_round_trip(fleet, redis_url, r):
     assert 0.05 <= q["latency"] <= time.time() - enq + 1.0
     by = Inspector(redis_url).queue("default", by_name=True)["by_name"]
     assert by["count"]["queued"] == 6 and by["echo"] == {"queued": 0, "scheduled": 3, "retrying": 0,
-                                                         "running": 0, "waiting": 1, "dead": 0}
+                                                         "running": 0, "waiting": 1, "dead": 0, "done_1m": 0,
+                                                         "failed_1m": 0, "done_1h": 0, "failed_1h": 0}
     assert by["boom"]["dead"] == 1 and by["boom"]["retrying"] == 1 and by["sleep"]["running"] == 1
+    assert by["boom"]["failed_1h"] >= 2 and q["failed_1h"] == by["boom"]["failed_1h"]  # the stats history
     assert p.queue("default")["ready"] == 6  # the Producer delegate
 
 
@@ -81,7 +83,7 @@ def test_queues_cli_table_and_json(fleet, redis_url):
     assert out.returncode == 0, out
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["QUEUE", "PAUSED", "READY", "SCHEDULED", "RETRYING", "RUNNING", "WAITING",
-                                "DEAD", "LATENCY"]
+                                "DEAD", "LATENCY", "DONE/1M", "FAILED/1M", "DONE/1H", "FAILED/1H"]
     assert lines[1].split()[:8] == ["default", "yes", "6", "3", "1", "1", "1", "1"]
     assert lines[2].split()[:8] == ["idle", "no", "1", "0", "0", "0", "0", "0"]
     assert lines[1].split()[8].endswith("s") and lines[3].startswith("2 queue(s)")
@@ -91,7 +93,8 @@ def test_queues_cli_table_and_json(fleet, redis_url):
     assert show.returncode == 0, show
     assert "PAUSED since" in show.stdout and "(by priority 0:2  5:3  9:1)" in show.stdout
     assert "  waiting    1\n" in show.stdout and "  retrying   1\n" in show.stdout
-    assert any(line.split() == ["count", "6", "0", "0", "0", "0", "0"] for line in show.stdout.splitlines())
+    assert any(line.split() == ["count", "6", "0", "0", "0", "0", "0", "0", "0", "0", "0"]
+               for line in show.stdout.splitlines())
     js = orjson.loads(cli(redis_url, "queue", "show", "default", "--json").stdout)
     assert js["running"] == 1 and js["latency"] > 0
 

@@ -148,14 +148,15 @@ def fill_ring(ring: Ring, buffer, inflight: dict[int, InFlight], unacked, room: 
     """Move up to room seqs from buffer into ring (heads encoded here), appending them to unacked.
     Returns (written, why): 0 room/buffer exhausted, 1 ring out of bytes, 2 next message > max_chunk."""
 def drain_results(ring: Ring, inflight: dict[int, InFlight], completions: dict, unacked, limit: int,
-                  progress: dict | None = None) -> tuple[int, float]:
+                  progress: dict | None = None, stats: dict | None = None) -> tuple[int, float]:
     """Read up to limit frames; append COMPLETE args to completions[qidx]: (id, attempt, b"done", result,
     rct, started ms, finished ms) for ST_DONE, else (id, attempt, outcome, error, body, started ms, finished
     ms) with
     outcome b"failed" / b"retry" / b"canceled" (see scripts.COMPLETE); returns (result frames read, total
     run time in seconds).  An ST_PROGRESS frame of a seq still in inflight sets progress[seq] = (qidx, id,
     record JSON, event members, ts ms), replacing an earlier one; it leaves inflight and unacked alone and
-    is not counted (dropped if progress is None or the seq is unknown)."""
+    is not counted (dropped if progress is None or the seq is unknown).  stats: each done task adds 1 and its
+    run time (s) to stats[qidx][name] = [done, seconds] (the stats history; failures are counted in Redis)."""
 EVENT_RESULT_MAX: int
 
 def build_event(queue: bytes, items: list, ts: int) -> bytes:

@@ -706,13 +706,16 @@ def fill_ring(Ring ring, buffer, dict inflight, unacked, Py_ssize_t room):
     return done, 0
 
 
-def drain_results(Ring ring, dict inflight, dict completions, unacked, Py_ssize_t limit, dict progress=None):
+def drain_results(Ring ring, dict inflight, dict completions, unacked, Py_ssize_t limit, dict progress=None,
+                  dict stats=None):
     """Read up to limit result frames; for each, retire its seq and append COMPLETE arguments (id, attempt,
     outcome, result-or-error, rct-or-extra, started ms, finished ms) to completions[queue index].  A progress
-    frame only sets progress[seq] (the last one wins).  Returns (result frames, total run time in seconds)."""
+    frame only sets progress[seq] (the last one wins).  stats: a done task adds 1 and its run time to
+    stats[queue index][name] = [done, seconds] (the stats history).  Returns (result frames, total run time
+    in seconds)."""
     cdef Py_ssize_t n = 0, frames = 0
-    cdef double busy = 0.0
-    cdef object m, o, items
+    cdef double busy = 0.0, took
+    cdef object m, o, items, d, row
     cdef InFlight t
     cdef list li
     while frames < limit:
@@ -740,7 +743,18 @@ def drain_results(Ring ring, dict inflight, dict completions, unacked, Py_ssize_
         if o is None:
             continue
         t = <InFlight?>o
-        busy += finished - started
+        took = finished - started
+        busy += took
+        if stats is not None and status == ST_DONE:
+            d = stats.get(t.qidx)
+            if d is None:
+                d = stats[t.qidx] = {}
+            row = (<dict>d).get(t.name)
+            if row is None:
+                (<dict>d)[t.name] = [1, took]
+            else:
+                (<list>row)[0] += 1
+                (<list>row)[1] += took
         items = completions.get(t.qidx)
         if items is None:
             items = completions[t.qidx] = []

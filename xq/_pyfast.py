@@ -393,7 +393,7 @@ def fill_ring(ring, buffer, inflight, unacked, room):
     return done, 0
 
 
-def drain_results(ring, inflight, completions, unacked, limit, progress=None):
+def drain_results(ring, inflight, completions, unacked, limit, progress=None, stats=None):
     n, busy = 0, 0.0
     for head, body in ring.read_many(limit):
         seq, status, rct, started, finished, error = decode_result_head(head)
@@ -414,9 +414,17 @@ def drain_results(ring, inflight, completions, unacked, limit, progress=None):
         t = inflight.pop(seq, None)
         if t is None:
             continue
-        busy += finished - started
+        took = finished - started
+        busy += took
         items = completions.setdefault(t.qidx, [])
         if status == ST_DONE:
+            if stats is not None:
+                row = stats.setdefault(t.qidx, {}).get(t.name)
+                if row is None:
+                    stats[t.qidx][t.name] = [1, took]
+                else:
+                    row[0] += 1
+                    row[1] += took
             items += (t.id, t.attempt, b"done", body, rct, int(started * 1000), int(finished * 1000))
         else:
             items += (t.id, t.attempt, _OUTCOMES.get(status, b"failed"), error, body, int(started * 1000),

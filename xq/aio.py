@@ -241,6 +241,17 @@ class _AsyncBroker:
     async def raw_records(self, qk, ids: Sequence[bytes], fields: Sequence[str]) -> list[dict]:
         return await self.pipelined(broker.plan_raw_records(qk, ids, fields))
 
+    @aio_io
+    async def stats_ranges(self, reads) -> list[bytes]:
+        pipe = self.client.pipeline(transaction=False)
+        for key, start, end in reads:
+            pipe.getrange(key, start, end)
+        return await pipe.execute()
+
+    @aio_io
+    async def stats_names(self, qk, since_hour: int) -> list[bytes]:
+        return await self.client.zrangebyscore(qk.stats_names, since_hour, "+inf")
+
     async def peek(self, zset: str, qk, offset: int, limit: int) -> list[tuple[bytes, float, dict | None, dict]]:
         return broker.peek_rows(await self.run("peek", *broker.peek_args(zset, qk, offset, limit)))
 
@@ -527,6 +538,10 @@ class AsyncProducer(ProducerBase):
                     scan: int = SCAN) -> dict:
         """As Producer.tasks: one page of a queue's tasks in one state (see Inspector.tasks)."""
         return await self._inspector().tasks(queue, state, name=name, offset=offset, limit=limit, scan=scan)
+
+    async def history(self, queue: str = DEFAULT_QUEUE, **kw) -> list[dict]:
+        """As Producer.history: a queue's (or one task name's) per-minute stats history."""
+        return await self._inspector().history(queue, **kw)
 
     async def pause_queue(self, queue: str = DEFAULT_QUEUE) -> bool:
         """As Producer.pause_queue: no supervisor claims from the queue until resume_queue; False if it was

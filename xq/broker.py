@@ -19,7 +19,7 @@ import orjson
 import redis
 from redis.exceptions import NoScriptError
 
-from . import scripts
+from . import scripts, stats
 from ._impl import fast
 from .conn import DEFAULT_URL, RetryWindow, dedicated, failure, make_client, redacted  # noqa: F401 - DEFAULT_URL re-exported
 from .errors import ConnectionLost, RedisFull, ResultTimeout
@@ -442,19 +442,77 @@ class Broker:
         return fast.pack_command([b"EVALSHA", self._sha["claim"], len(keys), *keys,
                                   want, worker, lease_ms, max_payload, ttl, *tail])
 
-    def pack_complete(self, qk: QueueKeys, ttl: int, event: bytes, items: list, worker: str) -> bytes:
+    def pack_complete(self, qk: QueueKeys, ttl: int, event: bytes, items: list, worker: str,
+                      stats: bool = False) -> bytes:
         """items: 7 values a task (id, attempt, outcome, text, extra, started ms, finished ms); the reply is
-        {written, refused} (see refusals)."""
+        {written, refused} (see refusals).  stats: the script counts failed attempts in the stats history."""
+        if stats:
+            return fast.pack_command([b"EVALSHA", self._sha["complete"], 4, qk.leases, qk.sched, qk.dead,
+                                      qk.stats_names, qk.task_prefix, qk.events, ttl, event, qk.name, worker,
+                                      *items])
         return fast.pack_command([b"EVALSHA", self._sha["complete"], 3, qk.leases, qk.sched, qk.dead,
                                   qk.task_prefix, qk.events, ttl, event, qk.name, worker, *items])
 
+    @staticmethod
+    def pack_stats(qk: QueueKeys, ms: int, rows: dict, fresh) -> tuple[bytes, int]:
+        """The stats history writes of one pipeline step for one queue (xq/stats.py): one BITFIELD for the
+        queue and one per task name, adding done counts and run time (rows: name bytes -> [done, run time
+        seconds]) to the minute of `ms`.  fresh(key) says whether this writer meets the key for the first
+        time this hour: then the key gets its EXPIRE, and a name its entry in xq:{Q}:stn (so these extra
+        commands come once per key per hour, not per step).  Returns (commands, how many replies)."""
+        hour, off = stats.locate(ms)
+        pack = fast.pack_command
+        out, n = [], 0
+        total_n, total_us = 0, 0
+        for name, (count, busy) in rows.items():
+            us = int(busy * 1e6)
+            total_n += count
+            total_us += us
+            key = qk.stats_b(hour, name)
+            out.append(pack([b"BITFIELD", key, b"OVERFLOW", b"SAT", b"INCRBY", b"u32", off, count,
+                             b"INCRBY", b"u40", off + stats.RUNTIME_BIT, us, *stats.SIZE_OP]))
+            n += 1
+            if fresh(key):
+                out.append(pack([b"EXPIRE", key, stats.TTL]))
+                out.append(pack([b"ZADD", qk.stats_names, hour, name]))
+                n += 2
+        key = qk.stats_b(hour)
+        out.append(pack([b"BITFIELD", key, b"OVERFLOW", b"SAT", b"INCRBY", b"u32", off, total_n,
+                         b"INCRBY", b"u40", off + stats.RUNTIME_BIT, total_us, *stats.SIZE_OP]))
+        n += 1
+        if fresh(key):  # once an hour per queue: the name index's own expiry, and its names gone quiet
+            out.append(pack([b"EXPIRE", key, stats.TTL]))
+            out.append(pack([b"EXPIRE", qk.stats_names, stats.TTL]))
+            out.append(pack([b"ZREMRANGEBYSCORE", qk.stats_names, b"-inf", b"(%d" % (hour - stats.HOURS)]))
+            n += 3
+        return b"".join(out), n
+
+    @io
+    def stats_ranges(self, reads: Sequence[tuple[str, int, int]]) -> list[bytes]:
+        """GETRANGE key start end of each (key, start, end), in one pipelined round trip (the stats history
+        keys of a queue share its slot)."""
+        if not reads:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key, start, end in reads:
+            pipe.getrange(key, start, end)
+        return pipe.execute()
+
+    @io
+    def stats_names(self, qk: QueueKeys, since_hour: int) -> list[bytes]:
+        """The task names with stats history written in hour since_hour or later."""
+        return self.client.zrangebyscore(qk.stats_names, since_hour, "+inf")
+
     def release(self, qk: QueueKeys, mode: str, tasks: Sequence[tuple[bytes, int]], *, error: str = "",
                 holder: str = "", ttl: int = 0, outcome: str = "lost", delay_ms: int = 0, started_ms="",
-                max_retries: bytes = b"{}") -> tuple[list[bytes], list[bytes], list[Refused]]:
+                max_retries: bytes = b"{}", stats: bool = False) -> tuple[list[bytes], list[bytes], list[Refused]]:
         """Requeue, retry, cancel or kill tasks, given as (id, attempt) pairs held by holder; see
-        scripts.RELEASE for the modes ('expired' takes no tasks and ignores the holder).  Returns (requeued,
-        dead, refused)."""
-        reply = self.run("release", [qk.leases, qk.wake, qk.sched, qk.dead, *qk.ready],
+        scripts.RELEASE for the modes ('expired' takes no tasks and ignores the holder).  stats: count the
+        failed attempts in the stats history.  Returns (requeued, dead, refused)."""
+        keys = [qk.leases, qk.wake, qk.sched, qk.dead, *qk.ready]
+        if stats:
+            keys.append(qk.stats_names)
+        reply = self.run("release", keys,
                          [qk.task_prefix, qk.events, qk.name, ttl, mode, error, holder, outcome, int(delay_ms),
                           started_ms, max_retries, *(v for t in tasks for v in t)])
         return reply[0], reply[1], refusals(reply[2])

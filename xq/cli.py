@@ -186,11 +186,13 @@ def main() -> None:
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
               help="serve Prometheus /metrics and the /healthz, /readyz probes on this port (0 = off; needs "
                    "the 'metrics' extra: pip install 'xq[metrics]')")
+@click.option("--stats/--no-stats", default=True, show_default=True,
+              help="write the per-minute stats history (`xq stats`); --no-stats only to measure its cost")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grace, max_tasks_per_child,
         max_memory_per_child, memory_limit_per_child, prefetch, retain_memory, level_weights, kill_grace,
-        allow_eviction, heartbeat, metrics_port, log_level) -> None:
+        allow_eviction, heartbeat, metrics_port, stats, log_level) -> None:
     """Run a supervisor and its child processes for MODULE:APP."""
     from .broker import DEFAULT_URL, Broker
     from .supervisor import Config, Supervisor, check_memory_limits
@@ -220,7 +222,7 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
                  memory_limit_per_child=memory_limit_per_child * 1024 * 1024, prefetch=prefetch,
                  retain_memory=retain_memory, weights=weights, level_weights=lweights, kill_grace=kill_grace,
                  check_server=not checked, allow_eviction=allow_eviction, heartbeat=heartbeat,
-                 metrics_port=metrics_port)
+                 metrics_port=metrics_port, stats=stats)
     try:
         sup = Supervisor(app, broker, cfg)
     except ConfigError as e:  # --metrics-port taken
@@ -550,7 +552,8 @@ def queue_retention(name, keep, max_age, keep_dead, reset, as_json, url) -> None
 
 
 # ---------------------------------------------------------------- queues and tasks
-QUEUE_HEADER = ["QUEUE", "PAUSED", "READY", "SCHEDULED", "RETRYING", "RUNNING", "WAITING", "DEAD", "LATENCY"]
+QUEUE_HEADER = ["QUEUE", "PAUSED", "READY", "SCHEDULED", "RETRYING", "RUNNING", "WAITING", "DEAD", "LATENCY",
+                "DONE/1M", "FAILED/1M", "DONE/1H", "FAILED/1H"]
 
 
 def _latency(s) -> str:
@@ -564,7 +567,7 @@ def _queue_row(q: dict) -> list[str]:
         return str(q[key]) + ("" if exact else "+")
     return [q["queue"], "yes" if q["paused"] else "no", n("ready"), n("scheduled"),
             n("retrying", q["sched_split_exact"]), n("running"), n("waiting", q["waiting_exact"]), n("dead"),
-            _latency(q["latency"])]
+            _latency(q["latency"]), n("done_1m"), n("failed_1m"), n("done_1h"), n("failed_1h")]
 
 
 @main.command()
@@ -610,12 +613,46 @@ def queue_show(name, by_name, as_json, url) -> None:
     click.echo(f"  waiting    {q['waiting']}" + ("" if q["waiting_exact"] else
                                                  "+  (lower bound: found through a sample of the hooked set)"))
     click.echo(f"  dead       {q['dead']}")
+    click.echo(f"  done       {q['done_1m']} in the last minute, {q['done_1h']} in the last hour")
+    click.echo(f"  failed     {q['failed_1m']} in the last minute, {q['failed_1h']} in the last hour")
     if by_name:
-        rows = [[cut(n, 60), *(str(c[s]) for s in c)] for n, c in sorted(q["by_name"].items())]
+        cols = ["queued", "scheduled", "retrying", "running", "waiting", "dead", "done_1m", "failed_1m",
+                "done_1h", "failed_1h"]
+        rows = [[cut(n, 60), *(str(c[s]) for s in cols)] for n, c in sorted(q["by_name"].items())]
         click.echo("")
-        click.echo(_table(["NAME", "QUEUED", "SCHEDULED", "RETRYING", "RUNNING", "WAITING", "DEAD"], rows))
+        click.echo(_table(["NAME", "QUEUED", "SCHEDULED", "RETRYING", "RUNNING", "WAITING", "DEAD", "DONE/1M",
+                           "FAILED/1M", "DONE/1H", "FAILED/1H"], rows))
         if not q["by_name_exact"]:
             click.echo("(a sample: the first 200 ids of each list and set)")
+
+
+@main.command()
+@click.argument("queue_name", metavar="QUEUE")
+@click.option("--name", default=None, help="only this task name [default: the whole queue]")
+@click.option("--minutes", type=click.IntRange(min=1, max=1500), default=60, show_default=True,
+              help="minutes back, ending with the current one (history is kept 24 h)")
+@click.option("--all", "show_all", is_flag=True, help="also print the minutes with nothing")
+@click.option("--json", "as_json", is_flag=True, help="print every minute as JSON")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def stats(queue_name, name, minutes, show_all, as_json, url) -> None:
+    """Per-minute history of QUEUE: tasks done, attempts failed (retried or dead), run time."""
+    with _inspector(url) as i:
+        rows = i.history(queue_name, name=name, minutes=minutes)
+    if as_json:
+        click.echo(_dump(rows))
+        return
+    shown = [r for r in rows if show_all or r["done"] or r["failed"]]
+    table = [[time.strftime("%Y-%m-%d %H:%M", time.localtime(r["minute"])), str(r["done"]), str(r["failed"]),
+              str(r["retried"]), str(r["dead"]), f"{r['runtime']:.3f}",
+              f"{r['runtime'] / (r['done'] + r['failed']) * 1000:.3f}" if r["done"] + r["failed"] else "-"]
+             for r in shown]
+    if table:
+        click.echo(_table(["MINUTE", "DONE", "FAILED", "RETRIED", "DEAD", "RUNTIME_S", "AVG_MS"], table))
+    done, failed = sum(r["done"] for r in rows), sum(r["failed"] for r in rows)
+    what = f"queue {queue_name}" + (f", task {name}" if name else "")
+    click.echo(f"{what}: {done} done, {failed} failed in the last {minutes} minute(s)"
+               + ("" if show_all or len(shown) == len(rows) else f"; {len(rows) - len(shown)} empty minute(s) "
+                  f"not shown (--all)"))
 
 
 TASK_STATES = ["queued", "scheduled", "retrying", "running", "waiting", "dead", "done", "expired", "canceled"]

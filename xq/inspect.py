@@ -6,6 +6,7 @@ the CLI, Producer and later `xq top`, the dashboard and the HTTP API share.
         i.worker(worker_id)     # one of them, or None
         i.pause_queue("q"); i.paused("q"); i.resume_queue("q")
         i.retention("q"); i.set_retention("q", keep=1000, max_age=3600)
+        i.history("q", name="resize", minutes=60)   # per-minute done/failed/retried/runtime
 
 Sync, built on xq.broker.Broker like xq/producer.py; AsyncInspector is its asyncio twin (AsyncProducer's),
 running the same plans (plan_* below) on xq.aio's broker.  Reads never block a supervisor and are lenient: a
@@ -21,7 +22,8 @@ import orjson
 
 from .broker import DEFAULT_URL, Broker
 from .errors import ConfigError
-from .keys import MAX_KEEP, MAX_RESULT_TTL, check_int, check_queue, queue_keys
+from . import stats as _stats
+from .keys import MAX_KEEP, MAX_RESULT_TTL, check_int, check_name, check_queue, queue_keys
 from .producer import id_time, retention_view, retry_window
 from .records import cut as _cut, esc, task_view
 
@@ -139,7 +141,8 @@ class Inspector:
         return run_plan(self.broker, plan_queues(by_name))
 
     def queue(self, queue: str, by_name: bool = False, sample: int = SAMPLE) -> dict:
-        """The counts of one queue, read in one round trip (script QSTATS, read-only):
+        """The counts of one queue, read in one round trip (script QSTATS, read-only), and its done and
+        failed attempts of the last minute and hour from the stats history (a second round trip):
 
         ready (per priority level 0..9, and in all), scheduled, retrying, running (leased), waiting,
         dead, paused (and since when), latency (seconds since the oldest ready task was enqueued: the
@@ -148,8 +151,25 @@ class Inspector:
         first `sample` (soonest due) ids; beyond that the split is a lower bound on retrying
         ("sched_split_exact" False).  Waiting tasks have no index: they are found through the hooked
         set (waiting_exact False when it holds more than `sample` ids).  by_name: counts per task name
-        over the first `sample` ids of each list and set (a sample when "by_name_exact" is False)."""
+        over the first `sample` ids of each list and set (a sample when "by_name_exact" is False), with a
+        row for every name with stats history too.  done_1m, failed_1m, done_1h, failed_1h (the queue's and
+        each name's): rolling windows of the last 60 s and 60 min, estimated from whole minutes (see
+        stats.rolling); "failed" counts failed attempts, retried or dead."""
         return run_plan(self.broker, plan_queue(queue, by_name, sample))
+
+    # ---------------------------------------------------------------- stats history
+    def history(self, queue: str, *, name: str | None = None, minutes: int = 60,
+                now: float | None = None) -> list[dict]:
+        """The stats history of the queue (name None) or of one task name, one dict per minute, oldest
+        first, ending with the current minute (so far): {"minute": unix seconds of its start, "done",
+        "failed" (= "retried" + "dead"), "retried", "dead", "runtime": seconds of run time of the attempts
+        that ended in it}.  Minutes with nothing have zeros.  minutes 1..1500 (kept 24 h at least); now:
+        the clock to read at (seconds since the epoch; default this machine's).  One round trip."""
+        return run_plan(self.broker, plan_history(queue, name, minutes, now))
+
+    def history_names(self, queue: str, *, now: float | None = None) -> list[str]:
+        """The task names of the queue with stats history (written within the last 25 hours), sorted."""
+        return run_plan(self.broker, plan_history_names(queue, now))
 
     def tasks(self, queue: str, state: str, *, name: str | None = None, offset: int = 0,
               limit: int = 50, scan: int = SCAN) -> dict:
@@ -228,6 +248,15 @@ class AsyncInspector:
         """As Inspector.queue."""
         return await self._run(plan_queue(queue, by_name, sample))
 
+    async def history(self, queue: str, *, name: str | None = None, minutes: int = 60,
+                      now: float | None = None) -> list[dict]:
+        """As Inspector.history."""
+        return await self._run(plan_history(queue, name, minutes, now))
+
+    async def history_names(self, queue: str, *, now: float | None = None) -> list[str]:
+        """As Inspector.history_names."""
+        return await self._run(plan_history_names(queue, now))
+
     async def tasks(self, queue: str, state: str, *, name: str | None = None, offset: int = 0,
                     limit: int = 50, scan: int = SCAN) -> dict:
         """As Inspector.tasks."""
@@ -305,10 +334,47 @@ def plan_queue(queue: str, by_name: bool, sample: int):
         "latency": latency,
         "oldest_ready_id": esc(head) if head else None,
     }
+    at = time.time()
+    rows = {esc(n): dict(zip(STATES_BY_NAME, row)) for n, row in zip(names[::2], names[1::2])}
+    if by_name:  # names that ran lately but have no task in any state now get a row too
+        for n in (yield from plan_history_names(queue, at)):
+            rows.setdefault(n, dict.fromkeys(STATES_BY_NAME, 0))
+    # one more round trip: the last 61 minutes of history of the queue (and of each name)
+    keys = [None, *sorted(rows)] if by_name else [None]
+    for key, hist in zip(keys, (yield from _plan_histories(qk, keys, 61, at))):
+        target = out if key is None else rows[key]
+        target["done_1m"], target["failed_1m"] = _stats.rolling(hist, at, 1)
+        target["done_1h"], target["failed_1h"] = _stats.rolling(hist, at, 60)
     if by_name:
-        out["by_name"] = {esc(n): dict(zip(STATES_BY_NAME, row)) for n, row in zip(names[::2], names[1::2])}
+        out["by_name"] = {n: rows[n] for n in sorted(rows)}
         out["by_name_exact"] = max(ready + [nsched, nleases, ndead]) <= sample and bool(waiting_exact)
     return out
+
+
+def plan_history(queue: str, name: str | None, minutes: int, now: float | None):
+    qk = queue_keys(check_queue(queue))
+    check_int("minutes", minutes, 1, _stats.MAX_MINUTES)
+    if name is not None:
+        check_name(name)
+    at = time.time() if now is None else now
+    return [m.as_dict() for m in (yield from _plan_histories(qk, [name], minutes, at))[0]]
+
+
+def plan_history_names(queue: str, now: float | None):
+    qk = queue_keys(check_queue(queue))
+    at = time.time() if now is None else now
+    return sorted(esc(n) for n in (yield "stats_names", qk, int(at // 3600) - _stats.HOURS))
+
+
+def _plan_histories(qk, names: list, minutes: int, now: float):
+    """stats.Minute lists of each name (None: the whole queue), in one pipelined round trip."""
+    last = int(now // 60)
+    first = last - minutes + 1
+    spans = _stats.ranges(first, last)
+    reads = [(qk.stats(hour, name), lo, hi) for name in names for hour, lo, hi in spans]
+    got = (yield "stats_ranges", reads) if reads else []
+    k = len(spans)
+    return [_stats.decode(first, last, got[i * k:(i + 1) * k]) for i in range(len(names))]
 
 
 def plan_tasks(queue: str, state: str, name: str | None, offset: int, limit: int, scan: int):

@@ -27,6 +27,12 @@ slot and one Lua script may touch them all):
                                     missing record was removed rather than never there
     xq:{Q}:events           channel Pub/Sub channel of task state changes (JSON arrays of events)
     xq:{Q}:control          channel Pub/Sub channel to supervisors: ids whose cancellation was requested
+    xq:{Q}:st:<H>           string  stats history of the whole queue for hour H (unix seconds // 3600): 60
+                                    records of 17 bytes, one per minute (xq/stats.py), written with
+                                    BITFIELD ... OVERFLOW SAT INCRBY; EXPIREd 25 h after its first write
+    xq:{Q}:st:<H>:<name>    string  the same for one task name
+    xq:{Q}:stn              zset    task name -> the last hour H it had stats written: the names with history
+                                    (entries older than 25 h are dropped by the supervisors)
 
 The finished indexes, retention and trimmed are built by the scripts from the queue's base like the flow
 control keys below (every finishing script would otherwise need 5 more KEYS, CLAIM 5 per queue).
@@ -48,6 +54,9 @@ they are only known once the record is read; the methods below name them for Pyt
     xq:{Q}:g:<gid>          hash    a group: left, sealed, total, cb (callback id), fired
     xq:{Q}:gi:<gid>         list    the group's member ids, in the order given
     xq:{Q}:go:<gid>         hash    member id -> the state it ended in (each member counted once)
+
+The failure paths of the scripts (attempt_failed) count failed attempts into the stats history keys above,
+built from the base and the record's name like the flow keys; the supervisors count done tasks.
 """
 
 from __future__ import annotations
@@ -279,6 +288,20 @@ class QueueKeys:
 
     def name_rate_plan(self, name: str) -> str:
         return f"{self.base}rnp:{name}"
+
+    def stats(self, hour: int, name: str | None = None) -> str:
+        """The stats history of hour `hour` (unix seconds // 3600): of the whole queue, or of one task name."""
+        return f"{self.base}st:{hour}" if name is None else f"{self.base}st:{hour}:{name}"
+
+    def stats_b(self, hour: int, name: bytes | None = None) -> bytes:
+        """stats() as bytes, for the supervisor, which holds task names as bytes."""
+        k = b"%bst:%d" % (self.base.encode(), hour)
+        return k if name is None else k + b":" + name
+
+    @property
+    def stats_names(self) -> str:
+        """The task names with stats history: name -> the last hour written."""
+        return self.base + "stn"
 
     def dependents(self, task_id: str) -> str:
         return f"{self.base}d:{task_id}"

@@ -924,6 +924,10 @@ class Producer(ProducerBase):
         """Set the queue's retention policy: keep, max_age, keep_dead, reset (see Inspector.set_retention)."""
         return self._inspector().set_retention(queue, **policy)
 
+    def history(self, queue: str = DEFAULT_QUEUE, **kw) -> list[dict]:
+        """A queue's (or one task name's) per-minute stats history (see Inspector.history)."""
+        return self._inspector().history(queue, **kw)
+
     # --- dead letters and schedules ---
     def _page(self, queue: str, offset: int, limit: int, which: str) -> list[dict]:
         """status() of each id of one page of a sorted set (records gone meanwhile are skipped), read in

@@ -216,6 +216,28 @@ local function attempt_failed(key, id, queue, now, sched, dead, f, started, fini
   return event(id, queue, 'dead', now, ',"reason":' .. cjson.encode(reason)), nil
 end
 
+-- Stats history (xq/stats.py, docs/design.md "Stats history"): a failed attempt counts as retried (due) or
+-- dead in the minute of `now`, with its run time in microseconds, for the whole queue and for its task name.
+-- stn is the queue's xq:{Q}:stn, passed in KEYS only while stats are on; the hour keys are built from it
+-- like the flow keys (same hash tag).  The rare path: the supervisors count done tasks themselves.
+local function count_failed(stn, key, name, now, due, started, finished)
+  name = name or redis.call('HGET', key, 'name') or ''
+  local base = string.sub(stn, 1, -4)
+  local hour = math.floor(now / 3600000)
+  local off = (math.floor(now / 60000) % 60) * 136
+  local us = ((tonumber(finished) or now) - (tonumber(started) or now)) * 1000
+  if not (us >= 0) then us = 0 elseif us > 1e12 then us = 1e12 end
+  local r, d = 1, 0
+  if not due then r, d = 0, 1 end
+  for _, k in ipairs({base .. 'st:' .. hour, base .. 'st:' .. hour .. ':' .. name}) do
+    redis.call('BITFIELD', k, 'OVERFLOW', 'SAT', 'INCRBY', 'u32', off + 32, r, 'INCRBY', 'u32', off + 64, d,
+               'INCRBY', 'u40', off + 96, string.format('%d', us), 'INCRBY', 'u8', 8152, 0)  -- stats.SIZE_OP
+    redis.call('EXPIRE', k, 90000)
+  end
+  redis.call('ZADD', stn, hour, name)
+  redis.call('EXPIRE', stn, 90000)
+end
+
 -- Flow control (unique keys, dependencies, groups, per-key concurrency, rate limits) keeps its keys under
 -- the queue's base 'xq:{Q}:' (a task key prefix less its 't:'), built here from the names and ids in a
 -- task's record: they are not known before the record is read, and all share the queue's hash tag.
@@ -916,6 +938,7 @@ return {out, notes, leased, earliest, now}
 # KEYS[1] -> xq:{Q}:leases
 # KEYS[2] -> xq:{Q}:sched
 # KEYS[3] -> xq:{Q}:dead
+# KEYS[4] -> xq:{Q}:stn, only while stats history is on: failed attempts are counted (count_failed)
 # ARGV[1] -> task key prefix
 # ARGV[2] -> events channel
 # ARGV[3] -> result ttl, seconds (0 keeps records forever)
@@ -994,6 +1017,7 @@ for i = 7, #ARGV, 7 do
       end
       ev, due = attempt_failed(key, id, queue, now, KEYS[2], KEYS[3], f, ARGV[i + 5], ARGV[i + 6],
                                oc, why or ARGV[i + 3], delay, why)
+      if KEYS[4] then count_failed(KEYS[4], key, nil, now, due, ARGV[i + 5], ARGV[i + 6]) end
       if not due then final = 'dead' end
     end
     if listen then events[#events + 1] = ev end
@@ -1042,6 +1066,7 @@ return {written, refused}
 # KEYS[3] -> xq:{Q}:sched
 # KEYS[4] -> xq:{Q}:dead
 # KEYS[5..14] -> xq:{Q}:ready:0 .. ready:9
+# KEYS[15] -> xq:{Q}:stn, only while stats history is on: lost/expired attempts are counted as failed
 # ARGV[1] -> task key prefix
 # ARGV[2] -> events channel
 # ARGV[3] -> queue name
@@ -1140,6 +1165,7 @@ for i = #ids, 1, -1 do
       local due
       ev, due = attempt_failed(key, id, queue, now, KEYS[3], KEYS[4], {f[2], f[3], f[5], f[6]},
                                started ~= '' and started or f[7], now, outcome, why, delay)
+      if KEYS[15] then count_failed(KEYS[15], key, f[8] or '', now, due, started ~= '' and started or f[7], now) end
       if due then
         if delay <= 0 then  -- at once: straight back to the head of its list
           redis.call('ZREM', KEYS[3], id)

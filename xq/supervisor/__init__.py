@@ -80,6 +80,7 @@ class Config:
     allow_eviction: bool = False       # ... and let an evicting maxmemory-policy pass, with a warning
     heartbeat: float = 5.0             # seconds between worker-registry heartbeats; the record's TTL is 3x
     metrics_port: int = 0              # serve /metrics, /healthz, /readyz on this port (0: off; metrics.py)
+    stats: bool = True                 # write the per-minute stats history (xq/stats.py; --no-stats: off)
 
     def __post_init__(self):
         check_memory_limits(self.max_memory_per_child, self.memory_limit_per_child)

@@ -51,6 +51,9 @@ class ClaimPipeline(Component):
         self.completions: dict[int, list] = {}     # qidx -> flat COMPLETE args (7 a task)
         self.claim_lost = False                    # an outage ate a claim's reply: sweep its tasks back
         self.progress: dict[int, tuple] = {}       # seq -> (qidx, id, record JSON, event members, ts ms): last report
+        self.stats: dict | None = {} if cfg.stats else None  # qidx -> {name: [done, run time s]}: this step's
+        self._stats_seen: set[bytes] = set()       # stats keys written this hour (expiry set, name indexed)
+        self._stats_hour = -1
         self.results_due = 0.0                     # monotonic time by which buffered results are sent
         self.seq = 0
         self.done_total = 0                        # results written since start: done, and any other outcome
@@ -171,6 +174,7 @@ class ClaimPipeline(Component):
         # ... unless we sweep them back once Redis answers (Leases.sync): a claim was out, reply unread
         self.claim_lost = self.claim_lost or bool(self.waiting) or any(e[0] == "claim" for e in self.pending)
         self.pending.clear()
+        self._stats_seen = set()  # a lost step may have carried a key's EXPIRE: send them again
         self.claiming = 0
         self.waiting = self.wait_woke = False
         self._wait_fd = self._main_fd = -1
@@ -212,7 +216,8 @@ class ClaimPipeline(Component):
             return 0
         first = not self.completions
         had_progress = bool(self.progress)
-        n, busy = fast.drain_results(c.outring, self.inflight, self.completions, c.unacked, 4096, self.progress)
+        n, busy = fast.drain_results(c.outring, self.inflight, self.completions, c.unacked, 4096, self.progress,
+                                     self.stats)
         if self.progress and not had_progress and first and not n:
             # Progress alone waits up to RESULT_DELAY, like results, so reports coalesce into one write.
             self.results_due = time.monotonic() + RESULT_DELAY
@@ -364,8 +369,17 @@ class ClaimPipeline(Component):
         cmds = [progress] if progress else []
         ts = int(time.time() * 1000)
         cmds += [broker.pack_complete(self._qks[q], cfg.result_ttl, fast.build_event(self._qnames_b[q], items, ts),
-                                      items, worker)
+                                      items, worker, cfg.stats)
                  for q, items in done.items()]
+        nstats = 0
+        if self.stats:  # the done counts drained since the last step: a few commands per queue (pack_stats)
+            if ts // 3600000 != self._stats_hour:
+                self._stats_hour, self._stats_seen = ts // 3600000, set()
+            for q, rows in self.stats.items():
+                packed, k = broker.pack_stats(self._qks[q], ts, rows, self._fresh_stats_key)
+                cmds.append(packed)
+                nstats += k
+            self.stats = {}
         claim = want > 0 or promote
         if claim:  # want 0 only moves due tasks to their ready lists
             cmds.append(broker.pack_claim(self._claim_keys, self._claim_tail, max(want, 0), worker,
@@ -379,6 +393,8 @@ class ClaimPipeline(Component):
             self.pending.append(("progress", nprogress))
         for q, items in done.items():
             self.pending.append(("complete", q, items))
+        if nstats:
+            self.pending.append(("stats", nstats))
         if claim:
             want = max(want, 0)
             self.pending.append(("claim", want, bool(self.inflight)))
@@ -410,6 +426,14 @@ class ClaimPipeline(Component):
                         self.sup.metrics.completed(entry[1], items)
                     if reply[1]:
                         log_refused(refusals(reply[1]), "result", self.sup.worker_id)
+            elif entry[0] == "stats":
+                # best effort, like progress: counts a failed write loses are not sent again
+                for i in range(entry[1]):
+                    if i:
+                        reply = broker.read_reply()
+                    if isinstance(reply, Exception) and not refuses_writes(reply):
+                        log.warning("writing stats history failed (dropped): %s", reply)
+                reply = None
             elif entry[0] == "progress":
                 # its replies were sent back to back, ahead of the step's COMPLETE: they are all here or close
                 for i in range(entry[1]):
@@ -494,6 +518,14 @@ class ClaimPipeline(Component):
                 (tid, tasks[i + 5], b"invalid", why.encode(), b"", ms, ms))
         self.results_due = 0.0
         return [v for i in range(0, len(tasks), 7) if i not in skip for v in tasks[i:i + 7]]
+
+    def _fresh_stats_key(self, key: bytes) -> bool:
+        """Is this the first write of this hour's stats key by this supervisor?  Then pack_stats sets its
+        expiry and indexes its name: once per key per hour, not per step."""
+        if key in self._stats_seen:
+            return False
+        self._stats_seen.add(key)
+        return True
 
     def _pack_progress(self) -> tuple[bytes, int]:
         """The step's progress commands, one group per queue, and how many replies they produce."""

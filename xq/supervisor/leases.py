@@ -69,7 +69,7 @@ class Leases(Component):
             r = self.releases[0]
             _, _, refused = self.broker.release(sup.qks[r.qidx], r.mode, r.tasks, holder=sup.worker_id,
                                                 ttl=self.cfg.result_ttl, max_retries=sup.max_retries_json,
-                                                **r.options)
+                                                stats=self.cfg.stats, **r.options)
             self.releases.popleft()
             if r.mode != "return":  # lost, canceled, timed out, over memory: an attempt that failed
                 sup.claims.failed_total += len(r.tasks)
@@ -125,7 +125,8 @@ class Leases(Component):
         sup = self.sup
         for qk in sup.qks:
             requeued, failed, _ = self.broker.release(qk, "expired", [], error="recovered by " + sup.worker_id,
-                                                      ttl=self.cfg.result_ttl, max_retries=sup.max_retries_json)
+                                                      ttl=self.cfg.result_ttl, max_retries=sup.max_retries_json,
+                                                      stats=self.cfg.stats)
             if requeued or failed:
                 self.recovered += len(requeued) + len(failed)
                 sup.claims.idle = False
