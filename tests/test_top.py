@@ -64,8 +64,7 @@ def test_snapshot_shows_queues_workers_and_running_tasks(redis_url, r):
 
 
 def test_snapshot_throughput_after_a_real_drain(redis_url):
-    """With the stats history (Inspector.history), the drained tasks show in the sparkline and DONE 1m;
-    without it, both stay empty and the rest of the row is unchanged."""
+    """The drained tasks show in the sparkline and DONE 1m (from the stats history, Inspector.history)."""
     with xq.Producer(redis_url) as p, Inspector(redis_url) as insp:
         p.enqueue_many("count", list(range(5)))
         with XQRun(redis_url, burst=True) as w:
@@ -73,31 +72,9 @@ def test_snapshot_throughput_after_a_real_drain(redis_url):
         (q,) = snapshot(insp)["queues"]
         (_key, cells), = queue_rows({"queues": [q]})
         assert (q["ready"], q["running"]) == (0, 0)
-        if hasattr(insp, "history"):
-            assert sum(q["throughput"]) == 5 and q["done_1m"] == 5 and cells[-2] == "5"
-            assert "█" in cells[-3]  # the busiest minute gets the full bar
-        else:
-            assert q["throughput"] == [] and cells[-3].strip() == "" and cells[-2:] == ["-", "-"]
+        assert sum(q["throughput"]) == 5 and q["done_1m"] == 5 and cells[-2] == "5"
+        assert "█" in cells[-3]  # the busiest minute gets the full bar
 
-
-def test_snapshot_uses_the_history_api_when_there_is_one(redis_url):
-    """Inspector.history comes from another branch; until then snapshot() reads it only if present."""
-
-    class WithHistory(Inspector):
-        def history(self, queue, *, name=None, minutes=60):
-            return [{"minute": 60 * m, "done": m % 4, "failed": 0, "retried": 0, "runtime": 0.0}
-                    for m in range(minutes)]
-
-        def queue(self, queue, by_name=False, **kw):
-            return {**super().queue(queue, by_name=by_name, **kw), "done_1m": 7, "failed_1m": 2}
-
-    with xq.Producer(redis_url) as p, WithHistory(redis_url) as insp:
-        p.enqueue("count", 1)
-        (q,) = snapshot(insp, minutes=8)["queues"]
-        assert q["throughput"] == [0, 1, 2, 3, 0, 1, 2, 3]
-        (_key, cells), = queue_rows({"queues": [q]})
-        assert cells[-3].strip() == sparkline([0, 1, 2, 3, 0, 1, 2, 3]).strip()
-        assert cells[-2:] == ["7", "2"]
 
 
 def test_sparkline_scales_to_its_maximum():

@@ -8,8 +8,8 @@ the highlighted row.  The reads run in a worker thread, so a slow or absent Redi
 failed read shows "Redis unreachable: ..." in the status line and the next tick tries again.
 
 Cost per refresh (default every second): one SMEMBERS of the queue set, one QSTATS round trip per queue
-(by_name for the highlighted one), the index and records of the workers, and, once Inspector.history
-exists (the stats-history branch), one history read per queue.
+and one of its stats history (by_name for the highlighted one), the index and records of the workers, and
+one history read per queue.
 """
 
 from __future__ import annotations
@@ -35,13 +35,11 @@ def snapshot(insp: Inspector, *, detail_queue: str | None = None, minutes: int =
     """Everything one refresh shows: {"time", "queues": [Inspector.queue() + "throughput": done per minute,
     oldest first] by name, "workers": Inspector.workers() by host and pid (a stable order: the registry's
     is by heartbeat, which reshuffles every beat), "detail": Inspector.queue(detail_queue, by_name=True)
-    or None}.  Throughput is empty while the Inspector has no history() (before the stats history)."""
-    history = getattr(insp, "history", None)
+    or None}."""
     queues = []
     for q in insp.queues():
         row = dict(q)
-        row["throughput"] = ([int(m.get("done") or 0) for m in history(q["queue"], minutes=minutes)]
-                             if history else [])
+        row["throughput"] = [m["done"] for m in insp.history(q["queue"], minutes=minutes)]
         queues.append(row)
     detail = None
     if detail_queue is not None and any(q["queue"] == detail_queue for q in queues):
