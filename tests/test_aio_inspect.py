@@ -6,6 +6,7 @@ and running tasks (tests/apps/basic.py); asyncio.run inside sync tests (no plugi
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 import pytest
@@ -93,6 +94,13 @@ def test_every_read_matches_its_sync_twin_on_a_live_queue(fleet, redis_url, r): 
                 assert without(a, "age") == without(b, "age"), wid
             assert await ap.worker("no-such-worker") is None
             assert await ap.paused("default") is True and await ap.paused("idle") is False
+            at = time.time()  # one clock for both sides: the history ends at the current minute
+            for kw in ({}, {"name": "boom", "minutes": 5}, {"name": "no-such-name", "minutes": 1}):
+                assert await ap.history("default", now=at, **kw) == p.history("default", now=at, **kw), kw
+            assert sum(m["failed"] for m in await ap.history("default", name="boom", now=at)) >= 1
+            async with AsyncInspector(redis_url) as ai:
+                assert await ai.history_names("default", now=at) == Inspector(redis_url).history_names(
+                    "default", now=at)
             async with AsyncInspector(redis_url) as ai:  # standalone, on a broker of its own
                 assert await ai.paused_since("default") == Inspector(redis_url).paused_since("default")
                 assert without(await ai.queue("idle"), "latency") == without(p.queue("idle"), "latency")
