@@ -98,6 +98,11 @@ def test_every_read_matches_its_sync_twin_on_a_live_queue(fleet, redis_url, r): 
             for kw in ({}, {"name": "boom", "minutes": 5}, {"name": "no-such-name", "minutes": 1}):
                 assert await ap.history("default", now=at, **kw) == p.history("default", now=at, **kw), kw
             assert sum(m["failed"] for m in await ap.history("default", name="boom", now=at)) >= 1
+            pol = await ap.set_retention("default", keep=50, keep_dead=70)
+            assert pol == p.retention("default") and (pol["keep"], pol["keep_dead"]) == (50, 70)
+            assert await ap.set_retention("default", reset=True) == p.retention("default")
+            with pytest.raises(xq.ConfigError, match="keep"):
+                await ap.set_retention("default", keep=0)
             async with AsyncInspector(redis_url) as ai:
                 assert await ai.history_names("default", now=at) == Inspector(redis_url).history_names(
                     "default", now=at)

@@ -166,12 +166,15 @@ class _AsyncBroker:
 
     @aio_io
     async def retention(self, qks) -> list[tuple[dict, dict]]:
-        pipe = self.client.pipeline(transaction=False)
-        for qk in qks:
-            pipe.hgetall(qk.retention)
-            pipe.hgetall(qk.trimmed)
-        out = await pipe.execute()
-        return list(zip(out[::2], out[1::2]))
+        return await self.pipelined(broker.plan_retention(qks))
+
+    @aio_io
+    async def set_retention(self, qk, values: dict, unset) -> None:
+        return await self.pipelined(broker.plan_set_retention(qk, values, unset))
+
+    @aio_io
+    async def finished_counts(self, qk) -> list[int]:
+        return await self.pipelined(broker.plan_finished_counts(qk))
 
     @aio_io
     async def task_record(self, qk, task_id: str | bytes) -> dict:
@@ -538,6 +541,14 @@ class AsyncProducer(ProducerBase):
                     scan: int = SCAN) -> dict:
         """As Producer.tasks: one page of a queue's tasks in one state (see Inspector.tasks)."""
         return await self._inspector().tasks(queue, state, name=name, offset=offset, limit=limit, scan=scan)
+
+    async def retention(self, queue: str = DEFAULT_QUEUE) -> dict:
+        """As Producer.retention: the queue's retention policy and what it removed."""
+        return await self._inspector().retention(queue)
+
+    async def set_retention(self, queue: str = DEFAULT_QUEUE, **policy) -> dict:
+        """As Producer.set_retention: keep, max_age, keep_dead, reset."""
+        return await self._inspector().set_retention(queue, **policy)
 
     async def history(self, queue: str = DEFAULT_QUEUE, **kw) -> list[dict]:
         """As Producer.history: a queue's (or one task name's) per-minute stats history."""

@@ -278,30 +278,17 @@ class Broker:
     @io
     def retention(self, qks: Sequence[QueueKeys]) -> list[tuple[dict, dict]]:
         """Per queue: (its retention policy, its trimmed watermark), HGETALL replies, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for qk in qks:
-            pipe.hgetall(qk.retention)
-            pipe.hgetall(qk.trimmed)
-        out = pipe.execute()
-        return list(zip(out[::2], out[1::2]))
+        return self.pipelined(plan_retention(qks))
 
     @io
     def set_retention(self, qk: QueueKeys, values: dict[str, int], unset: Sequence[str]) -> None:
         """Set fields of a queue's retention policy and remove others (back to their defaults)."""
-        pipe = self.client.pipeline(transaction=True)
-        if values:
-            pipe.hset(qk.retention, mapping=values)
-        if unset:
-            pipe.hdel(qk.retention, *unset)
-        pipe.execute()
+        return self.pipelined(plan_set_retention(qk, values, unset))
 
     @io
     def finished_counts(self, qk: QueueKeys) -> list[int]:
         """ZCARD of the done, canceled, expired indexes and the dead-letter set."""
-        pipe = self.client.pipeline(transaction=False)
-        for z in (qk.finished("done"), qk.finished("canceled"), qk.finished("expired"), qk.dead):
-            pipe.zcard(z)
-        return pipe.execute()
+        return self.pipelined(plan_finished_counts(qk))
 
     def cancel(self, qk: QueueKeys, task_id: str, ttl: int) -> tuple[str, str]:
         """(outcome, state before); see scripts.CANCEL."""
@@ -685,6 +672,22 @@ def plan_workers():
         return []
     recs = yield Batch([cmd("get", worker_key(wid.decode(errors="replace"))) for wid, _ in rows])
     return [(wid.decode(errors="replace"), score, rec) for (wid, score), rec in zip(rows, recs)]
+
+
+def plan_retention(qks: Sequence[QueueKeys]):
+    out = yield Batch([c for qk in qks for c in (cmd("hgetall", qk.retention), cmd("hgetall", qk.trimmed))])
+    return list(zip(out[::2], out[1::2]))
+
+
+def plan_set_retention(qk: QueueKeys, values: dict, unset: Sequence[str]):
+    calls = ([cmd("hset", qk.retention, mapping=values)] if values else []) + \
+            ([cmd("hdel", qk.retention, *unset)] if unset else [])
+    yield Batch(calls, multi=True)
+
+
+def plan_finished_counts(qk: QueueKeys):
+    return (yield Batch([cmd("zcard", z) for z in (qk.finished("done"), qk.finished("canceled"),
+                                                     qk.finished("expired"), qk.dead)]))
 
 
 def plan_set_paused(qk: QueueKeys, paused: bool, ms: int):

@@ -95,11 +95,7 @@ class Inspector:
         None for the result ttl; keep_dead: dead letters kept; "defaults": the fields not set), what the
         scripts removed so far (trimmed: count, trimmed_newest: finish time of the newest removed,
         trimmed_at) and the sizes of the finished indexes (done, canceled, expired, dead)."""
-        qk = queue_keys(check_queue(queue))
-        [(policy, mark)] = self.broker.retention([qk])
-        out = {"queue": queue, **retention_view(policy, mark)}
-        out["indexed"] = dict(zip(("done", "canceled", "expired", "dead"), self.broker.finished_counts(qk)))
-        return out
+        return run_plan(self.broker, plan_retention(queue))
 
     def set_retention(self, queue: str, *, keep: int | None = None, max_age: int | None = None,
                       keep_dead: int | None = None, reset: bool = False) -> dict:
@@ -107,22 +103,7 @@ class Inspector:
         (seconds, 1..10^11; 0: back to the result ttl), keep_dead (1..10^9 dead letters); reset first
         puts every field back to its default.  Read by every finishing script from its next call; a lower
         cap is caught up over a few calls.  Returns retention()."""
-        qk = queue_keys(check_queue(queue))
-        values, unset = {}, ["keep", "max_age", "keep_dead"] if reset else []
-        if keep is not None:
-            values["keep"] = check_int("keep", keep, 1, MAX_KEEP)
-        if keep_dead is not None:
-            values["keep_dead"] = check_int("keep_dead", keep_dead, 1, MAX_KEEP)
-        if max_age is not None:
-            if check_int("max_age", max_age, 0, MAX_RESULT_TTL) == 0:
-                unset.append("max_age")
-            else:
-                values["max_age"] = max_age
-        unset = [u for u in unset if u not in values]
-        if values or unset:
-            self.broker.register_queue(queue)
-            self.broker.set_retention(qk, values, unset)
-        return self.retention(queue)
+        return run_plan(self.broker, plan_set_retention(queue, keep, max_age, keep_dead, reset))
 
     # ---------------------------------------------------------------- worker registry
     def workers(self) -> list[dict]:
@@ -248,6 +229,15 @@ class AsyncInspector:
         """As Inspector.queue."""
         return await self._run(plan_queue(queue, by_name, sample))
 
+    async def retention(self, queue: str) -> dict:
+        """As Inspector.retention."""
+        return await self._run(plan_retention(queue))
+
+    async def set_retention(self, queue: str, *, keep: int | None = None, max_age: int | None = None,
+                            keep_dead: int | None = None, reset: bool = False) -> dict:
+        """As Inspector.set_retention."""
+        return await self._run(plan_set_retention(queue, keep, max_age, keep_dead, reset))
+
     async def history(self, queue: str, *, name: str | None = None, minutes: int = 60,
                       now: float | None = None) -> list[dict]:
         """As Inspector.history."""
@@ -349,6 +339,33 @@ def plan_queue(queue: str, by_name: bool, sample: int):
         out["by_name"] = {n: rows[n] for n in sorted(rows)}
         out["by_name_exact"] = max(ready + [nsched, nleases, ndead]) <= sample and bool(waiting_exact)
     return out
+
+
+def plan_retention(queue: str):
+    qk = queue_keys(check_queue(queue))
+    [(policy, mark)] = yield "retention", [qk]
+    out = {"queue": queue, **retention_view(policy, mark)}
+    out["indexed"] = dict(zip(("done", "canceled", "expired", "dead"), (yield "finished_counts", qk)))
+    return out
+
+
+def plan_set_retention(queue: str, keep: int | None, max_age: int | None, keep_dead: int | None, reset: bool):
+    qk = queue_keys(check_queue(queue))
+    values, unset = {}, ["keep", "max_age", "keep_dead"] if reset else []
+    if keep is not None:
+        values["keep"] = check_int("keep", keep, 1, MAX_KEEP)
+    if keep_dead is not None:
+        values["keep_dead"] = check_int("keep_dead", keep_dead, 1, MAX_KEEP)
+    if max_age is not None:
+        if check_int("max_age", max_age, 0, MAX_RESULT_TTL) == 0:
+            unset.append("max_age")
+        else:
+            values["max_age"] = max_age
+    unset = [u for u in unset if u not in values]
+    if values or unset:
+        yield "register_queue", queue
+        yield "set_retention", qk, values, unset
+    return (yield from plan_retention(queue))
 
 
 def plan_history(queue: str, name: str | None, minutes: int, now: float | None):
