@@ -71,3 +71,12 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=timeout)
+
+
+def keep_every_record(url: str, queue: str = "default") -> None:
+    """Lift the queue's retention caps (default: the newest 10,000 finished records and dead letters), for
+    a test that checks the record of every one of more tasks than that at its end."""
+    import xq
+
+    with xq.Producer(url) as p:
+        p.set_retention(queue, keep=10**9, keep_dead=10**9)

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 import xq
-from helpers import free_port, stop_process
+from helpers import free_port, keep_every_record, stop_process
 from test_engine import assert_queue_empty, execs, states
 from xq.keys import queue_keys
 from xqrun import TESTS, XQRun, wait_for
@@ -93,6 +93,7 @@ def test_random_cuts_while_draining_and_enqueueing(fault_proxy):
     the supervisor survives, every enqueued task is done soon after, none lost, none enqueued twice."""
     proxy = fault_proxy
     real = direct(proxy.redis.url)
+    keep_every_record(proxy.redis.url)  # every task's record is checked at the end
     returned: list[str] = []               # ids enqueue_many returned
     lost_calls: list[tuple[list, list, range]] = []  # (stored, unknown, serials) of each ConnectionLost
     errors: list[BaseException] = []
@@ -195,6 +196,7 @@ def test_client_kill_storm(fresh_redis):
     stall (redis-py's pool used to run out after ~100 dropped connections: "Too many connections")."""
     url = fresh_redis.url
     real = direct(url)
+    keep_every_record(url)  # every task's record is checked at the end
     killer = redis.Redis.from_url(url, single_connection_client=True)  # SKIPME yes spares this one
     returned: list[str] = []
     lost = 0

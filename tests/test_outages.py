@@ -8,6 +8,7 @@ import pytest
 import redis
 
 import xq
+from helpers import keep_every_record
 from xq.keys import queue_keys
 from xqrun import XQRun, wait_for
 from test_engine import IMPLS
@@ -19,6 +20,7 @@ def test_supervisor_rides_out_random_cuts_and_keeps_its_results(fault_proxy, pur
     # Every failure reaches the one outage handler; results held meanwhile are sent after the reconnect.
     r = redis.Redis.from_url(fault_proxy.redis.url)
     p = xq.Producer(fault_proxy.redis.url)  # the producer talks to Redis directly: only the supervisor is cut
+    keep_every_record(fault_proxy.redis.url)  # every task's record is checked at the end
     ids = []
     try:
         # a claim whose reply is cut leases tasks nobody knows of: a short lease brings them back soon
