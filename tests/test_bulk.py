@@ -69,7 +69,11 @@ def test_replay_some_ids_at_a_new_priority(redis_url, r):
     assert p.replay("src", ids[:10] + ["NOT-DEAD"], to_queue="dst", priority="critical", chunk=3) == ids[:10]
     assert r.lrange(queue_keys("dst").ready[0], 0, -1) == [i.encode() for i in ids[:10]]
     assert p.dead_count("src") == 20
-    assert p.replay("src", to_queue="src") and p.dead_count("src") == 0  # into itself: in place
+    seen = []  # into itself: in place, 7 a call, 4 calls a round trip
+    assert sorted(p.replay("src", to_queue="src", chunk=7, progress=lambda d, t: seen.append((d, t)))) == \
+        sorted(ids[10:])
+    assert p.dead_count("src") == 0 and seen == [(20, 20)]
+    assert r.lrange(queue_keys("src").ready[5], 0, -1) == [i.encode() for i in ids[10:]]
     p.close()
 
 

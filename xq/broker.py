@@ -348,6 +348,12 @@ class Broker:
         return fast.pack_command([b"EVALSHA", self._sha["import"], 11, qk.wake, *qk.ready, qk.task_prefix,
                                   qk.events, qk.name, b"" if priority is None else priority, *tasks])
 
+    def pack_replay_head(self, qk: QueueKeys, count: int, priority: int | None) -> bytes:
+        """Script REPLAY 'head': requeue the first count dead letters in place."""
+        return fast.pack_command([b"EVALSHA", self._sha["replay"], 12, qk.dead, qk.wake, *qk.ready,
+                                  qk.task_prefix, qk.events, qk.name, b"" if priority is None else priority,
+                                  b"head", count])
+
     def pack_remove_dead(self, qk: QueueKeys, ids: Sequence[bytes]) -> bytes:
         """Script REPLAY 'remove': drop these dead letters (copied elsewhere) and their records."""
         return fast.pack_command([b"EVALSHA", self._sha["replay"], 12, qk.dead, qk.wake, *qk.ready,

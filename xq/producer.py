@@ -900,12 +900,37 @@ class Producer(ProducerBase):
         if to_queue is not None:
             return self._move_dead(qk, ids, prio, queue_keys(to_queue), progress, chunk)
         if ids is None:
-            ids = [i for i, _ in self.broker.dead_ids(qk, 0, self.broker.dead_count(qk), raw=True)]
+            return self._replay_all(qk, prio, progress, chunk)
         done: list[str] = []
         for i in range(0, len(ids), 500):
             done += self.broker.replay(qk, list(ids[i:i + 500]), prio)
             if progress:
                 progress(min(i + 500, len(ids)), len(ids))
+        return done
+
+    def _replay_all(self, qk, prio: int | None, progress, chunk: int) -> list[str]:
+        """Replay every dead letter of qk in place: REPLAY 'head' calls of `chunk` ids, BULK_DEPTH a round
+        trip, as many as the set held at the start (tasks dying meanwhile stay dead).  Safe to retry: a
+        call only ever takes what is still in the set."""
+        from .inspect import BULK_DEPTH
+
+        broker = self.broker
+        total = broker.dead_count(qk)
+        done: list[str] = []
+        looked = 0
+        window = RetryWindow(self.retry_for)
+        while looked < total:  # bounded: each round takes >= 1 of the `total` entries
+            left = total - looked
+            sizes = [min(chunk, left - k * chunk) for k in range(BULK_DEPTH) if left > k * chunk]
+            try:
+                replies = broker.exchange([broker.pack_replay_head(qk, n, prio) for n in sizes])
+            except ConnectionLost as e:
+                time.sleep(window.pause(e))
+                continue
+            done += [esc(i) for part in replies for i in part]
+            looked += sum(sizes)
+            if progress:
+                progress(min(looked, total), total)
         return done
 
     def _move_dead(self, qk, ids: list[bytes] | None, prio: int | None, tqk, progress, chunk: int) -> list[str]:

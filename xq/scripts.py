@@ -1155,9 +1155,10 @@ return {'finished', state}
 # ARGV[2] -> events channel
 # ARGV[3] -> queue name
 # ARGV[4] -> new priority, or '' to keep each task's own
-# ARGV[5] -> mode: 'requeue' (back to this queue's ready lists, a fresh retry budget) or 'remove' (drop
-#            from this queue: the caller has enqueued it elsewhere)
-# ARGV[6..] -> ids
+# ARGV[5] -> mode: 'requeue' (back to this queue's ready lists, a fresh retry budget), 'head' (requeue the
+#            first ARGV[6] ids of the set: a bulk replay of them all, a bounded chunk a call) or 'remove'
+#            (drop from this queue: the caller has enqueued it elsewhere)
+# ARGV[6..] -> ids ('head': how many)
 # Output: the ids replayed (ids not in the dead-letter set are skipped; an entry whose record is gone or
 #         no longer dead is dropped from the set, not replayed; in 'remove' mode such a record is kept)
 # A replayed task starts afresh: it gets its full retry budget again, expiry and the last error are
@@ -1170,8 +1171,13 @@ local prefix, channel, queue, pri, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], AR
 local now = now_ms()
 local listen = listening(channel)
 local done, events = {}, {}
-for i = 6, #ARGV do
-  local id = ARGV[i]
+local ids = ARGV
+local first = 6
+if mode == 'head' then
+  ids, first, mode = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[6]) - 1), 1, 'requeue'
+end
+for i = first, #ids do
+  local id = ids[i]
   local key = prefix .. id
   if redis.call('ZSCORE', KEYS[1], id) then
     redis.call('ZREM', KEYS[1], id)
