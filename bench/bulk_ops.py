@@ -42,11 +42,17 @@ def fill_dead(p: xq.Producer, queue: str, n: int) -> None:
     assert p.dead_count(queue) == n, p.dead_count(queue)
 
 
-def timed(label: str, n: int, fn) -> None:
+def timed(label: str, n: int, fn, r) -> None:
+    """Run fn, print tasks/s and the mean Redis time of one call (script, SCAN or UNLINK): how long one
+    call holds Redis, so what a bulk operation adds to other clients' latency."""
+    r.config_resetstat()
     t = time.perf_counter()
     out = fn()
     dt = time.perf_counter() - t
-    print(f"{label:<34} {n:>9,} tasks in {dt:6.2f} s = {n / dt:>9,.0f} tasks/s   ({out})", flush=True)
+    stats = r.info("commandstats")
+    per_call = max(stats.get(f"cmdstat_{c}", {}).get("usec_per_call", 0) for c in ("evalsha", "unlink", "scan"))
+    print(f"{label:<26} {n:>9,} tasks in {dt:6.2f} s = {n / dt:>9,.0f} tasks/s, {per_call / 1000:5.1f} ms "
+          f"a call  ({out})", flush=True)
 
 
 def main() -> None:
@@ -57,32 +63,33 @@ def main() -> None:
     n, only = a.n, set(a.only.split(","))
     with private_redis() as (url, _pid):
         p = xq.Producer(url)
+        r = p.broker.client
         if "enqueue" in only:
             dt = fill(p, "a", n)
-            print(f"{'enqueue_many (reference)':<34} {n:>9,} tasks in {dt:6.2f} s = {n / dt:>9,.0f} tasks/s")
+            print(f"{'enqueue_many (reference)':<26} {n:>9,} tasks in {dt:6.2f} s = {n / dt:>9,.0f} tasks/s")
             p.delete_queue("a") if hasattr(p, "delete_queue") else p.broker.client.flushall()
         if "flush_queued" in only:
             fill(p, "a", n)
-            timed("flush --state queued", n, lambda: p.flush("a", "queued"))
+            timed("flush --state queued", n, lambda: p.flush("a", "queued"), r)
         if "flush_scheduled" in only:
             fill(p, "a", n, delay=3600)
-            timed("flush --state scheduled", n, lambda: p.flush("a", "scheduled"))
+            timed("flush --state scheduled", n, lambda: p.flush("a", "scheduled"), r)
         if "replay" in only or "delete" in only:
             fill_dead(p, "a", n)
             if "replay" in only:
-                timed("replay (same queue)", n, lambda: len(p.replay("a")))
+                timed("replay (same queue)", n, lambda: len(p.replay("a")), r)
             if "delete" in only:
-                timed("delete queue (tasks)", n, lambda: p.delete_queue("a")["keys"])
+                timed("delete queue (tasks)", n, lambda: p.delete_queue("a")["keys"], r)
             else:
                 p.broker.client.flushall()
         if "replay_to" in only:
             fill_dead(p, "src", n)
-            timed("replay --to-queue", n, lambda: len(p.replay("src", to_queue="dst")))
+            timed("replay --to-queue", n, lambda: len(p.replay("src", to_queue="dst")), r)
             assert p.dead_count("src") == 0
             p.broker.client.flushall()
         if "flush_dead" in only:
             fill_dead(p, "a", n)
-            timed("flush --state dead", n, lambda: p.flush("a", "dead"))
+            timed("flush --state dead", n, lambda: p.flush("a", "dead"), r)
         p.close()
 
 

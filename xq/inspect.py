@@ -27,7 +27,7 @@ from .records import cut as _cut, esc, task_view
 __all__ = ["Inspector", "NotIndexed"]
 
 Progress = Callable[[int, "int | None"], None]  # progress(done, total or None): bulk operations report
-BULK_CHUNK = 5000  # ids per script call of a bulk operation (its Redis time: a few ms; docs/design.md)
+BULK_CHUNK = 1000  # ids per script call of a bulk operation: ~5-15 ms of Redis time (docs/design.md)
 MAX_CHUNK = 5000
 BULK_DEPTH = 4     # script calls per round trip
 FLUSHABLE = ("queued", "scheduled", "retrying", "dead")

@@ -877,7 +877,7 @@ class Producer(ProducerBase):
 
     def replay(self, queue: str = DEFAULT_QUEUE, ids: Sequence[str] | None = None, *,
                priority: int | str | None = None, to_queue: str | None = None,
-               progress: Callable[[int, int | None], None] | None = None, chunk: int = 5000) -> list[str]:
+               progress: Callable[[int, int | None], None] | None = None, chunk: int = 1000) -> list[str]:
         """Put dead tasks back to work: all of them (ids=None) or those ids; optionally at a new priority
         and/or into another queue.  Each gets its full retry budget again; in the same queue its attempt
         numbers go on (xq.current().attempt of the first run after a replay is one more than the last
@@ -997,7 +997,7 @@ class Producer(ProducerBase):
 
     # --- bulk deletes (delegate to xq.inspect.Inspector) ---
     def flush(self, queue: str, state: str, *, progress: Callable[[int, int | None], None] | None = None,
-              chunk: int = 5000) -> int:
+              chunk: int = 1000) -> int:
         """Delete every task of the queue in state queued, scheduled, retrying or dead; returns how many
         (see Inspector.flush)."""
         return self._inspector().flush(queue, state, progress=progress, chunk=chunk, result_ttl=self.result_ttl)

@@ -1171,37 +1171,48 @@ local prefix, channel, queue, pri, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], AR
 local now = now_ms()
 local listen = listening(channel)
 local done, events = {}, {}
-local ids = ARGV
-local first = 6
+-- the ids still in the set (one ZMSCORE a chunk): others were replayed, purged or moved meanwhile
+local ids = {}
 if mode == 'head' then
-  ids, first, mode = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[6]) - 1), 1, 'requeue'
-end
-for i = first, #ids do
-  local id = ids[i]
-  local key = prefix .. id
-  if redis.call('ZSCORE', KEYS[1], id) then
-    redis.call('ZREM', KEYS[1], id)
-    if mode == 'remove' then
-      if redis.call('HGET', key, 'state') == 'dead' then  -- a stale entry's live record is not ours to drop
-        redis.call('DEL', key)
-        done[#done + 1] = id
-      end
-    elseif redis.call('HGET', key, 'state') == 'dead' then
-      done[#done + 1] = id
-      if pri == '' then pri = nil end
-      local p = prio(pri or redis.call('HGET', key, 'pri'))
-      redis.call('HDEL', key, 'fin', 'started', 'claimed', 'due', 'dead', 'reason', 'cxl', 'worker', 'exp', 'error')
-      local a = tonumber(redis.call('HGET', key, 'att'))
-      if not is_int(a, 0, 65533) then a = 0 end
-      redis.call('HSET', key, 'state', 'queued', 'att', a, 'att0', a, 'pri', p)
-      if redis.call('HEXISTS', key, 'lim') == 1 then  -- its concurrency slot is released when it ends
-        redis.call('SADD', base_of(ARGV[1]) .. 'hooked', id)
-      end
-      redis.call('HINCRBY', key, 'replays', 1)
-      redis.call('RPUSH', KEYS[3 + p], id)
-      if listen then events[#events + 1] = event(id, queue, 'queued', now) end
+  ids, mode = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[6]) - 1), 'requeue'
+else
+  for c = 6, #ARGV, 4000 do
+    local part = {unpack(ARGV, c, math.min(c + 3999, #ARGV))}
+    local scores = redis.call('ZMSCORE', KEYS[1], unpack(part))
+    for j = 1, #part do
+      if scores[j] then ids[#ids + 1] = part[j] end
     end
   end
+end
+if pri == '' then pri = nil end
+local lists = {}
+for _, id in ipairs(ids) do
+  local key = prefix .. id
+  local f = redis.call('HMGET', key, 'state', 'pri', 'att', 'lim', 'replays')
+  if f[1] ~= 'dead' then
+    -- a stale entry (its record gone or not dead): dropped from the set; a live record is not ours to drop
+  elseif mode == 'remove' then
+    redis.call('DEL', key)
+    done[#done + 1] = id
+  else
+    done[#done + 1] = id
+    local p = prio(pri or f[2])
+    local a = tonumber(f[3])
+    if not is_int(a, 0, 65533) then a = 0 end
+    redis.call('HDEL', key, 'fin', 'started', 'claimed', 'due', 'dead', 'reason', 'cxl', 'worker', 'exp', 'error')
+    redis.call('HSET', key, 'state', 'queued', 'att', a, 'att0', a, 'pri', p, 'replays', (tonumber(f[5]) or 0) + 1)
+    if f[4] then  -- its concurrency slot is released when it ends
+      redis.call('SADD', base_of(ARGV[1]) .. 'hooked', id)
+    end
+    local l = lists[p]
+    if not l then l = {}; lists[p] = l end
+    l[#l + 1] = id
+    if listen then events[#events + 1] = event(id, queue, 'queued', now) end
+  end
+end
+push_chunks('ZREM', KEYS[1], ids)
+for p = 0, 9 do
+  if lists[p] then push_chunks('RPUSH', KEYS[3 + p], lists[p]) end
 end
 if #done > 0 and mode ~= 'remove' then redis.call('ZADD', KEYS[2], 0, '1') end
 publish(channel, events)
@@ -1490,12 +1501,13 @@ for i = 5, #ARGV, 7 do
   local key = prefix .. id
   if redis.call('EXISTS', key) == 0 then
     local p = prio(ARGV[4] ~= '' and ARGV[4] or ARGV[i + 4])
-    redis.call('HSET', key, 'name', ARGV[i + 1], 'payload', ARGV[i + 2], 'state', 'queued', 'pri', p)
-    if ARGV[i + 3] ~= 'j' then redis.call('HSET', key, 'ct', ARGV[i + 3]) end
+    local h = {'name', ARGV[i + 1], 'payload', ARGV[i + 2], 'state', 'queued', 'pri', p}
+    if ARGV[i + 3] ~= 'j' then h[#h + 1], h[#h + 2] = 'ct', ARGV[i + 3] end
     local m = tonumber(ARGV[i + 5])
-    if is_int(m, 0, 1000) then redis.call('HSET', key, 'maxr', m) end
+    if is_int(m, 0, 1000) then h[#h + 1], h[#h + 2] = 'maxr', m end
     local t = tonumber(ARGV[i + 6])
-    if is_int(t, 1, 99999999999999) then redis.call('HSET', key, 'to', t) end
+    if is_int(t, 1, 99999999999999) then h[#h + 1], h[#h + 2] = 'to', t end
+    redis.call('HSET', key, unpack(h))
     local l = lists[p]
     if not l then l = {}; lists[p] = l end
     l[#l + 1] = id
