@@ -400,7 +400,7 @@ class Broker:
         pipe = self.client.pipeline(transaction=False)
         if unlink:
             pipe.unlink(*unlink)
-        pipe.scan(cursor, match=qk.base + "*", count=count)
+        pipe.scan(cursor, match=qk.pattern, count=count)
         r = pipe.execute()
         return (r[0] if unlink else 0), r[-1]
 
