@@ -188,6 +188,24 @@ def test_flush_settles_unique_keys_groups_and_dependents(redis_url, r):
     p.close()
 
 
+def test_flush_cli_asks_first(redis_url, r):
+    p = xq.Producer(redis_url)
+    p.enqueue_many("echo", list(range(10)), queue="c")
+    p.enqueue_many("echo", list(range(3)), queue="c", delay=600)
+    runner = CliRunner()
+    out = runner.invoke(main, ["queue", "flush", "c", "--state", "queued", "--redis", redis_url], input="n\n")
+    assert out.exit_code == 1 and "delete 10 queued task(s) of queue c? [y/N]" in out.output
+    assert p.queue("c")["ready"] == 10
+    out = runner.invoke(main, ["queue", "flush", "c", "--state", "queued", "--yes", "--json", "--redis", redis_url])
+    assert out.exit_code == 0, out.output
+    assert orjson.loads(out.output) == {"queue": "c", "state": "queued", "deleted": 10}
+    out = runner.invoke(main, ["queue", "flush", "c", "--state", "scheduled", "--progress", "--redis", redis_url],
+                        input="y\n")
+    assert out.exit_code == 0 and "looked at 3/3 (100%)" in out.output and "flushed 3 scheduled" in out.output
+    assert p.queue("c")["scheduled"] == 0
+    p.close()
+
+
 def test_bad_names_get_clear_errors(redis_url):
     p = xq.Producer(redis_url)
     with pytest.raises(xq.ConfigError, match="invalid queue name 'a b'"):
