@@ -7,6 +7,8 @@ dead (scripts.ENQUEUE), thousands in one call.  Handlers are in tests/apps/basic
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -113,6 +115,28 @@ def test_a_stale_dead_entry_is_dropped_and_a_nameless_one_stays(redis_url, r):
     assert sorted(moved) == sorted(ids[3:])
     assert r.zrange(src.dead, 0, -1) == [ids[2].encode()]
     assert r.hget(src.task(ids[1]), "state") == b"queued"
+    p.close()
+
+
+def test_every_bulk_script_touches_one_queue_only(redis_url, r):
+    """Redis Cluster: each call of DEAD_READ, IMPORT, REPLAY, FLUSH and PURGE keeps to one queue's slot."""
+    from test_hash_tags import check_script_keys, monitored
+
+    p = xq.Producer(redis_url)
+    p.pause_queue("src")
+    with monitored(redis_url) as lines:
+        ids = born_dead(p, "echo", list(range(30)))
+        first = p.enqueue("echo", 1, queue="src", unique_key="k")
+        p.enqueue("echo", 2, queue="src", depends_on=[first])
+        p.group([("echo", 3)], queue="src", then=("echo", "cb"))
+        p.enqueue_many("echo", [4, 5], queue="src", delay=600)
+        assert len(p.replay("src", ids[:5], to_queue="dst", chunk=2)) == 5
+        assert len(p.replay("src", to_queue="dst", chunk=7)) == 25
+        assert p.flush("src", "queued") == 2 and p.flush("src", "scheduled") == 2
+        assert p.flush("src", "dead") == 1 and p.flush("dst", "queued") == 30
+        time.sleep(0.2)  # the last lines reach the monitor
+    seen, checked = check_script_keys(lines)
+    assert seen > 15 and checked > 100, (seen, checked)
     p.close()
 
 
