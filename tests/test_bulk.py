@@ -104,6 +104,26 @@ def test_a_move_cut_after_the_copy_duplicates_and_a_rerun_finishes_it(redis_url,
     p.close()
 
 
+def test_an_outage_at_the_remove_retries_the_round(redis_url, r):
+    """ConnectionLost between the copy and the remove: replay() retries the round (within retry_for): the
+    re-read finds the originals, IMPORT skips the copies the target has, and the remove goes through."""
+    p = xq.Producer(redis_url, retry_for=5)
+    ids = born_dead(p, "echo", list(range(50)))
+    real, cut = p.broker.exchange, []
+
+    def exchange(commands):
+        if not cut and commands and b"remove" in commands[0]:
+            cut.append(1)
+            raise xq.ConnectionLost("cut for the test", url=redis_url)
+        return real(commands)
+
+    p.broker.exchange = exchange
+    assert sorted(p.replay("src", to_queue="dst", chunk=20)) == sorted(ids) and cut
+    assert r.lrange(queue_keys("dst").ready[5], 0, -1) == [i.encode() for i in ids]
+    assert p.dead_count("src") == 0
+    p.close()
+
+
 def test_a_stale_dead_entry_is_dropped_and_a_nameless_one_stays(redis_url, r):
     p = xq.Producer(redis_url)
     ids = born_dead(p, "echo", list(range(20)))
