@@ -217,7 +217,6 @@ class Inspector:
                     break
         return {"queue": queue, "state": state, "offset": offset, "tasks": rows, "complete": complete}
 
-
     # ---------------------------------------------------------------- bulk operations (issue 11)
     def flush(self, queue: str, state: str, *, progress: Progress | None = None, chunk: int = BULK_CHUNK,
               result_ttl: int = 86400) -> int:
