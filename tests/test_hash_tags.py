@@ -4,6 +4,7 @@ the keys the script was called with."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -41,33 +42,24 @@ def _monitor(url: str, lines: list, stop: threading.Event, ready: threading.Even
                     lines.append(line)
 
 
-def test_every_key_a_script_touches_shares_the_queue_tag(redis_url, r):
+@contextlib.contextmanager
+def monitored(url: str):
+    """MONITOR the server while the block runs; yields the list its lines are collected into."""
     lines: list = []
     stop, ready = threading.Event(), threading.Event()
-    t = threading.Thread(target=_monitor, args=(redis_url, lines, stop, ready), daemon=True)
+    t = threading.Thread(target=_monitor, args=(url, lines, stop, ready), daemon=True)
     t.start()
     assert ready.wait(5)
-    p = xq.Producer(redis_url)
     try:
-        with XQRun(redis_url, "--lease", "1", "--kill-grace", "0.5", app=APP, procs=1, queues="default") as w:
-            ok = p.enqueue("flaky", {"ok_at": 2})                     # ENQUEUE, CLAIM, COMPLETE retry+done
-            late = p.enqueue("count", 1, delay=0.3)                   # scheduled, moved by CLAIM
-            dead = p.enqueue("give_up", None)                         # dead
-            timed = p.enqueue("sleep_to", {"s": 30}, timeout=0.3, max_retries=0)  # RELEASE lost/timeout
-            assert p.result(ok, timeout=20) == 2 and p.result(late, timeout=20) == 1, w.output()
-            wait_for(lambda: p.status(timed)["status"] == "dead", 20, what="timeout")
-            running = p.enqueue("cancellable", None)
-            wait_for(lambda: f"{running}:1" in ran(r), 20, what="cancellable to start")
-            time.sleep(1.0)                                           # RENEW at lease/6
-            assert p.cancel(running) == "canceling"                   # CANCEL
-            wait_for(lambda: p.status(running)["status"] == "canceled", 20, what="canceled")
-            assert p.replay("default", [dead]) == [dead]              # REPLAY
-            wait_for(lambda: p.status(dead)["status"] == "dead" and p.status(dead)["replays"] == 1, 20,
-                     what="dead again")
-            assert p.purge_dead("default") == 2                       # PURGE
+        yield lines
     finally:
         stop.set()
         t.join(5)
+
+
+def check_script_keys(lines: list) -> tuple[int, int]:
+    """Check every script call in MONITOR lines: its KEYS share one hash tag, and each key its commands
+    touch has that tag.  Returns (scripts seen, keys checked)."""
     scripts_seen, current, checked = 0, None, 0
     for line in lines:
         client = line.split(b"]", 1)[0]
@@ -87,4 +79,27 @@ def test_every_key_a_script_touches_shares_the_queue_tag(redis_url, r):
             tags = {TAG.match(k).group(1) for k in args[3:3 + nkeys]}
             assert len(tags) == 1, line
             current = tags.pop()
+    return scripts_seen, checked
+
+
+def test_every_key_a_script_touches_shares_the_queue_tag(redis_url, r):
+    p = xq.Producer(redis_url)
+    with monitored(redis_url) as lines:
+        with XQRun(redis_url, "--lease", "1", "--kill-grace", "0.5", app=APP, procs=1, queues="default") as w:
+            ok = p.enqueue("flaky", {"ok_at": 2})                     # ENQUEUE, CLAIM, COMPLETE retry+done
+            late = p.enqueue("count", 1, delay=0.3)                   # scheduled, moved by CLAIM
+            dead = p.enqueue("give_up", None)                         # dead
+            timed = p.enqueue("sleep_to", {"s": 30}, timeout=0.3, max_retries=0)  # RELEASE lost/timeout
+            assert p.result(ok, timeout=20) == 2 and p.result(late, timeout=20) == 1, w.output()
+            wait_for(lambda: p.status(timed)["status"] == "dead", 20, what="timeout")
+            running = p.enqueue("cancellable", None)
+            wait_for(lambda: f"{running}:1" in ran(r), 20, what="cancellable to start")
+            time.sleep(1.0)                                           # RENEW at lease/6
+            assert p.cancel(running) == "canceling"                   # CANCEL
+            wait_for(lambda: p.status(running)["status"] == "canceled", 20, what="canceled")
+            assert p.replay("default", [dead]) == [dead]              # REPLAY
+            wait_for(lambda: p.status(dead)["status"] == "dead" and p.status(dead)["replays"] == 1, 20,
+                     what="dead again")
+            assert p.purge_dead("default") == 2                       # PURGE
+    scripts_seen, checked = check_script_keys(lines)
     assert scripts_seen > 10 and checked > 50, (scripts_seen, checked)

@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError
 
 from . import scripts, stats
 from ._impl import fast
-from .conn import DEFAULT_URL, RetryWindow, dedicated, failure, make_client, redacted  # noqa: F401 - DEFAULT_URL re-exported
+from .conn import DEFAULT_URL, RetryWindow, dedicated, failure, make_client, redacted, translate  # noqa: F401 - DEFAULT_URL re-exported
 from .errors import ConnectionLost, RedisFull, ResultTimeout
 from .keys import QUEUES, WORKERS, QueueKeys, worker_key
 from .records import esc
@@ -343,6 +343,86 @@ class Broker:
             total += n
             if n < batch:
                 return total
+
+    # --- bulk operations (replay into another queue, flush, delete a queue; issue 11) ---
+    # Packed here, sent by exchange(): several chunks per round trip, each script call bounded by its chunk.
+    def pack_dead_read(self, qk: QueueKeys, offset: int, count: int, ids: Sequence[bytes] = ()) -> bytes:
+        """Script DEAD_READ: a page (offset, count) of the dead-letter set, or those ids of it."""
+        return fast.pack_command([b"EVALSHA", self._sha["dead_read"], 1, qk.dead, qk.task_prefix, offset, count,
+                                  *ids])
+
+    def pack_import(self, qk: QueueKeys, priority: int | None, tasks: Sequence[bytes]) -> bytes:
+        """Script IMPORT: tasks (flat, 8 values a task, as DEAD_READ gives them) queued afresh in qk."""
+        return fast.pack_command([b"EVALSHA", self._sha["import"], 11, qk.wake, *qk.ready, qk.task_prefix,
+                                  qk.events, qk.name, b"" if priority is None else priority, *tasks])
+
+    def pack_replay_head(self, qk: QueueKeys, count: int, priority: int | None) -> bytes:
+        """Script REPLAY 'head': requeue the first count dead letters in place."""
+        return fast.pack_command([b"EVALSHA", self._sha["replay"], 12, qk.dead, qk.wake, *qk.ready,
+                                  qk.task_prefix, qk.events, qk.name, b"" if priority is None else priority,
+                                  b"head", count])
+
+    def pack_remove_dead(self, qk: QueueKeys, ids: Sequence[bytes]) -> bytes:
+        """Script REPLAY 'remove': drop these dead letters (copied elsewhere) and their records."""
+        return fast.pack_command([b"EVALSHA", self._sha["replay"], 12, qk.dead, qk.wake, *qk.ready,
+                                  qk.task_prefix, qk.events, qk.name, b"", b"remove", *ids])
+
+    def pack_flush(self, qk: QueueKeys, state: str, count: int, cursor: bytes = b"0", ttl: int = 86400) -> bytes:
+        """Script FLUSH: delete up to count tasks in state (queued, scheduled, retrying)."""
+        return fast.pack_command([b"EVALSHA", self._sha["flush"], 11, *qk.ready, qk.sched, qk.task_prefix,
+                                  qk.events, qk.name, state, count, cursor, ttl])
+
+    def pack_purge(self, qk: QueueKeys, count: int) -> bytes:
+        """Script PURGE: delete the first count dead letters."""
+        return fast.pack_command([b"EVALSHA", self._sha["purge"], 1, qk.dead, qk.task_prefix, count])
+
+    @io(retry=False)
+    def exchange(self, commands: Sequence[bytes]) -> list:
+        """Send packed commands at once on the main connection and read their replies in order; an error
+        reply is raised (after every reply was read, so the connection stays in step)."""
+        if not commands:
+            return []
+        self._raw().send_packed_command(list(commands), check_health=False)
+        out = self.read_replies(commands)
+        for x in out:
+            if isinstance(x, Exception):
+                raise translate(x, self.url)
+        return out
+
+    @io
+    def counts(self, qk: QueueKeys) -> dict[str, int]:
+        """Lengths of the ready lists (all levels), sched, leases and dead, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in qk.ready:
+            pipe.llen(key)
+        pipe.zcard(qk.sched)
+        pipe.zcard(qk.leases)
+        pipe.zcard(qk.dead)
+        r = pipe.execute()
+        return {"queued": sum(r[:10]), "sched": r[10], "running": r[11], "dead": r[12]}
+
+    @io(retry=False)
+    def unlink_scan(self, qk: QueueKeys, cursor: int, count: int, unlink: Sequence[bytes]) -> tuple[int, tuple]:
+        """UNLINK the keys found by the last step (if any) and take the next SCAN step over the queue's keys
+        (MATCH xq:{Q}:*), in one round trip: (keys unlinked, (next cursor, keys found))."""
+        pipe = self.client.pipeline(transaction=False)
+        if unlink:
+            pipe.unlink(*unlink)
+        pipe.scan(cursor, match=qk.pattern, count=count)
+        r = pipe.execute()
+        return (r[0] if unlink else 0), r[-1]
+
+    @io
+    def dbsize(self) -> int:
+        return self.client.dbsize()
+
+    @io(retry=False)
+    def unlink(self, keys: Sequence) -> int:
+        return self.client.unlink(*keys) if keys else 0
+
+    @io
+    def forget_queue(self, queue: str) -> None:
+        self.client.srem(QUEUES, queue)
 
     def cron_fire(self, qk: QueueKeys, entry_key: str, tick_ms: int, mode: str, task_id: bytes = b"",
                   name: str = "", payload: bytes = b"", ct: bytes = b"j", priority: int = 5) -> tuple[int, int]:

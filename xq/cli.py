@@ -471,12 +471,13 @@ def dlq_show(queue, task_id, url) -> None:
 @click.argument("task_ids", nargs=-1)
 @click.option("--priority", default=None, help="new priority: 0..9 or critical/high/normal/low")
 @click.option("--to-queue", default=None, help="replay into this queue instead")
+@click.option("--progress/--no-progress", default=None, help="show progress on stderr [default: if a terminal]")
 @click.option("--redis", "url", default=None, help="Redis URL")
-def dlq_replay(queue, task_ids, priority, to_queue, url) -> None:
+def dlq_replay(queue, task_ids, priority, to_queue, progress, url) -> None:
     """Replay dead tasks of QUEUE: the TASK_IDS given, or all of them."""
     prio = None if priority is None else (int(priority) if priority.isdigit() else priority)
-    with _producer(url) as p:
-        done = p.replay(queue, list(task_ids) or None, priority=prio, to_queue=to_queue)
+    with _producer(url) as p, _Progress("replayed", progress) as bar:
+        done = p.replay(queue, list(task_ids) or None, priority=prio, to_queue=to_queue, progress=bar)
     skipped = len(task_ids) - len(done) if task_ids else 0
     click.echo(f"replayed {len(done)} task(s) into {to_queue or queue}"
                + (f"; {skipped} id(s) were not in the dead-letter set" if skipped else ""))
@@ -549,6 +550,98 @@ def queue_retention(name, keep, max_age, keep_dead, reset, as_json, url) -> None
     click.echo(f"  indexed    done {n['done']}, canceled {n['canceled']}, expired {n['expired']}, dead {n['dead']}")
     click.echo(f"  trimmed    {r['trimmed']} record(s)" + (f", the newest finished {_when(r['trimmed_newest'])}"
                                                        if r["trimmed_newest"] else ""))
+# ---------------------------------------------------------------- bulk operations (flush, delete)
+class _Progress:
+    """progress(done, total) of a bulk operation as one counter line on stderr, redrawn at most 10 times
+    a second; shown when asked (--progress), else when stderr is a terminal."""
+
+    def __init__(self, label: str, enabled: bool | None):
+        self.label = label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.t0 = self.last = time.monotonic()
+        self.seen = None  # the last (done, total) reported
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.seen = (done, total)
+        now = time.monotonic()
+        if self.enabled and now - self.last >= 0.1:
+            self.last = now
+            self._draw(done, total, now)
+
+    def _draw(self, done: int, total: int | None, now: float) -> None:
+        rate = done / max(now - self.t0, 1e-6)
+        of = f"/{total} ({100 * done // max(total, 1)}%)" if total is not None else ""
+        click.echo(f"\r{self.label} {done}{of}, {rate:,.0f}/s ", nl=False, err=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled and self.seen:
+            self._draw(*self.seen, time.monotonic())
+            click.echo("", err=True)
+
+
+@queue.command("flush")
+@click.argument("name")
+@click.option("--state", required=True, type=click.Choice(["queued", "scheduled", "retrying", "dead", "running",
+                                                             "waiting"]),
+              help="the state of the tasks to delete (running and waiting ones are refused)")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@click.option("--json", "as_json", is_flag=True, help="print the count as JSON")
+@click.option("--progress/--no-progress", default=None, help="show progress on stderr [default: if a terminal]")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def queue_flush(name, state, yes, as_json, progress, url) -> None:
+    """Delete every task of queue NAME in one state: queued, scheduled, retrying or dead.  Running tasks
+    are never flushed (cancel them); what a flushed task's end sets off (its unique key, group, dependents)
+    happens as for a canceled one."""
+    with _producer(url) as p:
+        if state in ("running", "waiting"):
+            p.flush(name, state)  # refused, with the reason
+        q = p.queue(name)
+        n = {"queued": q["ready"], "dead": q["dead"]}.get(state, q["scheduled"] + q["retrying"])
+        if n and not yes:
+            what = f"{n} {state}" if state in ("queued", "dead") else f"the {state} tasks among {n} scheduled+retrying"
+            click.confirm(f"delete {what} task(s) of queue {name}?", abort=True)
+        with _Progress("looked at", False if as_json else progress) as bar:
+            deleted = p.flush(name, state, progress=bar)
+    if as_json:
+        click.echo(_dump({"queue": name, "state": state, "deleted": deleted}))
+    else:
+        click.echo(f"flushed {deleted} {state} task(s) from {name}")
+
+
+@queue.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
+@click.option("--progress/--no-progress", default=None, help="show progress on stderr [default: if a terminal]")
+@click.option("--redis", "url", default=None, help="Redis URL")
+def queue_delete(name, yes, as_json, progress, url) -> None:
+    """Delete queue NAME: every key of it (its tasks in every state, records, flow-control keys) and its
+    entry in the list of queues.  Stop the supervisors serving it first: their running tasks' results
+    are refused (logged), and a live supervisor or producer may re-create some of its keys."""
+    with _producer(url) as p:
+        q = p.queue(name)
+        listed = name in p.broker.queues()
+        tasks = q["ready"] + q["scheduled"] + q["retrying"] + q["running"] + q["dead"]
+        if not listed and not tasks:
+            raise click.ClickException(f"no queue {name!r}: it is not in xq:queues and holds no tasks")
+        serving = [w["id"] for w in p.workers() if name in (w.get("queues") or ())]
+        if serving:
+            click.echo(f"warning: {len(serving)} live supervisor(s) serve {name}: {', '.join(serving[:5])}"
+                       f"{' ...' if len(serving) > 5 else ''}; their {q['running']} running task(s) finish but "
+                       f"their results are refused; stop them or take {name} out of their --queues", err=True)
+        if not yes:
+            click.confirm(f"delete queue {name} with {q['ready']} queued, {q['scheduled'] + q['retrying']} "
+                          f"scheduled/retrying, {q['running']} running, {q['waiting']} waiting and {q['dead']} "
+                          f"dead task(s) (and its finished records)?", abort=True)
+        with _Progress("keys deleted", False if as_json else progress) as bar:
+            out = p.delete_queue(name, progress=bar)
+    if as_json:
+        click.echo(_dump(out))
+    else:
+        click.echo(f"deleted queue {name}: {out['keys']} key(s)")
 
 
 # ---------------------------------------------------------------- queues and tasks

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Callable
 
 import orjson
 
@@ -28,6 +29,12 @@ from .producer import id_time, retention_view, retry_window
 from .records import cut as _cut, esc, task_view
 
 __all__ = ["AsyncInspector", "Inspector"]
+
+Progress = Callable[[int, "int | None"], None]  # progress(done, total or None): bulk operations report
+BULK_CHUNK = 1000  # ids per script call of a bulk operation: ~5-15 ms of Redis time (docs/design.md)
+MAX_CHUNK = 5000
+BULK_DEPTH = 4     # script calls per round trip
+FLUSHABLE = ("queued", "scheduled", "retrying", "dead")
 
 SAMPLE = 200    # ids looked at per list or set by queue(): the sched split, the waiting walk, by_name
                 # (about 1 ms of Redis time at the cap, measured: docs/design.md)
@@ -163,6 +170,83 @@ class Inspector:
         name filter, or for scheduled/retrying (which share a set), at most `scan` ids are looked at
         ("complete" False when there may be more)."""
         return run_plan(self.broker, plan_tasks(queue, state, name, offset, limit, scan))
+
+    # ---------------------------------------------------------------- bulk operations (issue 11)
+    def flush(self, queue: str, state: str, *, progress: Progress | None = None, chunk: int = BULK_CHUNK,
+              result_ttl: int = 86400) -> int:
+        """Delete every task of the queue in one state: queued, scheduled, retrying or dead (records and
+        index entries); returns how many.  What a task's end sets off happens as for a canceled task, with
+        the state 'flushed' (its unique key is released, its group counts it out, its dependents die unless
+        they run on failure).  Running tasks are never flushed (cancel them), nor waiting ones.  Tasks
+        added while it runs may stay: it looks at as many as the queue held when it started (scheduled and
+        retrying: one ZSCAN pass of their set).  Chunks of `chunk` ids per script call, BULK_DEPTH calls
+        per round trip; progress(done, total) after each round trip."""
+        qk = queue_keys(check_queue(queue))
+        if state not in FLUSHABLE:
+            why = {"running": "running tasks are never flushed: cancel them (xq cancel ID)",
+                   "waiting": "waiting tasks have no index to flush them by: flush or cancel what they wait for"
+                   }.get(state, f"expected one of {', '.join(FLUSHABLE)}")
+            raise ConfigError(f"cannot flush state {state!r}: {why}")
+        check_int("chunk", chunk, 1, MAX_CHUNK)
+        counts = self.broker.counts(qk)
+        total = {"queued": counts["queued"], "dead": counts["dead"]}.get(state, counts["sched"])
+        deleted = looked = 0
+        if state in ("queued", "dead"):
+            while looked < total:  # bounded: each round looks at >= 1 id of `total`, or ends the loop
+                left = total - looked
+                sizes = [min(chunk, left - k * chunk) for k in range(BULK_DEPTH) if left > k * chunk]
+                if state == "queued":
+                    replies = self.broker.exchange([self.broker.pack_flush(qk, state, n, ttl=result_ttl)
+                                                    for n in sizes])
+                    d, n = sum(r[0] for r in replies), sum(r[1] for r in replies)
+                else:
+                    d = n = sum(self.broker.exchange([self.broker.pack_purge(qk, n) for n in sizes]))
+                deleted, looked = deleted + d, looked + n
+                if progress:
+                    progress(min(looked, total), total)
+                if n < sum(sizes):
+                    break  # emptied (by us, or by supervisors claiming meanwhile)
+        else:
+            cursor = b"0"
+            for _ in range(4 * total // chunk + 100):  # a ZSCAN pass takes about size/chunk steps
+                d, n, cursor = self.broker.exchange([self.broker.pack_flush(qk, state, chunk, cursor,
+                                                                            result_ttl)])[0]
+                deleted, looked = deleted + d, looked + n
+                if progress:
+                    progress(min(looked, total), total)
+                if cursor == b"0":
+                    break
+        return deleted
+
+    def delete_queue(self, queue: str, *, progress: Progress | None = None, count: int = BULK_CHUNK) -> dict:
+        """Delete every key of the queue (SCAN MATCH xq:{Q}:* in steps of `count`, each step's keys UNLINKed
+        with the next step, one round trip each) and its entry in xq:queues, last, so a delete cut short
+        still lists the queue and can be run again.  Returns {"queue", "keys" deleted, "tasks" (queued +
+        scheduled + running + dead when it started), "running", "workers" (ids of live supervisors serving
+        it)}.  Running tasks go on in their supervisors: their results are refused (no record to write) and
+        logged; a supervisor still serving the queue just finds it empty, and may re-create its
+        bookkeeping keys (the wake marker), as a producer enqueueing to it re-creates the queue: stop them
+        first.  progress(keys deleted, None) after each step."""
+        qk = queue_keys(check_queue(queue))
+        check_int("count", count, 1, MAX_CHUNK)
+        counts = self.broker.counts(qk)
+        serving = [w["id"] for w in self.workers() if queue in (w.get("queues") or ())]
+        bound = self.broker.dbsize() // count * 2 + 100  # a SCAN pass takes about dbsize/count steps
+        cursor, found, deleted = 0, [], 0
+        for _ in range(bound):
+            n, (cursor, keys) = self.broker.unlink_scan(qk, cursor, count, found)
+            deleted += n
+            found = keys
+            if progress:
+                progress(deleted, None)
+            if cursor == 0:
+                break
+        deleted += self.broker.unlink(found)
+        self.broker.forget_queue(queue)
+        if progress:
+            progress(deleted, None)
+        return {"queue": queue, "keys": deleted, "running": counts["running"], "workers": serving,
+                "tasks": counts["queued"] + counts["sched"] + counts["running"] + counts["dead"]}
 
 
 class AsyncInspector:

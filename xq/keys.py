@@ -242,6 +242,11 @@ class QueueKeys:
             task_id = task_id.decode()
         return self.task_prefix + task_id
 
+    @property
+    def pattern(self) -> str:
+        """SCAN MATCH pattern of every key of the queue (its name has no glob characters: check_queue)."""
+        return self.base + "*"
+
     # flow control: built by the scripts from the base; named here for Python readers (tests, inspection)
     @property
     def paused(self) -> str:

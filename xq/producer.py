@@ -6,13 +6,13 @@ import datetime as dt
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import orjson
 from redis.exceptions import NoScriptError
 
 from ._impl import fast
-from .app import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, App, check_seconds
+from .app import DEFAULT_QUEUE, App, check_seconds
 from .broker import DEFAULT_URL, Broker
 from .conn import RetryWindow, cannot_persist, refuses_writes
 from .errors import (ConfigError, ConnectionLost, MalformedRecord, RedisFull, ResultTimeout, TaskFailed, TaskTrimmed,
@@ -20,7 +20,7 @@ from .errors import (ConfigError, ConnectionLost, MalformedRecord, RedisFull, Re
 from .flow import flow_args, flow_json
 from .keys import (DEFAULT_KEEP, DEFAULT_KEEP_DEAD, DEFAULT_PRIORITY, MAX_RETRIES, PRIORITIES, check_int,
                    check_ms, check_name, check_queue, check_result_ttl, check_task_ids, queue_keys)
-from .records import esc, group_view, raw_id, record_options, task_view
+from .records import esc, group_view, raw_id, task_view
 
 PRIORITY_NAMES = {"critical": 0, "high": 2, "normal": 5, "low": 8}
 DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024
@@ -951,60 +951,105 @@ class Producer(ProducerBase):
         return self.broker.dead_count(queue_keys(check_queue(queue)))
 
     def replay(self, queue: str = DEFAULT_QUEUE, ids: Sequence[str] | None = None, *,
-               priority: int | str | None = None, to_queue: str | None = None) -> list[str]:
+               priority: int | str | None = None, to_queue: str | None = None,
+               progress: Callable[[int, int | None], None] | None = None, chunk: int = 1000) -> list[str]:
         """Put dead tasks back to work: all of them (ids=None) or those ids; optionally at a new priority
         and/or into another queue.  Each gets its full retry budget again; in the same queue its attempt
         numbers go on (xq.current().attempt of the first run after a replay is one more than the last
         before it, so no attempt is ever confused with an earlier one) and its history is kept; in another
-        queue it starts from attempt 1.  Returns the ids replayed; ids not in the dead-letter set are skipped, and replaying
-        an empty set returns []."""
+        queue it starts from attempt 1 (name, payload, priority, max_retries and timeout are kept).  Returns
+        the ids replayed; ids not in the dead-letter set are skipped, and replaying an empty set returns [].
+        progress(done, total) is called after each round trip.  Into another queue, tasks move in chunks of
+        `chunk` (at most 5,000), copy first, original removed after: a replay cut short (a crash, an outage
+        past retry_for) may leave a task in both queues, never in neither, and running it again finishes
+        the move without copying anything twice (docs/design.md, "Bulk operations")."""
         qk = queue_keys(check_queue(queue))
         prio = None if priority is None else check_priority(priority)
+        check_int("chunk", chunk, 1, 5000)
         if to_queue is not None:
             check_queue(to_queue)
             if to_queue == queue:
                 to_queue = None
-        if ids is None:
-            ids = [i for i, _ in self.broker.dead_ids(qk, 0, self.broker.dead_count(qk), raw=True)]
-        else:  # an id as listed (escaped if it is not UTF-8) to the bytes Redis holds
+        if ids is not None:  # an id as listed (escaped if it is not UTF-8) to the bytes Redis holds
             ids = [raw_id(i) for i in ([ids] if isinstance(ids, str) else ids)]
+        if to_queue is not None:
+            return self._move_dead(qk, ids, prio, queue_keys(to_queue), progress, chunk)
+        if ids is None:
+            return self._replay_all(qk, prio, progress, chunk)
         done: list[str] = []
         for i in range(0, len(ids), 500):
-            chunk = list(ids[i:i + 500])
-            if to_queue is None:
-                done += self.broker.replay(qk, chunk, prio)
-            else:
-                done += self._move_dead(qk, chunk, prio, to_queue)
+            done += self.broker.replay(qk, list(ids[i:i + 500]), prio)
+            if progress:
+                progress(min(i + 500, len(ids)), len(ids))
         return done
 
-    def _move_dead(self, qk, ids: list[bytes], prio: int | None, to_queue: str) -> list[str]:
-        # Two steps, as the queues live in different hash slots: enqueue a copy in to_queue under the same
-        # id, then drop the original.  A crash in between leaves both (replayed twice at worst), never none.
-        moved = []
-        dead = set(i for i, _ in self.broker.dead_ids(qk, 0, self.broker.dead_count(qk), raw=True))
-        for task_id in ids:
-            if task_id not in dead:
+    def _replay_all(self, qk, prio: int | None, progress, chunk: int) -> list[str]:
+        """Replay every dead letter of qk in place: REPLAY 'head' calls of `chunk` ids, BULK_DEPTH a round
+        trip, as many as the set held at the start (tasks dying meanwhile stay dead).  Safe to retry: a
+        call only ever takes what is still in the set."""
+        from .inspect import BULK_DEPTH
+
+        broker = self.broker
+        total = broker.dead_count(qk)
+        done: list[str] = []
+        looked = 0
+        window = RetryWindow(self.retry_for)
+        while looked < total:  # bounded: each round takes >= 1 of the `total` entries
+            left = total - looked
+            sizes = [min(chunk, left - k * chunk) for k in range(BULK_DEPTH) if left > k * chunk]
+            try:
+                replies = broker.exchange([broker.pack_replay_head(qk, n, prio) for n in sizes])
+            except ConnectionLost as e:
+                time.sleep(window.pause(e))
                 continue
-            rec = self.broker.task_record(qk, task_id)
-            if rec.get(b"state") != b"dead":
+            done += [esc(i) for part in replies for i in part]
+            looked += sum(sizes)
+            if progress:
+                progress(min(looked, total), total)
+        return done
+
+    def _move_dead(self, qk, ids: list[bytes] | None, prio: int | None, tqk, progress, chunk: int) -> list[str]:
+        """Move dead letters of qk (all, or those ids) into tqk's ready lists.  The queues live in different
+        hash slots, so each round is three round trips of BULK_DEPTH pipelined script calls: read chunks
+        (DEAD_READ), write copies into the target (IMPORT), then remove the originals (REPLAY 'remove').
+        A failure after the write leaves both; a round retried (or a replay run again) re-reads them, IMPORT
+        skips the ids the target has, and the remove finishes the move: at-least-once, never lost."""
+        from .inspect import BULK_DEPTH
+
+        broker = self.broker
+        self._remember(tqk.name, [])
+        total = len(ids) if ids is not None else broker.dead_count(qk)
+        moved: list[str] = []
+        looked = kept = 0  # kept: dead letters left at the head of the set (no name to copy them by)
+        window = RetryWindow(self.retry_for)
+        while looked < total:  # bounded: each round looks at >= 1 of the `total` ids, or ends the loop
+            try:
+                if ids is None:
+                    left = total - looked
+                    reads = [broker.pack_dead_read(qk, kept + k * chunk, min(chunk, left - k * chunk))
+                             for k in range(BULK_DEPTH) if left > k * chunk]
+                    n = None
+                else:
+                    part = ids[looked:looked + chunk * BULK_DEPTH]
+                    reads = [broker.pack_dead_read(qk, 0, 0, part[k:k + chunk]) for k in range(0, len(part), chunk)]
+                    n = len(part)
+                chunks = broker.exchange(reads)
+                broker.exchange([broker.pack_import(tqk, prio, c[0]) for c in chunks if c[0]])
+                # the copies are stored: only now may the originals go
+                gone = broker.exchange([broker.pack_remove_dead(qk, c[0][::8] + c[1])
+                                        for c in chunks if c[0] or c[1]])
+            except ConnectionLost as e:
+                time.sleep(window.pause(e))
                 continue
-            # a malformed field (written by some other producer) takes its default instead
-            name, rpri, maxr, to, _notes = record_options(rec)
-            if not name:
-                continue  # nothing to enqueue a copy as: it stays dead here
-            payload = rec.get(b"payload") or b"null"
-            payload = payload if rec.get(b"ct") == b"b" else orjson.Fragment(payload)
-            p = prio if prio is not None else (rpri if rpri is not None else DEFAULT_PRIORITY)
-            maxr = maxr if maxr is not None else DEFAULT_MAX_RETRIES
-            tqk = queue_keys(to_queue)
-            timing = {"timeout_ms": to} if to is not None else {}
-            cmd = self.broker.pack_enqueue(tqk, name, p, maxr, [task_id], [payload], 0, 1 << 62, **timing)
-            self.broker.send_packed(cmd)
-            reply = self.broker.read_replies([cmd])[0]
-            if isinstance(reply, Exception):
-                raise reply
-            self._remember(to_queue, [esc(task_id)])
-            moved += self.broker.replay(qk, [task_id], None, mode="remove")
+            moved += [esc(i) for part in gone for i in part]
+            n = sum(c[3] for c in chunks) if n is None else n
+            kept += sum(c[2] for c in chunks)
+            looked += n
+            if progress:
+                progress(min(looked, total), total)
+            if not n:
+                break
+        self._cache(tqk.name, moved)
         return moved
 
     # --- pause / resume (delegates to xq.inspect.Inspector) ---
@@ -1024,3 +1069,15 @@ class Producer(ProducerBase):
     def purge_dead(self, queue: str = DEFAULT_QUEUE) -> int:
         """Delete every task in the queue's dead-letter set; returns how many."""
         return self.broker.purge_dead(queue_keys(check_queue(queue)))
+
+    # --- bulk deletes (delegate to xq.inspect.Inspector) ---
+    def flush(self, queue: str, state: str, *, progress: Callable[[int, int | None], None] | None = None,
+              chunk: int = 1000) -> int:
+        """Delete every task of the queue in state queued, scheduled, retrying or dead; returns how many
+        (see Inspector.flush)."""
+        return self._inspector().flush(queue, state, progress=progress, chunk=chunk, result_ttl=self.result_ttl)
+
+    def delete_queue(self, queue: str, *, progress: Callable[[int, int | None], None] | None = None) -> dict:
+        """Delete every key of the queue and its entry in xq:queues; returns counts (see
+        Inspector.delete_queue)."""
+        return self._inspector().delete_queue(queue, progress=progress)

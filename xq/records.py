@@ -225,23 +225,6 @@ def group_view(group_id: str, queue: str, raw: dict) -> dict:
             "callback": f.text("cb"), "malformed": f.malformed}
 
 
-def record_options(raw: dict) -> tuple[str, int | None, int | None, int | None, list[str]]:
-    """(name, priority, max_retries, timeout ms, notes) of a record for an enqueue of a copy (replay into
-    another queue): a field that does not parse (or a priority out of 0..9) is None, with a note."""
-    f = Fields(raw)
-    name = f.text("name", "")
-    pri = f.int("pri", None)
-    if not isinstance(pri, int) or not 0 <= pri < PRIORITIES:
-        pri = None
-    maxr = f.int("maxr", None)
-    if not isinstance(maxr, int) or maxr < 0:
-        maxr = None
-    to = f.int("to", None)
-    if not isinstance(to, int) or to < 1:
-        to = None
-    return name, pri, maxr, to, f.malformed
-
-
 def cut(text: Any, n: int = 200) -> str:
     """text for one line of a listing: at most n characters, and how many more there were."""
     s = "" if text is None else str(text)

@@ -1269,11 +1269,12 @@ return {'finished', state}
 # ARGV[2] -> events channel
 # ARGV[3] -> queue name
 # ARGV[4] -> new priority, or '' to keep each task's own
-# ARGV[5] -> mode: 'requeue' (back to this queue's ready lists, a fresh retry budget) or 'remove' (drop
-#            from this queue: the caller has enqueued it elsewhere)
-# ARGV[6..] -> ids
+# ARGV[5] -> mode: 'requeue' (back to this queue's ready lists, a fresh retry budget), 'head' (requeue the
+#            first ARGV[6] ids of the set: a bulk replay of them all, a bounded chunk a call) or 'remove'
+#            (drop from this queue: the caller has enqueued it elsewhere)
+# ARGV[6..] -> ids ('head': how many)
 # Output: the ids replayed (ids not in the dead-letter set are skipped; an entry whose record is gone or
-#         no longer dead is dropped from the set, not replayed)
+#         no longer dead is dropped from the set, not replayed; in 'remove' mode such a record is kept)
 # A replayed task starts afresh: it gets its full retry budget again, expiry and the last error are
 # cleared (its history stays); its unique key, group membership and dependents were settled when it died
 # and stay so.  Its attempt number `att` keeps counting (`att0` marks where the budget restarts): the
@@ -1284,30 +1285,48 @@ local prefix, channel, queue, pri, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], AR
 local now = now_ms()
 local listen = listening(channel)
 local done, events = {}, {}
-for i = 6, #ARGV do
-  local id = ARGV[i]
-  local key = prefix .. id
-  if redis.call('ZSCORE', KEYS[1], id) then
-    redis.call('ZREM', KEYS[1], id)
-    if mode == 'remove' then
-      redis.call('DEL', key)
-      done[#done + 1] = id
-    elseif redis.call('HGET', key, 'state') == 'dead' then
-      done[#done + 1] = id
-      if pri == '' then pri = nil end
-      local p = prio(pri or redis.call('HGET', key, 'pri'))
-      redis.call('HDEL', key, 'fin', 'started', 'claimed', 'due', 'dead', 'reason', 'cxl', 'worker', 'exp', 'error')
-      local a = tonumber(redis.call('HGET', key, 'att'))
-      if not is_int(a, 0, 65533) then a = 0 end
-      redis.call('HSET', key, 'state', 'queued', 'att', a, 'att0', a, 'pri', p)
-      if redis.call('HEXISTS', key, 'lim') == 1 then  -- its concurrency slot is released when it ends
-        redis.call('SADD', base_of(ARGV[1]) .. 'hooked', id)
-      end
-      redis.call('HINCRBY', key, 'replays', 1)
-      redis.call('RPUSH', KEYS[3 + p], id)
-      if listen then events[#events + 1] = event(id, queue, 'queued', now) end
+-- the ids still in the set (one ZMSCORE a chunk): others were replayed, purged or moved meanwhile
+local ids = {}
+if mode == 'head' then
+  ids, mode = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[6]) - 1), 'requeue'
+else
+  for c = 6, #ARGV, 4000 do
+    local part = {unpack(ARGV, c, math.min(c + 3999, #ARGV))}
+    local scores = redis.call('ZMSCORE', KEYS[1], unpack(part))
+    for j = 1, #part do
+      if scores[j] then ids[#ids + 1] = part[j] end
     end
   end
+end
+if pri == '' then pri = nil end
+local lists = {}
+for _, id in ipairs(ids) do
+  local key = prefix .. id
+  local f = redis.call('HMGET', key, 'state', 'pri', 'att', 'lim', 'replays')
+  if f[1] ~= 'dead' then
+    -- a stale entry (its record gone or not dead): dropped from the set; a live record is not ours to drop
+  elseif mode == 'remove' then
+    redis.call('DEL', key)
+    done[#done + 1] = id
+  else
+    done[#done + 1] = id
+    local p = prio(pri or f[2])
+    local a = tonumber(f[3])
+    if not is_int(a, 0, 65533) then a = 0 end
+    redis.call('HDEL', key, 'fin', 'started', 'claimed', 'due', 'dead', 'reason', 'cxl', 'worker', 'exp', 'error')
+    redis.call('HSET', key, 'state', 'queued', 'att', a, 'att0', a, 'pri', p, 'replays', (tonumber(f[5]) or 0) + 1)
+    if f[4] then  -- its concurrency slot is released when it ends
+      redis.call('SADD', base_of(ARGV[1]) .. 'hooked', id)
+    end
+    local l = lists[p]
+    if not l then l = {}; lists[p] = l end
+    l[#l + 1] = id
+    if listen then events[#events + 1] = event(id, queue, 'queued', now) end
+  end
+end
+push_chunks('ZREM', KEYS[1], ids)
+for p = 0, 9 do
+  if lists[p] then push_chunks('RPUSH', KEYS[3 + p], lists[p]) end
 end
 if #done > 0 and mode ~= 'remove' then redis.call('ZADD', KEYS[2], 0, '1') end
 publish(channel, events)
@@ -1533,9 +1552,154 @@ return {ready, nsched, retrying, #sids, nleases, ndead, paused, head, head_enq, 
         whole and 1 or 0, flat}
 """
 
+# ---------------------------------------------------------------- bulk operations (issue 11)
+# Replay into another queue moves tasks between two hash slots, which no one script may touch (Redis
+# Cluster): DEAD_READ reads a chunk of the source's dead letters, IMPORT writes copies into the target, and
+# REPLAY 'remove' then drops the originals, in that order, so a crash between the steps leaves a task in
+# both queues, never in neither (docs/design.md, "Bulk operations").  Every call looks at a bounded chunk
+# (the caller's, <= 5,000 ids), so Redis is never blocked for long.
+
+# DEAD_READ (read-only): a chunk of a queue's dead letters, as IMPORT takes them.
+# KEYS[1] -> xq:{Q}:dead
+# ARGV[1] -> task key prefix
+# ARGV[2], ARGV[3] -> offset, count: a page of the set, oldest death first (used when no ids follow)
+# ARGV[4..] -> ids to read instead of a page (ids not in the set are skipped)
+# Output: {tasks, stale, kept, looked}: tasks is flat, 8 values a task (id, name, payload, ct, pri, maxr,
+#         to, rttl; '' for an absent field); stale: ids whose record is gone or not dead (entries to drop from the
+#         set); kept: how many stay (dead, but without a name to enqueue a copy as); looked: ids looked at
+DEAD_READ = """#!lua flags=no-writes
+local prefix = ARGV[1]
+local ids
+if #ARGV > 3 then
+  ids = {}
+  for i = 4, #ARGV do
+    if redis.call('ZSCORE', KEYS[1], ARGV[i]) then ids[#ids + 1] = ARGV[i] end
+  end
+else
+  local offset = tonumber(ARGV[2])
+  ids = redis.call('ZRANGE', KEYS[1], offset, offset + tonumber(ARGV[3]) - 1)
+end
+local tasks, stale, kept = {}, {}, 0
+for _, id in ipairs(ids) do
+  local f = redis.call('HMGET', prefix .. id, 'state', 'name', 'payload', 'ct', 'pri', 'maxr', 'to', 'rttl')
+  if f[1] ~= 'dead' then stale[#stale + 1] = id
+  elseif not f[2] or f[2] == '' then kept = kept + 1
+  else
+    local n = #tasks
+    tasks[n + 1], tasks[n + 2], tasks[n + 3], tasks[n + 4] = id, f[2], f[3] or 'null', f[4] or 'j'
+    tasks[n + 5], tasks[n + 6], tasks[n + 7], tasks[n + 8] = f[5] or '', f[6] or '', f[7] or '', f[8] or ''
+  end
+end
+return {tasks, stale, kept, #ids}
+"""
+
+# IMPORT: copies of tasks read from another queue (replay to_queue) queued afresh here: attempt 1, a full
+# retry budget, their name, payload, content type, priority, max_retries, timeout and own result ttl; no
+# flow options (a
+# unique key, group or dependents belong to the source queue and were settled when the task died).
+# KEYS[1] -> xq:{T}:wake
+# KEYS[2..11] -> xq:{T}:ready:0 .. ready:9
+# ARGV[1] -> the target's task key prefix
+# ARGV[2] -> events channel
+# ARGV[3] -> queue name
+# ARGV[4] -> priority for every task, or '' to keep each one's own (else 5)
+# ARGV[5..] -> per task, 8 values as DEAD_READ gives them: id, name, payload, ct, pri, maxr, to, rttl
+# Output: the number of copies written.  An id that has a record here already is skipped: a copy written by
+#         an earlier run of a move that stopped before removing the originals, so a move may be run again.
+IMPORT = _PRELUDE + """
+local prefix = ARGV[1]
+local lists, written, events = {}, 0, {}
+local listen = listening(ARGV[2])
+local now = listen and now_ms()
+for i = 5, #ARGV, 8 do
+  local id = ARGV[i]
+  local key = prefix .. id
+  if redis.call('EXISTS', key) == 0 then
+    local p = prio(ARGV[4] ~= '' and ARGV[4] or ARGV[i + 4])
+    local h = {'name', ARGV[i + 1], 'payload', ARGV[i + 2], 'state', 'queued', 'pri', p}
+    if ARGV[i + 3] ~= 'j' then h[#h + 1], h[#h + 2] = 'ct', ARGV[i + 3] end
+    local m = tonumber(ARGV[i + 5])
+    if is_int(m, 0, 1000) then h[#h + 1], h[#h + 2] = 'maxr', m end
+    local t = tonumber(ARGV[i + 6])
+    if is_int(t, 1, 99999999999999) then h[#h + 1], h[#h + 2] = 'to', t end
+    local rt = tonumber(ARGV[i + 7])
+    if is_int(rt, 1, 99999999999999) then h[#h + 1], h[#h + 2] = 'rttl', rt end
+    redis.call('HSET', key, unpack(h))
+    local l = lists[p]
+    if not l then l = {}; lists[p] = l end
+    l[#l + 1] = id
+    written = written + 1
+    if listen then events[#events + 1] = event(id, ARGV[3], 'queued', now) end
+  end
+end
+for p = 0, 9 do
+  if lists[p] then push_chunks('RPUSH', KEYS[2 + p], lists[p]) end
+end
+if written > 0 then redis.call('ZADD', KEYS[1], 0, '1') end
+publish(ARGV[2], events)
+return written
+"""
+
+# FLUSH: delete a chunk of a queue's tasks in one state.  Each ends as 'flushed' for what its end sets off
+# (settle: its unique key is released, its group counts it out, its dependents die unless they run on
+# failure), then its record is deleted.  Running tasks are never flushed (cancel them); dead ones are
+# purged by PURGE.  allow-oom: an operator flushes to free memory, and the writes (dependents' deaths) are few.
+# KEYS[1..10] -> xq:{Q}:ready:0 .. ready:9
+# KEYS[11] -> xq:{Q}:sched
+# ARGV[1] -> task key prefix
+# ARGV[2] -> events channel
+# ARGV[3] -> queue name
+# ARGV[4] -> state: 'queued' (pops the ready lists, level 0 first) or 'scheduled' / 'retrying' (a ZSCAN
+#            step over sched: every entry there from the first call to the last is looked at once or more)
+# ARGV[5] -> max ids looked at in this call
+# ARGV[6] -> ZSCAN cursor ('0' to start; scheduled/retrying only)
+# ARGV[7] -> result ttl, seconds, for a group that finishes here
+# Output: {deleted, looked, cursor}: cursor '0' once done (queued: once a call found the lists empty)
+# A popped id whose record is not queued (a canceled task's entry, which CLAIM would drop) is dropped; a
+# sched entry in another state is left.
+FLUSH = with_flags(_PRELUDE, "allow-oom") + """  -- frees memory
+local prefix, state, max = ARGV[1], ARGV[4], tonumber(ARGV[5])
+local ctx = {base = base_of(prefix), queue = ARGV[3], listen = listening(ARGV[2]), events = {},
+             ttl = tonumber(ARGV[7])}
+local now = now_ms()
+local deleted, looked, cursor = 0, 0, '0'
+local function flush(id)
+  local key = prefix .. id
+  local f = redis.call('HMGET', key, 'state', 'uk', 'grp', 'hd')
+  if f[1] ~= state then return false end
+  settle(ctx, id, 'flushed', now, {f[2], f[3], f[4]})
+  redis.call('DEL', key)
+  deleted = deleted + 1
+  return true
+end
+if state == 'queued' then
+  for p = 1, 10 do
+    if looked >= max then break end
+    local ids = redis.call('LPOP', KEYS[p], max - looked)
+    if ids then
+      looked = looked + #ids
+      for _, id in ipairs(ids) do flush(id) end
+    end
+  end
+  if looked > 0 then cursor = '1' end
+else
+  local page = redis.call('ZSCAN', KEYS[11], ARGV[6], 'COUNT', max)
+  cursor = page[1]
+  local gone = {}
+  for i = 1, #page[2], 2 do
+    looked = looked + 1
+    if flush(page[2][i]) then gone[#gone + 1] = page[2][i] end
+  end
+  if #gone > 0 then push_chunks('ZREM', KEYS[11], gone) end
+end
+publish(ARGV[2], ctx.events)
+return {deleted, looked, cursor}
+"""
+
 ALL = {"enqueue": ENQUEUE, "claim": CLAIM, "complete": COMPLETE, "release": RELEASE, "renew": RENEW,
        "cancel": CANCEL, "replay": REPLAY, "purge": PURGE, "cron": CRON,
-       "group": GROUP, "peek": PEEK, "qstats": QSTATS}
+       "group": GROUP, "peek": PEEK, "qstats": QSTATS,
+       "dead_read": DEAD_READ, "import": IMPORT, "flush": FLUSH}
 
 # The SHA1 each script is run by (EVALSHA); both brokers, sync and asyncio, use these.
 SHA = {name: hashlib.sha1(src.encode()).hexdigest().encode() for name, src in ALL.items()}
