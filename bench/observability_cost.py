@@ -1,7 +1,7 @@
 """The cost of observability: a no-op drain and the idle latency of a real `xq run`, with the worker registry,
 stats history and metrics on and off, alternated in one run.
 
-    PYTHONPATH=$PWD python3 bench/observability_cost.py [--tasks 50000] [--pairs 5] [--procs 2]
+    PYTHONPATH=$PWD python3 bench/observability_cost.py [--tasks 100000] [--pairs 5] [--procs 2]
         [--latency-tasks 200] [--scrape-every 1] [--max-seconds 900] [--variant 'NAME: ARGS' ...]
 
 A variant is a name and the extra `xq run` arguments that make it ("{port}" becomes a free port; the token
@@ -9,10 +9,15 @@ A variant is a name and the extra `xq run` arguments that make it ("{port}" beco
 variant is the baseline the others are compared with.  Each round runs every variant once, in an order
 rotated from round to round (A B C, B C A, ...), so a drift of the machine's speed hits them alike:
 
-- drain: enqueue --tasks no-op tasks, run `xq run --burst` over them, tasks/s over the drain window taken
-  from the task records (first claim to last finish: no process start or exit in it);
-- idle latency: start `xq run`, then --latency-tasks tasks one at a time, 2 ms apart (the supervisor idle
-  in its wait between them): enqueue -> handler start, and enqueue -> result() returned; the round's median.
+one `xq run` (not --burst) a variant and round, measuring in turn:
+
+- idle latency: --latency-tasks tasks one at a time, 2 ms apart (the supervisor idle in its wait between
+  them): enqueue -> handler start, and enqueue -> result() returned; the round's median;
+- drain: --tasks no-op tasks enqueued while the queue is paused, then resumed: tasks/s over the drain
+  window taken from the task records (first claim to last finish), and the CPU time (user + system) the
+  supervisor process alone spent from the resume to the last result, per task: the figure the machine's
+  noise moves least (wall-clock rates here drift by tens of percent), and the one the per-task costs of
+  the registry, stats and metrics (and the scrapes) add to.
 
 Prints every measurement as it is taken, then per variant the median of its rounds, and the median of the
 per-round ratios to the baseline (the figure to quote: each ratio pairs runs a few seconds apart).  Every
@@ -32,9 +37,11 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import psutil  # noqa: E402
 import redis  # noqa: E402
 
 import xq  # noqa: E402
+import xq.keys  # noqa: E402
 from benchutil import _free_port, drain_window, private_redis, xq_run  # noqa: E402
 
 # Stats history (another branch) adds `xq run --no-stats`: then put it in every variant but "stats", and
@@ -69,6 +76,7 @@ class Variant:
         self.drain: list[float] = []     # tasks/s per round
         self.start: list[float] = []     # idle latency, enqueue -> handler start, ms (median of a round)
         self.result: list[float] = []    # idle latency, enqueue -> result() returned, ms
+        self.cpu: list[float] = []       # CPU time of the supervisor process per drained task, us
 
     def launch(self, url: str, procs: str, *extra: str):
         """(the `xq run` process, a stop event for its scraper)."""
@@ -87,41 +95,46 @@ def stop_run(proc, stop: threading.Event) -> None:
     proc.wait(timeout=60)
 
 
-def measure_drain(v: Variant, url: str, r, n: int, procs: str) -> float:
-    r.flushall()
-    with xq.Producer(url) as p:
-        ids = p.enqueue_many("noop", [None] * n, queue="default")
-    proc, stop = v.launch(url, procs, "--burst", "--queues", "default")
-    try:
-        assert proc.wait(timeout=300) == 0, f"{v.name}: xq run --burst exited {proc.returncode}"
-    finally:
-        stop_run(proc, stop)
-    first, last = drain_window(r, "default", ids)
-    return n / (last - first)
-
-
-def measure_latency(v: Variant, url: str, r, n: int, procs: str) -> tuple[float, float]:
+def measure(v: Variant, url: str, r, n: int, latency_n: int, procs: str) -> None:
+    """One round of a variant: one `xq run`; its idle latency, then a drain of n tasks enqueued while the
+    queue was paused (so the drain is all claims, no enqueue competing) and resumed at once."""
     r.flushall()
     proc, stop = v.launch(url, procs, "--queues", "default")
+    sup = psutil.Process(proc.pid)
     starts, results = [], []
     try:
         with xq.Producer(url) as p:
             p.result(p.enqueue("stamp", None, queue="default"), timeout=30)  # up, children booted
             time.sleep(0.5)  # past the start-up's first heartbeat and depth read
-            for _ in range(n):
+            for _ in range(latency_n):
                 time.sleep(0.002)  # let the supervisor go idle (blocked in its wait) again
                 t0 = time.time()
                 started = p.result(p.enqueue("stamp", None, queue="default"), timeout=10)
                 starts.append((started - t0) * 1000)
                 results.append((time.time() - t0) * 1000)
+            p.pause_queue("default")
+            ids = p.enqueue_many("noop", [None] * n, queue="default")
+            time.sleep(0.2)
+            c0 = sup.cpu_times()
+            p.resume_queue("default")
+            p.result(ids[-1], timeout=300)
+            for _ in range(100):  # the last id may finish a moment before others still running
+                if r.hget(xq.keys.queue_keys("default").task(ids[-2]), "state") == b"done":
+                    break
+                time.sleep(0.05)
+            c1 = sup.cpu_times()
     finally:
         stop_run(proc, stop)
-    return statistics.median(starts), statistics.median(results)
+    first, last = drain_window(r, "default", ids)
+    v.start.append(statistics.median(starts))
+    v.result.append(statistics.median(results))
+    v.drain.append(n / (last - first))
+    v.cpu.append((c1.user + c1.system - c0.user - c0.system) / n * 1e6)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tasks", type=int, default=50_000, help="no-op tasks per drain")
+    ap.add_argument("--tasks", type=int, default=100_000, help="no-op tasks per drain (CPU time is counted in 10 ms ticks)")
     ap.add_argument("--pairs", type=int, default=5, help="rounds, each running every variant once")
     ap.add_argument("--procs", default="2")
     ap.add_argument("--latency-tasks", type=int, default=200, help="tasks per idle-latency measurement")
@@ -144,12 +157,10 @@ def main() -> None:
                 break
             k = rnd % len(variants)
             for v in variants[k:] + variants[:k]:
-                v.drain.append(measure_drain(v, url, r, a.tasks, a.procs))
-                s, res = measure_latency(v, url, r, a.latency_tasks, a.procs)
-                v.start.append(s)
-                v.result.append(res)
-                print(f"round {rnd + 1} {v.name:16} drain {v.drain[-1]:9,.0f} tasks/s   idle latency p50: "
-                      f"start {s:6.3f} ms, result {res:6.3f} ms", flush=True)
+                measure(v, url, r, a.tasks, a.latency_tasks, a.procs)
+                print(f"round {rnd + 1} {v.name:16} drain {v.drain[-1]:7,.0f} tasks/s, supervisor CPU "
+                      f"{v.cpu[-1]:6.2f} us/task; idle latency p50: start {v.start[-1]:6.3f} ms, result "
+                      f"{v.result[-1]:6.3f} ms", flush=True)
         r.close()
     report(variants)
 
@@ -159,18 +170,21 @@ def report(variants: list[Variant]) -> None:
     rounds = min(len(v.drain) for v in variants)
     print(f"\nmedians over {rounds} rounds; ratio = median of the per-round ratios to '{base.name}' "
           f"(drain: higher is better; latency: lower is better)")
-    print(f"{'variant':16} {'drain/s':>9} {'ratio':>7}   {'start ms':>8} {'ratio':>7}   {'result ms':>9} {'ratio':>7}")
+    print(f"{'variant':16} {'drain/s':>9} {'ratio':>7}   {'CPU us/task':>11} {'ratio':>7}   {'start ms':>8} "
+          f"{'ratio':>7}   {'result ms':>9} {'ratio':>7}")
 
     def ratio(xs, bs):
         return statistics.median(x / b for x, b in zip(xs, bs))
 
     for v in variants:
         print(f"{v.name:16} {statistics.median(v.drain):9,.0f} {ratio(v.drain, base.drain):7.3f}   "
+              f"{statistics.median(v.cpu):11.2f} {ratio(v.cpu, base.cpu):7.3f}   "
               f"{statistics.median(v.start):8.3f} {ratio(v.start, base.start):7.3f}   "
               f"{statistics.median(v.result):9.3f} {ratio(v.result, base.result):7.3f}")
     print("\nraw (per round, in round order):")
     for v in variants:
         print(f"{v.name:16} drain/s  " + " ".join(f"{x:.0f}" for x in v.drain))
+        print(f"{'':16} CPU us/task " + " ".join(f"{x:.2f}" for x in v.cpu))
         print(f"{'':16} start ms " + " ".join(f"{x:.3f}" for x in v.start))
         print(f"{'':16} result ms " + " ".join(f"{x:.3f}" for x in v.result))
 
