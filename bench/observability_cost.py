@@ -15,9 +15,11 @@ one `xq run` (not --burst) a variant and round, measuring in turn:
   them): enqueue -> handler start, and enqueue -> result() returned; the round's median;
 - drain: --tasks no-op tasks enqueued while the queue is paused, then resumed: tasks/s over the drain
   window taken from the task records (first claim to last finish), and the CPU time (user + system) the
-  supervisor process alone spent from the resume to the last result, per task: the figure the machine's
-  noise moves least (wall-clock rates here drift by tens of percent), and the one the per-task costs of
-  the registry, stats and metrics (and the scrapes) add to.
+  supervisor process alone spent from the resume to the last result, per task (in 10 ms ticks), the
+  figure the per-task costs of the registry, stats and metrics (and the scrapes) add to.  On a shared
+  machine both move by tens of percent between rounds (other load changes the supervisor's batch sizes,
+  hence its CPU per task too): quote the medians of many rounds, and count instructions for small
+  differences (bench/metrics_micro.py under callgrind).
 
 Prints every measurement as it is taken, then per variant the median of its rounds, and the median of the
 per-round ratios to the baseline (the figure to quote: each ratio pairs runs a few seconds apart).  Every
