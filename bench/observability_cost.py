@@ -133,8 +133,8 @@ def measure(v: Variant, url: str, r, n: int, latency_n: int, procs: str) -> None
             p.resume_queue("default")
             p.result(ids[-1], timeout=300)
             left = drained(r, ids)
-            if left:  # tasks not done when the last one is: seen once (a task back in the queue); say so
-                print(f"note: {v.name}: {left} tasks not done when the last enqueued one was", flush=True)
+            if left:  # the children finish out of order: one may still hold earlier tasks in its ring
+                print(f"note: {v.name}: {left} tasks not done yet when the last enqueued one was", flush=True)
                 for _ in range(3000):  # bounded: 300 s
                     time.sleep(0.1)
                     if not drained(r, ids):
