@@ -120,6 +120,23 @@ def test_killed_worker_disappears_within_its_ttl(redis_url, r):
             assert [w["pid"] for w in i.workers()] == [alive.pid]
 
 
+
+def test_heartbeat_0_keeps_the_worker_out_of_the_registry(redis_url, r):
+    # --heartbeat 0: the registry is off (for one, to measure its cost); the worker runs tasks as ever
+    with XQRun(redis_url, "--heartbeat", "0", procs=1, queues="default") as off, \
+            XQRun(redis_url, "--heartbeat", BEAT, procs=1, queues="other") as on, \
+            Inspector(redis_url) as i, xq.Producer(redis_url) as p:
+        wait_for(lambda: _by_pid(i, on.pid), 20, what="the other worker registered")
+        assert p.result(p.enqueue("echo", 7, queue="default"), timeout=20) == 7
+        for _ in range(3):  # across several of the other's beats
+            time.sleep(float(BEAT))
+            assert [w["pid"] for w in i.workers()] == [on.pid]
+        off.signal(signal.SIGTERM)
+        assert off.wait(20) == 0
+    assert r.zcard(WORKERS) == 0
+    bad = _cli(redis_url, "run", "apps.basic:app", "--heartbeat", "0.05", check=False)
+    assert bad.returncode == 2 and "--heartbeat" in bad.stderr and "0.05 s is too short" in bad.stderr
+
 def test_cli_workers_table_json_and_show(redis_url):
     with XQRun(redis_url, "--heartbeat", BEAT, procs=2, queues="default,other") as run, \
             Inspector(redis_url) as i:

@@ -106,6 +106,11 @@ def decode_result_head(head: bytes) -> tuple[int, int, bytes, float, float, byte
 def new_ids(n: int) -> list[bytes]:
     """n task ids: 26-char Crockford base32 of 48-bit ms timestamp + 80 bits (40 random per process,
     40-bit counter starting at a random value, bumped per id; monotonic within a process)."""
+def wait_times(items: list) -> list[int]:
+    """Per task of COMPLETE arguments (7 values a task: id, attempt, outcome, text, extra, started ms,
+    finished ms), its queue wait in ms: started minus the enqueue time its xq id begins with (10 Crockford
+    base32 chars, upper case), or -1 when not known (attempt > 1, an id of another form, an enqueue time
+    after the start): the xq_task_wait_seconds figures of xq/supervisor/metrics.py."""
 def encode_payloads(payloads: Sequence[object]) -> tuple[list[bytes], list[bytes]]:
     """(data, ct) per payload: bytes/bytearray/memoryview pass raw with ct b'b'; anything else is orjson
     dumped with ct b'j'.  TypeError naming the index and type if a payload cannot be serialized."""

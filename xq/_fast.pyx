@@ -461,6 +461,42 @@ def new_ids(Py_ssize_t n):
     return out
 
 
+
+cdef uint8_t _B32[256]
+memset(_B32, 255, 256)
+for _i, _c in enumerate(bytearray(b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")):
+    _B32[_c] = _i
+
+
+def wait_times(list items):
+    """Per task of COMPLETE arguments (7 values a task: id, attempt, ..., started ms, finished ms), its
+    queue wait in ms: started minus the enqueue time its xq id begins with (10 Crockford base32 chars),
+    or -1 when not known (a retry, an id of another form, an enqueue time after the start)."""
+    cdef Py_ssize_t i, j, n = len(items)
+    cdef list out = []
+    cdef object tid, att, st
+    cdef const uint8_t *p
+    cdef int64_t t, w
+    cdef uint8_t v
+    for i in range(0, n - 6, 7):
+        tid, att, st = items[i], items[i + 1], items[i + 5]
+        w = -1
+        if PyBytes_CheckExact(tid) and PyBytes_GET_SIZE(tid) == 26 and type(att) is int and att == 1 \
+                and type(st) is int:
+            p = <const uint8_t *>PyBytes_AS_STRING(tid)
+            t = 0
+            for j in range(10):
+                v = _B32[p[j]]
+                if v == 255:
+                    t = -1
+                    break
+                t = t * 32 + v
+            if 0 < t <= <int64_t>st:
+                w = <int64_t>st - t
+        out.append(w)
+    return out
+
+
 # ---------------------------------------------------------------- payloads and RESP
 
 def encode_payloads(payloads):

@@ -281,6 +281,23 @@ def new_ids(n: int) -> list[bytes]:
     return out
 
 
+
+_TO_B32 = bytes.maketrans(_ALPHABET, b"0123456789abcdefghijklmnopqrstuv")  # int(x, 32) reads 0-9 a-v
+
+
+def wait_times(items: list) -> list[int]:
+    out = []
+    for i in range(0, len(items) - 6, 7):
+        tid, att, st = items[i], items[i + 1], items[i + 5]
+        w = -1
+        if type(tid) is bytes and len(tid) == 26 and type(att) is int and att == 1 and type(st) is int:
+            head = tid[:10]
+            t = -1 if head.translate(None, _ALPHABET) else int(head.translate(_TO_B32), 32)
+            if 0 < t <= st:
+                w = st - t
+        out.append(w)
+    return out
+
 def encode_payloads(payloads):
     data, ct = [], []
     dumps = orjson.dumps

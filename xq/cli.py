@@ -181,8 +181,9 @@ def main() -> None:
 @click.option("--allow-eviction", is_flag=True,
               help="start even though Redis' maxmemory-policy evicts keys (which silently deletes task records "
                    "when Redis is full); without it `xq run` refuses to start (exit 7)")
-@click.option("--heartbeat", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
-              help="seconds between this worker's registry heartbeats (`xq workers`); it drops out 3 beats after dying")
+@click.option("--heartbeat", type=click.FloatRange(min=0.0), default=5.0, show_default=True,
+              help="seconds between this worker's registry heartbeats (`xq workers`); it drops out 3 beats after "
+                   "dying; 0 = off: the worker stays out of the registry")
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
               help="serve Prometheus /metrics and the /healthz, /readyz probes on this port (0 = off; needs "
                    "the 'metrics' extra: pip install 'xq[metrics]')")
@@ -198,6 +199,8 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
     from .supervisor import Config, Supervisor, check_memory_limits
 
     _setup_logging(log_level)
+    if 0 < heartbeat < 0.1:
+        raise click.BadParameter(f"{heartbeat:g} s is too short: use 0 (off) or at least 0.1", param_hint="--heartbeat")
     if metrics_port:
         from .supervisor.metrics import require_client
 

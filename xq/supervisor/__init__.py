@@ -6,7 +6,7 @@
     Leases         leases.py     lease renewal, releases, expired-lease recovery   RENEW, RELEASE
     Canceler       canceler.py   cancel requests, timeouts, the kill watch         control channel
     Ticker         ticker.py     periodic (cron) entries                           CRON
-    Registry       registry.py   this worker's heartbeat in the worker registry    SET PX, ZADD (a timer)
+    Registry       registry.py   this worker's heartbeat in the worker registry    SET PX, ZADD (a timer; --heartbeat 0: off)
     Metrics        metrics.py    /metrics, /healthz, /readyz (--metrics-port only) LLEN, ZCARD (a timer)
 
 Each has its own state, a deadline() and fds() for the sleep, step(now) for local work and sync(now) for
@@ -78,7 +78,7 @@ class Config:
     kill_grace: float = 5.0            # seconds between SIGTERM / xq.Cancelled and SIGKILL of a child
     check_server: bool = False         # run xq.servercheck at the first connect (Redis was down at start)
     allow_eviction: bool = False       # ... and let an evicting maxmemory-policy pass, with a warning
-    heartbeat: float = 5.0             # seconds between worker-registry heartbeats; the record's TTL is 3x
+    heartbeat: float = 5.0             # seconds between worker-registry heartbeats; the record's TTL is 3x (0: off)
     metrics_port: int = 0              # serve /metrics, /healthz, /readyz on this port (0: off; metrics.py)
     stats: bool = True                 # write the per-minute stats history (xq/stats.py; --no-stats: off)
 
@@ -123,10 +123,14 @@ class Supervisor:
         self.canceler = Canceler(self)
         self.leases = Leases(self)
         self.ticker = Ticker(self)
-        self.registry = Registry(self)
-        self.components = (self.pool, self.claims, self.canceler, self.leases, self.ticker, self.registry)
+        self.components = (self.pool, self.claims, self.canceler, self.leases, self.ticker)
         # Redis work in this order: releases go out before the next claim can take the tasks again
-        self.redis_components = (self.leases, self.claims, self.ticker, self.canceler, self.registry)
+        self.redis_components = (self.leases, self.claims, self.ticker, self.canceler)
+        self.registry = None
+        if cfg.heartbeat > 0:  # 0: this worker stays out of the registry (xq workers does not list it)
+            self.registry = Registry(self)
+            self.components += (self.registry,)
+            self.redis_components += (self.registry,)
         self.metrics = None
         if cfg.metrics_port:
             from .metrics import Metrics
@@ -200,7 +204,8 @@ class Supervisor:
 
     def _teardown(self) -> None:
         self.pool.teardown()
-        self.registry.close()
+        if self.registry is not None:
+            self.registry.close()
         self.canceler.close()
         if self.metrics is not None:
             self.metrics.close()

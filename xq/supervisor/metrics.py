@@ -28,13 +28,14 @@ import logging
 import math
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import Counter
-from itertools import compress, repeat
+from itertools import accumulate, repeat
 from operator import sub
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .. import child as childmod
+from .._impl import fast
 from ..errors import ConfigError
 from ..inspect import Inspector
 from .component import Component
@@ -50,49 +51,57 @@ BATCH_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # the attempt's outcome as COMPLETE gets it; 'retry' is any failure the script retries or makes dead as the
 # task's retries decide: shown as 'failed' (others: done, canceled, invalid, memory, ... as sent)
 OUTCOME_LABEL = {b"done": "done", b"retry": "failed"}
-# xq ids are Crockford base32 (no I L O U); int(x, 32) reads 0-9 a-v: map one alphabet onto the other
-_TO_B32 = bytes.maketrans(b"0123456789ABCDEFGHJKMNPQRSTVWXYZ", b"0123456789abcdefghijklmnopqrstuv")
-
-
-def id_ms(tid: bytes) -> int:
-    """The enqueue time (ms since the epoch) an xq task id starts with, or -1 for an id of another form."""
-    if len(tid) != 26:
-        return -1
-    try:
-        return int(tid[:10].translate(_TO_B32), 32)
-    except ValueError:
-        return -1
 
 
 class Hist:
-    """Histograms by (queue, name) kept as plain bucket counts, filled a batch at a time with C-level
-    map/bisect/Counter (prometheus-client's observe() takes a lock and a Python call per value), and read
-    by the scrape thread through a collector (a copied list: a scrape may miss the batch being added)."""
+    """Histograms by label values kept as plain bucket counts, filled a batch at a time, never with a call
+    per value into prometheus-client (whose observe() takes a lock and a Python call per value): a few
+    values are bisected one by one, a larger batch is sorted (C) and each bucket takes one bisect into it,
+    stopping at the batch's largest value.  A series is replaced whole, never changed in place, so the
+    scrape thread (family(), through a collector) reads a consistent one."""
 
-    def __init__(self, name: str, doc: str, bounds_s: tuple):
-        self.name, self.doc = name, doc
-        self.bounds = tuple(bounds_s)
-        self.bounds_ms = [b * 1000.0 for b in bounds_s]
-        self.series: dict[tuple, list] = {}   # (queue, name) -> [count per bucket (+Inf last)..., sum in ms]
+    SMALL = 16  # batches up to this size are bisected value by value
 
-    def add(self, key: tuple, values_ms: list) -> None:
+    def __init__(self, name: str, doc: str, bounds: tuple, labels: tuple = ("queue", "name"),
+                 scale: float = 1000.0):
+        self.name, self.doc, self.labels, self.scale = name, doc, labels, scale
+        self.bounds = tuple(bounds)
+        self.edges = [b * scale for b in bounds]  # in the unit of the values added (ms for times)
+        self.series: dict[tuple, list] = {}  # label values -> [count per bucket (+Inf last)..., sum]
+        self.created: dict[tuple, float] = {}
+
+    def add(self, key: tuple, values: list) -> None:
+        """Observe values (sorted here, in place, if many) in the series of these label values."""
+        edges, n = self.edges, len(values)
         s = self.series.get(key)
+        new = list(s) if s is not None else [0] * (len(edges) + 2)
+        if n <= self.SMALL:
+            for v in values:
+                new[bisect_left(edges, v)] += 1
+        else:
+            values.sort()
+            lo = 0
+            for i, e in enumerate(edges):
+                hi = bisect_right(values, e, lo)
+                new[i] += hi - lo
+                lo = hi
+                if lo == n:
+                    break
+            new[len(edges)] += n - lo
+        new[-1] += sum(values)
         if s is None:
-            s = self.series[key] = [0] * (len(self.bounds) + 2)
-        for i, n in Counter(map(bisect_left, repeat(self.bounds_ms), values_ms)).items():
-            s[i] += n
-        s[-1] += sum(values_ms)
+            self.created[key] = time.time()
+        self.series[key] = new
 
-    def family(self, HistogramMetricFamily):
-        fam = HistogramMetricFamily(self.name, self.doc, labels=("queue", "name"))
-        les = [repr(float(b)) for b in self.bounds] + ["+Inf"]
+    def family(self, HistogramMetricFamily, created: bool = False):
+        from prometheus_client.utils import floatToGoString
+
+        fam = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
         for key, s in list(self.series.items()):
-            s = list(s)
-            acc, buckets = 0, []
-            for le, n in zip(les, s[:-1]):
-                acc += n
-                buckets.append((le, acc))
-            fam.add_metric(key, buckets, s[-1] / 1000.0)
+            fam.add_metric(key, list(zip(les, accumulate(s[:-1]))), s[-1] / self.scale)
+            if created:
+                fam.add_sample(self.name + "_created", dict(zip(self.labels, key)), self.created[key])
         return fam
 
 
@@ -119,19 +128,34 @@ class Metrics(Component):
         self.inspector = Inspector(broker=sup.broker)  # shares the supervisor's Broker: nothing to close
         self.qnames = list(sup.qnames)
         reg = self.registry = pc.CollectorRegistry()
-        self.tasks = pc.Counter("xq_tasks", "Tasks finished by this supervisor, by queue, name and outcome",
-                                ("queue", "name", "outcome"), registry=reg)
+        # plain ints and lists the loop adds to a batch at a time; folded into metric families at scrape time
+        self.tasks: dict[tuple, int] = {}          # (queue, name, outcome) -> tasks
+        self.tasks_created: dict[tuple, float] = {}
         self.run_time = Hist("xq_task_run_seconds", "Task run time in a child (finished - started)", RUN_BUCKETS)
         self.wait_time = Hist("xq_task_wait_seconds", "Queue wait of first attempts: start - enqueue (from the "
                               "task id)", WAIT_BUCKETS)
-        self.batch = pc.Histogram("xq_claim_batch_size", "Tasks per claim reply", buckets=BATCH_BUCKETS,
-                                  registry=reg)
+        self.batch = Hist("xq_claim_batch_size", "Tasks per claim reply", BATCH_BUCKETS, labels=(), scale=1)
+        metrics = self
+        created = getattr(pc.metrics, "_use_created", True)  # PROMETHEUS_DISABLE_CREATED_SERIES, as pc's own
+
+        class Counts:
+            """The task counter and the claim batch histogram, as prometheus-client's Counter and Histogram
+            showed them (with their _created series)."""
+
+            def collect(self):
+                fam = CounterMetricFamily("xq_tasks", "Tasks finished by this supervisor, by queue, name and "
+                                          "outcome", labels=("queue", "name", "outcome"))
+                born = metrics.tasks_created
+                for key, n in list(metrics.tasks.items()):
+                    fam.add_metric(key, n, created=born[key] if created else None)
+                yield fam
+                yield metrics.batch.family(HistogramMetricFamily, created=created)
+
+        reg.register(Counts())
         self.depth = pc.Gauge("xq_queue_depth", "Tasks in this supervisor's queues by state (read every "
                               f"{DEPTH_INTERVAL:.0f} s)", ("queue", "state"), registry=reg)
         self.latency = pc.Gauge("xq_queue_latency_seconds", "Age of the oldest ready task (0: none ready)",
                                 ("queue",), registry=reg)
-
-        metrics = self
 
         class Live:
             """Read at scrape time from counters the loop keeps anyway (plain ints: no lock needed)."""
@@ -195,9 +219,18 @@ class Metrics(Component):
     def step(self, now: float) -> None:
         self.last_turn = now
 
+    def count(self, q: str, name: bytes, outcome: str, n: int) -> None:
+        key = (q, name.decode(errors="replace"), outcome)
+        c = self.tasks
+        if key not in c:
+            self.tasks_created[key] = time.time()
+            c[key] = n
+        else:
+            c[key] += n
+
     def claimed(self, tasks: list) -> None:
         """One claim reply (7 items a task: qidx, id, name, ...)."""
-        self.batch.observe(len(tasks) // 7)
+        self.batch.add((), [len(tasks) // 7])
         if len(self.names) > NAMES_CAP:
             self.names.clear()  # ids released without completing here; their names show as '?'
         self.names.update(zip(tasks[1::7], tasks[2::7]))
@@ -205,32 +238,34 @@ class Metrics(Component):
     def completed(self, qidx: int, items: list) -> None:
         """One accepted COMPLETE: items are 7 a task (id, attempt, outcome, text, result, started, finished ms)."""
         q = self.qnames[qidx]
-        ids = items[0::7]
-        names = list(map(self.names.pop, ids, repeat(b"?")))
-        for (name, outcome), n in Counter(zip(names, items[2::7])).items():
-            outcome = OUTCOME_LABEL.get(outcome) or outcome.decode(errors="replace")
-            self.tasks.labels(q, name.decode(errors="replace"), outcome).inc(n)
-        started = items[5::7]
-        runs = list(map(sub, items[6::7], started))
-        first = [a == 1 for a in items[1::7]]
-        t0s = list(map(id_ms, compress(ids, first)))
-        waits = [s - t for s, t in zip(compress(started, first), t0s) if 0 < t <= s]
+        names = list(map(self.names.pop, items[0::7], repeat(b"?")))
+        outcomes = items[2::7]
+        runs = list(map(sub, items[6::7], items[5::7]))
+        waits = fast.wait_times(items)  # ms, -1: not known (a retry, an id of another form)
         one = names[0]
         if names.count(one) == len(names):  # the common case: a batch of one task name
+            if outcomes.count(b"done") == len(names):
+                self.count(q, one, "done", len(names))
+            else:
+                for outcome, n in Counter(outcomes).items():
+                    self.count(q, one, OUTCOME_LABEL.get(outcome) or outcome.decode(errors="replace"), n)
             key = (q, one.decode(errors="replace"))
             self.run_time.add(key, runs)
+            waits = list(filter((0).__le__, waits))
             if waits:
                 self.wait_time.add(key, waits)
             return
+        for (name, outcome), n in Counter(zip(names, outcomes)).items():
+            self.count(q, name, OUTCOME_LABEL.get(outcome) or outcome.decode(errors="replace"), n)
         by_name: dict[bytes, list] = {}
         for name, v in zip(names, runs):
             by_name.setdefault(name, []).append(v)
         for name, vs in by_name.items():
             self.run_time.add((q, name.decode(errors="replace")), vs)
         by_name = {}
-        for name, s, t in zip(compress(names, first), compress(started, first), t0s):
-            if 0 < t <= s:
-                by_name.setdefault(name, []).append(s - t)
+        for name, w in zip(names, waits):
+            if w >= 0:
+                by_name.setdefault(name, []).append(w)
         for name, vs in by_name.items():
             self.wait_time.add((q, name.decode(errors="replace")), vs)
 
@@ -249,7 +284,7 @@ class Metrics(Component):
             name = pop(tid, b"?")
             counts[name] = counts.get(name, 0) + 1
         for name, n in counts.items():
-            self.tasks.labels(q, name.decode(errors="replace"), outcome).inc(n)
+            self.count(q, name, outcome, n)
 
     def sync(self, now: float) -> None:
         if now < self.next_depth:
