@@ -164,3 +164,31 @@ def test_sampled_counts_say_they_are_bounds(redis_url):
     assert full["waiting"] == 42 and full["waiting_exact"]
     assert not bounded["waiting_exact"] and 1 <= bounded["waiting"] <= 42
     p.close()
+
+
+def test_latency_counts_from_when_a_task_became_due(redis_url, r):
+    """A replayed dead letter, and a scheduled or retried task once CLAIM moved it to its ready list (the
+    record keeps its `due`), have waited since they became due, not since their first enqueue."""
+    p = xq.Producer(redis_url)
+    gate = p.enqueue("echo", "gate", delay=3600)
+    p.cancel(gate)
+    dead = p.enqueue_many("echo", [1, 2], depends_on=[gate])  # dead on arrival
+    time.sleep(1.5)
+    with Inspector(redis_url) as i:
+        assert i.queue("default")["latency"] is None  # nothing ready
+        p.replay("default", [dead[0]])
+        q = i.queue("default")
+        assert q["oldest_ready_id"] == dead[0] and q["latency"] < 1.0  # its id is 1.5 s old
+        p.replay("default", [dead[1]], to_queue="moved")
+        q = i.queue("moved")
+        assert q["oldest_ready_id"] == dead[1] and q["latency"] < 1.0
+        # a delayed task as CLAIM leaves it when due: queued, in its ready list, its `due` kept
+        late = p.enqueue("echo", 3, queue="late", delay=0.3)
+        qk = xq.keys.queue_keys("late")
+        now_ms = int(r.time()[0]) * 1000
+        r.zrem(qk.sched, late)
+        r.hset(qk.task(late), mapping={"state": "queued", "due": now_ms - 200, "enq": now_ms - 60_000})
+        r.rpush(qk.ready[5], late)
+        assert 0.15 <= i.queue("late")["latency"] < 1.5  # 0.2 s since due, though enqueued a minute ago
+        r.hset(qk.task(late), "due", "junk")  # a foreign writer's junk: back to the enqueue time
+        assert i.queue("late")["latency"] >= 59

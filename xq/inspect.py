@@ -133,8 +133,9 @@ class Inspector:
         failed attempts of the last minute and hour from the stats history (a second round trip):
 
         ready (per priority level 0..9, and in all), scheduled, retrying, running (leased), waiting,
-        dead, paused (and since when), latency (seconds since the oldest ready task was enqueued: the
-        head of the highest-priority non-empty ready list and its record's `enq`, against Redis TIME).
+        dead, paused (and since when), latency (seconds since the oldest ready task was enqueued, or became
+        due if it was scheduled, retried or replayed: the head of the highest-priority non-empty ready list
+        and its record's `enq` or id time and `due`, against Redis TIME).
         scheduled and retrying share one sorted set: they are told apart by the record's state for the
         first `sample` (soonest due) ids; beyond that the split is a lower bound on retrying
         ("sched_split_exact" False).  Waiting tasks have no index: they are found through the hooked
@@ -387,11 +388,17 @@ def plan_queue(queue: str, by_name: bool, sample: int):
      waiting_exact, names) = yield "queue_stats", qk, sample, by_name
     latency = None
     if head:
+        enq, due = head_enq
         try:  # enq: a foreign producer's; xq's own ids carry their creation time instead
-            enq_ms = int(head_enq) if head_enq else int(id_time(esc(head)) * 1000)
-            latency = round(max(0, now - enq_ms) / 1000.0, 3)
+            since = int(enq) if enq else int(id_time(esc(head)) * 1000)
         except (TypeError, ValueError):
-            latency = None  # neither a readable enq nor an xq id (written by hand, or gone)
+            since = None  # neither a readable enq nor an xq id (written by hand, or gone)
+        try:  # a task scheduled, retried or replayed has waited since it became due, not since its enqueue
+            since = max(since or 0, int(due)) if due else since
+        except ValueError:
+            pass
+        if since is not None:
+            latency = round(max(0, now - since) / 1000.0, 3)
     out = {
         "queue": queue,
         "paused": bool(paused),

@@ -1313,8 +1313,10 @@ for _, id in ipairs(ids) do
     local p = prio(pri or f[2])
     local a = tonumber(f[3])
     if not is_int(a, 0, 65533) then a = 0 end
-    redis.call('HDEL', key, 'fin', 'started', 'claimed', 'due', 'dead', 'reason', 'cxl', 'worker', 'exp', 'error')
-    redis.call('HSET', key, 'state', 'queued', 'att', a, 'att0', a, 'pri', p, 'replays', (tonumber(f[5]) or 0) + 1)
+    redis.call('HDEL', key, 'fin', 'started', 'claimed', 'dead', 'reason', 'cxl', 'worker', 'exp', 'error')
+    -- due: ready from now, which the queue's latency counts from (not from the first enqueue)
+    redis.call('HSET', key, 'state', 'queued', 'att', a, 'att0', a, 'pri', p, 'replays', (tonumber(f[5]) or 0) + 1,
+               'due', now)
     if f[4] then  -- its concurrency slot is released when it ends
       redis.call('SADD', base_of(ARGV[1]) .. 'hooked', id)
     end
@@ -1473,7 +1475,8 @@ return out
 #            list or set at most (the split of sched by state, the waiting walk, the per-name sample)
 # ARGV[4] -> '1' to count per task name (a sample: the first `cap` ids of each list and set)
 # Output: {{ready per level 0..9}, sched total, retrying (among the sched ids looked at), sched ids looked
-#          at, leases, dead, paused value or false, oldest ready id or false, its enq or false, now (ms,
+#          at, leases, dead, paused value or false, oldest ready id or false, {its enq or false, its due or
+#          false} (when it was enqueued, and when it became due: scheduled, retried, replayed), now (ms,
 #          Redis TIME), waiting, 1 if the waiting walk covered every hooked id (and looked at no more
 #          than 10 * cap dependents) else 0,
 #          {name, {queued, scheduled, retrying, running, waiting, dead}, ...}}
@@ -1497,7 +1500,8 @@ for p = 1, 10 do
   ready[p] = n
   if n > 0 and not head then
     head = redis.call('LINDEX', KEYS[p], 0)
-    head_enq = redis.call('HGET', prefix .. head, 'enq') or false
+    local h = redis.call('HMGET', prefix .. head, 'enq', 'due')
+    head_enq = {h[1] or false, h[2] or false}
   end
   if by_name and n > 0 then
     for _, id in ipairs(redis.call('LRANGE', KEYS[p], 0, cap - 1)) do tally('queued', id) end
@@ -1610,13 +1614,13 @@ IMPORT = _PRELUDE + """
 local prefix = ARGV[1]
 local lists, written, events = {}, 0, {}
 local listen = listening(ARGV[2])
-local now = listen and now_ms()
+local now = now_ms()
 for i = 5, #ARGV, 8 do
   local id = ARGV[i]
   local key = prefix .. id
   if redis.call('EXISTS', key) == 0 then
     local p = prio(ARGV[4] ~= '' and ARGV[4] or ARGV[i + 4])
-    local h = {'name', ARGV[i + 1], 'payload', ARGV[i + 2], 'state', 'queued', 'pri', p}
+    local h = {'name', ARGV[i + 1], 'payload', ARGV[i + 2], 'state', 'queued', 'pri', p, 'due', now}
     if ARGV[i + 3] ~= 'j' then h[#h + 1], h[#h + 2] = 'ct', ARGV[i + 3] end
     local m = tonumber(ARGV[i + 5])
     if is_int(m, 0, 1000) then h[#h + 1], h[#h + 2] = 'maxr', m end
