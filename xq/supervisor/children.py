@@ -61,6 +61,15 @@ class Child:
     kill_at: float = 0.0               # monotonic time of the SIGKILL that follows a SIGTERM / cancel
     statm: int = -1                    # fd of /proc/<pid>/statm while a memory limit is set, else -1
 
+    def running_ms(self, now_ms: int) -> int:
+        """How long (ms, CLOCK_MONOTONIC) the child has been running the oldest task in its ring, 0 if it is
+        running none.  CURRENT is read before STARTED, which the child writes first; CURRENT still names a
+        finished task until the child clears it, but that task's seq has left unacked once drained."""
+        cur = self.ctl[childmod.CTL_CURRENT]
+        if not cur or not self.unacked or self.unacked[0] != cur:
+            return 0
+        return max(0, now_ms - self.ctl[childmod.CTL_STARTED])
+
 
 class ChildPool(Component):
     """Owns: the children (pid -> Child), boot-failure count, the memory checks' schedules.

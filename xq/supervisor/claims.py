@@ -34,6 +34,8 @@ BUFFER_SECONDS = 0.030           # keep ~30 ms of work queued in each child's ri
 MAX_DEPTH = 1024
 MAX_STEPS = 2                    # round trips in flight at once
 RESULT_DELAY = 0.010             # longest a result waits while its child still has work queued
+HELD_FACTOR = 4                  # a child whose current task has run this many times the average run time
+HELD_MIN = 0.005                 # (at least this, at most BUFFER_SECONDS) gets no more tasks for now
 
 
 class ClaimPipeline(Component):
@@ -266,7 +268,18 @@ class ClaimPipeline(Component):
         for c in kids:
             if c.partial is not None:
                 self._continue(c)
+        # A child whose current task has run well past the average (HELD_FACTOR times it, within HELD_MIN and
+        # a ring's worth of work, BUFFER_SECONDS) gets nothing more: depth comes from tasks that finished, so it
+        # knows nothing of a long one still running, and a task queued behind it would wait for it to end.
+        # What it does not take stays in the buffer for the first child that frees (its result wakes this
+        # loop).  A task queued before its predecessor turns out long still waits for it: a ring cannot give
+        # back what it holds.
+        now_ms = int(time.monotonic() * 1000)
+        held_ms = 1000 * min(BUFFER_SECONDS, max(HELD_MIN, HELD_FACTOR * self.avg))
+        kids = [c for c in kids if c.running_ms(now_ms) <= held_ms]
         self.ring_full = False
+        if not kids:
+            return
         depth = self.depth
         buffer, inflight = self.buffer, self.inflight
         # Even shares: each child gets up to (its unacked + the buffer) / children, capped by depth.
