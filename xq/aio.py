@@ -206,10 +206,7 @@ class _AsyncBroker:
         try:
             while True:
                 batch = plan.send(replies)
-                pipe = self.client.pipeline(transaction=batch.multi)
-                for method, args, kw in batch.calls:
-                    getattr(pipe, method)(*args, **kw)
-                replies = await pipe.execute() if batch.calls else []
+                replies = await batch.pipeline(self.client).execute() if batch.calls else []
         except StopIteration as done:
             return done.value
 
@@ -246,10 +243,7 @@ class _AsyncBroker:
 
     @aio_io
     async def stats_ranges(self, reads) -> list[bytes]:
-        pipe = self.client.pipeline(transaction=False)
-        for key, start, end in reads:
-            pipe.getrange(key, start, end)
-        return await pipe.execute()
+        return await self.pipelined(broker.plan_stats_ranges(reads))
 
     @aio_io
     async def stats_names(self, qk, since_hour: int) -> list[bytes]:

@@ -73,6 +73,13 @@ class Batch(NamedTuple):
     calls: list       # (redis-py command method, args, kwargs) each, as made by cmd()
     multi: bool = False  # in MULTI/EXEC
 
+    def pipeline(self, client):
+        """A pipeline of client (redis-py, sync or asyncio) holding the calls; the caller executes it."""
+        pipe = client.pipeline(transaction=self.multi)
+        for method, args, kw in self.calls:
+            getattr(pipe, method)(*args, **kw)
+        return pipe
+
 
 def cmd(method: str, *args, **kw) -> tuple:
     return method, args, kw
@@ -201,10 +208,7 @@ class Broker:
         try:
             while True:
                 batch = plan.send(replies)
-                pipe = self.client.pipeline(transaction=batch.multi)
-                for method, args, kw in batch.calls:
-                    getattr(pipe, method)(*args, **kw)
-                replies = pipe.execute() if batch.calls else []
+                replies = batch.pipeline(self.client).execute() if batch.calls else []
         except StopIteration as done:
             return done.value
 
@@ -558,12 +562,7 @@ class Broker:
     def stats_ranges(self, reads: Sequence[tuple[str, int, int]]) -> list[bytes]:
         """GETRANGE key start end of each (key, start, end), in one pipelined round trip (the stats history
         keys of a queue share its slot)."""
-        if not reads:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for key, start, end in reads:
-            pipe.getrange(key, start, end)
-        return pipe.execute()
+        return self.pipelined(plan_stats_ranges(reads))
 
     @io
     def stats_names(self, qk: QueueKeys, since_hour: int) -> list[bytes]:
@@ -752,6 +751,10 @@ def plan_workers():
         return []
     recs = yield Batch([cmd("get", worker_key(wid.decode(errors="replace"))) for wid, _ in rows])
     return [(wid.decode(errors="replace"), score, rec) for (wid, score), rec in zip(rows, recs)]
+
+
+def plan_stats_ranges(reads: Sequence[tuple[str, int, int]]):
+    return (yield Batch([cmd("getrange", key, start, end) for key, start, end in reads])) if reads else []
 
 
 def plan_retention(qks: Sequence[QueueKeys]):
