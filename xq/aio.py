@@ -143,6 +143,11 @@ class _AsyncBroker:
         except redis.ResponseError as e:
             return e
 
+    @aio_io(retry=False)
+    async def ping(self) -> None:
+        """Whether Redis answers now (for a readiness probe): ConnectionLost / RedisRefused if not."""
+        await self.client.ping()
+
     @aio_io
     async def register_queue(self, queue: str) -> None:
         await self.client.sadd(QUEUES, queue)
