@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from ..aio import AsyncProducer
@@ -19,7 +20,7 @@ from ..inspect import AsyncInspector
 from . import api
 from .auth import Token, load_tokens, parse_tokens
 
-__all__ = ["create_app", "serve", "Token", "load_tokens", "LOOPBACK"]
+__all__ = ["create_app", "serve", "Token", "load_tokens", "LOOPBACK", "ROUTES"]
 
 log = logging.getLogger("xq.web")
 
@@ -73,7 +74,8 @@ def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, 
         yield
         await producer.close()
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan)
+    app = Starlette(routes=ROUTES, lifespan=lifespan,
+                    exception_handlers={HTTPException: api.http_error})  # 404/405 of routing, as JSON
     app.state.xq = state
     return app
 

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..app import DEFAULT_QUEUE
-from ..errors import (ConfigError, ConnectionLost, PayloadTooLarge, RedisFull, RedisRefused, TaskTrimmed,
+from ..errors import (ConfigError, ConnectionLost, MalformedRecord, PayloadTooLarge, RedisFull, RedisRefused, TaskTrimmed,
                       UnknownTask)
 from . import auth
 
@@ -56,6 +56,12 @@ def error_response(e: ApiError) -> Response:
 
 
 _INVALID = re.compile(r"^invalid (queue|state|name|offset|limit|minutes|task id)\b")
+
+
+async def http_error(request: Request, exc) -> Response:
+    """Starlette's own errors (no such route, method not allowed) in the API's JSON form."""
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(ApiError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}"))
 
 
 def _translate(e: Exception) -> ApiError | None:
@@ -196,10 +202,13 @@ async def read_json(request: Request):
         raise ApiError(400, "bad_json", f"the request body is not JSON: {e}", "body") from None
 
 
-def _field_of(e: ConfigError, opts: dict) -> str | None:
-    """The submit field a producer's ConfigError names (its messages start with the option's name)."""
+def _field_of(e: ConfigError, given) -> str | None:
+    """The submit field a producer's ConfigError is about: of the fields given, the one its message
+    mentions first (as `max_retries` or `task id`)."""
     msg = str(e)
-    return next((f for f in SUBMIT_FIELDS if f in opts and f in msg), None)
+    at = {f: min((i for i in (msg.find(f), msg.find(f.replace("_", " "))) if i >= 0), default=-1) for f in given}
+    found = sorted((i, f) for f, i in at.items() if i >= 0)
+    return found[0][1] if found else None
 
 
 # ---------------------------------------------------------------- endpoints
@@ -255,7 +264,15 @@ async def queue_history(state, request):
 
 @endpoint("read")
 async def get_task(state, request):
-    return json_response(await state.producer.status(request.path_params["task_id"], queue=q_str(request, "queue")))
+    tid = request.path_params["task_id"]
+    view = await state.producer.status(tid, queue=q_str(request, "queue"))
+    view["result"] = None
+    if view["status"] == "done":  # finished: result() reads it at once, without waiting
+        try:
+            view["result"] = await state.producer.result(tid, timeout=0, queue=view["queue"])
+        except MalformedRecord as e:
+            view["malformed"] = [*view.get("malformed", []), str(e)]
+    return json_response(view)
 
 
 @endpoint("read")
@@ -280,7 +297,7 @@ async def submit_task(state, request):
     except PayloadTooLarge:
         raise
     except ConfigError as e:
-        raise ApiError(422, "invalid", str(e), _field_of(e, opts)) from None
+        raise ApiError(422, "invalid", str(e), _field_of(e, ["name", *opts])) from None
     return json_response({"id": tid, "queue": opts.get("queue", DEFAULT_QUEUE)}, status=201)
 
 
