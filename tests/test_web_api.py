@@ -330,3 +330,14 @@ def test_loopback_without_tokens_serves_anyone_and_says_so(redis_url):
     finally:
         stop_process(proc)
     assert "no tokens: every request on 127.0.0.1 is allowed as admin" in proc.stdout.read()
+
+
+def test_without_the_web_extra_xq_web_says_which_to_install(tmp_path, redis_url):
+    """A `starlette` that cannot be imported (shadowed on PYTHONPATH) stands in for a missing extra."""
+    (tmp_path / "starlette").mkdir()
+    (tmp_path / "starlette" / "__init__.py").write_text("raise ImportError('no starlette here')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-m", "xq.cli", "web", "--redis", redis_url, "--port", str(free_port())],
+                         cwd=TESTS, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "xq web needs the optional extra: pip install 'xq[web]'" in out.stderr
