@@ -17,7 +17,6 @@ import sys
 import httpx
 import orjson
 import pytest
-import redis
 
 import xq
 from xq.errors import ConfigError
@@ -232,6 +231,28 @@ def test_unknown_ids_are_404_with_the_message(redis_url):
             assert "w-1" in error_of(await c.get("/api/workers/w-1", headers=AS_READ), 404, "not_found")
             error_of(await c.get("/api/nothing", headers=AS_READ), 404, "not_found")
     run(go())
+
+
+def test_a_bug_is_a_logged_json_500_and_the_app_mounts_under_a_prefix(redis_url, caplog):
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    async def broken():
+        raise RuntimeError("a bug")
+
+    async def go():
+        inner = create_app(redis_url, tokens=TOKENS)
+        inner.state.xq.inspector.workers = broken
+        outer = Starlette(routes=[Mount("/xq", app=inner)])
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url="http://x") as c:
+                assert "RuntimeError" in error_of(await c.get("/xq/api/workers", headers=AS_READ), 500, "internal")
+                assert (await c.get("/xq/api/queues", headers=AS_READ)).json() == {"queues": []}
+                error_of(await c.get("/xq/api/queues"), 401, "unauthorized")
+        finally:
+            await inner.state.xq.producer.close()
+    run(go())
+    assert "GET /xq/api/workers failed" in caplog.text and "a bug" in caplog.text
 
 
 def test_redis_down_is_503_on_readyz_and_the_api(tmp_path):

@@ -58,7 +58,8 @@ def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, 
 
     tokens: Token objects or "name:role:token" strings (None: $XQ_WEB_TOKENS).  Without any token every
     request is allowed as admin, so that needs anonymous=True (xq web allows it on loopback only).
-    retry_for: seconds a request retries through a Redis outage before answering 503."""
+    retry_for: seconds a request retries through a Redis outage before answering 503.  Mounted in another
+    app, whose lifespan does not run this one's, await app.state.xq.producer.close() at shutdown."""
     if tokens is None:
         tokens = load_tokens()
     tokens = [t if isinstance(t, Token) else parse_tokens([t], "tokens")[0] for t in tokens]

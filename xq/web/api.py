@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..app import DEFAULT_QUEUE
-from ..errors import (ConfigError, ConnectionLost, MalformedRecord, PayloadTooLarge, RedisFull, RedisRefused, TaskTrimmed,
-                      UnknownTask)
+from ..errors import (ConfigError, ConnectionLost, MalformedRecord, PayloadTooLarge, RedisFull, RedisRefused,
+                      TaskTrimmed, UnknownTask)
 from . import auth
 
 log = logging.getLogger("xq.web")
@@ -76,7 +76,7 @@ def _translate(e: Exception) -> ApiError | None:
         return ApiError(413, "payload_too_large", str(e), "payload")
     if isinstance(e, ConfigError):
         m = _INVALID.match(str(e))  # the library's messages start "invalid <what> ...": name the field
-        return ApiError(422, "invalid", str(e), m[1] if m else None)
+        return ApiError(422, "invalid", str(e), m[1].replace(" ", "_") if m else None)
     if isinstance(e, RedisFull):
         return ApiError(507, "redis_full", str(e))
     if isinstance(e, (ConnectionLost, RedisRefused)):
@@ -191,7 +191,8 @@ def submit_options(body) -> tuple[str, object, dict]:
 
 
 async def read_json(request: Request):
-    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
         raise ApiError(413, "payload_too_large", f"the request body is over {MAX_BODY} bytes", "body")
     raw = await request.body()
     if len(raw) > MAX_BODY:
