@@ -143,6 +143,11 @@ class _AsyncBroker:
         except redis.ResponseError as e:
             return e
 
+    @aio_io(retry=False)
+    async def ping(self) -> None:
+        """Whether Redis answers now (for a readiness probe): ConnectionLost / RedisRefused if not."""
+        await self.client.ping()
+
     @aio_io
     async def register_queue(self, queue: str) -> None:
         await self.client.sadd(QUEUES, queue)
@@ -484,7 +489,7 @@ class AsyncProducer(ProducerBase):
             q = await self.broker.find_queue(task_id, queues)
             if q is None:
                 raise await self._missing(task_id, queues)
-            self._queue_of[task_id] = q
+            self._cache(q, [task_id])  # bounded: a long-lived server (xq web) looks up many ids
         return q
 
     async def status(self, task_id: str, *, queue: str | None = None) -> dict:

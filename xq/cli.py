@@ -3,7 +3,8 @@
 Exit codes (every command; `xq run` adds 1, 3, 4 and 7):
     0  success; for `xq run`: stopped (burst finished, or SIGTERM/SIGINT, graceful or hard)
     1  an error the command reports (unknown task, task failed, ...); for `xq run`: internal error
-    2  usage error: bad option, malformed Redis URL, a missing optional extra (`xq top` without textual)
+    2  usage error: bad option, malformed Redis URL, a missing optional extra (`xq top` without textual,
+       `xq web` without starlette/uvicorn), `xq web` off loopback without tokens
     3  `xq run`: children failed to boot repeatedly; the supervisor halted instead of respawning forever
     4  `xq run`: MODULE:APP could not be imported, or is not an xq.App
     5  Redis refused us: authentication failed (wrong or missing password or user), missing ACL
@@ -821,6 +822,24 @@ def top(url, interval) -> None:
     from .top import run as run_top
 
     run_top(url, interval)  # a malformed URL fails here, before the screen is taken (exit 2)
+
+
+@main.command()
+@click.option("--redis", "url", default=None, help="Redis URL [default: $XQ_REDIS_URL, else redis://127.0.0.1:6379/0]")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=8080, show_default=True)
+@click.option("--tokens-file", default=None, type=click.Path(dir_okay=False),
+              help="file of tokens, one name:role:token a line (role: read or admin); adds to $XQ_WEB_TOKENS")
+def web(url, host, port, tokens_file) -> None:
+    """Serve the HTTP JSON API (/api/..., /openapi.json, /healthz, /readyz); needs tokens off loopback."""
+    try:
+        import starlette  # noqa: F401 - only to tell a missing optional extra from any other failure
+        import uvicorn  # noqa: F401
+    except ImportError:
+        _fail(EXIT_USAGE, "xq web needs the optional extra: pip install 'xq[web]'")
+    from .web import serve
+
+    serve(url, host=host, port=port, tokens_file=tokens_file)  # ConfigError (no tokens off loopback): exit 2
 
 
 @main.command()

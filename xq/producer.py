@@ -651,7 +651,7 @@ class Producer(ProducerBase):
             q = self.broker.find_queue(task_id, queues)
             if q is None:
                 raise self._missing(task_id, queues)
-            self._queue_of[task_id] = q
+            self._cache(q, [task_id])  # bounded: a long-lived server (xq web) looks up many ids
         return q
 
     def status(self, task_id: str, *, queue: str | None = None) -> dict:

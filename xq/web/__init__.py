@@ -1,0 +1,102 @@
+"""`xq web`: an HTTP JSON API over the queues (xq.web.create_app), served by uvicorn (xq.web.serve).
+
+Needs the optional extra: pip install 'xq[web]' (Starlette and uvicorn).  The dashboard is later work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+
+from ..aio import AsyncProducer
+from ..conn import redacted
+from ..errors import ConfigError
+from ..inspect import AsyncInspector
+from . import api
+from .auth import Token, load_tokens, parse_tokens
+
+__all__ = ["create_app", "serve", "Token", "load_tokens", "LOOPBACK", "ROUTES"]
+
+log = logging.getLogger("xq.web")
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass(slots=True)
+class State:
+    producer: AsyncProducer
+    inspector: AsyncInspector
+    tokens: list[Token]
+
+
+ROUTES = [
+    Route("/healthz", api.healthz),
+    Route("/readyz", api.readyz),
+    Route("/openapi.json", api.openapi),
+    Route("/api/queues", api.list_queues),
+    Route("/api/queues/{queue}", api.get_queue),
+    Route("/api/queues/{queue}/tasks", api.queue_tasks),
+    Route("/api/queues/{queue}/history", api.queue_history),
+    Route("/api/queues/{queue}/pause", api.pause_queue, methods=["POST"]),
+    Route("/api/queues/{queue}/resume", api.resume_queue, methods=["POST"]),
+    Route("/api/tasks", api.submit_task, methods=["POST"]),
+    Route("/api/tasks/{task_id}", api.get_task),
+    Route("/api/tasks/{task_id}/cancel", api.cancel_task, methods=["POST"]),
+    Route("/api/workers", api.list_workers),
+    Route("/api/workers/{worker_id}", api.get_worker),
+]
+
+
+def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, retry_for: float = 2.0,
+               socket_timeout: float = 10.0, max_payload: int | None = None) -> Starlette:
+    """The ASGI app of the API, to run with any ASGI server or mount in your own app.
+
+    tokens: Token objects or "name:role:token" strings (None: $XQ_WEB_TOKENS).  Without any token every
+    request is allowed as admin, so that needs anonymous=True (xq web allows it on loopback only).
+    retry_for: seconds a request retries through a Redis outage before answering 503.  Mounted in another
+    app, whose lifespan does not run this one's, await app.state.xq.producer.close() at shutdown."""
+    if tokens is None:
+        tokens = load_tokens()
+    tokens = [t if isinstance(t, Token) else parse_tokens([t], "tokens")[0] for t in tokens]
+    if not tokens and not anonymous:
+        raise ConfigError("no tokens: pass tokens=[...] or set XQ_WEB_TOKENS (name:role:token,...), "
+                          "or anonymous=True to let anyone who can reach the app administer the queues")
+    kw = {} if max_payload is None else {"max_payload": max_payload}
+    producer = AsyncProducer(url, retry_for=retry_for, socket_timeout=socket_timeout, **kw)
+    state = State(producer, AsyncInspector(producer.url, broker=producer.broker), tokens)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await producer.close()
+
+    app = Starlette(routes=ROUTES, lifespan=lifespan,
+                    exception_handlers={HTTPException: api.http_error})  # 404/405 of routing, as JSON
+    app.state.xq = state
+    return app
+
+
+def serve(url: str | None = None, *, host: str = "127.0.0.1", port: int = 8080, tokens_file: str | None = None,
+          log_level: str = "info") -> None:
+    """Run the API with uvicorn until SIGINT/SIGTERM.  Off loopback it refuses (ConfigError) to start
+    without tokens."""
+    import uvicorn
+
+    tokens = load_tokens(tokens_file)
+    loopback = host in LOOPBACK
+    if not tokens and not loopback:
+        raise ConfigError(f"refusing to serve on {host} without tokens: anyone who can reach it could submit "
+                          f"and cancel tasks; set XQ_WEB_TOKENS=name:role:token,... or pass --tokens-file")
+    app = create_app(url, tokens=tokens, anonymous=loopback)
+    logging.basicConfig(level=getattr(logging, log_level.upper()), format="%(asctime)s %(name)s %(message)s")
+    log.info("xq web: Redis %s, listening on %s:%d", redacted(app.state.xq.producer.url), host, port)
+    if tokens:
+        log.info("xq web: %d token(s): %s", len(tokens), ", ".join(f"{t.name} ({t.role})" for t in tokens))
+    else:
+        log.warning("xq web: no tokens: every request on %s is allowed as admin (loopback only)", host)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

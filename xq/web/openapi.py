@@ -1,0 +1,130 @@
+"""The OpenAPI 3.1 document of `xq web`'s API, written by hand (served at /openapi.json).
+
+tests/test_web_api.py checks that it lists exactly the app's routes and methods, and which need a token."""
+
+from __future__ import annotations
+
+from .api import MAX_LIMIT, SUBMIT_FIELDS
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict:
+    what = {400: "the body is not JSON", 401: "no or a wrong Bearer token", 403: "a read token on an admin endpoint",
+            404: "no such task, worker or route", 413: "the body or payload is too large",
+            422: "bad input: the error names the field", 503: "Redis cannot be reached", 507: "Redis is full"}
+    return {str(c): _json(_ref("Error"), what[c]) for c in codes}
+
+
+def _param(name: str, where: str, schema: dict, description: str, required: bool = False) -> dict:
+    return {"name": name, "in": where, "required": required or where == "path", "schema": schema,
+            "description": description}
+
+
+QUEUE = _param("queue", "path", {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,100}$"}, "queue name")
+TASK_ID = _param("task_id", "path", {"type": "string"}, "task id")
+BY_NAME = _param("by_name", "query", {"type": "boolean"}, "also count per task name (1/true, 0/false)")
+IN_QUEUE = _param("queue", "query", {"type": "string"}, "the task's queue (default: looked up in every queue)")
+STATES = ["queued", "scheduled", "retrying", "running", "waiting", "dead", "done", "expired", "canceled"]
+OBJECT = {"type": "object", "additionalProperties": True}
+
+
+def _op(summary: str, ok: dict, *errors: int, params=(), admin: bool = False, body: dict | None = None,
+        probe: bool = False, status: int = 200) -> dict:
+    op = {"summary": summary, "responses": {str(status): ok, **_errors(*errors)}}
+    if params:
+        op["parameters"] = list(params)
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if probe:
+        op["security"] = []  # no token: for load balancers and orchestrators
+    elif admin:
+        op["description"] = "Needs an admin token."
+    return op
+
+
+READ_ERRORS = (401, 422, 503)
+ADMIN_ERRORS = (401, 403, 422, 503)
+
+_TYPES = {"string": {"type": "string"}, "number": {"type": "number"}, "integer": {"type": "integer"},
+          "array": {"type": "array", "items": {"type": "string"}}}
+SUBMIT = {
+    "type": "object", "additionalProperties": False, "required": ["name"],
+    "properties": {f: ({} if types is None else
+                       {"anyOf": [_TYPES[t] for t in types]} if len(types) > 1 else dict(_TYPES[types[0]]))
+                   for f, types in SUBMIT_FIELDS.items()},
+}
+SUBMIT["properties"]["payload"]["description"] = "any JSON value, given to the task as is"
+SUBMIT["properties"]["eta"]["description"] = "unix seconds: not started before"
+SUBMIT["properties"]["priority"]["description"] = "0 (highest) .. 9, or critical, high, normal, low"
+
+DOCUMENT = {
+    "openapi": "3.1.0",
+    "info": {"title": "xq web API", "version": "1",
+             "description": "Inspect and drive xq queues. Send 'Authorization: Bearer <token>'; read tokens "
+                            "may call GET endpoints, admin tokens every endpoint."},
+    "security": [{"bearer": []}],
+    "paths": {
+        "/healthz": {"get": _op("the process is alive", _json(OBJECT, "ok"), probe=True)},
+        "/readyz": {"get": _op("Redis answers", _json(OBJECT, "ready"), 503, probe=True)},
+        "/openapi.json": {"get": _op("this document", _json(OBJECT, "the OpenAPI document"), probe=True)},
+        "/api/queues": {"get": _op("every queue with its counts", _json(
+            {"type": "object", "properties": {"queues": {"type": "array", "items": _ref("Queue")}}}, "queues"),
+            *READ_ERRORS, params=[BY_NAME])},
+        "/api/queues/{queue}": {"get": _op("one queue's counts, latency and paused state", _json(
+            _ref("Queue"), "the queue"), *READ_ERRORS, params=[QUEUE, BY_NAME])},
+        "/api/queues/{queue}/tasks": {"get": _op("one page of a queue's tasks in one state", _json(
+            OBJECT, "a page: tasks, offset, limit, complete"), *READ_ERRORS, params=[
+            QUEUE, _param("state", "query", {"enum": STATES}, "task state", required=True),
+            _param("name", "query", {"type": "string"}, "only tasks of this name"),
+            _param("offset", "query", {"type": "integer", "minimum": 0}, "tasks to skip"),
+            _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "page size")])},
+        "/api/queues/{queue}/history": {"get": _op("per-minute stats of a queue or one task name", _json(
+            {"type": "object", "properties": {"queue": {"type": "string"}, "history": {"type": "array"}}},
+            "history"), *READ_ERRORS, params=[
+            QUEUE, _param("name", "query", {"type": "string"}, "one task name"),
+            _param("minutes", "query", {"type": "integer", "minimum": 1, "maximum": 10080}, "minutes back")])},
+        "/api/queues/{queue}/pause": {"post": _op("stop supervisors claiming from the queue", _json(
+            _ref("Paused"), "paused"), *ADMIN_ERRORS, params=[QUEUE], admin=True)},
+        "/api/queues/{queue}/resume": {"post": _op("let supervisors claim again", _json(
+            _ref("Paused"), "resumed"), *ADMIN_ERRORS, params=[QUEUE], admin=True)},
+        "/api/tasks": {"post": _op("submit a task (the options of Producer.enqueue)", _json(
+            {"type": "object", "properties": {"id": {"type": "string"}, "queue": {"type": "string"}}},
+            "submitted"), 400, *ADMIN_ERRORS, 404, 413, 507, admin=True, body=SUBMIT, status=201)},
+        "/api/tasks/{task_id}": {"get": _op("a task's status, attempt history and result", _json(
+            OBJECT, "the task (a bytes result as {encoding: base64, size, data})"), *READ_ERRORS, 404,
+            params=[TASK_ID, IN_QUEUE])},
+        "/api/tasks/{task_id}/cancel": {"post": _op("cancel a task", _json(
+            {"type": "object", "properties": {"id": {"type": "string"},
+                                              "outcome": {"enum": ["canceled", "canceling", "finished"]}}},
+            "the outcome"), *ADMIN_ERRORS, 404, params=[TASK_ID, IN_QUEUE], admin=True)},
+        "/api/workers": {"get": _op("the live supervisors, newest heartbeat first", _json(
+            {"type": "object", "properties": {"workers": {"type": "array", "items": OBJECT}}}, "workers"),
+            *READ_ERRORS)},
+        "/api/workers/{worker_id}": {"get": _op("one live supervisor", _json(OBJECT, "the worker"),
+                                                *READ_ERRORS, 404, params=[
+            _param("worker_id", "path", {"type": "string"}, "worker id")])},
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                       "description": "a token of $XQ_WEB_TOKENS or --tokens-file"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                               "field": {"type": "string", "description": "the bad field or parameter"}}}}},
+            "Queue": {"type": "object", "additionalProperties": True, "properties": {
+                "queue": {"type": "string"}, "paused": {"type": "boolean"}, "ready": {"type": "integer"},
+                "scheduled": {"type": "integer"}, "running": {"type": "integer"}, "dead": {"type": "integer"},
+                "latency": {"type": ["number", "null"]}}},
+            "Paused": {"type": "object", "properties": {"queue": {"type": "string"}, "paused": {"type": "boolean"},
+                                                         "changed": {"type": "boolean"}}},
+        },
+    },
+}
