@@ -1,6 +1,6 @@
 """`xq web`: an HTTP JSON API over the queues (xq.web.create_app), served by uvicorn (xq.web.serve).
 
-Needs the optional extra: pip install 'xq[web]' (Starlette and uvicorn).  The dashboard is later work.
+Needs the optional extra: pip install 'xq[web]' (Starlette and uvicorn).  The dashboard (xq/web/pages.py) is served by the same app.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from ..aio import AsyncProducer
 from ..conn import redacted
 from ..errors import ConfigError
 from ..inspect import AsyncInspector
-from . import api
+from . import api, pages
 from .auth import Token, load_tokens, parse_tokens
+from .session import Sessions
 
 __all__ = ["create_app", "serve", "Token", "load_tokens", "LOOPBACK", "ROUTES"]
 
@@ -49,11 +50,12 @@ ROUTES = [
     Route("/api/tasks/{task_id}/cancel", api.cancel_task, methods=["POST"]),
     Route("/api/workers", api.list_workers),
     Route("/api/workers/{worker_id}", api.get_worker),
+    *pages.ROUTES,  # the dashboard (xq/web/pages.py)
 ]
 
 
 def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, retry_for: float = 2.0,
-               socket_timeout: float = 10.0, max_payload: int | None = None) -> Starlette:
+               socket_timeout: float = 10.0, max_payload: int | None = None, secret: str | None = None) -> Starlette:
     """The ASGI app of the API, to run with any ASGI server or mount in your own app.
 
     tokens: Token objects or "name:role:token" strings (None: $XQ_WEB_TOKENS).  Without any token every
@@ -78,6 +80,7 @@ def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, 
     app = Starlette(routes=ROUTES, lifespan=lifespan,
                     exception_handlers={HTTPException: api.http_error})  # 404/405 of routing, as JSON
     app.state.xq = state
+    app.state.sessions = Sessions(secret)  # the dashboard's cookie key: secret, $XQ_WEB_SECRET or random
     return app
 
 
