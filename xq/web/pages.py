@@ -22,12 +22,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import ConfigError, UnknownTask
+from ..inspect import FINISHED, LISTED
 from . import auth
 from .session import COOKIE, TTL
 
 log = logging.getLogger("xq.web")
 
-STATES = ("queued", "running", "scheduled", "retrying", "waiting", "dead", "done", "failed", "expired", "canceled")
+STATES = (*LISTED, *FINISHED)
 PAGE = 50
 MAX_FORM = 1024 * 1024  # bytes of a form body (a replay of many selected ids)
 
@@ -307,7 +308,7 @@ def progress_bar(view: dict) -> str:
     p = view.get("progress")
     pct = p.get("pct") if isinstance(p, dict) else p
     pct = float(pct or 0)
-    msg = p.get("message") if isinstance(p, dict) else None
+    msg = p.get("msg") if isinstance(p, dict) else None
     return (f'<progress id="progress" max="100" value="{pct:g}">{pct:g}%</progress> '
             f'<span id="progress-pct">{pct:g}%</span> <span>{e(msg)}</span>')
 
@@ -316,6 +317,31 @@ def preview(v) -> str:
     if isinstance(v, (bytes, bytearray)):
         return f"<i>{len(v)} bytes</i>"
     return f"<pre>{e(orjson.dumps(v, option=orjson.OPT_INDENT_2).decode())}</pre>"
+
+
+def payload_preview(p: dict | None) -> str:
+    if p is None:
+        return "<i>no record</i>"
+    if p["bytes"]:
+        return f"<i>{p['size']} bytes (raw)</i>"
+    if p["malformed"]:
+        return f"<p class=err>{e(p['malformed'])}</p>"
+    if p["json"] is None and p["size"] > 4:
+        return f"<i>{p['size']} bytes of JSON (too large to preview)</i>"
+    return preview(p["json"])
+
+
+def timeline(view: dict) -> str:
+    items = []
+    for h in view.get("history") or []:
+        if not isinstance(h, dict):
+            continue
+        tb = f'<details><summary>traceback</summary><pre>{e(h["traceback"])}</pre></details>' \
+            if h.get("traceback") else ""
+        items.append(f'<li><b>attempt {e(h.get("attempt"))}</b>: {e(h.get("outcome"))} '
+                     f'{e(ago(h.get("started_at")))} on {e(h.get("worker"))}'
+                     f'{" · " + e(h["error"]) if h.get("error") else ""}{tb}</li>')
+    return f'<ol class="timeline">{"".join(items) or "<li>not run yet</li>"}</ol>'
 
 
 @page()
@@ -329,19 +355,15 @@ async def task_page(state, request, s):
             result = preview(await state.producer.result(tid, timeout=0, queue=view["queue"]))
         except Exception as err:  # noqa: BLE001 - a malformed result is shown, not raised
             result = f"<p class=err>{e(err)}</p>"
-    hist = "".join(f'<li><b>{e(h.get("state") or h.get("event"))}</b> {e(ago(h.get("at") or h.get("t")))} '
-                   f'{e(h.get("attempt") and "attempt " + str(h.get("attempt")))} {e(h.get("error"))}</li>'
-                   for h in view.get("history") or [] if isinstance(h, dict))
-    payload = view.get("payload")
+    payload = await state.inspector.payload(view["queue"], tid)
     body = (f'<div data-live="/ui/live/task/{quote(tid)}?queue={quote(view["queue"])}">'
             f'<p>Status <b id="status">{e(view.get("status"))}</b> in <a href="/queues/{quote(view["queue"])}">'
             f'{e(view["queue"])}</a> · {e(view.get("name"))} · attempts {e(view.get("attempts"))}</p>'
             f'<div id="live-progress">{progress_bar(view)}</div></div>'
-            f'<h2>Payload</h2>{preview(payload) if "payload" in view else "<i>not shown</i>"}'
+            f'<h2>Payload</h2>{payload_preview(payload)}'
             f'<h2>Result</h2>{result or "<i>none yet</i>"}'
-            + (f'<h2>Error</h2><pre class=err>{e(view.get("error"))}\n{e(view.get("traceback"))}</pre>'
-               if view.get("error") else "")
-            + f'<h2>History</h2><ol class="timeline">{hist}</ol>')
+            + (f'<h2>Error</h2><pre class=err>{e(view.get("error"))}</pre>' if view.get("error") else "")
+            + f'<h2>Attempts</h2>{timeline(view)}')
     return layout(f"Task {tid}", body, s)
 
 
