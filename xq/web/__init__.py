@@ -76,6 +76,8 @@ def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, 
     async def lifespan(app):
         yield
         await producer.close()
+        if getattr(app.state, "sync_producer", None) is not None:  # the dashboard's, for replay/purge
+            app.state.sync_producer.close()
 
     app = Starlette(routes=ROUTES, lifespan=lifespan,
                     exception_handlers={HTTPException: api.http_error})  # 404/405 of routing, as JSON

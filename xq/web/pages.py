@@ -414,23 +414,25 @@ async def dead_replay(state, request, s):
     if prio is not None and prio.lstrip("-").isdigit():
         prio = int(prio)
     to_queue = form.get("to_queue") or None
-    await asyncio.to_thread(_sync_producer(state).replay, q, ids, priority=prio, to_queue=to_queue)
+    await asyncio.to_thread(_sync_producer(request).replay, q, ids, priority=prio, to_queue=to_queue)
     return RedirectResponse(f"/queues/{quote(q)}/dead", status_code=303)
 
 
 @page("admin", write=True)
 async def dead_purge(state, request, s):
     q = request.path_params["queue"]
-    await asyncio.to_thread(_sync_producer(state).purge_dead, q)
+    await asyncio.to_thread(_sync_producer(request).purge_dead, q)
     return RedirectResponse(f"/queues/{quote(q)}/dead", status_code=303)
 
 
-def _sync_producer(state):
-    """A blocking Producer for replay/purge (no async twin yet), made once and run in a thread."""
-    if getattr(state, "_sync", None) is None:
+def _sync_producer(request: Request):
+    """A blocking Producer for replay/purge (no async twin yet), made once per app, run in a thread;
+    create_app's lifespan closes it."""
+    st = request.app.state
+    if getattr(st, "sync_producer", None) is None:
         from ..producer import Producer
-        state._sync = Producer(state.producer.url)
-    return state._sync
+        st.sync_producer = Producer(st.xq.producer.url)
+    return st.sync_producer
 
 
 # ---------------------------------------------------------------- workers
