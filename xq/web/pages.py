@@ -344,6 +344,12 @@ def timeline(view: dict) -> str:
     return f'<ol class="timeline">{"".join(items) or "<li>not run yet</li>"}</ol>'
 
 
+def status_line(view: dict) -> str:
+    q = view["queue"]
+    return (f'<p>Status <b id="status">{e(view.get("status"))}</b> in <a href="/queues/{quote(q)}">{e(q)}</a> · '
+            f'{e(view.get("name"))} · priority {e(view.get("priority"))} · attempts {e(view.get("attempts"))}</p>')
+
+
 @page()
 async def task_page(state, request, s):
     tid = request.path_params["task_id"]
@@ -357,13 +363,12 @@ async def task_page(state, request, s):
             result = f"<p class=err>{e(err)}</p>"
     payload = await state.inspector.payload(view["queue"], tid)
     body = (f'<div data-live="/ui/live/task/{quote(tid)}?queue={quote(view["queue"])}">'
-            f'<p>Status <b id="status">{e(view.get("status"))}</b> in <a href="/queues/{quote(view["queue"])}">'
-            f'{e(view["queue"])}</a> · {e(view.get("name"))} · attempts {e(view.get("attempts"))}</p>'
+            f'<div id="live-status">{status_line(view)}</div>'
             f'<div id="live-progress">{progress_bar(view)}</div></div>'
             f'<h2>Payload</h2>{payload_preview(payload)}'
             f'<h2>Result</h2>{result or "<i>none yet</i>"}'
             + (f'<h2>Error</h2><pre class=err>{e(view.get("error"))}</pre>' if view.get("error") else "")
-            + f'<h2>Attempts</h2>{timeline(view)}')
+            + f'<h2>Attempts</h2><div id="live-attempts">{timeline(view)}</div>')
     return layout(f"Task {tid}", body, s)
 
 
@@ -371,7 +376,8 @@ async def task_page(state, request, s):
 async def live_task(state, request, s):
     tid = request.path_params["task_id"]
     view = await task_view(state, tid, request.query_params.get("queue") or None)
-    return Response(orjson.dumps({"live-progress": progress_bar(view), "status": e(view.get("status"))}),
+    return Response(orjson.dumps({"live-status": status_line(view), "live-progress": progress_bar(view),
+                                  "live-attempts": timeline(view)}),
                     media_type="application/json")
 
 
@@ -438,7 +444,9 @@ def _sync_producer(request: Request):
 # ---------------------------------------------------------------- workers
 @page()
 async def workers_page(state, request, s):
-    return layout("Workers", f'<div id="live-workers">{worker_rows(await state.inspector.workers())}</div>', s)
+    # live through the overview's poll (its queue part is ignored here): SSE should replace it
+    return layout("Workers", f'<div data-live="/ui/live/overview"><div id="live-workers">'
+                             f'{worker_rows(await state.inspector.workers())}</div></div>', s)
 
 
 STATIC = __file__.rsplit("/", 1)[0] + "/static"
