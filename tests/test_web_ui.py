@@ -108,6 +108,8 @@ def test_a_queue_fills_and_drains_live_without_reload(web, page, redis_url, shot
         expect(page.locator("#live-workers")).to_contain_text("live")
         assert page.evaluate("window.__same_page") is True  # updated in place, never reloaded
         page.screenshot(path=os.path.join(shots, "overview.png"), full_page=True)
+        page.set_viewport_size({"width": 375, "height": 700})  # a phone: tables scroll, the page does not
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
 def test_a_task_page_shows_its_progress_bar_move(web, page, redis_url, r, shots):
@@ -137,23 +139,31 @@ def test_a_task_page_shows_its_progress_bar_move(web, page, redis_url, r, shots)
         wait_until(lambda: p.status(tid)["status"] == "done", 10, what="the task to finish")
 
 
-def test_replay_a_dead_task_from_the_dead_letter_page(web, page, redis_url, shots):
+def test_replay_a_dead_task_and_purge_the_rest_from_the_dead_letter_page(web, page, redis_url, shots):
     with xq.Producer(redis_url) as p:
-        tid = p.enqueue("boom", {"n": 1}, queue="dq")
+        tid, other = p.enqueue("boom", {"n": 1}, queue="dq"), p.enqueue("boom", {"n": 2}, queue="dq")
         XQRun(redis_url, app=APP, procs=1, queues="dq", burst=True).wait(30)
-        assert p.status(tid)["status"] == "dead"
+        assert p.status(tid)["status"] == p.status(other)["status"] == "dead"
         login(page, web, path="/queues/dq/dead")
-        expect(page.locator("#dead")).to_contain_text(tid)
+        expect(page.locator("#dead tbody tr")).to_have_count(2)
         page.screenshot(path=os.path.join(shots, "dead.png"), full_page=True)
         page.check(f"input[name=id][value='{tid}']")
         page.fill("input[name=priority]", "0")
         dialogs = []
         page.once("dialog", lambda d: (dialogs.append(d.message), d.accept()))
         page.click("#replay")
-        expect(page.locator("#dead")).to_contain_text("no dead tasks")
+        expect(page.locator("#dead tbody tr")).to_have_count(1)
         assert dialogs == ["Replay the selected tasks?"]
         view = p.status(tid)
         assert view["status"] == "queued" and view["replays"] == 1 and view["priority"] == 0
+        page.once("dialog", lambda d: d.dismiss())  # said no: nothing purged
+        page.click("#purge")
+        expect(page.locator("#dead")).to_contain_text(other)
+        assert p.dead_count("dq") == 1
+        page.once("dialog", lambda d: d.accept())
+        page.click("#purge")
+        expect(page.locator("#dead")).to_contain_text("no dead tasks")
+        assert p.dead_count("dq") == 0
 
 
 def test_pause_a_queue_and_posts_without_csrf_or_admin_are_refused(web, page, browser, redis_url, shots):
@@ -183,3 +193,71 @@ def test_pause_a_queue_and_posts_without_csrf_or_admin_are_refused(web, page, br
             assert insp.paused("pq")
         finally:
             ctx.close()
+
+
+# ---------------------------------------------------------------- sessions, in-process (no browser)
+def test_a_session_cookie_is_signed_expires_and_holds_no_token():
+    from xq.web.session import Sessions
+    s = Sessions("k1")
+    cookie = s.issue("ops", "admin", now=1000.0)
+    got = s.read(cookie, now=1001.0)
+    assert got["name"] == "ops" and got["role"] == "admin"
+    assert s.read(cookie, now=1000.0 + 13 * 3600) is None  # expired
+    assert Sessions("k2").read(cookie, now=1001.0) is None  # another key
+    body, _, mac = cookie.partition(".")
+    forged = body.replace(body[5], "A" if body[5] != "A" else "B", 1) + "." + mac
+    assert s.read(forged, now=1001.0) is None
+    for bad in (None, "", "x", "x.y", "!!.??"):
+        assert s.read(bad) is None
+    assert s.csrf_ok(got, s.csrf(got)) and not s.csrf_ok(got, None) and not s.csrf_ok(got, "nope")
+    other = s.read(s.issue("ops", "admin", now=1000.0), now=1001.0)
+    assert s.csrf(other) != s.csrf(got)  # tied to the session
+
+
+def test_failed_logins_are_limited_per_address_and_forgotten_in_bounds(monkeypatch):
+    from xq.web import session
+    s = session.Sessions("k")
+    for _ in range(session.FAIL_MAX):
+        assert not s.blocked("1.2.3.4", now=100.0)
+        s.failed("1.2.3.4", now=100.0)
+    assert s.blocked("1.2.3.4", now=100.0) and not s.blocked("5.6.7.8", now=100.0)
+    assert not s.blocked("1.2.3.4", now=100.0 + session.FAIL_WINDOW)
+    monkeypatch.setattr(session, "FAIL_ADDRS", 3)
+    for i in range(10):
+        s.failed(f"10.0.0.{i}", now=100.0)
+    assert len(s.fails) == 3
+
+
+def test_login_over_https_sets_a_secure_cookie_and_the_limit_answers_429(redis_url):
+    import asyncio
+
+    import httpx
+
+    async def go():
+        app = create_app(redis_url, tokens=TOKENS, secret="s")
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://xq") as c:
+                r = await c.post("/login", data={"token": ADMIN})
+                assert r.status_code == 303
+                cookie = r.headers["set-cookie"]
+                assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+                assert ADMIN not in cookie
+                for _ in range(5):
+                    assert (await c.post("/login", data={"token": "wrong-0123456789abcdef"})).status_code == 401
+                r = await c.post("/login", data={"token": ADMIN})
+                assert r.status_code == 429 and "Too many" in r.text
+        finally:
+            await app.state.xq.producer.close()
+    # in a thread of its own: Playwright's sync API keeps an event loop running in this one
+    errors = []
+    t = threading.Thread(target=lambda: _capture(errors, lambda: asyncio.run(asyncio.wait_for(go(), 20))))
+    t.start()
+    t.join(30)
+    assert not t.is_alive() and not errors, errors
+
+
+def _capture(errors: list, fn) -> None:
+    try:
+        fn()
+    except BaseException as e:  # noqa: BLE001 - handed to the test's thread
+        errors.append(e)
