@@ -261,3 +261,16 @@ def _capture(errors: list, fn) -> None:
         fn()
     except BaseException as e:  # noqa: BLE001 - handed to the test's thread
         errors.append(e)
+
+
+def test_inspector_payload_shows_json_bytes_and_large_payloads_by_size(redis_url):
+    from xq.inspect import PREVIEW
+    with xq.Producer(redis_url) as p, Inspector(redis_url) as insp:
+        j = p.enqueue("ok", {"a": [1, 2]}, queue="pl")
+        b = p.enqueue("ok", b"\x00\x01\x02", queue="pl")
+        big = p.enqueue("ok", "x" * (PREVIEW + 10), queue="pl")
+        assert insp.payload("pl", j) == {"size": 11, "bytes": False, "json": {"a": [1, 2]}, "malformed": None}
+        assert insp.payload("pl", b) == {"size": 3, "bytes": True, "json": None, "malformed": None}
+        got = insp.payload("pl", big)
+        assert got["json"] is None and got["size"] == PREVIEW + 12 and not got["bytes"]
+        assert insp.payload("pl", "01NOSUCHTASK0000000000000") is None

@@ -50,7 +50,6 @@ ROUTES = [
     Route("/api/tasks/{task_id}/cancel", api.cancel_task, methods=["POST"]),
     Route("/api/workers", api.list_workers),
     Route("/api/workers/{worker_id}", api.get_worker),
-    *pages.ROUTES,  # the dashboard (xq/web/pages.py)
 ]
 
 
@@ -61,7 +60,8 @@ def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, 
     tokens: Token objects or "name:role:token" strings (None: $XQ_WEB_TOKENS).  Without any token every
     request is allowed as admin, so that needs anonymous=True (xq web allows it on loopback only).
     retry_for: seconds a request retries through a Redis outage before answering 503.  Mounted in another
-    app, whose lifespan does not run this one's, await app.state.xq.producer.close() at shutdown."""
+    app, whose lifespan does not run this one's, await app.state.xq.producer.close() at shutdown.
+    secret: the key signing the dashboard's session cookies (None: $XQ_WEB_SECRET, else random per start)."""
     if tokens is None:
         tokens = load_tokens()
     tokens = [t if isinstance(t, Token) else parse_tokens([t], "tokens")[0] for t in tokens]
@@ -79,7 +79,7 @@ def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, 
         if getattr(app.state, "sync_producer", None) is not None:  # the dashboard's, for replay/purge
             app.state.sync_producer.close()
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan,
+    app = Starlette(routes=[*ROUTES, *pages.ROUTES], lifespan=lifespan,  # the API's, then the dashboard's
                     exception_handlers={HTTPException: api.http_error})  # 404/405 of routing, as JSON
     app.state.xq = state
     app.state.sessions = Sessions(secret)  # the dashboard's cookie key: secret, $XQ_WEB_SECRET or random
