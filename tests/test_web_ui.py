@@ -242,6 +242,10 @@ def test_login_over_https_sets_a_secure_cookie_and_the_limit_answers_429(redis_u
                 cookie = r.headers["set-cookie"]
                 assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
                 assert ADMIN not in cookie
+                r = await c.post("/login", data={"token": ADMIN, "next": "/\\evil.example"})
+                assert r.headers["location"] == "/"  # never off to another host
+                r = await c.post("/queues/q/pause", data={"csrf": "x" * (2 * 1024 * 1024)})
+                assert r.status_code == 422 and "over" in r.text  # a huge form: refused, not a 500
                 for _ in range(5):
                     assert (await c.post("/login", data={"token": "wrong-0123456789abcdef"})).status_code == 401
                 r = await c.post("/login", data={"token": ADMIN})

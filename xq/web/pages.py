@@ -116,18 +116,18 @@ def page(role: str = "read", write: bool = False):
             s = current(request)
             if s is None:
                 return RedirectResponse("/login?next=" + quote(request.url.path), status_code=303)
-            if write:
-                form = await read_form(request)
-                if not request.app.state.sessions.csrf_ok(s, form.get("csrf")):
-                    r = layout("Refused", "<p class=err>Missing or wrong CSRF token.</p>", s)
+            try:
+                if write:
+                    form = await read_form(request)
+                    if not request.app.state.sessions.csrf_ok(s, form.get("csrf")):
+                        r = layout("Refused", "<p class=err>Missing or wrong CSRF token.</p>", s)
+                        r.status_code = 403
+                        return r
+                    request.state.form = form
+                if role == "admin" and s["role"] != "admin":
+                    r = layout("Refused", "<p class=err>This needs an admin token.</p>", s)
                     r.status_code = 403
                     return r
-                request.state.form = form
-            if role == "admin" and s["role"] != "admin":
-                r = layout("Refused", "<p class=err>This needs an admin token.</p>", s)
-                r.status_code = 403
-                return r
-            try:
                 return await handler(request.app.state.xq, request, s)
             except UnknownTask as err:
                 r = layout("Not found", f"<p class=err>{e(err)}</p>", s)
@@ -170,7 +170,7 @@ async def login(request: Request) -> Response:
         log.info("failed dashboard login from %s", addr)  # never the token given
         return await login_form(request, "Wrong token.", 401)
     nxt = str(form.get("next") or "/")
-    if not nxt.startswith("/") or nxt.startswith("//"):
+    if not nxt.startswith("/") or nxt.startswith("//") or "\\" in nxt:  # only a path here, never a host
         nxt = "/"
     r = RedirectResponse(nxt, status_code=303)
     r.set_cookie(COOKIE, sessions.issue(token.name, token.role), max_age=TTL, httponly=True, samesite="strict",
