@@ -103,7 +103,7 @@ def test_a_queue_fills_and_drains_live_without_reload(web, page, redis_url, shot
     with xq.Producer(redis_url) as p:
         p.enqueue_many("ok", [{"i": i} for i in range(30)], queue="live")
     expect(ready).to_have_text("30")
-    with XQRun(redis_url, app=APP, procs=1, queues="live") as sup:
+    with XQRun(redis_url, app=APP, procs=1, queues="live"):
         expect(ready).to_have_text("0")
         expect(page.locator("#live-workers")).to_contain_text("live")
         assert page.evaluate("window.__same_page") is True  # updated in place, never reloaded
@@ -114,7 +114,7 @@ def test_a_queue_fills_and_drains_live_without_reload(web, page, redis_url, shot
 
 def test_a_task_page_shows_its_progress_bar_move(web, page, redis_url, r, shots):
     login(page, web)
-    with xq.Producer(redis_url) as p, XQRun(redis_url, app=APP, procs=1, queues="prog") as sup:
+    with xq.Producer(redis_url) as p, XQRun(redis_url, app=APP, procs=1, queues="prog"):
         tid = p.enqueue("steps", {"job": "resize", "sizes": [64, 128]}, queue="prog")
         page.goto(f"{web}/tasks/{tid}")
         expect(page.locator("pre")).to_contain_text('"job": "resize"')  # the payload, pretty-printed
