@@ -26,7 +26,7 @@ from .errors import ConfigError
 from . import stats as _stats
 from .keys import MAX_KEEP, MAX_RESULT_TTL, check_int, check_name, check_queue, queue_keys
 from .producer import id_time, retention_view, retry_window
-from .records import cut as _cut, esc, task_view
+from .records import cut as _cut, esc, raw_id, task_view
 
 __all__ = ["AsyncInspector", "Inspector"]
 
@@ -40,6 +40,7 @@ SAMPLE = 200    # ids looked at per list or set by queue(): the sched split, the
                 # (about 1 ms of Redis time at the cap, measured: docs/design.md)
 SCAN = 10000    # ids looked at most by a filtered tasks() listing
 STATES_BY_NAME = ("queued", "scheduled", "retrying", "running", "waiting", "dead")
+PREVIEW = 64 * 1024  # bytes of a payload decoded for display (Inspector.payload)
 LISTED = ["queued", "scheduled", "retrying", "running", "waiting", "dead"]
 FINISHED = ["done", "expired", "canceled"]
 ROW_FIELDS = ("name", "state", "pri", "enq", "due", "att", "maxr", "claimed", "started", "worker", "error",
@@ -171,6 +172,12 @@ class Inspector:
         name filter, or for scheduled/retrying (which share a set), at most `scan` ids are looked at
         ("complete" False when there may be more)."""
         return run_plan(self.broker, plan_tasks(queue, state, name, offset, limit, scan))
+
+    def payload(self, queue: str, task_id: str, *, preview: int = PREVIEW) -> dict | None:
+        """A task's payload for display, or None if it has no record: {"size" (bytes), "bytes" (True for
+        a raw-bytes payload), "json" (the decoded payload, JSON only and only when size <= preview, else
+        None), "malformed" (a note if the stored JSON does not decode)}.  One round trip (HGETALL)."""
+        return run_plan(self.broker, plan_payload(queue, task_id, preview))
 
     # ---------------------------------------------------------------- bulk operations (issue 11)
     def flush(self, queue: str, state: str, *, progress: Progress | None = None, chunk: int = BULK_CHUNK,
@@ -337,6 +344,10 @@ class AsyncInspector:
         """As Inspector.tasks."""
         return await self._run(plan_tasks(queue, state, name, offset, limit, scan))
 
+    async def payload(self, queue: str, task_id: str, *, preview: int = PREVIEW) -> dict | None:
+        """As Inspector.payload."""
+        return await self._run(plan_payload(queue, task_id, preview))
+
 
 # ---------------------------------------------------------------- plans
 # An inspection function is written once, as a plan: a generator that yields a broker call, a tuple
@@ -483,6 +494,20 @@ def _plan_histories(qk, names: list, minutes: int, now: float):
     got = (yield "stats_ranges", reads) if reads else []
     k = len(spans)
     return [_stats.decode(first, last, got[i * k:(i + 1) * k]) for i in range(len(names))]
+
+
+def plan_payload(queue: str, task_id: str, preview: int):
+    rec = yield "task_record", queue_keys(check_queue(queue)), raw_id(task_id)
+    if not rec:
+        return None
+    data = rec.get(b"payload") or b""
+    out = {"size": len(data), "bytes": rec.get(b"ct") == b"b", "json": None, "malformed": None}
+    if not out["bytes"] and data and len(data) <= preview:
+        try:
+            out["json"] = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            out["malformed"] = f"the payload is not JSON ({e})"
+    return out
 
 
 def plan_tasks(queue: str, state: str, name: str | None, offset: int, limit: int, scan: int):

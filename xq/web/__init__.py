@@ -1,6 +1,6 @@
 """`xq web`: an HTTP JSON API over the queues (xq.web.create_app), served by uvicorn (xq.web.serve).
 
-Needs the optional extra: pip install 'xq[web]' (Starlette and uvicorn).  The dashboard is later work.
+Needs the optional extra: pip install 'xq[web]' (Starlette and uvicorn).  The dashboard (xq/web/pages.py) is served by the same app.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from ..aio import AsyncProducer
 from ..conn import redacted
 from ..errors import ConfigError
 from ..inspect import AsyncInspector
-from . import api
+from . import api, pages
 from .auth import Token, load_tokens, parse_tokens
+from .session import Sessions
 
 __all__ = ["create_app", "serve", "Token", "load_tokens", "LOOPBACK", "ROUTES"]
 
@@ -53,13 +54,14 @@ ROUTES = [
 
 
 def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, retry_for: float = 2.0,
-               socket_timeout: float = 10.0, max_payload: int | None = None) -> Starlette:
+               socket_timeout: float = 10.0, max_payload: int | None = None, secret: str | None = None) -> Starlette:
     """The ASGI app of the API, to run with any ASGI server or mount in your own app.
 
     tokens: Token objects or "name:role:token" strings (None: $XQ_WEB_TOKENS).  Without any token every
     request is allowed as admin, so that needs anonymous=True (xq web allows it on loopback only).
     retry_for: seconds a request retries through a Redis outage before answering 503.  Mounted in another
-    app, whose lifespan does not run this one's, await app.state.xq.producer.close() at shutdown."""
+    app, whose lifespan does not run this one's, await app.state.xq.producer.close() at shutdown.
+    secret: the key signing the dashboard's session cookies (None: $XQ_WEB_SECRET, else random per start)."""
     if tokens is None:
         tokens = load_tokens()
     tokens = [t if isinstance(t, Token) else parse_tokens([t], "tokens")[0] for t in tokens]
@@ -74,10 +76,13 @@ def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, 
     async def lifespan(app):
         yield
         await producer.close()
+        if getattr(app.state, "sync_producer", None) is not None:  # the dashboard's, for replay/purge
+            app.state.sync_producer.close()
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan,
+    app = Starlette(routes=[*ROUTES, *pages.ROUTES], lifespan=lifespan,  # the API's, then the dashboard's
                     exception_handlers={HTTPException: api.http_error})  # 404/405 of routing, as JSON
     app.state.xq = state
+    app.state.sessions = Sessions(secret)  # the dashboard's cookie key: secret, $XQ_WEB_SECRET or random
     return app
 
 

@@ -1,0 +1,66 @@
+"""What the dashboard's pages cost: wall time per page through the whole ASGI app (session, handler, HTML),
+and Redis commands per page, with TASKS tasks in one queue.
+
+    python3 bench/web_pages.py [TASKS]
+
+In-process (httpx's ASGI transport: the app's own cost, not uvicorn's or the network's), logged in once
+with an admin token.  A private redis-server on a free port (xq.embedded), stopped at the end.  Redis
+commands are from INFO commandstats (commands inside scripts counted too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+
+import httpx
+import redis
+
+import xq
+from xq.embedded import EmbeddedRedis
+from xq.web import create_app
+
+ROUNDS = 200  # bounded: requests per page
+TOKEN = "bench-0123456789abcdef"
+
+
+def main() -> None:
+    tasks = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    with EmbeddedRedis() as server:
+        with xq.Producer(server.url) as p:
+            for i in range(0, tasks, 10_000):
+                p.enqueue_many("n", list(range(min(10_000, tasks - i))))
+            some = p.enqueue("n", {"x": 1})
+        asyncio.run(measure(server.url, tasks, some))
+
+
+async def measure(url: str, tasks: int, some: str) -> None:
+    r = redis.Redis.from_url(url)
+    app = create_app(url, tokens=[f"bench:admin:{TOKEN}"], secret="bench")
+    pages = ["/", "/ui/live/overview", "/queues/default", f"/queues/default?state=queued&offset={tasks // 2}",
+             "/queues/default/dead", f"/tasks/{some}", f"/tasks/{some}?queue=default",
+             f"/ui/live/task/{some}?queue=default", "/workers"]
+    print(f"{tasks + 1} queued tasks in one queue, {ROUNDS} sequential requests each:")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://xq") as c:
+        assert (await c.post("/login", data={"token": TOKEN})).status_code == 303
+        for path in pages:
+            assert (await c.get(path)).status_code == 200  # warm
+            r.config_resetstat()
+            times = []
+            for _ in range(ROUNDS):
+                t0 = time.perf_counter()
+                resp = await c.get(path)
+                times.append(time.perf_counter() - t0)
+                assert resp.status_code == 200, resp.text
+            calls = sum(v["calls"] for k, v in r.info("commandstats").items() if k != "cmdstat_config")
+            times.sort()
+            print(f"  GET {path:60} p50 {statistics.median(times) * 1000:6.2f} ms  "
+                  f"p99 {times[int(len(times) * 0.99) - 1] * 1000:6.2f} ms  {calls / ROUNDS:5.1f} Redis commands")
+    await app.state.xq.producer.close()
+    r.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""The dashboard of `xq web` (issue 12) in Debian's Chromium, driven by Playwright's Python client.
+
+A real redis-server (conftest), a real uvicorn serving create_app on a free port (in a thread), and a real
+`xq run` of tests/apps/observe.py.  Every wait is explicit and bounded (Playwright's expect timeouts, or
+helpers.wait_until).  Screenshots go to $XQ_SCREENSHOTS (docs/img to refresh the README's) or a tmp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+import uvicorn
+
+import xq
+from xq.inspect import Inspector
+from xq.web import create_app
+from helpers import free_port, wait_until
+from xqrun import XQRun
+
+from playwright.sync_api import expect, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+ADMIN = "adm-0123456789abcdef"
+READ = "read-0123456789abcdef"
+TOKENS = [f"ops:admin:{ADMIN}", f"viewer:read:{READ}"]
+APP = "apps.observe:app"
+WAIT = 15_000  # ms: the longest any one expectation waits
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)", pytrace=False)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def web(redis_url):
+    """The base URL of a real uvicorn serving the app, stopped after the test."""
+    port = free_port()
+    app = create_app(redis_url, tokens=TOKENS, secret="test-secret")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    wait_until(lambda: server.started, 10, what="uvicorn to start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(10)
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1000, "height": 700})
+    ctx.set_default_timeout(WAIT)
+    p = ctx.new_page()
+    try:
+        yield p
+    finally:
+        ctx.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    return os.environ.get("XQ_SCREENSHOTS") or str(tmp_path_factory.mktemp("shots"))
+
+
+def login(page, base: str, token: str = ADMIN, path: str = "/"):
+    page.goto(base + path)
+    page.fill("input[name=token]", token)
+    page.click("button:has-text('Log in')")
+    expect(page).to_have_url(base + path)
+
+
+def test_refused_without_a_token_and_a_wrong_one_stays_on_login(web, page, shots):
+    page.goto(web + "/")
+    expect(page).to_have_url(web + "/login?next=/")
+    page.fill("input[name=token]", "wrong-token-0123456789")
+    page.click("button:has-text('Log in')")
+    expect(page.locator("#login-error")).to_have_text("Wrong token.")
+    assert page.url.startswith(web + "/login")
+    page.screenshot(path=os.path.join(shots, "login.png"))
+    page.fill("input[name=token]", ADMIN)
+    page.click("button:has-text('Log in')")
+    expect(page).to_have_url(web + "/")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "xq_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert ADMIN not in cookie["value"]
+
+
+def test_a_queue_fills_and_drains_live_without_reload(web, page, redis_url, shots):
+    login(page, web)
+    page.evaluate("window.__same_page = true")
+    ready = page.locator("tr[data-queue=live] td.ready")
+    with xq.Producer(redis_url) as p:
+        p.enqueue_many("ok", [{"i": i} for i in range(30)], queue="live")
+    expect(ready).to_have_text("30")
+    with XQRun(redis_url, app=APP, procs=1, queues="live"):
+        expect(ready).to_have_text("0")
+        expect(page.locator("#live-workers")).to_contain_text("live")
+        assert page.evaluate("window.__same_page") is True  # updated in place, never reloaded
+        page.screenshot(path=os.path.join(shots, "overview.png"), full_page=True)
+        page.set_viewport_size({"width": 375, "height": 700})  # a phone: tables scroll, the page does not
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_a_task_page_shows_its_progress_bar_move(web, page, redis_url, r, shots):
+    login(page, web)
+    with xq.Producer(redis_url) as p, XQRun(redis_url, app=APP, procs=1, queues="prog"):
+        tid = p.enqueue("steps", {"job": "resize", "sizes": [64, 128]}, queue="prog")
+        page.goto(f"{web}/tasks/{tid}")
+        expect(page.locator("pre")).to_contain_text('"job": "resize"')  # the payload, pretty-printed
+        page.evaluate("window.__same_page = true")
+        r.set("test:go:0", 1)
+        expect(page.locator("#progress")).to_have_attribute("value", "10")
+        expect(page.locator("#status")).to_have_text("running")
+        r.set("test:go:1", 1)
+        expect(page.locator("#progress")).to_have_attribute("value", "50.5")
+        expect(page.locator("#live-progress")).to_contain_text("half way")
+        expect(page.locator("#live-attempts")).to_contain_text("attempt 1")
+        assert page.evaluate("window.__same_page") is True
+        page.screenshot(path=os.path.join(shots, "task.png"), full_page=True)
+        page.goto(web + "/workers")  # the worker is busy with the task, waiting for test:go:2
+        expect(page.locator("#workers tbody tr")).to_have_count(1)
+        expect(page.locator("#workers")).to_contain_text("1/1")
+        expect(page.locator("#workers a")).to_have_text("steps")
+        page.screenshot(path=os.path.join(shots, "workers.png"), full_page=True)
+        page.goto(f"{web}/tasks/{tid}")
+        r.set("test:go:2", 1)
+        expect(page.locator("#progress")).to_have_attribute("value", "100")
+        wait_until(lambda: p.status(tid)["status"] == "done", 10, what="the task to finish")
+
+
+def test_replay_a_dead_task_and_purge_the_rest_from_the_dead_letter_page(web, page, redis_url, shots):
+    with xq.Producer(redis_url) as p:
+        tid, other = p.enqueue("boom", {"n": 1}, queue="dq"), p.enqueue("boom", {"n": 2}, queue="dq")
+        XQRun(redis_url, app=APP, procs=1, queues="dq", burst=True).wait(30)
+        assert p.status(tid)["status"] == p.status(other)["status"] == "dead"
+        login(page, web, path="/queues/dq/dead")
+        expect(page.locator("#dead tbody tr")).to_have_count(2)
+        page.screenshot(path=os.path.join(shots, "dead.png"), full_page=True)
+        page.check(f"input[name=id][value='{tid}']")
+        page.fill("input[name=priority]", "0")
+        dialogs = []
+        page.once("dialog", lambda d: (dialogs.append(d.message), d.accept()))
+        page.click("#replay")
+        expect(page.locator("#dead tbody tr")).to_have_count(1)
+        assert dialogs == ["Replay the selected tasks?"]
+        view = p.status(tid)
+        assert view["status"] == "queued" and view["replays"] == 1 and view["priority"] == 0
+        page.once("dialog", lambda d: d.dismiss())  # said no: nothing purged
+        page.click("#purge")
+        expect(page.locator("#dead")).to_contain_text(other)
+        assert p.dead_count("dq") == 1
+        page.once("dialog", lambda d: d.accept())
+        page.click("#purge")
+        expect(page.locator("#dead")).to_contain_text("no dead tasks")
+        assert p.dead_count("dq") == 0
+
+
+def test_pause_a_queue_and_posts_without_csrf_or_admin_are_refused(web, page, browser, redis_url, shots):
+    with xq.Producer(redis_url) as p, Inspector(redis_url) as insp:
+        for i in range(3):
+            p.enqueue("ok", {"i": i}, queue="pq")
+        login(page, web, path="/queues/pq")
+        # a POST without the CSRF token, with the session cookie: refused, nothing changes
+        resp = page.request.post(f"{web}/queues/pq/pause", form={"x": "1"}, max_redirects=0)
+        assert resp.status == 403 and "CSRF" in resp.text()
+        assert not insp.paused("pq")
+        page.click("#pause")
+        expect(page.locator("#paused")).to_have_text("paused")
+        assert insp.paused("pq")
+        page.screenshot(path=os.path.join(shots, "queue.png"), full_page=True)
+        # a read token sees the page without the buttons and is refused the write even with a good CSRF token
+        ctx = browser.new_context()
+        ctx.set_default_timeout(WAIT)
+        reader = ctx.new_page()
+        try:
+            login(reader, web, READ, path="/queues/pq")
+            expect(reader.locator("#paused")).to_have_text("paused")
+            assert reader.locator("#resume").count() == 0
+            csrf = reader.locator("input[name=csrf]").first.get_attribute("value")
+            resp = reader.request.post(f"{web}/queues/pq/resume", form={"csrf": csrf}, max_redirects=0)
+            assert resp.status == 403
+            assert insp.paused("pq")
+        finally:
+            ctx.close()
+
+
+# ---------------------------------------------------------------- sessions, in-process (no browser)
+def test_a_session_cookie_is_signed_expires_and_holds_no_token():
+    from xq.web.session import Sessions
+    s = Sessions("k1")
+    cookie = s.issue("ops", "admin", now=1000.0)
+    got = s.read(cookie, now=1001.0)
+    assert got["name"] == "ops" and got["role"] == "admin"
+    assert s.read(cookie, now=1000.0 + 13 * 3600) is None  # expired
+    assert Sessions("k2").read(cookie, now=1001.0) is None  # another key
+    body, _, mac = cookie.partition(".")
+    forged = body.replace(body[5], "A" if body[5] != "A" else "B", 1) + "." + mac
+    assert s.read(forged, now=1001.0) is None
+    for bad in (None, "", "x", "x.y", "!!.??"):
+        assert s.read(bad) is None
+    assert s.csrf_ok(got, s.csrf(got)) and not s.csrf_ok(got, None) and not s.csrf_ok(got, "nope")
+    other = s.read(s.issue("ops", "admin", now=1000.0), now=1001.0)
+    assert s.csrf(other) != s.csrf(got)  # tied to the session
+
+
+def test_failed_logins_are_limited_per_address_and_forgotten_in_bounds(monkeypatch):
+    from xq.web import session
+    s = session.Sessions("k")
+    for _ in range(session.FAIL_MAX):
+        assert not s.blocked("1.2.3.4", now=100.0)
+        s.failed("1.2.3.4", now=100.0)
+    assert s.blocked("1.2.3.4", now=100.0) and not s.blocked("5.6.7.8", now=100.0)
+    assert not s.blocked("1.2.3.4", now=100.0 + session.FAIL_WINDOW)
+    monkeypatch.setattr(session, "FAIL_ADDRS", 3)
+    for i in range(10):
+        s.failed(f"10.0.0.{i}", now=100.0)
+    assert len(s.fails) == 3
+
+
+def test_login_over_https_sets_a_secure_cookie_and_the_limit_answers_429(redis_url):
+    import asyncio
+
+    import httpx
+
+    async def go():
+        app = create_app(redis_url, tokens=TOKENS, secret="s")
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://xq") as c:
+                r = await c.post("/login", data={"token": ADMIN})
+                assert r.status_code == 303
+                cookie = r.headers["set-cookie"]
+                assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+                assert ADMIN not in cookie
+                r = await c.post("/login", data={"token": ADMIN, "next": "/\\evil.example"})
+                assert r.headers["location"] == "/"  # never off to another host
+                r = await c.post("/queues/q/pause", data={"csrf": "x" * (2 * 1024 * 1024)})
+                assert r.status_code == 422 and "over" in r.text  # a huge form: refused, not a 500
+                for _ in range(5):
+                    assert (await c.post("/login", data={"token": "wrong-0123456789abcdef"})).status_code == 401
+                r = await c.post("/login", data={"token": ADMIN})
+                assert r.status_code == 429 and "Too many" in r.text
+        finally:
+            await app.state.xq.producer.close()
+    # in a thread of its own: Playwright's sync API keeps an event loop running in this one
+    errors = []
+    t = threading.Thread(target=lambda: _capture(errors, lambda: asyncio.run(asyncio.wait_for(go(), 20))))
+    t.start()
+    t.join(30)
+    assert not t.is_alive() and not errors, errors
+
+
+def _capture(errors: list, fn) -> None:
+    try:
+        fn()
+    except BaseException as e:  # noqa: BLE001 - handed to the test's thread
+        errors.append(e)
+
+
+def test_inspector_payload_shows_json_bytes_and_large_payloads_by_size(redis_url):
+    from xq.inspect import PREVIEW
+    with xq.Producer(redis_url) as p, Inspector(redis_url) as insp:
+        j = p.enqueue("ok", {"a": [1, 2]}, queue="pl")
+        b = p.enqueue("ok", b"\x00\x01\x02", queue="pl")
+        big = p.enqueue("ok", "x" * (PREVIEW + 10), queue="pl")
+        assert insp.payload("pl", j) == {"size": 11, "bytes": False, "json": {"a": [1, 2]}, "malformed": None}
+        assert insp.payload("pl", b) == {"size": 3, "bytes": True, "json": None, "malformed": None}
+        got = insp.payload("pl", big)
+        assert got["json"] is None and got["size"] == PREVIEW + 12 and not got["bytes"]
+        assert insp.payload("pl", "01NOSUCHTASK0000000000000") is None

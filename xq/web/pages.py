@@ -1,0 +1,469 @@
+"""The dashboard of `xq web`: server-rendered pages over AsyncInspector / AsyncProducer.
+
+Login with a token (xq.web.session: signed cookie, CSRF, failed-login limit); every page needs a session
+(anonymous admin when the app runs without tokens, loopback only).  Writes (pause/resume, replay, purge)
+are form POSTs carrying the session's CSRF token and are checked for the admin role on the server.
+Live parts poll /ui/live/... every 1.5 s (static/app.js); SSE (/api/events) should replace the polling
+once it exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import time
+from urllib.parse import parse_qs, quote, urlencode
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..errors import ConfigError, UnknownTask
+from ..inspect import FINISHED, LISTED
+from . import auth
+from .session import COOKIE, TTL
+
+log = logging.getLogger("xq.web")
+
+STATES = (*LISTED, *FINISHED)
+PAGE = 50
+MAX_FORM = 1024 * 1024  # bytes of a form body (a replay of many selected ids)
+
+
+class Form(dict):
+    """A urlencoded form body: name -> list of values (stdlib parse_qs; no python-multipart needed)."""
+
+    def get(self, k, default=None):
+        v = super().get(k)
+        return v[0] if v else default
+
+    def getlist(self, k) -> list[str]:
+        return list(super().get(k, []))
+
+
+async def read_form(request: Request) -> Form:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    raw = await request.body()
+    if len(raw) > MAX_FORM:
+        raise ConfigError(f"the form is over {MAX_FORM} bytes")
+    if ctype != "application/x-www-form-urlencoded":
+        return Form()
+    return Form(parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=100_000))
+
+
+def e(v) -> str:
+    return html.escape("" if v is None else str(v))
+
+
+def ago(t) -> str:
+    if not t:
+        return ""
+    s = time.time() - float(t)
+    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.1f}h ago"
+
+
+def layout(title: str, body: str, session: dict | None) -> HTMLResponse:
+    nav = ""
+    if session:
+        who = f"{e(session['name'])} ({e(session['role'])})"
+        logout = "" if session.get("anonymous") else (
+            f'<form method="post" action="/logout" class="inline"><input type="hidden" name="csrf" '
+            f'value="{e(session["csrf"])}"><button>Log out</button></form>')
+        nav = (f'<nav><a href="/">Overview</a> <a href="/workers">Workers</a> '
+               f'<span class="who">{who}</span> {logout}</nav>')
+    return HTMLResponse(
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<title>{e(title)} · xq</title><link rel="stylesheet" href="/static/app.css"></head>'
+        f'<body>{nav}<main><h1>{e(title)}</h1>{body}</main><script src="/static/app.js"></script></body></html>')
+
+
+def csrf_field(session: dict) -> str:
+    return f'<input type="hidden" name="csrf" value="{e(session["csrf"])}">'
+
+
+def sparkline(rows: list[dict], w: int = 120, h: int = 24) -> str:
+    vals = [r.get("done", 0) for r in rows] or [0]
+    top = max(vals) or 1
+    step = w / max(1, len(vals) - 1)
+    pts = " ".join(f"{i * step:.1f},{h - v / top * (h - 2) - 1:.1f}" for i, v in enumerate(vals))
+    return (f'<svg class="spark" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" '
+            f'aria-label="done per minute, max {top}"><polyline points="{pts}"/></svg>')
+
+
+# ---------------------------------------------------------------- sessions
+def current(request: Request) -> dict | None:
+    """The request's session (with its csrf token), or None.  Without tokens: anonymous admin."""
+    st = request.app.state
+    if not st.xq.tokens:
+        s = {"sid": "anonymous", "name": "anonymous", "role": "admin", "anonymous": True}
+    else:
+        s = st.sessions.read(request.cookies.get(COOKIE))
+        if s is None:
+            return None
+    s["csrf"] = st.sessions.csrf(s)
+    return s
+
+
+def page(role: str = "read", write: bool = False):
+    """Wrap handler(state, request, session): redirect to /login without a session; for a write, 403
+    without the CSRF token or the admin role."""
+    def wrap(handler):
+        async def run(request: Request) -> Response:
+            s = current(request)
+            if s is None:
+                return RedirectResponse("/login?next=" + quote(request.url.path), status_code=303)
+            try:
+                if write:
+                    form = await read_form(request)
+                    if not request.app.state.sessions.csrf_ok(s, form.get("csrf")):
+                        r = layout("Refused", "<p class=err>Missing or wrong CSRF token.</p>", s)
+                        r.status_code = 403
+                        return r
+                    request.state.form = form
+                if role == "admin" and s["role"] != "admin":
+                    r = layout("Refused", "<p class=err>This needs an admin token.</p>", s)
+                    r.status_code = 403
+                    return r
+                return await handler(request.app.state.xq, request, s)
+            except UnknownTask as err:
+                r = layout("Not found", f"<p class=err>{e(err)}</p>", s)
+                r.status_code = 404
+                return r
+            except ConfigError as err:
+                r = layout("Bad request", f"<p class=err>{e(err)}</p>", s)
+                r.status_code = 422
+                return r
+        return run
+    return wrap
+
+
+def _addr(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+async def login_form(request: Request, error: str = "", status: int = 200) -> Response:
+    nxt = request.query_params.get("next", "/")
+    err = f'<p class="err" id="login-error">{e(error)}</p>' if error else ""
+    body = (f'{err}<form method="post" action="/login" class="login"><input type="hidden" name="next" '
+            f'value="{e(nxt)}"><label>Token <input type="password" name="token" autocomplete="current-password" '
+            f'autofocus required></label><button>Log in</button></form>')
+    r = layout("Log in", body, None)
+    r.status_code = status
+    return r
+
+
+async def login(request: Request) -> Response:
+    if request.method == "GET":
+        return await login_form(request)
+    sessions, tokens = request.app.state.sessions, request.app.state.xq.tokens
+    addr = _addr(request)
+    if sessions.blocked(addr):
+        return await login_form(request, "Too many failed logins; wait a minute.", 429)
+    form = await read_form(request)
+    token = auth.match(tokens, "Bearer " + str(form.get("token", ""))) if tokens else None
+    if token is None:
+        sessions.failed(addr)
+        log.info("failed dashboard login from %s", addr)  # never the token given
+        return await login_form(request, "Wrong token.", 401)
+    nxt = str(form.get("next") or "/")
+    if not nxt.startswith("/") or nxt.startswith("//") or "\\" in nxt:  # only a path here, never a host
+        nxt = "/"
+    r = RedirectResponse(nxt, status_code=303)
+    r.set_cookie(COOKIE, sessions.issue(token.name, token.role), max_age=TTL, httponly=True, samesite="strict",
+                 secure=request.url.scheme == "https", path="/")
+    log.info("dashboard login: %s (%s) from %s", token.name, token.role, addr)
+    return r
+
+
+@page(write=True)
+async def logout(state, request, s):
+    r = RedirectResponse("/login", status_code=303)
+    r.delete_cookie(COOKIE, path="/")
+    return r
+
+
+# ---------------------------------------------------------------- overview
+def queue_rows(queues: list[dict], hist: dict) -> str:
+    rows = []
+    for q in queues:
+        n = q.get("queue") or q.get("name")
+        rows.append(
+            f'<tr data-queue="{e(n)}"><td><a href="/queues/{quote(n)}">{e(n)}</a></td>'
+            f'<td class="n ready">{e(q.get("ready"))}</td><td class="n running">{e(q.get("running"))}</td>'
+            f'<td class="n scheduled">{e(q.get("scheduled"))}</td><td class="n dead">'
+            f'<a href="/queues/{quote(n)}/dead">{e(q.get("dead"))}</a></td>'
+            f'<td class="n">{e(round(q.get("latency") or 0, 1))}s</td>'
+            f'<td class="paused">{"paused" if q.get("paused") else ""}</td>'
+            f'<td class="n done1h">{e(q.get("done_1h"))}</td><td>{sparkline(hist.get(n, []))}</td></tr>')
+    return ("<table id=queues><thead><tr><th>Queue</th><th>Ready</th><th>Running</th><th>Sched.</th>"
+            "<th>Dead</th><th>Latency</th><th></th><th>Done 1h</th><th>Throughput</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
+def current_tasks(w: dict) -> str:
+    return " ".join(f'<a href="/tasks/{quote(t["id"])}?queue={quote(t["queue"])}">{e(t["name"])}</a>'
+                    for t in w.get("tasks", []))
+
+
+def worker_rows(workers: list[dict]) -> str:
+    rows = "".join(
+        f'<tr><td>{e(w.get("id"))}</td><td>{e(w.get("host"))}</td><td>{e(",".join(w.get("queues", [])))}</td>'
+        f'<td class="n">{e(w.get("busy"))}/{e(w.get("children"))}</td><td>{e(w.get("state"))}</td>'
+        f'<td class="n">{e(round(w.get("age") or 0, 1))}s</td>'
+        f'<td>{current_tasks(w)}</td></tr>' for w in workers)
+    return ("<table id=workers><thead><tr><th>Worker</th><th>Host</th><th>Queues</th><th>Busy</th>"
+            "<th>State</th><th>Heartbeat</th><th>Current tasks</th></tr></thead><tbody>"
+            + (rows or '<tr><td colspan=7>no live workers</td></tr>') + "</tbody></table>")
+
+
+async def overview_parts(state) -> tuple[str, str]:
+    queues = await state.inspector.queues()
+    names = [q.get("queue") or q.get("name") for q in queues]
+    hists = await asyncio.gather(*(state.inspector.history(n, minutes=60) for n in names))
+    return queue_rows(queues, dict(zip(names, hists))), worker_rows(await state.inspector.workers())
+
+
+@page()
+async def overview(state, request, s):
+    qs, ws = await overview_parts(state)
+    body = (f'<div data-live="/ui/live/overview"><section><h2>Queues</h2><div id="live-queues">{qs}</div></section>'
+            f'<section><h2>Workers</h2><div id="live-workers">{ws}</div></section></div>')
+    return layout("Overview", body, s)
+
+
+@page()
+async def live_overview(state, request, s):
+    qs, ws = await overview_parts(state)
+    return Response(orjson.dumps({"live-queues": qs, "live-workers": ws}), media_type="application/json")
+
+
+# ---------------------------------------------------------------- queue
+@page()
+async def queue_page(state, request, s):
+    q = request.path_params["queue"]
+    tid = request.query_params.get("id")
+    if tid:
+        return RedirectResponse(f"/tasks/{quote(tid)}?queue={quote(q)}", status_code=303)
+    st = request.query_params.get("state", "queued")
+    if st not in STATES:
+        raise ConfigError(f"invalid state {st!r}: expected one of {', '.join(STATES)}")
+    try:
+        offset = max(0, int(request.query_params.get("offset", 0)))
+    except ValueError:
+        raise ConfigError("invalid offset: expected an integer") from None
+    info = await state.inspector.queue(q)
+    tasks = await state.inspector.tasks(q, st, offset=offset, limit=PAGE)
+    rows = "".join(
+        f'<tr><td><a href="/tasks/{quote(t["id"])}?queue={quote(q)}">{e(t["id"])}</a></td><td>{e(t.get("name"))}</td>'
+        f'<td class="n">{e(t.get("priority"))}</td><td class="n">{e(t.get("attempts"))}</td>'
+        f'<td>{e(t.get("error"))}</td></tr>' for t in tasks.get("tasks", []))
+    tabs = " ".join(f'<a class="{"on" if x == st else ""}" href="?state={x}">{x}</a>' for x in STATES)
+    nav = ""
+    if offset:
+        nav += f'<a href="?{urlencode({"state": st, "offset": max(0, offset - PAGE)})}">← newer</a> '
+    if len(tasks.get("tasks", [])) == PAGE:
+        nav += f'<a href="?{urlencode({"state": st, "offset": offset + PAGE})}">next →</a>'
+    paused = info.get("paused")
+    write = ""
+    if s["role"] == "admin":
+        act = "resume" if paused else "pause"
+        write = (f'<form method="post" action="/queues/{quote(q)}/{act}" class="inline">{csrf_field(s)}'
+                 f'<button id="{act}">{act.capitalize()}</button></form>')
+    counts = " · ".join(f'{k} <b>{e(info.get(k))}</b>' for k in ("ready", "running", "scheduled", "retrying",
+                                                                  "waiting", "dead"))
+    body = (f'<p>{counts} · <span id="paused">{"paused" if paused else "running"}</span> {write} '
+            f'<a href="/queues/{quote(q)}/dead">dead letters</a></p>'
+            f'<form method="get" class="inline"><input name="id" placeholder="task id" aria-label="task id">'
+            f'<button>Find</button></form><p class="tabs">{tabs}</p>'
+            f'<table id="tasks"><thead><tr><th>Id</th><th>Name</th><th>Prio</th><th>Attempts</th><th>Error</th>'
+            f'</tr></thead><tbody>{rows or "<tr><td colspan=5>none</td></tr>"}</tbody></table><p>{nav}</p>')
+    return layout(f"Queue {q}", body, s)
+
+
+@page("admin", write=True)
+async def pause(state, request, s):
+    q = request.path_params["queue"]
+    await state.inspector.pause_queue(q)
+    return RedirectResponse(f"/queues/{quote(q)}", status_code=303)
+
+
+@page("admin", write=True)
+async def resume(state, request, s):
+    q = request.path_params["queue"]
+    await state.inspector.resume_queue(q)
+    return RedirectResponse(f"/queues/{quote(q)}", status_code=303)
+
+
+# ---------------------------------------------------------------- task
+async def task_view(state, tid: str, queue: str | None) -> dict:
+    view = await state.producer.status(tid, queue=queue)
+    return view
+
+
+def progress_bar(view: dict) -> str:
+    p = view.get("progress")
+    pct = p.get("pct") if isinstance(p, dict) else p
+    pct = float(pct or 0)
+    msg = p.get("msg") if isinstance(p, dict) else None
+    return (f'<progress id="progress" max="100" value="{pct:g}">{pct:g}%</progress> '
+            f'<span id="progress-pct">{pct:g}%</span> <span>{e(msg)}</span>')
+
+
+def preview(v) -> str:
+    if isinstance(v, (bytes, bytearray)):
+        return f"<i>{len(v)} bytes</i>"
+    return f"<pre>{e(orjson.dumps(v, option=orjson.OPT_INDENT_2).decode())}</pre>"
+
+
+def payload_preview(p: dict | None) -> str:
+    if p is None:
+        return "<i>no record</i>"
+    if p["bytes"]:
+        return f"<i>{p['size']} bytes (raw)</i>"
+    if p["malformed"]:
+        return f"<p class=err>{e(p['malformed'])}</p>"
+    if p["json"] is None and p["size"] > 4:
+        return f"<i>{p['size']} bytes of JSON (too large to preview)</i>"
+    return preview(p["json"])
+
+
+def timeline(view: dict) -> str:
+    items = []
+    for h in view.get("history") or []:
+        if not isinstance(h, dict):
+            continue
+        tb = f'<details><summary>traceback</summary><pre>{e(h["traceback"])}</pre></details>' \
+            if h.get("traceback") else ""
+        items.append(f'<li><b>attempt {e(h.get("attempt"))}</b>: {e(h.get("outcome"))} '
+                     f'{e(ago(h.get("started_at")))} on {e(h.get("worker"))}'
+                     f'{" · " + e(h["error"]) if h.get("error") else ""}{tb}</li>')
+    return f'<ol class="timeline">{"".join(items) or "<li>not run yet</li>"}</ol>'
+
+
+def status_line(view: dict) -> str:
+    q = view["queue"]
+    return (f'<p>Status <b id="status">{e(view.get("status"))}</b> in <a href="/queues/{quote(q)}">{e(q)}</a> · '
+            f'{e(view.get("name"))} · priority {e(view.get("priority"))} · attempts {e(view.get("attempts"))}</p>')
+
+
+@page()
+async def task_page(state, request, s):
+    tid = request.path_params["task_id"]
+    q = request.query_params.get("queue") or None
+    view = await task_view(state, tid, q)
+    result = ""
+    if view.get("status") == "done":
+        try:
+            result = preview(await state.producer.result(tid, timeout=0, queue=view["queue"]))
+        except Exception as err:  # noqa: BLE001 - a malformed result is shown, not raised
+            result = f"<p class=err>{e(err)}</p>"
+    payload = await state.inspector.payload(view["queue"], tid)
+    body = (f'<div data-live="/ui/live/task/{quote(tid)}?queue={quote(view["queue"])}">'
+            f'<div id="live-status">{status_line(view)}</div>'
+            f'<div id="live-progress">{progress_bar(view)}</div></div>'
+            f'<h2>Payload</h2>{payload_preview(payload)}'
+            f'<h2>Result</h2>{result or "<i>none yet</i>"}'
+            + (f'<h2>Error</h2><pre class=err>{e(view.get("error"))}</pre>' if view.get("error") else "")
+            + f'<h2>Attempts</h2><div id="live-attempts">{timeline(view)}</div>')
+    return layout(f"Task {tid}", body, s)
+
+
+@page()
+async def live_task(state, request, s):
+    tid = request.path_params["task_id"]
+    view = await task_view(state, tid, request.query_params.get("queue") or None)
+    return Response(orjson.dumps({"live-status": status_line(view), "live-progress": progress_bar(view),
+                                  "live-attempts": timeline(view)}),
+                    media_type="application/json")
+
+
+# ---------------------------------------------------------------- dead letters
+@page()
+async def dead_page(state, request, s):
+    q = request.path_params["queue"]
+    try:
+        offset = max(0, int(request.query_params.get("offset", 0)))
+    except ValueError:
+        raise ConfigError("invalid offset: expected an integer") from None
+    page_ = await state.inspector.tasks(q, "dead", offset=offset, limit=PAGE)
+    admin = s["role"] == "admin"
+    rows = "".join(
+        f'<tr>{"<td><input type=checkbox name=id value=" + chr(34) + e(t["id"]) + chr(34) + "></td>" if admin else ""}'
+        f'<td><a href="/tasks/{quote(t["id"])}?queue={quote(q)}">{e(t["id"])}</a></td><td>{e(t.get("name"))}</td>'
+        f'<td>{e(t.get("error"))}</td></tr>' for t in page_.get("tasks", []))
+    table = (f'<table id="dead"><thead><tr>{"<th></th>" if admin else ""}<th>Id</th><th>Name</th><th>Error</th>'
+             f'</tr></thead><tbody>{rows or "<tr><td colspan=4>no dead tasks</td></tr>"}</tbody></table>')
+    if admin:
+        body = (f'<form method="post" action="/queues/{quote(q)}/dead/replay" data-confirm="Replay the selected '
+                f'tasks?">{csrf_field(s)}{table}<label>Priority <input name="priority" size="4" '
+                f'placeholder="same"></label> <label>To queue <input name="to_queue" size="10" '
+                f'placeholder="{e(q)}"></label> <button id="replay">Replay selected</button></form>'
+                f'<form method="post" action="/queues/{quote(q)}/dead/purge" data-confirm="Delete every dead task '
+                f'of {e(q)}?">{csrf_field(s)}<button id="purge" class="danger">Purge all</button></form>')
+    else:
+        body = table
+    return layout(f"Dead letters of {q}", body, s)
+
+
+@page("admin", write=True)
+async def dead_replay(state, request, s):
+    q = request.path_params["queue"]
+    form = request.state.form
+    ids = form.getlist("id")
+    if not ids:
+        raise ConfigError("no task selected: tick the dead tasks to replay")
+    prio = form.get("priority") or None
+    if prio is not None and prio.lstrip("-").isdigit():
+        prio = int(prio)
+    to_queue = form.get("to_queue") or None
+    await asyncio.to_thread(_sync_producer(request).replay, q, ids, priority=prio, to_queue=to_queue)
+    return RedirectResponse(f"/queues/{quote(q)}/dead", status_code=303)
+
+
+@page("admin", write=True)
+async def dead_purge(state, request, s):
+    q = request.path_params["queue"]
+    await asyncio.to_thread(_sync_producer(request).purge_dead, q)
+    return RedirectResponse(f"/queues/{quote(q)}/dead", status_code=303)
+
+
+def _sync_producer(request: Request):
+    """A blocking Producer for replay/purge (no async twin yet), made once per app, run in a thread;
+    create_app's lifespan closes it."""
+    st = request.app.state
+    if getattr(st, "sync_producer", None) is None:
+        from ..producer import Producer
+        st.sync_producer = Producer(st.xq.producer.url)
+    return st.sync_producer
+
+
+# ---------------------------------------------------------------- workers
+@page()
+async def workers_page(state, request, s):
+    # live through the overview's poll (its queue part is ignored here): SSE should replace it
+    return layout("Workers", f'<div data-live="/ui/live/overview"><div id="live-workers">'
+                             f'{worker_rows(await state.inspector.workers())}</div></div>', s)
+
+
+STATIC = __file__.rsplit("/", 1)[0] + "/static"
+
+ROUTES = [
+    Route("/login", login, methods=["GET", "POST"]),
+    Route("/logout", logout, methods=["POST"]),
+    Route("/", overview),
+    Route("/workers", workers_page),
+    Route("/queues/{queue}", queue_page),
+    Route("/queues/{queue}/pause", pause, methods=["POST"]),
+    Route("/queues/{queue}/resume", resume, methods=["POST"]),
+    Route("/queues/{queue}/dead", dead_page),
+    Route("/queues/{queue}/dead/replay", dead_replay, methods=["POST"]),
+    Route("/queues/{queue}/dead/purge", dead_purge, methods=["POST"]),
+    Route("/tasks/{task_id}", task_page),
+    Route("/ui/live/overview", live_overview),
+    Route("/ui/live/task/{task_id}", live_task),
+    Mount("/static", StaticFiles(directory=STATIC), name="static"),
+]
