@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..app import DEFAULT_QUEUE
+from ..stats import MAX_MINUTES
 from ..errors import (ConfigError, ConnectionLost, MalformedRecord, PayloadTooLarge, RedisFull, RedisRefused,
                       TaskTrimmed, UnknownTask)
 from . import auth
@@ -66,7 +67,9 @@ _INVALID = re.compile(r"^invalid (queue|state|name|offset|limit|minutes|task id)
 async def http_error(request: Request, exc) -> Response:
     """Starlette's own errors (no such route, method not allowed) in the API's JSON form."""
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(ApiError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}"))
+    resp = error_response(ApiError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}"))
+    resp.headers.update(exc.headers or {})  # a 405's Allow (RFC 9110)
+    return resp
 
 
 def _translate(e: Exception) -> ApiError | None:
@@ -277,7 +280,7 @@ async def queue_tasks(state, request):
 async def queue_history(state, request):
     q = request.path_params["queue"]
     rows = await state.inspector.history(q, name=q_str(request, "name"),
-                                         minutes=q_int(request, "minutes", 60, 1, 7 * 24 * 60))
+                                         minutes=q_int(request, "minutes", 60, 1, MAX_MINUTES))
     return json_response({"queue": q, "history": rows})
 
 
@@ -359,7 +362,7 @@ def _body_fields(body, allowed: dict) -> dict:
     for field, value in body.items():
         if field not in allowed:
             raise ApiError(422, "invalid", f"unknown field {field!r}; expected some of {', '.join(allowed)}", field)
-        if value is not None and _json_type(value) not in allowed[field]:
+        if _json_type(value) not in allowed[field]:  # null too: leave a field out rather than null
             raise ApiError(422, "invalid", f"field {field!r}: expected {' or '.join(allowed[field])}, "
                                            f"got {_json_type(value)}", field)
     return {k: v for k, v in body.items() if v is not None}

@@ -4,7 +4,7 @@ tests/test_web_api.py checks that it lists exactly the app's routes and methods,
 
 from __future__ import annotations
 
-from .api import MAX_BATCH, MAX_LIMIT, SUBMIT_FIELDS
+from .api import MAX_BATCH, MAX_LIMIT, MAX_MINUTES, SUBMIT_FIELDS
 
 
 def _ref(name: str) -> dict:
@@ -30,7 +30,7 @@ def _param(name: str, where: str, schema: dict, description: str, required: bool
 QUEUE = _param("queue", "path", {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,100}$"}, "queue name")
 TASK_ID = _param("task_id", "path", {"type": "string"}, "task id")
 BY_NAME = _param("by_name", "query", {"type": "boolean"}, "also count per task name (1/true, 0/false)")
-IN_QUEUE = _param("queue", "query", {"type": "string"}, "the task's queue (default: looked up in every queue)")
+IN_QUEUE = _param("queue", "query", {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,100}$"}, "the task's queue (default: looked up in every queue)")
 STATES = ["queued", "scheduled", "retrying", "running", "waiting", "dead", "done", "expired", "canceled"]
 OBJECT = {"type": "object", "additionalProperties": True}
 
@@ -60,6 +60,7 @@ SUBMIT = {
                        {"anyOf": [_TYPES[t] for t in types]} if len(types) > 1 else dict(_TYPES[types[0]]))
                    for f, types in SUBMIT_FIELDS.items()},
 }
+SUBMIT["properties"]["name"]["minLength"] = 1
 SUBMIT["properties"]["payload"]["description"] = "any JSON value, given to the task as is"
 SUBMIT["properties"]["eta"]["description"] = "unix seconds: not started before"
 SUBMIT["properties"]["priority"]["description"] = "0 (highest) .. 9, or critical, high, normal, low"
@@ -89,7 +90,7 @@ DOCUMENT = {
             {"type": "object", "properties": {"queue": {"type": "string"}, "history": {"type": "array"}}},
             "history"), *READ_ERRORS, params=[
             QUEUE, _param("name", "query", {"type": "string"}, "one task name"),
-            _param("minutes", "query", {"type": "integer", "minimum": 1, "maximum": 10080}, "minutes back")])},
+            _param("minutes", "query", {"type": "integer", "minimum": 1, "maximum": MAX_MINUTES}, "minutes back")])},
         "/api/queues/{queue}/pause": {"post": _op("stop supervisors claiming from the queue", _json(
             _ref("Paused"), "paused"), *ADMIN_ERRORS, params=[QUEUE], admin=True)},
         "/api/queues/{queue}/resume": {"post": _op("let supervisors claim again", _json(
