@@ -62,6 +62,7 @@ def test_dead_letters_list_replay_purge_and_flush(redis_url, r):
             assert page["count"] == 5 and [t["id"] for t in page["tasks"]] == ids[1:3]
             assert page["tasks"][0]["status"] == "dead" and "boom" in page["tasks"][0]["error"]
             error_of(await c.get("/api/queues/default/dead?limit=0", headers=AS_READ), 422, "invalid", "limit")
+            error_of(await c.get(f"/api/queues/default/dead?offset={10**30}", headers=AS_READ), 422, "invalid", "offset")
             resp = await c.post("/api/queues/default/dead/replay", headers=AS_ADMIN,
                                 json={"ids": ids[:2], "priority": "high", "to_queue": "other"})
             assert resp.status_code == 200, resp.text

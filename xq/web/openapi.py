@@ -4,7 +4,7 @@ tests/test_web_api.py checks that it lists exactly the app's routes and methods,
 
 from __future__ import annotations
 
-from .api import MAX_BATCH, MAX_LIMIT, MAX_MINUTES, SUBMIT_FIELDS
+from .api import MAX_BATCH, MAX_INT, MAX_LIMIT, MAX_MINUTES, SUBMIT_FIELDS
 
 
 def _ref(name: str) -> dict:
@@ -84,7 +84,7 @@ DOCUMENT = {
             OBJECT, "a page: tasks, offset, limit, complete"), *READ_ERRORS, params=[
             QUEUE, _param("state", "query", {"enum": STATES}, "task state", required=True),
             _param("name", "query", {"type": "string"}, "only tasks of this name"),
-            _param("offset", "query", {"type": "integer", "minimum": 0}, "tasks to skip"),
+            _param("offset", "query", {"type": "integer", "minimum": 0, "maximum": MAX_INT}, "tasks to skip"),
             _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "page size")])},
         "/api/queues/{queue}/history": {"get": _op("per-minute stats of a queue or one task name", _json(
             {"type": "object", "properties": {"queue": {"type": "string"}, "history": {"type": "array"}}},
@@ -145,7 +145,7 @@ DOCUMENT["paths"].update({
         {"type": "object", "properties": {"queue": {"type": "string"}, "count": {"type": "integer"},
                                           "offset": {"type": "integer"}, "limit": {"type": "integer"},
                                           "tasks": {"type": "array", "items": OBJECT}}}, "a page"),
-        *READ_ERRORS, params=[QUEUE, _param("offset", "query", {"type": "integer", "minimum": 0}, "tasks to skip"),
+        *READ_ERRORS, params=[QUEUE, _param("offset", "query", {"type": "integer", "minimum": 0, "maximum": MAX_INT}, "tasks to skip"),
                               _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
                                      "page size")])},
     "/api/queues/{queue}/dead/replay": {"post": _op(
