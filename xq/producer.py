@@ -1066,9 +1066,17 @@ class Producer(ProducerBase):
         """Is the queue paused?"""
         return self._inspector().paused(queue)
 
-    def purge_dead(self, queue: str = DEFAULT_QUEUE) -> int:
-        """Delete every task in the queue's dead-letter set; returns how many."""
-        return self.broker.purge_dead(queue_keys(check_queue(queue)))
+    def purge_dead(self, queue: str = DEFAULT_QUEUE, ids: Sequence[str] | None = None) -> list[str] | int:
+        """Delete every task in the queue's dead-letter set and return how many; or, given ids, delete those
+        of them still dead (500 a script call) and return their ids (others are skipped)."""
+        qk = queue_keys(check_queue(queue))
+        if ids is None:
+            return self.broker.purge_dead(qk)
+        raw = [raw_id(i) for i in ([ids] if isinstance(ids, str) else ids)]
+        gone: list[str] = []
+        for i in range(0, len(raw), 500):
+            gone += [esc(t) for t in self.broker.exchange([self.broker.pack_remove_dead(qk, raw[i:i + 500])])[0]]
+        return gone
 
     # --- bulk deletes (delegate to xq.inspect.Inspector) ---
     def flush(self, queue: str, state: str, *, progress: Callable[[int, int | None], None] | None = None,

@@ -5,20 +5,22 @@ Needs the optional extra: pip install 'xq[web]' (Starlette and uvicorn).  The da
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from ..aio import AsyncProducer
 from ..conn import redacted
 from ..errors import ConfigError
 from ..inspect import AsyncInspector
+from ..producer import Producer
 from . import api, pages
-from .auth import Token, load_tokens, parse_tokens
+from .auth import FailLimiter, Token, load_tokens, parse_tokens
 from .session import Sessions
 
 __all__ = ["create_app", "serve", "Token", "load_tokens", "LOOPBACK", "ROUTES"]
@@ -33,6 +35,10 @@ class State:
     producer: AsyncProducer
     inspector: AsyncInspector
     tokens: list[Token]
+    sync: Producer  # for the sync-only calls (dead letters, replay, purge, flush): see api.in_thread
+    limiter: FailLimiter = field(default_factory=FailLimiter)
+    sync_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    heartbeat: float = api.HEARTBEAT
 
 
 ROUTES = [
@@ -50,7 +56,15 @@ ROUTES = [
     Route("/api/tasks/{task_id}/cancel", api.cancel_task, methods=["POST"]),
     Route("/api/workers", api.list_workers),
     Route("/api/workers/{worker_id}", api.get_worker),
+    # second slice: dead letters, flush, batch submit, live events
+    Route("/api/queues/{queue}/dead", api.dead_letters),
+    Route("/api/queues/{queue}/dead/replay", api.replay_dead, methods=["POST"]),
+    Route("/api/queues/{queue}/dead/purge", api.purge_dead, methods=["POST"]),
+    Route("/api/queues/{queue}/flush", api.flush_queue, methods=["POST"]),
+    Route("/api/tasks/batch", api.submit_batch, methods=["POST"]),
+    Route("/api/events", api.events_sse),
 ]
+WS_ROUTES = [WebSocketRoute("/api/events/ws", api.events_ws)]  # not in the OpenAPI document's paths
 
 
 def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, retry_for: float = 2.0,
@@ -60,7 +74,8 @@ def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, 
     tokens: Token objects or "name:role:token" strings (None: $XQ_WEB_TOKENS).  Without any token every
     request is allowed as admin, so that needs anonymous=True (xq web allows it on loopback only).
     retry_for: seconds a request retries through a Redis outage before answering 503.  Mounted in another
-    app, whose lifespan does not run this one's, await app.state.xq.producer.close() at shutdown.
+    app, whose lifespan does not run this one's, await app.state.xq.producer.close() and call
+    app.state.xq.sync.close() at shutdown.
     secret: the key signing the dashboard's session cookies (None: $XQ_WEB_SECRET, else random per start)."""
     if tokens is None:
         tokens = load_tokens()
@@ -70,16 +85,16 @@ def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, 
                           "or anonymous=True to let anyone who can reach the app administer the queues")
     kw = {} if max_payload is None else {"max_payload": max_payload}
     producer = AsyncProducer(url, retry_for=retry_for, socket_timeout=socket_timeout, **kw)
-    state = State(producer, AsyncInspector(producer.url, broker=producer.broker), tokens)
+    sync = Producer(producer.url, retry_for=retry_for, socket_timeout=socket_timeout, **kw)
+    state = State(producer, AsyncInspector(producer.url, broker=producer.broker), tokens, sync)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
         await producer.close()
-        if getattr(app.state, "sync_producer", None) is not None:  # the dashboard's, for replay/purge
-            app.state.sync_producer.close()
+        sync.close()
 
-    app = Starlette(routes=[*ROUTES, *pages.ROUTES], lifespan=lifespan,  # the API's, then the dashboard's
+    app = Starlette(routes=[*ROUTES, *WS_ROUTES, *pages.ROUTES], lifespan=lifespan,  # the API's, then the dashboard's
                     exception_handlers={HTTPException: api.http_error})  # 404/405 of routing, as JSON
     app.state.xq = state
     app.state.sessions = Sessions(secret)  # the dashboard's cookie key: secret, $XQ_WEB_SECRET or random

@@ -7,17 +7,21 @@ Redis cannot be reached), so bad input never gets a 500.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import logging
 import math
 import re
+import time
 
+import anyio
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..app import DEFAULT_QUEUE
+from ..stats import MAX_MINUTES
 from ..errors import (ConfigError, ConnectionLost, MalformedRecord, PayloadTooLarge, RedisFull, RedisRefused,
                       TaskTrimmed, UnknownTask)
 from . import auth
@@ -51,6 +55,8 @@ def error_response(e: ApiError) -> Response:
     if e.field is not None:
         body["field"] = e.field
     headers = {"WWW-Authenticate": 'Bearer realm="xq"'} if e.status == 401 else None
+    if e.status == 429:
+        headers = {"Retry-After": e.message.rsplit(" ", 2)[-2]}
     return Response(orjson.dumps({"error": body}), status_code=e.status, media_type="application/json",
                     headers=headers)
 
@@ -61,7 +67,9 @@ _INVALID = re.compile(r"^invalid (queue|state|name|offset|limit|minutes|task id)
 async def http_error(request: Request, exc) -> Response:
     """Starlette's own errors (no such route, method not allowed) in the API's JSON form."""
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(ApiError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}"))
+    resp = error_response(ApiError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}"))
+    resp.headers.update(exc.headers or {})  # a 405's Allow (RFC 9110)
+    return resp
 
 
 def _translate(e: Exception) -> ApiError | None:
@@ -84,15 +92,16 @@ def _translate(e: Exception) -> ApiError | None:
     return None
 
 
-def endpoint(role: str | None):
-    """Wrap a handler(state, request): role "read" or "admin" (None: no token needed, for probes)."""
+def endpoint(role: str | None, query_token: bool = False):
+    """Wrap a handler(state, request): role "read" or "admin" (None: no token needed, for probes).
+    query_token: also take the token from a `token` query parameter (for browsers' EventSource)."""
     def wrap(handler):
         @functools.wraps(handler)
         async def run(request: Request) -> Response:
             state = request.app.state.xq
             try:
                 if role is not None and state.tokens:
-                    check_role(state.tokens, request, role)
+                    check_role(state.tokens, request, role, limiter=state.limiter, query_token=query_token)
                 return await handler(state, request)
             except Exception as e:  # noqa: BLE001 - a bug is logged and answered as JSON too
                 err = _translate(e)
@@ -104,9 +113,21 @@ def endpoint(role: str | None):
     return wrap
 
 
-def check_role(tokens, request: Request, role: str) -> None:
-    token = auth.match(tokens, request.headers.get("authorization"))
+def check_role(tokens, request, role: str, limiter: auth.FailLimiter | None = None,
+               query_token: bool = False) -> None:
+    """Raise ApiError unless the request (HTTP or WebSocket) carries a token of the role: 401 none or a
+    wrong one, 403 a read token on an admin endpoint, 429 while its address is blocked for bad tokens."""
+    addr = request.client.host if request.client else "?"
+    now = time.monotonic()
+    if limiter is not None and (wait := limiter.blocked_for(addr, now)):
+        raise ApiError(429, "too_many_failures", f"too many bad tokens from {addr}; retry in {math.ceil(wait)} s")
+    header = request.headers.get("authorization")
+    if header is None and query_token and request.query_params.get("token"):
+        header = f"Bearer {request.query_params['token']}"
+    token = auth.match(tokens, header)
     if token is None:
+        if header and limiter is not None:
+            limiter.fail(addr, now)
         raise ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
     if role == "admin" and token.role != "admin":
         log.info("token %r (role read) refused on %s %s", token.name, request.method, request.url.path)
@@ -114,7 +135,10 @@ def check_role(tokens, request: Request, role: str) -> None:
 
 
 # ---------------------------------------------------------------- parameters
-def q_int(request: Request, name: str, default: int, lo: int, hi: int | None = None) -> int:
+MAX_INT = 10**12  # the largest integer query parameter (an offset): a bigger one is no use and breaks JSON
+
+
+def q_int(request: Request, name: str, default: int, lo: int, hi: int = MAX_INT) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -122,8 +146,8 @@ def q_int(request: Request, name: str, default: int, lo: int, hi: int | None = N
         v = int(raw)
     except ValueError:
         raise ApiError(422, "invalid", f"query parameter {name}={raw!r}: expected an integer", name) from None
-    if v < lo or (hi is not None and v > hi):
-        span = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+    if v < lo or v > hi:
+        span = f"{lo}..{hi}"
         raise ApiError(422, "invalid", f"query parameter {name}={v}: expected {span}", name)
     return v
 
@@ -259,7 +283,7 @@ async def queue_tasks(state, request):
 async def queue_history(state, request):
     q = request.path_params["queue"]
     rows = await state.inspector.history(q, name=q_str(request, "name"),
-                                         minutes=q_int(request, "minutes", 60, 1, 7 * 24 * 60))
+                                         minutes=q_int(request, "minutes", 60, 1, MAX_MINUTES))
     return json_response({"queue": q, "history": rows})
 
 
@@ -321,3 +345,236 @@ async def resume_queue(state, request):
     q = request.path_params["queue"]
     changed = await state.inspector.resume_queue(q)
     return json_response({"queue": q, "paused": False, "changed": changed})
+
+
+# ---------------------------------------------------------------- second slice: dead letters, flush, batch, events
+MAX_BATCH = 10_000  # tasks in one POST /api/tasks/batch, ids in one replay or purge
+HEARTBEAT = 15.0  # seconds between SSE comment lines (keeps proxies from closing an idle stream)
+
+
+async def in_thread(state, fn, *args, **kw):
+    """Run a sync-only Producer call (dead letters, replay, purge, flush) in a worker thread, one at a
+    time: the lock bounds the threads to one and keeps the sync Producer's connection unshared."""
+    async with state.sync_lock:
+        return await asyncio.to_thread(fn, *args, **kw)
+
+
+def _body_fields(body, allowed: dict) -> dict:
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid", "the request body must be a JSON object", "body")
+    for field, value in body.items():
+        if field not in allowed:
+            raise ApiError(422, "invalid", f"unknown field {field!r}; expected some of {', '.join(allowed)}", field)
+        if _json_type(value) not in allowed[field]:  # null too: leave a field out rather than null
+            raise ApiError(422, "invalid", f"field {field!r}: expected {' or '.join(allowed[field])}, "
+                                           f"got {_json_type(value)}", field)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _ids(body: dict, field: str = "ids") -> list[str] | None:
+    ids = body.get(field)
+    if ids is None:
+        return None
+    if not all(isinstance(i, str) and i for i in ids):
+        raise ApiError(422, "invalid", f"field {field!r}: expected an array of task ids (non-empty strings)", field)
+    if len(ids) > MAX_BATCH:
+        raise ApiError(413, "too_many", f"field {field!r}: {len(ids)} ids, at most {MAX_BATCH} a request", field)
+    return ids
+
+
+@endpoint("read")
+async def dead_letters(state, request):
+    q = request.path_params["queue"]
+    offset, limit = q_int(request, "offset", 0, 0), q_int(request, "limit", 50, 1, MAX_LIMIT)
+    tasks = await in_thread(state, state.sync.dead_letters, q, offset=offset, limit=limit)
+    count = await in_thread(state, state.sync.dead_count, q)
+    return json_response({"queue": q, "count": count, "offset": offset, "limit": limit, "tasks": tasks})
+
+
+@endpoint("admin")
+async def replay_dead(state, request):
+    q = request.path_params["queue"]
+    body = _body_fields(await read_json(request), {"ids": ("array",), "priority": ("integer", "string"),
+                                                  "to_queue": ("string",)})
+    try:
+        done = await in_thread(state, state.sync.replay, q, _ids(body), priority=body.get("priority"),
+                               to_queue=body.get("to_queue"))
+    except ConfigError as e:
+        raise ApiError(422, "invalid", str(e), _field_of(e, ["priority", "to_queue", "queue"])) from None
+    return json_response({"queue": body.get("to_queue", q), "replayed": done, "count": len(done)})
+
+
+@endpoint("admin")
+async def purge_dead(state, request):
+    q = request.path_params["queue"]
+    body = _body_fields(await read_json(request), {"ids": ("array",), "all": ("boolean",)})
+    ids = _ids(body)
+    if (ids is None) == (body.get("all") is not True):
+        raise ApiError(422, "invalid", "give either 'ids' (the dead tasks to delete) or 'all': true", "ids")
+    if ids is None:
+        n = await in_thread(state, state.sync.purge_dead, q)
+        return json_response({"queue": q, "purged": n})
+    gone = await in_thread(state, state.sync.purge_dead, q, ids)
+    return json_response({"queue": q, "purged": len(gone), "ids": gone})
+
+
+@endpoint("admin")
+async def flush_queue(state, request):
+    q = request.path_params["queue"]
+    body = _body_fields(await read_json(request), {"state": ("string",)})
+    if "state" not in body:
+        raise ApiError(422, "invalid", "field 'state' is required (queued, scheduled, retrying or dead)", "state")
+    try:
+        n = await in_thread(state, state.sync.flush, q, body["state"])
+    except ConfigError as e:
+        raise ApiError(422, "invalid", str(e), "state") from None
+    return json_response({"queue": q, "state": body["state"], "deleted": n})
+
+
+@endpoint("admin")
+async def submit_batch(state, request):
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid", "the request body must be a JSON object", "body")
+    payloads = body.get("payloads")
+    if not isinstance(payloads, list) or not payloads:
+        raise ApiError(422, "invalid", "field 'payloads' (an array of task payloads, one per task) is required",
+                       "payloads")
+    if len(payloads) > MAX_BATCH:
+        raise ApiError(413, "too_many", f"field 'payloads': {len(payloads)} tasks, at most {MAX_BATCH} a request",
+                       "payloads")
+    rest = {k: v for k, v in body.items() if k != "payloads"}
+    if "payload" in rest or "task_id" in rest:
+        bad = "payload" if "payload" in rest else "task_id"
+        raise ApiError(422, "invalid", f"field {bad!r} is not for a batch (give 'payloads'; ids are generated)", bad)
+    name, _, opts = submit_options(rest)
+    try:
+        ids = await state.producer.enqueue_many(name, payloads, **opts)
+    except PayloadTooLarge as e:
+        raise ApiError(413, "payload_too_large", str(e), "payloads") from None
+    except ConfigError as e:
+        raise ApiError(422, "invalid", str(e), _field_of(e, ["name", *opts])) from None
+    return json_response({"ids": ids, "queue": opts.get("queue", DEFAULT_QUEUE)}, status=201)
+
+
+def _csv(request, name: str) -> list[str] | None:
+    raw = request.query_params.get(name)
+    if not raw:
+        return None
+    return [v for v in raw.split(",") if v] or None
+
+
+async def open_events(state, request):
+    """The AsyncEventStream of the request's filters (queue=a,b ids=.. states=..), subscribed (confirmed)."""
+    ids, queues, states = _csv(request, "ids"), _csv(request, "queue"), _csv(request, "states")
+    if ids is not None and len(ids) > MAX_LIMIT:
+        raise ApiError(413, "too_many", f"query parameter ids: at most {MAX_LIMIT} ids", "ids")
+    try:
+        stream = state.producer.events(ids=ids, queues=queues, states=states)
+    except ConfigError as e:
+        msg = str(e)
+        raise ApiError(422, "invalid", msg, "states" if "state" in msg else "queue" if "queue" in msg
+                       else "ids") from None
+    return await stream.open()
+
+
+async def _pump(stream, out: asyncio.Queue) -> None:
+    """Events of the stream into out; None at its end (also on an error, logged)."""
+    try:
+        async for ev in stream:
+            await out.put(ev)
+    except ConnectionLost as e:
+        log.warning("event stream ended: %s", e)
+    finally:
+        await out.put(None)
+
+
+@endpoint("read", query_token=True)
+async def events_sse(state, request):
+    from starlette.responses import StreamingResponse
+
+    stream = await open_events(state, request)
+    heartbeat = state.heartbeat
+
+    async def gone():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    async def body():
+        out: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        pump = asyncio.create_task(_pump(stream, out))
+        # the client's going away ends the stream at once, not at the next write (uvicorn does not
+        # cancel a response on a disconnect)
+        left = asyncio.create_task(gone())
+        try:
+            yield b": subscribed\n\n"
+            while True:
+                get = asyncio.ensure_future(out.get())
+                done, _ = await asyncio.wait({get, left}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED)
+                if left in done:
+                    get.cancel()
+                    return
+                if get not in done:
+                    get.cancel()
+                    yield b": heartbeat\n\n"
+                    continue
+                ev = get.result()
+                if ev is None:
+                    return
+                yield b"event: " + ev.get("state", "event").encode() + b"\ndata: " + orjson.dumps(ev) + b"\n\n"
+        finally:  # the client went away or the stream ended: unsubscribe, shielded from Starlette's
+            # cancelling the response on a disconnect (its cancel scope would cut every await here)
+            with anyio.CancelScope(shield=True):
+                for t in (pump, left):
+                    t.cancel()
+                await asyncio.gather(pump, left, return_exceptions=True)
+                await stream.aclose()
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def events_ws(websocket) -> None:
+    """WebSocket /api/events/ws: the events as JSON text messages.  An error (bad token, bad filter) refuses
+    the handshake: a close with code 4000 + the HTTP status it stands for (4401, 4403, 4422, 4503) and the
+    message as its reason (uvicorn answers such a refusal as HTTP 403)."""
+    from starlette.websockets import WebSocketDisconnect
+
+    state = websocket.app.state.xq
+    try:
+        if state.tokens:
+            check_role(state.tokens, websocket, "read", limiter=state.limiter, query_token=True)
+        stream = await open_events(state, websocket)
+    except Exception as e:  # noqa: BLE001 - answered as for HTTP
+        err = _translate(e)
+        if err is None:
+            log.exception("WebSocket %s failed", websocket.url.path)
+            err = ApiError(500, "internal", f"internal error ({type(e).__name__}); see the server log")
+        await websocket.close(code=4000 + err.status, reason=err.message[:120])  # a close frame's reason: <= 123 bytes
+        return
+    await websocket.accept()
+    out: asyncio.Queue = asyncio.Queue(maxsize=1000)
+    pump = asyncio.create_task(_pump(stream, out))
+
+    async def send():
+        while (ev := await out.get()) is not None:
+            await websocket.send_text(orjson.dumps(ev).decode())
+        await websocket.close()
+
+    sender = asyncio.create_task(send())
+    try:
+        while True:  # until the client closes (what it sends is ignored)
+            recv = asyncio.ensure_future(websocket.receive())
+            done, _ = await asyncio.wait({recv, sender}, return_when=asyncio.FIRST_COMPLETED)
+            if sender in done:
+                recv.cancel()
+                return
+            if recv.result()["type"] == "websocket.disconnect":
+                return
+    except WebSocketDisconnect:
+        return
+    finally:
+        for t in (sender, pump):
+            t.cancel()
+        await asyncio.gather(sender, pump, return_exceptions=True)
+        await stream.aclose()

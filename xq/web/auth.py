@@ -81,3 +81,30 @@ def match(tokens: list[Token], header: str | None) -> Token | None:
         if hmac.compare_digest(t.secret, given_b) and found is None:
             found = t
     return found
+
+
+class FailLimiter:
+    """Failed-authentication rate limit per client address, in memory: after `limit` bad tokens within
+    `window` seconds an address is refused (429) for `block` seconds, good token or not.  At most
+    `max_clients` addresses are tracked; past that the oldest entry is dropped, so a flood of addresses
+    costs bounded memory (and may forget a blocked one early: a limit, not a wall)."""
+
+    def __init__(self, limit: int = 10, window: float = 60.0, block: float = 300.0, max_clients: int = 10_000):
+        self.limit, self.window, self.block, self.max_clients = limit, window, block, max_clients
+        self._seen: dict[str, tuple[float, int, float]] = {}  # address -> (window start, fails, blocked until)
+
+    def blocked_for(self, addr: str, now: float) -> float:
+        """Seconds the address is still refused (0: not blocked)."""
+        entry = self._seen.get(addr)
+        return max(0.0, entry[2] - now) if entry else 0.0
+
+    def fail(self, addr: str, now: float) -> None:
+        start, fails, until = self._seen.pop(addr, (now, 0, 0.0))
+        if now - start > self.window:
+            start, fails = now, 0
+        fails += 1
+        if fails >= self.limit:
+            until = now + self.block
+        self._seen[addr] = (start, fails, until)  # re-inserted: the dict stays oldest-touched first
+        while len(self._seen) > self.max_clients:
+            del self._seen[next(iter(self._seen))]

@@ -4,7 +4,7 @@ tests/test_web_api.py checks that it lists exactly the app's routes and methods,
 
 from __future__ import annotations
 
-from .api import MAX_LIMIT, SUBMIT_FIELDS
+from .api import MAX_BATCH, MAX_INT, MAX_LIMIT, MAX_MINUTES, SUBMIT_FIELDS
 
 
 def _ref(name: str) -> dict:
@@ -18,7 +18,7 @@ def _json(schema: dict, description: str) -> dict:
 def _errors(*codes: int) -> dict:
     what = {400: "the body is not JSON", 401: "no or a wrong Bearer token", 403: "a read token on an admin endpoint",
             404: "no such task, worker or route", 413: "the body or payload is too large",
-            422: "bad input: the error names the field", 503: "Redis cannot be reached", 507: "Redis is full"}
+            422: "bad input: the error names the field", 429: "too many bad tokens from this address", 503: "Redis cannot be reached", 507: "Redis is full"}
     return {str(c): _json(_ref("Error"), what[c]) for c in codes}
 
 
@@ -30,7 +30,7 @@ def _param(name: str, where: str, schema: dict, description: str, required: bool
 QUEUE = _param("queue", "path", {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,100}$"}, "queue name")
 TASK_ID = _param("task_id", "path", {"type": "string"}, "task id")
 BY_NAME = _param("by_name", "query", {"type": "boolean"}, "also count per task name (1/true, 0/false)")
-IN_QUEUE = _param("queue", "query", {"type": "string"}, "the task's queue (default: looked up in every queue)")
+IN_QUEUE = _param("queue", "query", {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,100}$"}, "the task's queue (default: looked up in every queue)")
 STATES = ["queued", "scheduled", "retrying", "running", "waiting", "dead", "done", "expired", "canceled"]
 OBJECT = {"type": "object", "additionalProperties": True}
 
@@ -49,8 +49,8 @@ def _op(summary: str, ok: dict, *errors: int, params=(), admin: bool = False, bo
     return op
 
 
-READ_ERRORS = (401, 422, 503)
-ADMIN_ERRORS = (401, 403, 422, 503)
+READ_ERRORS = (401, 422, 429, 503)
+ADMIN_ERRORS = (401, 403, 422, 429, 503)
 
 _TYPES = {"string": {"type": "string"}, "number": {"type": "number"}, "integer": {"type": "integer"},
           "array": {"type": "array", "items": {"type": "string"}}}
@@ -60,6 +60,7 @@ SUBMIT = {
                        {"anyOf": [_TYPES[t] for t in types]} if len(types) > 1 else dict(_TYPES[types[0]]))
                    for f, types in SUBMIT_FIELDS.items()},
 }
+SUBMIT["properties"]["name"]["minLength"] = 1
 SUBMIT["properties"]["payload"]["description"] = "any JSON value, given to the task as is"
 SUBMIT["properties"]["eta"]["description"] = "unix seconds: not started before"
 SUBMIT["properties"]["priority"]["description"] = "0 (highest) .. 9, or critical, high, normal, low"
@@ -83,13 +84,13 @@ DOCUMENT = {
             OBJECT, "a page: tasks, offset, limit, complete"), *READ_ERRORS, params=[
             QUEUE, _param("state", "query", {"enum": STATES}, "task state", required=True),
             _param("name", "query", {"type": "string"}, "only tasks of this name"),
-            _param("offset", "query", {"type": "integer", "minimum": 0}, "tasks to skip"),
+            _param("offset", "query", {"type": "integer", "minimum": 0, "maximum": MAX_INT}, "tasks to skip"),
             _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "page size")])},
         "/api/queues/{queue}/history": {"get": _op("per-minute stats of a queue or one task name", _json(
             {"type": "object", "properties": {"queue": {"type": "string"}, "history": {"type": "array"}}},
             "history"), *READ_ERRORS, params=[
             QUEUE, _param("name", "query", {"type": "string"}, "one task name"),
-            _param("minutes", "query", {"type": "integer", "minimum": 1, "maximum": 10080}, "minutes back")])},
+            _param("minutes", "query", {"type": "integer", "minimum": 1, "maximum": MAX_MINUTES}, "minutes back")])},
         "/api/queues/{queue}/pause": {"post": _op("stop supervisors claiming from the queue", _json(
             _ref("Paused"), "paused"), *ADMIN_ERRORS, params=[QUEUE], admin=True)},
         "/api/queues/{queue}/resume": {"post": _op("let supervisors claim again", _json(
@@ -128,3 +129,61 @@ DOCUMENT = {
         },
     },
 }
+
+
+# ---------------------------------------------------------------- second slice: dead letters, flush, batch, events
+IDS = {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_BATCH}
+PRIORITY = {"anyOf": [{"type": "integer"}, {"type": "string"}],
+            "description": "0 (highest) .. 9, or critical, high, normal, low"}
+BATCH = {**SUBMIT, "required": ["name", "payloads"],
+         "properties": {**{k: v for k, v in SUBMIT["properties"].items() if k not in ("payload", "task_id")},
+                        "payloads": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+                                     "description": "one task per payload (any JSON values)"}}}
+_csv = {"type": "string"}
+DOCUMENT["paths"].update({
+    "/api/queues/{queue}/dead": {"get": _op("one page of the queue's dead letters, oldest first", _json(
+        {"type": "object", "properties": {"queue": {"type": "string"}, "count": {"type": "integer"},
+                                          "offset": {"type": "integer"}, "limit": {"type": "integer"},
+                                          "tasks": {"type": "array", "items": OBJECT}}}, "a page"),
+        *READ_ERRORS, params=[QUEUE, _param("offset", "query", {"type": "integer", "minimum": 0, "maximum": MAX_INT}, "tasks to skip"),
+                              _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                                     "page size")])},
+    "/api/queues/{queue}/dead/replay": {"post": _op(
+        "put dead letters back to work: all or those ids, optionally at a priority and into another queue",
+        _json({"type": "object", "properties": {"queue": {"type": "string"}, "count": {"type": "integer"},
+                                                "replayed": {"type": "array", "items": {"type": "string"}}}},
+              "the ids replayed (ids not dead are skipped)"), 400, *ADMIN_ERRORS, 413, params=[QUEUE], admin=True,
+        body={"type": "object", "additionalProperties": False, "properties": {
+            "ids": IDS, "priority": PRIORITY, "to_queue": {"type": "string"}}})},
+    "/api/queues/{queue}/dead/purge": {"post": _op(
+        "delete dead letters: those ids, or all", _json(
+            {"type": "object", "properties": {"queue": {"type": "string"}, "purged": {"type": "integer"},
+                                              "ids": {"type": "array", "items": {"type": "string"}}}},
+            "how many were deleted (and which, given ids)"), 400, *ADMIN_ERRORS, 413, params=[QUEUE], admin=True,
+        body={"type": "object", "additionalProperties": False,
+              "properties": {"ids": IDS, "all": {"type": "boolean"}}})},
+    "/api/queues/{queue}/flush": {"post": _op(
+        "delete every task of the queue in one state", _json(
+            {"type": "object", "properties": {"queue": {"type": "string"}, "state": {"type": "string"},
+                                              "deleted": {"type": "integer"}}}, "how many"),
+        400, *ADMIN_ERRORS, params=[QUEUE], admin=True, body={
+            "type": "object", "additionalProperties": False, "required": ["state"],
+            "properties": {"state": {"enum": ["queued", "scheduled", "retrying", "dead"]}}})},
+    "/api/tasks/batch": {"post": _op(
+        f"submit one task per payload (at most {MAX_BATCH}), with the options of POST /api/tasks", _json(
+            {"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "string"}},
+                                              "queue": {"type": "string"}}}, "submitted, ids in payload order"),
+        400, *ADMIN_ERRORS, 404, 413, 507, admin=True, body=BATCH, status=201)},
+    "/api/events": {"get": {
+        **_op("live task events as Server-Sent Events (text/event-stream): one `event: <state>` with "
+              "`data: <JSON event>` each, a `: heartbeat` comment every 15 s.  The same filters and events "
+              "over a WebSocket at /api/events/ws (JSON text messages; a refused handshake closes with "
+              "4000 + the HTTP status, e.g. 4401).  Browsers' EventSource and WebSocket cannot send headers: "
+              "they may pass the token as ?token=, which can end up in proxy and server access logs",
+              {"description": "the event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+              *READ_ERRORS, 413, params=[
+                  _param("queue", "query", _csv, "queues, comma-separated (default: the ids' queues, or default)"),
+                  _param("ids", "query", _csv, "only these task ids, comma-separated"),
+                  _param("states", "query", _csv, "only these states, comma-separated (queued, running, done, ...)"),
+                  _param("token", "query", _csv, "the token, for clients that cannot send the header")])}},
+})

@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import ConfigError, UnknownTask
 from ..inspect import FINISHED, LISTED
-from . import auth
+from . import api, auth
 from .session import COOKIE, TTL
 
 log = logging.getLogger("xq.web")
@@ -420,25 +420,16 @@ async def dead_replay(state, request, s):
     if prio is not None and prio.lstrip("-").isdigit():
         prio = int(prio)
     to_queue = form.get("to_queue") or None
-    await asyncio.to_thread(_sync_producer(request).replay, q, ids, priority=prio, to_queue=to_queue)
+    await api.in_thread(state, state.sync.replay, q, ids, priority=prio, to_queue=to_queue)
     return RedirectResponse(f"/queues/{quote(q)}/dead", status_code=303)
 
 
 @page("admin", write=True)
 async def dead_purge(state, request, s):
     q = request.path_params["queue"]
-    await asyncio.to_thread(_sync_producer(request).purge_dead, q)
+    await api.in_thread(state, state.sync.purge_dead, q)
     return RedirectResponse(f"/queues/{quote(q)}/dead", status_code=303)
 
-
-def _sync_producer(request: Request):
-    """A blocking Producer for replay/purge (no async twin yet), made once per app, run in a thread;
-    create_app's lifespan closes it."""
-    st = request.app.state
-    if getattr(st, "sync_producer", None) is None:
-        from ..producer import Producer
-        st.sync_producer = Producer(st.xq.producer.url)
-    return st.sync_producer
 
 
 # ---------------------------------------------------------------- workers
