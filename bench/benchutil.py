@@ -80,3 +80,20 @@ def drain_window(r, queue: str, ids) -> tuple[float, float]:
             first = min(first, int(claimed) / 1000)
             last = max(last, int(fin) / 1000)
     return first, last
+
+
+async def time_requests(label: str, send, r, rounds: int) -> None:
+    """Await send() `rounds` times, one after another, and print label with the p50 and p99 time of a
+    request and the Redis commands a request ran (INFO commandstats, scripts' own commands included; r's
+    stats are reset first).  send() returns an httpx response; a failed one stops the benchmark."""
+    r.config_resetstat()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        resp = await send()
+        times.append(time.perf_counter() - t0)
+        assert resp.status_code < 300, resp.text
+    calls = sum(v["calls"] for k, v in r.info("commandstats").items() if k != "cmdstat_config")
+    times.sort()
+    print(f"  {label:60} p50 {times[len(times) // 2] * 1000:6.2f} ms  "
+          f"p99 {times[int(len(times) * 0.99) - 1] * 1000:6.2f} ms  {calls / rounds:5.1f} Redis commands")

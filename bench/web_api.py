@@ -11,9 +11,8 @@ Redis commands are from INFO commandstats (commands inside scripts counted too).
 from __future__ import annotations
 
 import asyncio
-import statistics
+import os
 import sys
-import time
 
 import httpx
 import redis
@@ -21,6 +20,9 @@ import redis
 import xq
 from xq.embedded import EmbeddedRedis
 from xq.web import create_app
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchutil import time_requests  # noqa: E402
 
 ROUNDS = 300  # bounded: requests per endpoint
 TOKEN = "bench-0123456789abcdef"
@@ -48,17 +50,7 @@ async def measure(url: str, tasks: int, some: str) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://xq") as c:
         for method, path, body in cases:
             assert (await c.request(method, path, headers=AUTH, json=body)).status_code < 300  # warm
-            r.config_resetstat()
-            times = []
-            for _ in range(ROUNDS):
-                t0 = time.perf_counter()
-                resp = await c.request(method, path, headers=AUTH, json=body)
-                times.append(time.perf_counter() - t0)
-                assert resp.status_code < 300, resp.text
-            calls = sum(v["calls"] for k, v in r.info("commandstats").items() if k != "cmdstat_config")
-            times.sort()
-            print(f"  {method:4} {path:55} p50 {statistics.median(times) * 1000:6.2f} ms  "
-                  f"p99 {times[int(len(times) * 0.99) - 1] * 1000:6.2f} ms  {calls / ROUNDS:5.1f} Redis commands")
+            await time_requests(f"{method:4} {path}", lambda: c.request(method, path, headers=AUTH, json=body), r, ROUNDS)
     await app.state.xq.producer.close()
     r.close()
 
