@@ -228,4 +228,5 @@ def test_every_script_declares_itself_to_redis():
     from xq import scripts
     for name, src in scripts.ALL.items():
         assert src.startswith("#!lua"), f"script {name} lacks the #!lua shebang"
-    assert scripts.PEEK.startswith("#!lua flags=no-writes\n")
+    for src in (scripts.PEEK, scripts.RECORD):
+        assert src.startswith("#!lua flags=no-writes\n")

@@ -187,6 +187,11 @@ class _AsyncBroker:
         return await self.client.hgetall(key)
 
     @aio_io
+    async def task_brief(self, qk, task_id: str | bytes, cap: int,
+                         capped: Sequence[str] = broker.PEEK_SKIP) -> tuple[dict, dict]:
+        return broker.record_brief(await self.run("record", *broker.record_args(qk, task_id, cap, capped)))
+
+    @aio_io
     async def records(self, qk, ids: Sequence, *fields: str) -> list[list]:
         pipe = self.client.pipeline(transaction=False)
         for i in ids:

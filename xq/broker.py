@@ -320,6 +320,13 @@ class Broker:
         return peek_rows(self.run("peek", *peek_args(zset, qk, offset, limit, cap, skip)))
 
     @io
+    def task_brief(self, qk: QueueKeys, task_id: str | bytes, cap: int,
+                   capped: Sequence[str] = PEEK_SKIP) -> tuple[dict, dict]:
+        """A task's record without the capped fields longer than cap bytes (script RECORD): ({field: value},
+        {left-out field: its length}); both empty if there is no record."""
+        return record_brief(self.run("record", *record_args(qk, task_id, cap, capped)))
+
+    @io
     def set_paused(self, qk: QueueKeys, paused: bool) -> bool:
         """Pause (set xq:{Q}:paused) or resume (delete it, and set the wake marker so idle supervisors
         claim at once) the queue, publishing a queue event {"queue","state":"paused"|"resumed","ts"} on its
@@ -852,6 +859,18 @@ def peek_args(zset: str, qk: QueueKeys, offset: int, limit: int, cap: int = PEEK
               skip: Sequence[str] = PEEK_SKIP) -> tuple[list, list]:
     """(KEYS, ARGV) of scripts.PEEK; shared with xq.aio."""
     return [zset], [qk.task_prefix, offset, limit, cap, *skip]
+
+
+def record_args(qk: QueueKeys, task_id: str | bytes, cap: int, capped: Sequence[str]) -> tuple[list, list]:
+    """(KEYS, ARGV) of scripts.RECORD; shared with xq.aio."""
+    key = qk.task_prefix.encode() + task_id if isinstance(task_id, bytes) else qk.task(task_id)
+    return [key], [cap, *capped]
+
+
+def record_brief(reply) -> tuple[dict, dict]:
+    """The reply of scripts.RECORD as Broker.task_brief returns it."""
+    fields, out = reply
+    return dict(zip(fields[::2], fields[1::2])), {k.decode(): int(n) for k, n in zip(out[::2], out[1::2])}
 
 
 def peek_rows(reply) -> list[tuple[bytes, float, dict | None, dict]]:

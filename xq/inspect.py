@@ -179,6 +179,11 @@ class Inspector:
         None), "malformed" (a note if the stored JSON does not decode)}.  One round trip (HGETALL)."""
         return run_plan(self.broker, plan_payload(queue, task_id, preview))
 
+    def task(self, queue: str, task_id: str, *, preview: int = PREVIEW) -> dict | None:
+        """status() of a task plus its payload and result for display, or None if it has no record: see
+        plan_task.  One round trip (script RECORD): a payload or result over `preview` bytes is not read."""
+        return run_plan(self.broker, plan_task(queue, task_id, preview))
+
     # ---------------------------------------------------------------- bulk operations (issue 11)
     def flush(self, queue: str, state: str, *, progress: Progress | None = None, chunk: int = BULK_CHUNK,
               result_ttl: int = 86400) -> int:
@@ -348,6 +353,10 @@ class AsyncInspector:
         """As Inspector.payload."""
         return await self._run(plan_payload(queue, task_id, preview))
 
+    async def task(self, queue: str, task_id: str, *, preview: int = PREVIEW) -> dict | None:
+        """As Inspector.task."""
+        return await self._run(plan_task(queue, task_id, preview))
+
 
 # ---------------------------------------------------------------- plans
 # An inspection function is written once, as a plan: a generator that yields a broker call, a tuple
@@ -508,6 +517,32 @@ def plan_payload(queue: str, task_id: str, preview: int):
         except orjson.JSONDecodeError as e:
             out["malformed"] = f"the payload is not JSON ({e})"
     return out
+
+
+def plan_task(queue: str, task_id: str, preview: int):
+    """The task's status() view with "payload" and "result" (the decoded JSON, or None unless shown in full)
+    and "payload_info" and "result_info": {"type": "json" or "bytes", "size" (bytes), "inline" (True when
+    the value is the JSON given in full)}; result_info is None unless the task is done.  A payload or result
+    over `preview` bytes, or raw bytes, is not shown (fetch it whole: xq web's download routes)."""
+    raw = raw_id(task_id)
+    rec, cut = yield "task_brief", queue_keys(check_queue(queue)), raw, preview
+    if not rec and not cut:
+        return None
+    view = task_view(raw, queue, rec, id_time=id_time)
+    for field, ct in (("payload", b"ct"), ("result", b"rct")):
+        data = rec.get(field.encode())
+        size = cut.get(field, len(data or b""))
+        kind = "bytes" if rec.get(ct) == b"b" else "json"
+        info = {"type": kind, "size": size, "inline": False}
+        view[field] = None
+        if kind == "json" and field not in cut:
+            try:
+                view[field] = orjson.loads(data) if data else None
+                info["inline"] = True
+            except orjson.JSONDecodeError as e:
+                view["malformed"] = [*view.get("malformed", []), f"{field}: not JSON ({e})"]
+        view[field + "_info"] = info if field == "payload" or view["status"] == "done" else None
+    return view
 
 
 def plan_tasks(queue: str, state: str, name: str | None, offset: int, limit: int, scan: int):

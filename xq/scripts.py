@@ -1467,6 +1467,28 @@ end
 return out
 """
 
+# Read-only, for a task page: one task record with its big fields (payload, result) left out when they are
+# longer than a cap, so showing a task never ships a 32 MiB payload.
+# KEYS[1] -> the task's record
+# ARGV[1] -> cap (bytes); ARGV[2..] -> the fields capped (the others come whole, as HGETALL gives them)
+# Output: {{field, value, ...}, {left-out field, its length, ...}}
+RECORD = """#!lua flags=no-writes
+local cap, capped = tonumber(ARGV[1]), {}
+for i = 2, #ARGV do capped[ARGV[i]] = true end
+local fields, out = {}, {}
+for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local n = capped[name] and redis.call('HSTRLEN', KEYS[1], name) or 0
+  if n > cap then
+    out[#out + 1] = name
+    out[#out + 1] = n
+  else
+    fields[#fields + 1] = name
+    fields[#fields + 1] = redis.call('HGET', KEYS[1], name)
+  end
+end
+return {fields, out}
+"""
+
 # ---------------------------------------------------------------- queue stats (inspection, issue 11)
 # QSTATS: everything `xq queues` / `xq queue show` shows of one queue, in one round trip; writes nothing.
 # KEYS[1..10] -> xq:{Q}:ready:0..9; KEYS[11] sched; KEYS[12] leases; KEYS[13] dead; KEYS[14] paused;
@@ -1702,7 +1724,7 @@ return {deleted, looked, cursor}
 
 ALL = {"enqueue": ENQUEUE, "claim": CLAIM, "complete": COMPLETE, "release": RELEASE, "renew": RENEW,
        "cancel": CANCEL, "replay": REPLAY, "purge": PURGE, "cron": CRON,
-       "group": GROUP, "peek": PEEK, "qstats": QSTATS,
+       "group": GROUP, "peek": PEEK, "record": RECORD, "qstats": QSTATS,
        "dead_read": DEAD_READ, "import": IMPORT, "flush": FLUSH}
 
 # The SHA1 each script is run by (EVALSHA); both brokers, sync and asyncio, use these.
