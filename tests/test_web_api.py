@@ -8,7 +8,6 @@ end-to-end test, which runs the real `xq web` (uvicorn) and a real `xq run`.  as
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import subprocess
@@ -139,7 +138,9 @@ def test_submit_inspect_cancel_pause_resume(redis_url, r):
             st = (await c.get(f"/api/tasks/{tid}", headers=AS_READ)).json()
             assert (st["id"], st["status"], st["priority"], st["max_retries"]) == (tid, "queued", 2, 1)
             with xq.Producer(redis_url) as p:  # the same view as the library's
-                assert {**p.status(tid), "result": None} == st
+                assert {**p.status(tid), "payload": {"n": 1}, "result": None, "result_info": None,
+                        "payload_info": {"type": "json", "size": 7, "inline": True,
+                                         "href": f"/api/tasks/{tid}/payload?queue=default"}} == st
                 assert p.status(later)["status"] == "scheduled"
             assert (await c.get(f"/api/tasks/{child}?queue=jobs", headers=AS_READ)).json()["status"] == "waiting"
 
@@ -328,11 +329,13 @@ def test_end_to_end_submit_run_and_read_the_result(redis_url):
             st = wait_for(lambda: (lambda s: s if s["status"] == "done" else None)(
                 c.get(f"/api/tasks/{tid}", headers=AS_READ).json()), 30, 0.05, "the task to be done")
             assert st["result"] == {"hello": [1, 2]} and st["attempts"] == 1
-            with xq.Producer(redis_url) as p:  # a bytes result (no JSON submit can make one) comes as base64
+            with xq.Producer(redis_url) as p:  # a bytes result is not inlined: its info links its download
                 raw = p.enqueue("reverse", b"abc\xff")
                 p.result(raw, timeout=30)
-            got = c.get(f"/api/tasks/{raw}", headers=AS_READ).json()["result"]
-            assert got == {"encoding": "base64", "size": 4, "data": base64.b64encode(b"\xffcba").decode()}
+            got = c.get(f"/api/tasks/{raw}", headers=AS_READ).json()
+            assert got["result"] is None and got["result_info"] == {
+                "type": "bytes", "size": 4, "inline": False, "href": f"/api/tasks/{raw}/result?queue=default"}
+            assert c.get(got["result_info"]["href"], headers=AS_READ).content == b"\xffcba"
             workers = c.get("/api/workers", headers=AS_READ).json()["workers"]
             assert len(workers) == 1
             assert c.get(f"/api/workers/{workers[0]['id']}", headers=AS_READ).json()["id"] == workers[0]["id"]

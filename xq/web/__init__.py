@@ -54,6 +54,8 @@ ROUTES = [
     Route("/api/tasks", api.submit_task, methods=["POST"]),
     Route("/api/tasks/{task_id}", api.get_task),
     Route("/api/tasks/{task_id}/cancel", api.cancel_task, methods=["POST"]),
+    Route("/api/tasks/{task_id}/payload", api.task_payload),
+    Route("/api/tasks/{task_id}/result", api.task_result),
     Route("/api/workers", api.list_workers),
     Route("/api/workers/{worker_id}", api.get_worker),
     # second slice: dead letters, flush, batch submit, live events

@@ -14,6 +14,7 @@ import logging
 import math
 import re
 import time
+from urllib.parse import quote
 
 import anyio
 import orjson
@@ -21,8 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..app import DEFAULT_QUEUE
+from ..keys import queue_keys
 from ..stats import MAX_MINUTES
-from ..errors import (ConfigError, ConnectionLost, MalformedRecord, PayloadTooLarge, RedisFull, RedisRefused,
+from ..errors import (ConfigError, ConnectionLost, PayloadTooLarge, RedisFull, RedisRefused,
                       TaskTrimmed, UnknownTask)
 from . import auth
 
@@ -287,17 +289,56 @@ async def queue_history(state, request):
     return json_response({"queue": q, "history": rows})
 
 
+async def task_view(state, tid: str, queue: str | None) -> dict:
+    """The task's view (AsyncInspector.task: a payload or result over PREVIEW bytes, or raw bytes, is not
+    read) with each payload_info/result_info's "href", the route downloading it; UnknownTask if none."""
+    q = await state.producer._find(tid, queue)
+    view = await state.inspector.task(q, tid)
+    if view is None:
+        raise await state.producer._missing(tid, [q])
+    for field in ("payload", "result"):
+        if view[field + "_info"] is not None:
+            view[field + "_info"]["href"] = f"/api/tasks/{quote(tid, safe='')}/{field}?queue={quote(q, safe='')}"
+    return view
+
+
 @endpoint("read")
 async def get_task(state, request):
-    tid = request.path_params["task_id"]
-    view = await state.producer.status(tid, queue=q_str(request, "queue"))
-    view["result"] = None
-    if view["status"] == "done":  # finished: result() reads it at once, without waiting
-        try:
-            view["result"] = await state.producer.result(tid, timeout=0, queue=view["queue"])
-        except MalformedRecord as e:
-            view["malformed"] = [*view.get("malformed", []), str(e)]
-    return json_response(view)
+    return json_response(await task_view(state, request.path_params["task_id"], q_str(request, "queue")))
+
+
+NOT_READY = ("queued", "scheduled", "retrying", "running", "waiting")
+
+
+async def download(state, tid: str, queue: str | None, field: str) -> Response:
+    """The task's payload or result whole: raw bytes as an application/octet-stream attachment
+    "<id>.<field>", JSON as application/json.  A result: 409 not_ready while the task is unfinished, 404
+    no_result once it has failed (dead, expired, canceled)."""
+    q = await state.producer._find(tid, queue)
+    st, data, ct = (await state.producer.broker.records(queue_keys(q), [tid], "state", field,
+                                                        "ct" if field == "payload" else "rct"))[0]
+    if st is None:
+        raise await state.producer._missing(tid, [q])
+    if field == "result" and st != b"done":
+        state_ = st.decode(errors="replace")
+        if state_ in NOT_READY:
+            raise ApiError(409, "not_ready", f"task {tid} is {state_}: it has no result yet")
+        raise ApiError(404, "no_result", f"task {tid} is {state_}: it has no result")
+    if ct == b"b":
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", tid) + "." + field
+        return Response(data or b"", media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return Response(data or b"null", media_type="application/json")
+
+
+@endpoint("read")
+async def task_payload(state, request):
+    return await download(state, request.path_params["task_id"], q_str(request, "queue"), "payload")
+
+
+@endpoint("read")
+async def task_result(state, request):
+    return await download(state, request.path_params["task_id"], q_str(request, "queue"), "result")
 
 
 @endpoint("read")

@@ -17,7 +17,8 @@ def _json(schema: dict, description: str) -> dict:
 
 def _errors(*codes: int) -> dict:
     what = {400: "the body is not JSON", 401: "no or a wrong Bearer token", 403: "a read token on an admin endpoint",
-            404: "no such task, worker or route", 413: "the body or payload is too large",
+            404: "no such task, worker or route", 409: "the task has not finished: the message names its state",
+            413: "the body or payload is too large",
             422: "bad input: the error names the field", 429: "too many bad tokens from this address", 503: "Redis cannot be reached", 507: "Redis is full"}
     return {str(c): _json(_ref("Error"), what[c]) for c in codes}
 
@@ -64,6 +65,14 @@ SUBMIT["properties"]["name"]["minLength"] = 1
 SUBMIT["properties"]["payload"]["description"] = "any JSON value, given to the task as is"
 SUBMIT["properties"]["eta"]["description"] = "unix seconds: not started before"
 SUBMIT["properties"]["priority"]["description"] = "0 (highest) .. 9, or critical, high, normal, low"
+DOWNLOAD = {"description": "the payload or result", "content": {
+    "application/json": {"schema": {}}, "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    "headers": {"Content-Disposition": {"schema": {"type": "string"},
+                                        "description": "raw bytes only: attachment; filename=\"<id>.<payload|result>\""}}}
+CONTENT = {"type": ["object", "null"], "required": ["type", "size", "inline", "href"], "properties": {
+    "type": {"enum": ["json", "bytes"]}, "size": {"type": "integer", "description": "bytes"},
+    "inline": {"type": "boolean", "description": "the value is in the view: JSON of at most 64 KiB"},
+    "href": {"type": "string", "description": "its download: GET /api/tasks/{task_id}/payload or /result"}}}
 
 DOCUMENT = {
     "openapi": "3.1.0",
@@ -98,9 +107,16 @@ DOCUMENT = {
         "/api/tasks": {"post": _op("submit a task (the options of Producer.enqueue)", _json(
             {"type": "object", "properties": {"id": {"type": "string"}, "queue": {"type": "string"}}},
             "submitted"), 400, *ADMIN_ERRORS, 404, 413, 507, admin=True, body=SUBMIT, status=201)},
-        "/api/tasks/{task_id}": {"get": _op("a task's status, attempt history and result", _json(
-            OBJECT, "the task (a bytes result as {encoding: base64, size, data})"), *READ_ERRORS, 404,
-            params=[TASK_ID, IN_QUEUE])},
+        "/api/tasks/{task_id}": {"get": _op("a task's status, attempt history, payload and result", _json(
+            _ref("Task"), "the task"), *READ_ERRORS, 404, params=[TASK_ID, IN_QUEUE])},
+        "/api/tasks/{task_id}/payload": {"get": _op(
+            "a task's payload, whole: raw bytes as an application/octet-stream attachment '<id>.payload', "
+            "JSON as application/json", DOWNLOAD, *READ_ERRORS, 404, params=[TASK_ID, IN_QUEUE])},
+        "/api/tasks/{task_id}/result": {"get": _op(
+            "a done task's result, whole: raw bytes as an application/octet-stream attachment '<id>.result', "
+            "JSON as application/json.  409 not_ready while the task is unfinished (queued, scheduled, "
+            "retrying, running, waiting), 404 no_result once it has failed (dead, expired, canceled)",
+            DOWNLOAD, *READ_ERRORS, 404, 409, params=[TASK_ID, IN_QUEUE])},
         "/api/tasks/{task_id}/cancel": {"post": _op("cancel a task", _json(
             {"type": "object", "properties": {"id": {"type": "string"},
                                               "outcome": {"enum": ["canceled", "canceling", "finished"]}}},
@@ -124,6 +140,14 @@ DOCUMENT = {
                 "queue": {"type": "string"}, "paused": {"type": "boolean"}, "ready": {"type": "integer"},
                 "scheduled": {"type": "integer"}, "running": {"type": "integer"}, "dead": {"type": "integer"},
                 "latency": {"type": ["number", "null"]}}},
+            "Task": {"type": "object", "additionalProperties": True,
+                     "required": ["id", "queue", "status", "payload", "payload_info", "result", "result_info"],
+                     "properties": {
+                         "id": {"type": "string"}, "queue": {"type": "string"}, "status": {"type": "string"},
+                         "payload": {"description": "the JSON payload if inline, else null"},
+                         "payload_info": CONTENT,
+                         "result": {"description": "the JSON result if inline, else null"},
+                         "result_info": {**CONTENT, "description": "null unless the task is done"}}},
             "Paused": {"type": "object", "properties": {"queue": {"type": "string"}, "paused": {"type": "boolean"},
                                                          "changed": {"type": "boolean"}}},
         },
