@@ -355,9 +355,56 @@ async def get_worker(state, request):
     return json_response(w)
 
 
+def query_options(request: Request) -> dict:
+    """The submit fields given as query parameters (with a raw-bytes body), typed as SUBMIT_FIELDS says:
+    an integer or number parsed, priority a level or a name, depends_on comma-separated ids."""
+    out = {}
+    for field, raw in request.query_params.items():
+        allowed = SUBMIT_FIELDS.get(field, ())
+        if field == "payload" or field not in SUBMIT_FIELDS:
+            raise ApiError(422, "invalid", f"unknown query parameter {field!r}; expected some of "
+                           f"{', '.join(f for f in SUBMIT_FIELDS if f != 'payload')} (the body is the payload)",
+                           field)
+        if "array" in allowed:
+            out[field] = [v for v in raw.split(",") if v]
+        elif "integer" in allowed and re.fullmatch(r"-?[0-9]+", raw):
+            out[field] = int(raw)
+        elif "number" in allowed:
+            try:
+                out[field] = float(raw)
+            except ValueError:
+                raise ApiError(422, "invalid", f"query parameter {field}={raw!r}: expected a number", field) \
+                    from None
+        elif "string" in allowed:
+            out[field] = raw
+        else:
+            raise ApiError(422, "invalid", f"query parameter {field}={raw!r}: expected an integer", field)
+    return out
+
+
+async def read_bytes(request: Request, limit: int) -> bytes:
+    """The raw body, at most limit bytes (413 naming the producer's max_payload)."""
+    declared = request.headers.get("content-length", "")
+    too_big = ApiError(413, "payload_too_large", f"the payload is over max_payload={limit} bytes", "payload")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @endpoint("admin")
 async def submit_task(state, request):
-    name, payload, opts = submit_options(await read_json(request))
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/octet-stream":
+        opts = query_options(request)  # checked before the body is read
+        name, _, opts = submit_options(opts)
+        payload = await read_bytes(request, state.producer.max_payload)
+    else:
+        name, payload, opts = submit_options(await read_json(request))
     try:
         tid = await state.producer.enqueue(name, payload, **opts)
     except PayloadTooLarge:

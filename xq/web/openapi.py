@@ -4,6 +4,7 @@ tests/test_web_api.py checks that it lists exactly the app's routes and methods,
 
 from __future__ import annotations
 
+from ..inspect import PREVIEW
 from .api import MAX_BATCH, MAX_INT, MAX_LIMIT, MAX_MINUTES, SUBMIT_FIELDS
 
 
@@ -71,7 +72,7 @@ DOWNLOAD = {"description": "the payload or result", "content": {
                                         "description": "raw bytes only: attachment; filename=\"<id>.<payload|result>\""}}}
 CONTENT = {"type": ["object", "null"], "required": ["type", "size", "inline", "href"], "properties": {
     "type": {"enum": ["json", "bytes"]}, "size": {"type": "integer", "description": "bytes"},
-    "inline": {"type": "boolean", "description": "the value is in the view: JSON of at most 64 KiB"},
+    "inline": {"type": "boolean", "description": f"the value is in the view: JSON of at most {PREVIEW} bytes"},
     "href": {"type": "string", "description": "its download: GET /api/tasks/{task_id}/payload or /result"}}}
 
 DOCUMENT = {
@@ -104,7 +105,10 @@ DOCUMENT = {
             _ref("Paused"), "paused"), *ADMIN_ERRORS, params=[QUEUE], admin=True)},
         "/api/queues/{queue}/resume": {"post": _op("let supervisors claim again", _json(
             _ref("Paused"), "resumed"), *ADMIN_ERRORS, params=[QUEUE], admin=True)},
-        "/api/tasks": {"post": _op("submit a task (the options of Producer.enqueue)", _json(
+        "/api/tasks": {"post": _op(
+            "submit a task (the options of Producer.enqueue): a JSON body, or a raw-bytes payload as an "
+            "application/octet-stream body with the other fields as query parameters (depends_on "
+            "comma-separated); a payload is at most the producer's max_payload bytes (413)", _json(
             {"type": "object", "properties": {"id": {"type": "string"}, "queue": {"type": "string"}}},
             "submitted"), 400, *ADMIN_ERRORS, 404, 413, 507, admin=True, body=SUBMIT, status=201)},
         "/api/tasks/{task_id}": {"get": _op("a task's status, attempt history, payload and result", _json(
@@ -164,6 +168,15 @@ BATCH = {**SUBMIT, "required": ["name", "payloads"],
                         "payloads": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
                                      "description": "one task per payload (any JSON values)"}}}
 _csv = {"type": "string"}
+# POST /api/tasks also takes the payload as raw bytes, the other fields as query parameters
+_submit = DOCUMENT["paths"]["/api/tasks"]["post"]
+_submit["requestBody"]["content"]["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+_submit["parameters"] = [
+    _param(f, "query", {k: v for k, v in SUBMIT["properties"][f].items() if k != "description"}
+           if "array" not in (SUBMIT_FIELDS[f] or ()) else {"type": "string"},
+           f"with an application/octet-stream body only: as the JSON field {f}")
+    for f in SUBMIT_FIELDS if f != "payload"]
+
 DOCUMENT["paths"].update({
     "/api/queues/{queue}/dead": {"get": _op("one page of the queue's dead letters, oldest first", _json(
         {"type": "object", "properties": {"queue": {"type": "string"}, "count": {"type": "integer"},
