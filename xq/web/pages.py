@@ -300,8 +300,7 @@ async def resume(state, request, s):
 
 # ---------------------------------------------------------------- task
 async def task_view(state, tid: str, queue: str | None) -> dict:
-    view = await state.producer.status(tid, queue=queue)
-    return view
+    return await api.task_view(state, tid, queue)  # a big payload or result is not read
 
 
 def progress_bar(view: dict) -> str:
@@ -313,22 +312,16 @@ def progress_bar(view: dict) -> str:
             f'<span id="progress-pct">{pct:g}%</span> <span>{e(msg)}</span>')
 
 
-def preview(v) -> str:
-    if isinstance(v, (bytes, bytearray)):
-        return f"<i>{len(v)} bytes</i>"
-    return f"<pre>{e(orjson.dumps(v, option=orjson.OPT_INDENT_2).decode())}</pre>"
-
-
-def payload_preview(p: dict | None) -> str:
-    if p is None:
-        return "<i>no record</i>"
-    if p["bytes"]:
-        return f"<i>{p['size']} bytes (raw)</i>"
-    if p["malformed"]:
-        return f"<p class=err>{e(p['malformed'])}</p>"
-    if p["json"] is None and p["size"] > 4:
-        return f"<i>{p['size']} bytes of JSON (too large to preview)</i>"
-    return preview(p["json"])
+def preview(view: dict, field: str) -> str:
+    """The payload or result of api.task_view: JSON pretty-printed, else its size and a download link."""
+    info = view[field + "_info"]
+    if info is None:
+        return "<i>none yet</i>"
+    if info["inline"]:
+        return f"<pre>{e(orjson.dumps(view[field], option=orjson.OPT_INDENT_2).decode())}</pre>"
+    what = "raw bytes" if info["type"] == "bytes" else "JSON, too large to preview"
+    href = info["href"].removeprefix("/api")  # the dashboard's route: same download, the session cookie
+    return f'<p>{info["size"]} bytes ({what}) · <a id="{field}-download" href="{e(href)}" download>download</a></p>'
 
 
 def timeline(view: dict) -> str:
@@ -353,23 +346,37 @@ def status_line(view: dict) -> str:
 @page()
 async def task_page(state, request, s):
     tid = request.path_params["task_id"]
-    q = request.query_params.get("queue") or None
-    view = await task_view(state, tid, q)
-    result = ""
-    if view.get("status") == "done":
-        try:
-            result = preview(await state.producer.result(tid, timeout=0, queue=view["queue"]))
-        except Exception as err:  # noqa: BLE001 - a malformed result is shown, not raised
-            result = f"<p class=err>{e(err)}</p>"
-    payload = await state.inspector.payload(view["queue"], tid)
+    view = await task_view(state, tid, request.query_params.get("queue") or None)
+    malformed = "".join(f"<p class=err>{e(m)}</p>" for m in view.get("malformed") or [])
     body = (f'<div data-live="/ui/live/task/{quote(tid)}?queue={quote(view["queue"])}">'
             f'<div id="live-status">{status_line(view)}</div>'
-            f'<div id="live-progress">{progress_bar(view)}</div></div>'
-            f'<h2>Payload</h2>{payload_preview(payload)}'
-            f'<h2>Result</h2>{result or "<i>none yet</i>"}'
+            f'<div id="live-progress">{progress_bar(view)}</div></div>{malformed}'
+            f'<h2>Payload</h2>{preview(view, "payload")}'
+            f'<h2>Result</h2>{preview(view, "result")}'
             + (f'<h2>Error</h2><pre class=err>{e(view.get("error"))}</pre>' if view.get("error") else "")
             + f'<h2>Attempts</h2><div id="live-attempts">{timeline(view)}</div>')
     return layout(f"Task {tid}", body, s)
+
+
+async def download(state, request, s, field: str) -> Response:
+    """api.download behind the dashboard's session cookie."""
+    try:
+        return await api.download(state, request.path_params["task_id"], request.query_params.get("queue") or None,
+                                  field)
+    except api.ApiError as err:
+        r = layout("Not available", f"<p class=err>{e(err.message)}</p>", s)
+        r.status_code = err.status
+        return r
+
+
+@page()
+async def task_payload(state, request, s):
+    return await download(state, request, s, "payload")
+
+
+@page()
+async def task_result(state, request, s):
+    return await download(state, request, s, "result")
 
 
 @page()
@@ -454,6 +461,8 @@ ROUTES = [
     Route("/queues/{queue}/dead/replay", dead_replay, methods=["POST"]),
     Route("/queues/{queue}/dead/purge", dead_purge, methods=["POST"]),
     Route("/tasks/{task_id}", task_page),
+    Route("/tasks/{task_id}/payload", task_payload),
+    Route("/tasks/{task_id}/result", task_result),
     Route("/ui/live/overview", live_overview),
     Route("/ui/live/task/{task_id}", live_task),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
