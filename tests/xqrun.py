@@ -19,8 +19,9 @@ class XQRun:
 
     def __init__(self, url: str, *args: str, app: str = "apps.basic:app", procs: int = 2, burst: bool = False,
                  queues: str | None = None, pure: bool | None = None, env: dict | None = None,
-                 preexec_fn=None):
-        cmd = [sys.executable, "-m", "xq.cli", "run", app, "--redis", url, "--procs", str(procs), *args]
+                 preexec_fn=None, wrap: list[str] | None = None):
+        # wrap: a command prefix that execs the rest in place, e.g. `ip netns exec NS` (tests/netns.py)
+        cmd = [*(wrap or []), sys.executable, "-m", "xq.cli", "run", app, "--redis", url, "--procs", str(procs), *args]
         if burst:
             cmd.append("--burst")
         if queues:
