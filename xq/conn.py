@@ -259,8 +259,10 @@ def make_client(url: str, **kw):
 def make_async_client(url: str, **kw):
     """As make_client, on redis.asyncio."""
     import redis.asyncio as aredis
+    from redis.asyncio.retry import Retry as AsyncRetry
 
     t = parse_url(url)
+    kw.setdefault("retry", AsyncRetry(NoBackoff(), 0))
     kw = client_options(**kw)
     try:
         if t.kind == "single":
@@ -286,8 +288,11 @@ def _sentinel_client_options(kw: dict) -> dict:
 def node_client(url: str, host: str, port: int, asyncio: bool = False, **kw):
     """A plain client of one node of url's Cluster (the raw pipelined path reaches a slot's master so)."""
     import redis.asyncio as aredis
+    from redis.asyncio.retry import Retry as AsyncRetry
 
     cls = aredis.Redis if asyncio else redis.Redis
+    if asyncio:
+        kw.setdefault("retry", AsyncRetry(NoBackoff(), 0))
     return cls(host=host, port=port, **parse_url(url).connection_kwargs(), **client_options(**kw))
 
 
@@ -299,6 +304,10 @@ def dedicated(client: redis.Redis):
 
 
 # ---------------------------------------------------------------------------------------------- failures
+_CLUSTER_MOVES = (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.TryAgainError,
+                  redis.exceptions.ClusterDownError, redis.exceptions.SlotNotCoveredError)
+
+
 def _reply_starts(e: BaseException, prefixes) -> bool:
     msg = str(e)
     return any(msg.startswith(p) for p in prefixes)
@@ -342,6 +351,8 @@ def classify(e: BaseException) -> str | None:
     if isinstance(e, (redis.AuthenticationError, redis.exceptions.AuthorizationError,
                       redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationWrongNumberOfArgsError)):
         return "refused"
+    if isinstance(e, _CLUSTER_MOVES):  # a Cluster slot moved or is not served yet: ask again later
+        return "network"
     if isinstance(e, redis.ResponseError):
         if _refusal(e):
             return "refused"
