@@ -7,6 +7,7 @@ import asyncio
 import re
 import time
 
+import orjson
 import pytest
 import redis
 from hypothesis import given
@@ -233,3 +234,31 @@ def test_sentinel_async(sentinel):
             ids = await p.enqueue_many("job", [1, 2], queue="sa")
             assert (await p.queue("sa"))["ready"] == 2 and (await p.status(ids[1]))["status"] == "queued"
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("where", ["cluster", "sentinel"])
+def test_cli_inspection_commands(where, request):
+    from click.testing import CliRunner
+
+    from xq.cli import main
+
+    url = request.getfixturevalue(where).url
+    runner = CliRunner()
+
+    def xq_(*args):
+        out = runner.invoke(main, [*args, "--redis", url])
+        assert out.exit_code == 0, out.output
+        return out.output
+    tid = xq_("enqueue", "job", '{"n": 1}', "--queue", "c1").strip()
+    xq_("enqueue", "job", "2", "--queue", "c2")
+    assert {q["queue"] for q in orjson.loads(xq_("queues", "--json"))} == {"c1", "c2"}
+    assert [t["id"] for t in orjson.loads(xq_("tasks", "c1", "--state", "queued", "--json"))["tasks"]] == [tid]
+    assert tid in xq_("status", tid)
+    xq_("queue", "pause", "c1")
+    assert orjson.loads(xq_("queue", "show", "c1", "--json"))["paused"]
+    xq_("queue", "resume", "c1")
+    child = xq_("enqueue", "job", "3", "--queue", "c1", "--depends-on", tid).strip()
+    xq_("cancel", tid)
+    assert "canceled" in xq_("status", tid)
+    assert [t["id"] for t in orjson.loads(xq_("dlq", "ls", "c1", "--json"))["tasks"]] == [child]
+    assert orjson.loads(xq_("queue", "flush", "c2", "--state", "queued", "--yes", "--json"))
