@@ -262,3 +262,26 @@ def test_cli_inspection_commands(where, request):
     assert "canceled" in xq_("status", tid)
     assert [t["id"] for t in orjson.loads(xq_("dlq", "ls", "c1", "--json"))["tasks"]] == [child]
     assert orjson.loads(xq_("queue", "flush", "c2", "--state", "queued", "--yes", "--json"))
+
+
+@pytest.mark.parametrize("where", ["cluster", "sentinel"])
+def test_results_and_events(where, request):
+    """result() and events() subscribe to the queue's channel: on a Cluster, on the node of its slot."""
+    url = request.getfixturevalue(where).url
+    with xq.Producer(url) as p:
+        t = p.enqueue("job", 1, queue="r1")
+        stream = p.events(ids=[t], timeout=10, until_done=True)
+        p.cancel(t)
+        assert [ev["state"] for ev in stream] == ["canceled"]
+        with pytest.raises(xq.TaskFailed, match="canceled"):
+            p.result(t, timeout=5)
+
+    async def go():
+        async with xq.AsyncProducer(url) as ap:
+            t = await ap.enqueue("job", 1, queue="r1")
+            waiting = asyncio.ensure_future(ap.result(t, timeout=10))
+            await asyncio.sleep(0.2)
+            await ap.cancel(t)
+            with pytest.raises(xq.TaskFailed, match="canceled"):
+                await waiting
+    asyncio.run(go())
