@@ -94,3 +94,49 @@ def fault_proxy(fresh_redis):
         yield proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real 3-master, 3-replica Redis Cluster for the session (tests/topology.py: .url, .master_of(key),
+    .kill_master(port), .restart(port)); use `cluster` for a test that wants it empty."""
+    from topology import Cluster
+
+    _require_redis_server()
+    c = Cluster(str(tmp_path_factory.mktemp("cluster")))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def cluster(redis_cluster):
+    """The session Cluster, healthy and emptied (FLUSHALL on every master) for this test."""
+    redis_cluster.wait_healthy(60)
+    redis_cluster.clean()
+    return redis_cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory):
+    """A real master + 2 replicas + 3 sentinels set for the session (tests/topology.py: .url,
+    .master_port(), .kill_master()); use `sentinel` for a test that wants it empty."""
+    from topology import SentinelSet
+
+    _require_redis_server()
+    s = SentinelSet(str(tmp_path_factory.mktemp("sentinel")))
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def sentinel(redis_sentinel):
+    """The session Sentinel set, healthy and emptied (FLUSHALL on the master) for this test."""
+    redis_sentinel.wait_healthy(60)
+    redis_sentinel.clean()
+    return redis_sentinel

@@ -23,15 +23,12 @@ import time
 from typing import Any, Iterable, Sequence
 
 import redis
-import redis.asyncio as aredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, MovedError, NoScriptError
 
 from . import broker, scripts
 from .app import DEFAULT_QUEUE, App
 from .broker import Broker
-from .conn import Backoff, RetryWindow, check_url, client_options, failure, redacted
+from .conn import Backoff, RetryWindow, failure, make_async_client, node_client, parse_url
 from .errors import ConfigError, ConnectionLost, RedisFull, ResultTimeout, UnknownTask
 from .keys import QUEUES, check_queue, queue_keys, worker_key
 from .inspect import SAMPLE, SCAN, AsyncInspector
@@ -67,19 +64,40 @@ class _AsyncBroker:
     pack_enqueue = Broker.pack_enqueue
     sha = Broker.sha
 
-    def __init__(self, url: str, *, socket_timeout: float | None = 30.0, retry_for: float = 0.0):
-        check_url(url)
+    def __init__(self, url: str, *, socket_timeout: float | None = 30.0, retry_for: float = 0.0, client=None):
         self.url = url
         self.retry_for = retry_for
-        try:
-            self.client = aredis.Redis.from_url(url, **client_options(socket_timeout=socket_timeout,
-                                                                      retry=Retry(NoBackoff(), 0)))
-        except ValueError as e:
-            raise ConfigError(f"invalid Redis URL {redacted(url)!r}: {e}") from None
+        self.socket_timeout = socket_timeout
+        self.cluster = client is None and parse_url(url).kind == "cluster"
+        self.client = client if client is not None else make_async_client(url, socket_timeout=socket_timeout)
         self._sha = scripts.SHA
+        self._nodes: dict[str, _AsyncBroker] = {}  # cluster: as Broker.at
+        self._stale = False
 
     async def close(self) -> None:
+        for b in self._nodes.values():
+            await b.close()
+        self._nodes.clear()
         await self.client.aclose()
+
+    async def at(self, queue: str) -> "_AsyncBroker":
+        """As Broker.at: the broker whose raw path (send_and_read) reaches queue's slot."""
+        if not self.cluster:
+            return self
+        try:
+            await self.client.initialize()  # a no-op once the slot map is read
+            if self._stale:
+                self._stale = False
+                await self.client.nodes_manager.initialize()
+        except Exception as e:  # noqa: BLE001 - sorted by conn.failure: a Redis failure is raised as ours
+            self._stale = True
+            raise failure(e, self.url) from e
+        node = self.client.get_node_from_key(queue_keys(queue).base)
+        b = self._nodes.get(node.name)
+        if b is None:
+            b = self._nodes[node.name] = _AsyncBroker(self.url, retry_for=self.retry_for, client=node_client(
+                self.url, node.host, node.port, asyncio=True, socket_timeout=self.socket_timeout))
+        return b
 
     @aio_io
     async def load_scripts(self) -> None:
@@ -101,10 +119,12 @@ class _AsyncBroker:
         rs = Resend(prep, chunk, self.retry_for)
         while rs.todo:
             try:
-                for i, reply in zip(rs.todo, await self.send_and_read([prep.commands[i] for i in rs.todo], rs)):
+                node = await self.at(prep.queue)  # on a Cluster: the master of the queue's slot, now
+                for i, reply in zip(rs.todo, await node.send_and_read([prep.commands[i] for i in rs.todo], rs)):
                     rs.replies[i] = reply
                 rs.todo = []
             except ConnectionLost as e:
+                self._stale = self.cluster
                 await asyncio.sleep(rs.pause(e))
         return rs.replies
 
@@ -140,6 +160,8 @@ class _AsyncBroker:
     async def _read(conn):
         try:
             return await conn.read_response()
+        except (MovedError, AskError):
+            raise  # a Cluster's slot moved: the connection is dropped, at() reads the slot map again
         except redis.ResponseError as e:
             return e
 
@@ -216,7 +238,8 @@ class _AsyncBroker:
         try:
             while True:
                 batch = plan.send(replies)
-                replies = await batch.pipeline(self.client).execute() if batch.calls else []
+                replies = ([await batch.call(self.client)] if batch.single else
+                           await batch.pipeline(self.client).execute() if batch.calls else [])
         except StopIteration as done:
             return done.value
 

@@ -17,11 +17,12 @@ from typing import Iterable, NamedTuple, Sequence
 import hiredis
 import orjson
 import redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, MovedError, NoScriptError
 
 from . import scripts, stats
 from ._impl import fast
-from .conn import DEFAULT_URL, RetryWindow, dedicated, failure, make_client, redacted, translate  # noqa: F401 - DEFAULT_URL re-exported
+from .conn import (DEFAULT_URL, RetryWindow, dedicated, failure, make_client, node_client, parse_url,  # noqa: F401 - DEFAULT_URL re-exported
+                   redacted, translate)
 from .errors import ConnectionLost, RedisFull, ResultTimeout
 from .keys import QUEUES, WORKERS, QueueKeys, worker_key
 from .records import esc
@@ -73,6 +74,16 @@ class Batch(NamedTuple):
     calls: list       # (redis-py command method, args, kwargs) each, as made by cmd()
     multi: bool = False  # in MULTI/EXEC
 
+    @property
+    def single(self) -> bool:
+        """One call, no MULTI: sent as a plain command (a Cluster has no PUBLISH in a pipeline)."""
+        return len(self.calls) == 1 and not self.multi
+
+    def call(self, client):
+        """The single call, sent on client (its reply, or its coroutine for redis.asyncio)."""
+        method, args, kw = self.calls[0]
+        return getattr(client, method)(*args, **kw)
+
     def pipeline(self, client):
         """A pipeline of client (redis-py, sync or asyncio) holding the calls; the caller executes it."""
         pipe = client.pipeline(transaction=self.multi)
@@ -92,12 +103,22 @@ def refusals(flat: Sequence) -> list[Refused]:
 
 
 class Broker:
-    """Redis access for xq: scripts by name, raw pipelined sends, the blocking wake-up wait."""
+    """Redis access for xq: scripts by name, raw pipelined sends, the blocking wake-up wait.
 
-    def __init__(self, url: str, *, socket_timeout: float | None = 30.0, retry_for: float = 0.0):
+    On a Redis Cluster (redis+cluster:// URL) self.client is a RedisCluster: each script call and pipelined
+    command goes to its key's slot (a queue's keys share one), SCRIPT LOAD to every master.  The raw
+    pipelined path (send_packed, exchange) needs one connection to the master of one queue's slot:
+    at(queue) gives the Broker that has it (self on one Redis or a Sentinel set)."""
+
+    def __init__(self, url: str, *, socket_timeout: float | None = 30.0, retry_for: float = 0.0, client=None):
         self.url = url
-        self.client = make_client(url, socket_timeout=socket_timeout)
+        self.cluster = client is None and parse_url(url).kind == "cluster"
+        self.client = client if client is not None else make_client(url, socket_timeout=socket_timeout)
+        self.socket_timeout = socket_timeout
         self.retry_for = retry_for  # seconds an idempotent call is retried through an outage (producers)
+        self._nodes: dict[str, Broker] = {}  # cluster: node name -> the Broker of its raw path (see at)
+        self._stale = False  # cluster: a node's Broker failed, so the slot map may be out of date
+        self._owner: Broker | None = None  # a node's Broker: the cluster Broker it belongs to
         self._sha = scripts.SHA
         self._conn = None    # dedicated connection for raw pipelined sends
         self._wconn = None   # dedicated connection for the blocking wake-up wait
@@ -125,8 +146,32 @@ class Broker:
             self._conn = conn
         return self._conn
 
+    def at(self, queue: str) -> "Broker":
+        """The Broker whose raw path (send_packed, exchange, unlink_scan) reaches queue's slot: self, but on
+        a Cluster the one bound to the master serving that slot now (after a failure of one, the slot map
+        is read again first: a failover or a MOVED reply moved the slot)."""
+        if not self.cluster:
+            return self
+        if self._stale:
+            self._stale = False
+            try:
+                self.client.nodes_manager.initialize()
+            except Exception as e:  # noqa: BLE001 - sorted by conn.failure: a Redis failure is raised as ours
+                self._stale = True
+                raise failure(e, self.url) from e
+        node = self.client.get_node_from_key(QueueKeys(queue).base)
+        b = self._nodes.get(node.name)
+        if b is None:
+            b = Broker(self.url, retry_for=self.retry_for, socket_timeout=self.socket_timeout,
+                       client=node_client(self.url, node.host, node.port, socket_timeout=self.socket_timeout))
+            self._nodes[node.name] = b
+            b._owner = self
+        return b
+
     def reset(self) -> None:
         """Drop the dedicated connections (after an error); the next call reconnects."""
+        if self._owner is not None:
+            self._owner._stale = True
         for c in (self._conn, self._wconn):
             if c is not None:
                 try:
@@ -153,6 +198,9 @@ class Broker:
 
     def close(self) -> None:
         self.reset()
+        for b in self._nodes.values():
+            b.close()
+        self._nodes.clear()
         self.client.close()
 
     @io(retry=False)
@@ -185,6 +233,8 @@ class Broker:
                                  f"outstanding", url=redacted(self.url))
         try:
             return self._conn.read_response()
+        except (MovedError, AskError):
+            raise  # a Cluster's slot moved (failover, resharding): the guard drops the connection, at() re-reads
         except redis.ResponseError as e:
             return e
 
@@ -208,7 +258,8 @@ class Broker:
         try:
             while True:
                 batch = plan.send(replies)
-                replies = batch.pipeline(self.client).execute() if batch.calls else []
+                replies = ([batch.call(self.client)] if batch.single else
+                           batch.pipeline(self.client).execute() if batch.calls else [])
         except StopIteration as done:
             return done.value
 

@@ -18,7 +18,21 @@ What it decides, so no caller has to:
   (the supervisor's pipelined and blocking-wait connections, which outlive any one command): dropping it
   can never use up a pool slot, whatever the pool's limit.
 
-URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS), `unix://[[user]:password@]/path[?db=N]`.
+- **Which Redis it is.**  `parse_url()` reads the one URL scheme of the three topologies into a `Topology`;
+  `make_client()` / `make_async_client()` give the matching redis-py client.
+
+URLs (`rediss` instead of `redis`: TLS; user and password are ACL credentials, %-encoded):
+
+- `redis://[[user]:password@]host[:port][/db]`, `unix://[[user]:password@]/path[?db=N]`: one Redis.
+- `redis+cluster://[[user]:password@]host1:port,host2:port[/]`: a Redis Cluster, by any of its nodes
+  (seeds; the rest is discovered).  A Cluster has only database 0, so no /db.
+- `redis+sentinel://[[user]:password@]host1:26379,host2:26379/MASTER[/db][?sentinel_password=...]`: the
+  master named MASTER of a Sentinel set, by its sentinels (port 26379 unless given).  The credentials
+  before @ are the master's; the sentinels' own, if they require any, are the query parameters
+  sentinel_username= and sentinel_password=.
+
+TLS options (cluster and sentinel URLs, as query parameters): ssl_ca_certs, ssl_certfile, ssl_keyfile,
+ssl_cert_reqs (none, optional, required).
 """
 
 from __future__ import annotations
@@ -26,9 +40,11 @@ from __future__ import annotations
 import errno
 import logging
 import random
+import re
 import socket
 import time
-from urllib.parse import urlparse
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote, urlparse
 
 import hiredis
 import redis
@@ -40,7 +56,9 @@ from .errors import ConfigError, ConnectionLost, RedisFull, RedisRefused
 log = logging.getLogger("xq")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
-SCHEMES = ("redis", "rediss", "unix")
+SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 
 # errno values of an OSError that mean the network (or the peer) failed, not our program
 _NETWORK_ERRNOS = frozenset(getattr(errno, n) for n in (
@@ -55,36 +73,155 @@ _REFUSED_PHRASES = ("DB index is out of range", "invalid DB index", "invalid pas
                     "must be called with the client already authenticated", "NOAUTH", "WRONGPASS", "NOPERM")
 
 
-def check_url(url: str) -> str:
-    """url if it looks like a Redis URL, else ConfigError naming what is wrong."""
+@dataclass(frozen=True)
+class Topology:
+    """What a Redis URL names: kind 'single' (one Redis: url is handed to redis-py as is), 'cluster' (nodes:
+    seed nodes) or 'sentinel' (nodes: the sentinels; master: the name they monitor)."""
+    kind: str
+    url: str
+    nodes: tuple = ()              # (host, port) each
+    master: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    options: dict = field(default_factory=dict)  # TLS options and the sentinels' own credentials
+
+    def connection_kwargs(self) -> dict:
+        """redis-py keyword arguments of a connection to one node (a cluster node, the master)."""
+        kw = {"username": self.username, "password": self.password}
+        if self.tls:
+            kw["ssl"] = True
+            kw.update((k, v) for k, v in self.options.items() if k in TLS_OPTIONS)
+        return kw
+
+    def sentinel_kwargs(self) -> dict:
+        """redis-py keyword arguments of a connection to a sentinel."""
+        kw = {k[len("sentinel_"):]: v for k, v in self.options.items() if k in SENTINEL_OPTIONS}
+        if self.tls:
+            kw["ssl"] = True
+            kw.update((k, v) for k, v in self.options.items() if k in TLS_OPTIONS)
+        return kw
+
+
+def _bad(url, why: str) -> ConfigError:
+    return ConfigError(f"invalid Redis URL {redacted(url)!r}: {why}")
+
+
+def _hosts(url: str, netloc: str, default_port: int) -> tuple:
+    """(host, port) of each of netloc's comma-separated host[:port] ([v6]:port)."""
+    out = []
+    for part in netloc.split(","):
+        part = part.strip()
+        if part.startswith("["):
+            host, _, port = part[1:].partition("]")
+            if port and not port.startswith(":"):
+                raise _bad(url, f"bad host {part!r}")
+            port = port[1:] or None
+        else:
+            host, colon, port = part.rpartition(":")
+            if not colon:
+                host, port = part, None
+        if not host:
+            raise _bad(url, f"no host in {part!r}" if part else "an empty host in the list" if "," in netloc
+                       else "no hosts (expected host:port,host:port)")
+        if port is None:
+            port = default_port
+        elif not port.isdigit() or not 0 < int(port) < 65536:
+            raise _bad(url, f"bad port {port!r} of host {host!r} (expected a number 1..65535)")
+        out.append((host, int(port)))
+    return tuple(out)
+
+
+def parse_url(url: str) -> Topology:
+    """The Topology a Redis URL names (see the module's doc for the scheme), or ConfigError naming what is
+    wrong with it."""
     if not isinstance(url, str) or not url:
-        raise ConfigError(f"invalid Redis URL {url!r}: expected redis://host:port/db, rediss://... or unix://path")
+        raise ConfigError(f"invalid Redis URL {url!r}: expected redis://host:port/db, rediss://..., unix://path, "
+                          f"redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/master")
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in SCHEMES:
+        raise _bad(url, f"scheme {scheme if sep else '(none)'!r} is not one of {', '.join(SCHEMES)}")
+    base, _, kind = scheme.partition("+")
+    if not kind:
+        return _parse_single(url)
+    tls = base == "rediss"
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, netloc = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if colon else None
+    options = {}
+    for k, v in parse_qsl(query, keep_blank_values=True):
+        allowed = TLS_OPTIONS + (SENTINEL_OPTIONS if kind == "sentinel" else ())
+        if k not in allowed:
+            raise _bad(url, f"unknown option {k!r} (known: {', '.join(allowed)})")
+        if k in TLS_OPTIONS and not tls:
+            raise _bad(url, f"option {k!r} needs TLS ({base}s+{kind}://)")
+        options[k] = v
+    nodes = _hosts(url, netloc, 6379 if kind == "cluster" else 26379)
+    parts = [unquote(p) for p in path.split("/") if p]
+    if kind == "cluster":
+        if parts and parts != ["0"]:
+            raise _bad(url, f"a Redis Cluster has only database 0, not {'/'.join(parts)!r} "
+                            f"(expected {scheme}://host:port,host:port/)")
+        return Topology("cluster", url, nodes, None, 0, username, password, tls, options)
+    if not parts:
+        raise _bad(url, f"no master name (expected {scheme}://host:26379,host:26379/MASTER_NAME[/db])")
+    if len(parts) > 2:
+        raise _bad(url, f"path {path!r} has more than MASTER_NAME/db")
+    db = parts[1] if len(parts) == 2 else "0"
+    if not db.isdigit():
+        raise _bad(url, f"database {db!r} is not a number")
+    return Topology("sentinel", url, nodes, parts[0], int(db), username, password, tls, options)
+
+
+def _parse_single(url: str) -> Topology:
     try:
         p = urlparse(url)
         p.port  # noqa: B018 - raises ValueError on a port that is not a number
     except ValueError as e:
-        raise ConfigError(f"invalid Redis URL {redacted(url)!r}: {e}") from None
-    if p.scheme not in SCHEMES:
-        raise ConfigError(f"invalid Redis URL {redacted(url)!r}: scheme {p.scheme!r} is not one of "
-                          f"{', '.join(SCHEMES)}")
+        raise _bad(url, str(e)) from None
     if p.scheme != "unix" and not p.hostname:
-        raise ConfigError(f"invalid Redis URL {redacted(url)!r}: no host (expected {p.scheme}://host:port/db)")
+        raise _bad(url, f"no host (expected {p.scheme}://host:port/db)")
+    if p.scheme != "unix" and "," in p.netloc:
+        raise _bad(url, f"several hosts in a {p.scheme}:// URL (a Cluster is redis+cluster://, a Sentinel set "
+                        f"redis+sentinel://)")
     db = p.path.strip("/")
     if p.scheme != "unix" and db and not db.isdigit():
-        raise ConfigError(f"invalid Redis URL {redacted(url)!r}: database {db!r} is not a number")
+        raise _bad(url, f"database {db!r} is not a number")
+    return Topology("single", url, ((p.hostname, p.port or 6379),) if p.scheme != "unix" else (),
+                    None, int(db) if db.isdigit() else 0, p.username, p.password, p.scheme == "rediss")
+
+
+def check_url(url: str) -> str:
+    """url if it is a Redis URL xq can use, else ConfigError naming what is wrong."""
+    parse_url(url)
     return url
+
+
+_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:sentinel_)?password=)[^&#]*")
 
 
 def redacted(url: str) -> str:
-    """url with any password replaced by ***, for logs and error messages."""
-    try:
-        p = urlparse(url)
-        password = p.password
-    except ValueError:
+    """url with any password (of the URL's credentials or a sentinel_password= option) replaced by ***,
+    for logs and error messages."""
+    if not isinstance(url, str):
         return url
-    if password:
-        return url.replace(f":{password}@", ":***@", 1)
-    return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    rest, q, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    query = _SECRET_QUERY.sub(r"\1***", query)
+    return f"{scheme}{sep}{userinfo}{at}{hosts}{slash}{path}{q}{query}"
 
 
 def client_options(**kw) -> dict:
@@ -96,13 +233,67 @@ def client_options(**kw) -> dict:
     return kw
 
 
-def make_client(url: str, **kw) -> redis.Redis:
-    """A redis.Redis for url, or ConfigError naming what is wrong with the URL."""
-    check_url(url)
+def make_client(url: str, **kw):
+    """The redis-py client for url: a redis.Redis (one Redis), a RedisCluster (routing each command to its
+    key's slot), or a Sentinel master_for client (finding the master again after a failover); ConfigError
+    if the URL is wrong."""
+    t = parse_url(url)
+    kw = client_options(**kw)
     try:
-        return redis.Redis.from_url(url, **client_options(**kw))
+        if t.kind == "single":
+            return redis.Redis.from_url(url, **kw)
+        if t.kind == "cluster":
+            from redis.cluster import ClusterNode, RedisCluster
+
+            return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in t.nodes], **t.connection_kwargs(),
+                                **kw)
+        from redis.sentinel import Sentinel
+
+        sentinel = Sentinel(list(t.nodes), sentinel_kwargs={**_sentinel_client_options(kw), **t.sentinel_kwargs()},
+                            **t.connection_kwargs(), **kw)
+        return sentinel.master_for(t.master, db=t.db)
     except ValueError as e:
-        raise ConfigError(f"invalid Redis URL {redacted(url)!r}: {e}") from None
+        raise _bad(url, str(e)) from None
+
+
+def make_async_client(url: str, **kw):
+    """As make_client, on redis.asyncio."""
+    import redis.asyncio as aredis
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    t = parse_url(url)
+    kw.setdefault("retry", AsyncRetry(NoBackoff(), 0))
+    kw = client_options(**kw)
+    try:
+        if t.kind == "single":
+            return aredis.Redis.from_url(url, **kw)
+        if t.kind == "cluster":
+            from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+            return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in t.nodes], **t.connection_kwargs(),
+                                **kw)
+        from redis.asyncio.sentinel import Sentinel
+
+        sentinel = Sentinel(list(t.nodes), sentinel_kwargs={**_sentinel_client_options(kw), **t.sentinel_kwargs()},
+                            **t.connection_kwargs(), **kw)
+        return sentinel.master_for(t.master, db=t.db)
+    except ValueError as e:
+        raise _bad(url, str(e)) from None
+
+
+def _sentinel_client_options(kw: dict) -> dict:
+    return {k: kw[k] for k in ("socket_timeout", "socket_connect_timeout", "socket_keepalive") if k in kw}
+
+
+def node_client(url: str, host: str, port: int, asyncio: bool = False, **kw):
+    """A plain client of one node of url's Cluster (the raw pipelined path reaches a slot's master so)."""
+    import redis.asyncio as aredis
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    cls = aredis.Redis if asyncio else redis.Redis
+    if asyncio:
+        kw.setdefault("retry", AsyncRetry(NoBackoff(), 0))
+    return cls(host=host, port=port, **parse_url(url).connection_kwargs(), **client_options(**kw))
 
 
 def dedicated(client: redis.Redis):
@@ -113,6 +304,10 @@ def dedicated(client: redis.Redis):
 
 
 # ---------------------------------------------------------------------------------------------- failures
+_CLUSTER_MOVES = (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.TryAgainError,
+                  redis.exceptions.ClusterDownError, redis.exceptions.SlotNotCoveredError)
+
+
 def _reply_starts(e: BaseException, prefixes) -> bool:
     msg = str(e)
     return any(msg.startswith(p) for p in prefixes)
@@ -156,6 +351,8 @@ def classify(e: BaseException) -> str | None:
     if isinstance(e, (redis.AuthenticationError, redis.exceptions.AuthorizationError,
                       redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationWrongNumberOfArgsError)):
         return "refused"
+    if isinstance(e, _CLUSTER_MOVES):  # a Cluster slot moved or is not served yet: ask again later
+        return "network"
     if isinstance(e, redis.ResponseError):
         if _refusal(e):
             return "refused"

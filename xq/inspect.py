@@ -202,6 +202,7 @@ class Inspector:
             raise ConfigError(f"cannot flush state {state!r}: {why}")
         check_int("chunk", chunk, 1, MAX_CHUNK)
         counts = self.broker.counts(qk)
+        node = self.broker.at(queue)  # the raw path to the queue's slot (its master on a Cluster)
         total = {"queued": counts["queued"], "dead": counts["dead"]}.get(state, counts["sched"])
         deleted = looked = 0
         if state in ("queued", "dead"):
@@ -209,11 +210,11 @@ class Inspector:
                 left = total - looked
                 sizes = [min(chunk, left - k * chunk) for k in range(BULK_DEPTH) if left > k * chunk]
                 if state == "queued":
-                    replies = self.broker.exchange([self.broker.pack_flush(qk, state, n, ttl=result_ttl)
+                    replies = node.exchange([node.pack_flush(qk, state, n, ttl=result_ttl)
                                                     for n in sizes])
                     d, n = sum(r[0] for r in replies), sum(r[1] for r in replies)
                 else:
-                    d = n = sum(self.broker.exchange([self.broker.pack_purge(qk, n) for n in sizes]))
+                    d = n = sum(node.exchange([node.pack_purge(qk, n) for n in sizes]))
                 deleted, looked = deleted + d, looked + n
                 if progress:
                     progress(min(looked, total), total)
@@ -222,7 +223,7 @@ class Inspector:
         else:
             cursor = b"0"
             for _ in range(4 * total // chunk + 100):  # a ZSCAN pass takes about size/chunk steps
-                d, n, cursor = self.broker.exchange([self.broker.pack_flush(qk, state, chunk, cursor,
+                d, n, cursor = node.exchange([node.pack_flush(qk, state, chunk, cursor,
                                                                             result_ttl)])[0]
                 deleted, looked = deleted + d, looked + n
                 if progress:
@@ -244,17 +245,18 @@ class Inspector:
         check_int("count", count, 1, MAX_CHUNK)
         counts = self.broker.counts(qk)
         serving = [w["id"] for w in self.workers() if queue in (w.get("queues") or ())]
-        bound = self.broker.dbsize() // count * 2 + 100  # a SCAN pass takes about dbsize/count steps
+        node = self.broker.at(queue)  # SCAN the node serving the queue's slot (on a Cluster: its master)
+        bound = node.dbsize() // count * 2 + 100  # a SCAN pass takes about dbsize/count steps
         cursor, found, deleted = 0, [], 0
         for _ in range(bound):
-            n, (cursor, keys) = self.broker.unlink_scan(qk, cursor, count, found)
+            n, (cursor, keys) = node.unlink_scan(qk, cursor, count, found)
             deleted += n
             found = keys
             if progress:
                 progress(deleted, None)
             if cursor == 0:
                 break
-        deleted += self.broker.unlink(found)
+        deleted += node.unlink(found)
         self.broker.forget_queue(queue)
         if progress:
             progress(deleted, None)

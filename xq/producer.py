@@ -548,10 +548,11 @@ class Producer(ProducerBase):
     def _send(self, prep: Prepared) -> list:
         """The replies of prep's commands, all sent before any is read (one value per chunk), resent
         through an outage as Resend says."""
-        broker, cmds = self.broker, prep.commands
+        cmds = prep.commands
         rs = Resend(prep, self.chunk, self.retry_for)
         while rs.todo:
             try:
+                broker = self.broker.at(prep.queue)  # on a Cluster: the master of the queue's slot, now
                 for i in rs.todo:
                     broker.send_packed(cmds[i])
                     rs.sent.add(i)
@@ -989,8 +990,7 @@ class Producer(ProducerBase):
         call only ever takes what is still in the set."""
         from .inspect import BULK_DEPTH
 
-        broker = self.broker
-        total = broker.dead_count(qk)
+        total = self.broker.dead_count(qk)
         done: list[str] = []
         looked = 0
         window = RetryWindow(self.retry_for)
@@ -998,6 +998,7 @@ class Producer(ProducerBase):
             left = total - looked
             sizes = [min(chunk, left - k * chunk) for k in range(BULK_DEPTH) if left > k * chunk]
             try:
+                broker = self.broker.at(qk.name)
                 replies = broker.exchange([broker.pack_replay_head(qk, n, prio) for n in sizes])
             except ConnectionLost as e:
                 time.sleep(window.pause(e))
@@ -1024,6 +1025,7 @@ class Producer(ProducerBase):
         window = RetryWindow(self.retry_for)
         while looked < total:  # bounded: each round looks at >= 1 of the `total` ids, or ends the loop
             try:
+                src, dst = broker.at(qk.name), broker.at(tqk.name)  # on a Cluster: two masters, maybe
                 if ids is None:
                     left = total - looked
                     reads = [broker.pack_dead_read(qk, kept + k * chunk, min(chunk, left - k * chunk))
@@ -1033,10 +1035,10 @@ class Producer(ProducerBase):
                     part = ids[looked:looked + chunk * BULK_DEPTH]
                     reads = [broker.pack_dead_read(qk, 0, 0, part[k:k + chunk]) for k in range(0, len(part), chunk)]
                     n = len(part)
-                chunks = broker.exchange(reads)
-                broker.exchange([broker.pack_import(tqk, prio, c[0]) for c in chunks if c[0]])
+                chunks = src.exchange(reads)
+                dst.exchange([broker.pack_import(tqk, prio, c[0]) for c in chunks if c[0]])
                 # the copies are stored: only now may the originals go
-                gone = broker.exchange([broker.pack_remove_dead(qk, c[0][::8] + c[1])
+                gone = src.exchange([broker.pack_remove_dead(qk, c[0][::8] + c[1])
                                         for c in chunks if c[0] or c[1]])
             except ConnectionLost as e:
                 time.sleep(window.pause(e))
@@ -1075,7 +1077,8 @@ class Producer(ProducerBase):
         raw = [raw_id(i) for i in ([ids] if isinstance(ids, str) else ids)]
         gone: list[str] = []
         for i in range(0, len(raw), 500):
-            gone += [esc(t) for t in self.broker.exchange([self.broker.pack_remove_dead(qk, raw[i:i + 500])])[0]]
+            node = self.broker.at(qk.name)
+            gone += [esc(t) for t in node.exchange([node.pack_remove_dead(qk, raw[i:i + 500])])[0]]
         return gone
 
     # --- bulk deletes (delegate to xq.inspect.Inspector) ---
