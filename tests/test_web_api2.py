@@ -1,7 +1,8 @@
 """`xq web`'s second API slice (issue 12): dead letters, flush, batch submit, live events (SSE and
 WebSocket), the failed-auth rate limit.  Real redis-server; a real `xq run` makes dead letters and the
-events; the SSE stream is read from the real `xq web` (uvicorn), the WebSocket through Starlette's
-TestClient (the app in-process: uvicorn has no WebSocket library installed here)."""
+events; the SSE stream and the WebSocket are read from the real `xq web` (uvicorn, with the `websockets`
+library of the web extra; a refused handshake's close code through Starlette's TestClient, since uvicorn
+answers it as HTTP 403)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 import xq
 from xq.web import create_app
@@ -197,9 +200,12 @@ def test_events_over_sse_and_websocket_from_a_real_run(redis_url, r):
                     with tc.websocket_connect("/api/events/ws" + path):
                         pass
                 assert e.value.code == code and words in e.value.reason
+            with pytest.raises(InvalidStatus) as e:  # the same refusal over a real WebSocket: HTTP 403
+                ws_connect(f"ws{base[4:]}/api/events/ws?token=nope", proxy=None, open_timeout=10)
+            assert e.value.response.status_code == 403
             with c.stream("GET", f"/api/events?queue=default&token={READ}") as sse, \
-                    tc.websocket_connect("/api/events/ws?queue=default&states=queued,running,done",
-                                         headers=AS_READ) as ws:
+                    ws_connect(f"ws{base[4:]}/api/events/ws?queue=default&states=queued,running,done",
+                               additional_headers=AS_READ, proxy=None, open_timeout=10) as ws:
                 lines = sse.iter_lines()
                 assert bounded(lambda: next(lines)) == ": subscribed"
                 wait_for(lambda: subscribers(r) == 2, 10, 0.05, "both streams to subscribe")
@@ -218,7 +224,7 @@ def test_events_over_sse_and_websocket_from_a_real_run(redis_url, r):
                 def read_ws():
                     seen = []
                     while "done" not in seen:
-                        ev = ws.receive_json()
+                        ev = orjson.loads(ws.recv(timeout=30))
                         assert ev["id"] == tid and ev["queue"] == "default"
                         seen.append(ev["state"])
                     return seen
@@ -231,3 +237,4 @@ def test_events_over_sse_and_websocket_from_a_real_run(redis_url, r):
     finally:
         stop_process(proc)
     assert ADMIN not in proc.stdout.read()
+
