@@ -1,11 +1,15 @@
 """`xq web`'s second API slice (issue 12): dead letters, flush, batch submit, live events (SSE and
 WebSocket), the failed-auth rate limit.  Real redis-server; a real `xq run` makes dead letters and the
-events; the SSE stream is read from the real `xq web` (uvicorn), the WebSocket through Starlette's
-TestClient (the app in-process: uvicorn has no WebSocket library installed here)."""
+events; the SSE stream and the WebSocket are read from the real `xq web` (uvicorn, with the `websockets`
+library of the web extra; a refused handshake's close code through Starlette's TestClient, since uvicorn
+answers it as HTTP 403)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
 import threading
 
 import httpx
@@ -13,6 +17,8 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 import xq
 from xq.web import create_app
@@ -197,9 +203,12 @@ def test_events_over_sse_and_websocket_from_a_real_run(redis_url, r):
                     with tc.websocket_connect("/api/events/ws" + path):
                         pass
                 assert e.value.code == code and words in e.value.reason
+            with pytest.raises(InvalidStatus) as e:  # the same refusal over a real WebSocket: HTTP 403
+                ws_connect(f"ws{base[4:]}/api/events/ws?token=nope", proxy=None, open_timeout=10)
+            assert e.value.response.status_code == 403
             with c.stream("GET", f"/api/events?queue=default&token={READ}") as sse, \
-                    tc.websocket_connect("/api/events/ws?queue=default&states=queued,running,done",
-                                         headers=AS_READ) as ws:
+                    ws_connect(f"ws{base[4:]}/api/events/ws?queue=default&states=queued,running,done",
+                               additional_headers=AS_READ, proxy=None, open_timeout=10) as ws:
                 lines = sse.iter_lines()
                 assert bounded(lambda: next(lines)) == ": subscribed"
                 wait_for(lambda: subscribers(r) == 2, 10, 0.05, "both streams to subscribe")
@@ -218,7 +227,7 @@ def test_events_over_sse_and_websocket_from_a_real_run(redis_url, r):
                 def read_ws():
                     seen = []
                     while "done" not in seen:
-                        ev = ws.receive_json()
+                        ev = orjson.loads(ws.recv(timeout=30))
                         assert ev["id"] == tid and ev["queue"] == "default"
                         seen.append(ev["state"])
                     return seen
@@ -231,3 +240,104 @@ def test_events_over_sse_and_websocket_from_a_real_run(redis_url, r):
     finally:
         stop_process(proc)
     assert ADMIN not in proc.stdout.read()
+
+
+@pytest.fixture
+def live_app(redis_url):
+    """(app, base URL): the app under uvicorn in a thread (so a test can change its module's settings)."""
+    import uvicorn
+
+    app = create_app(redis_url, tokens=TOKENS)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    wait_for(lambda: server.started, 20, 0.05, "uvicorn to start")
+    yield app, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    t.join(10)
+    assert not t.is_alive(), "uvicorn did not stop"
+
+
+def _small_window() -> socket.socket:
+    """A TCP socket with a small receive buffer: a client that stops reading makes the server's writes
+    wait soon (set before connecting, so the window is small from the start)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return s
+
+
+def test_a_client_that_does_not_read_loses_events_with_a_notice_and_blocks_nobody(live_app, r, monkeypatch):
+    from xq.web import api
+    monkeypatch.setattr(api, "BACKLOG", 1000)
+    _, base = live_app
+    port = int(base.rsplit(":", 1)[1])
+    n, step, filler = 6000, 500, os.urandom(500).hex()  # ~1 KB an event, incompressible: 6 MB in all
+    ids = xq.new_ids(n)
+    order = {t: i for i, t in enumerate(ids)}
+    slow_sse, ws_sock = _small_window(), _small_window()
+    with contextlib.ExitStack() as stack:
+        stack.callback(slow_sse.close)
+        stack.callback(ws_sock.close)
+        slow_sse.connect(("127.0.0.1", port))
+        slow_sse.settimeout(30)
+        slow_sse.sendall(f"GET /api/events?queue=default&token={READ} HTTP/1.1\r\nHost: xq\r\n\r\n".encode())
+        head = b""
+        while b": subscribed" not in head:
+            head += slow_sse.recv(4096)
+        ws_sock.connect(("127.0.0.1", port))
+        slow_ws = stack.enter_context(ws_connect(f"ws{base[4:]}/api/events/ws?queue=default&token={READ}",
+                                                 sock=ws_sock, proxy=None, compression=None, max_queue=2,
+                                                 max_size=None, open_timeout=10))
+        with httpx.Client(base_url=base, timeout=30) as c, \
+                c.stream("GET", f"/api/events?queue=default&token={READ}") as fast:
+            lines = fast.iter_lines()
+            assert bounded(lambda: next(lines)) == ": subscribed"
+            wait_for(lambda: subscribers(r) == 3, 10, 0.05, "three streams to subscribe")
+            got = []
+
+            def read_fast():
+                for line in lines:
+                    if line.startswith("data: "):
+                        got.append(orjson.loads(line[6:]).get("id"))
+                        if len(got) == n:
+                            return
+            reader = threading.Thread(target=read_fast, daemon=True)
+            reader.start()
+            for i in range(0, n, step):  # a step at a time, each read by the fast client before the next
+                for j in range(i, i + step, 50):
+                    r.publish("xq:{default}:events", orjson.dumps(
+                        [{"id": t, "queue": "default", "state": "done", "ts": 1, "result": filler}
+                         for t in ids[j:j + 50]]))
+                wait_for(lambda: len(got) >= i + step, 30, 0.01, "the reading client to get every event")
+            reader.join(10)
+            assert got == ids  # the clients that read nothing did not hold it back
+
+        def read_slow_sse():  # now read: the events held, the notice of what was dropped at the gap, ...
+            buf, got, dropped = b"", [], 0
+            while len(got) + dropped < n:
+                buf += slow_sse.recv(1 << 20)
+                *frames, buf = buf.split(b"\n\n")
+                for f in frames:
+                    if f.startswith(b"event: overflow\ndata: "):
+                        dropped += orjson.loads(f[22:])["dropped"]
+                    elif b"\ndata: " in f:
+                        got.append(orjson.loads(f[f.index(b"\ndata: ") + 7:])["id"])
+            return got, dropped
+
+        def read_slow_ws():
+            got, dropped = [], 0
+            while len(got) + dropped < n:
+                msg = orjson.loads(slow_ws.recv(timeout=30))
+                if msg.get("overflow"):
+                    dropped += msg["dropped"]
+                else:
+                    got.append(msg["id"])
+            return got, dropped
+
+        for read in (read_slow_sse, read_slow_ws):
+            got, dropped = bounded(read)
+            assert dropped > 0 and len(got) + dropped == n, (read.__name__, len(got), dropped)
+            assert sorted(got, key=order.get) == got  # what arrives keeps the published order
+    wait_for(lambda: subscribers(r) == 0, 10, 0.05, "the streams' subscriptions to close")

@@ -566,64 +566,111 @@ async def open_events(state, request):
     return await stream.open()
 
 
-async def _pump(stream, out: asyncio.Queue) -> None:
-    """Events of the stream into out; None at its end (also on an error, logged)."""
-    try:
-        async for ev in stream:
-            await out.put(ev)
-    except ConnectionLost as e:
-        log.warning("event stream ended: %s", e)
-    finally:
-        await out.put(None)
+BACKLOG = 10_000  # events held for a client that reads slower than they come; more are dropped (counted)
+
+
+class _Pump:
+    """A stream's events gathered for one client: a task reads the stream into a list that the writer takes
+    whole (one write for all that came since the last), so the writer's cost is per batch, not per event.
+
+    Never blocks the stream: past BACKLOG events untaken (the client reads slower than the events come, or
+    not at all), the newest are dropped and counted, and the next take reports how many, at the gap."""
+
+    def __init__(self, stream):
+        self.events: list[dict] = []
+        self.dropped = 0
+        self.ended = False
+        self._ready = asyncio.Event()
+        self._stream = stream
+        self._task = asyncio.create_task(self._run(stream))
+
+    async def _run(self, stream) -> None:
+        try:
+            async for ev in stream:
+                if len(self.events) < BACKLOG:
+                    self.events.append(ev)
+                else:
+                    self.dropped += 1
+                self._ready.set()
+        except ConnectionLost as e:
+            log.warning("event stream ended: %s", e)
+        finally:
+            self.ended = True
+            self._ready.set()
+
+    async def take(self, timeout: float | None = None) -> tuple[list[dict], int] | None:
+        """(the events since the last take, how many were dropped after them); ([], 0) after timeout seconds
+        without any; None once the stream has ended (or stop was called) and all is taken."""
+        if not self.events and not self.dropped and not self.ended:
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                return [], 0
+        self._ready.clear()
+        if not self.events and not self.dropped:
+            return None  # ended
+        events, dropped, self.events, self.dropped = self.events, self.dropped, [], 0
+        return events, dropped
+
+    def stop(self) -> None:
+        """End the stream's reading: take returns None from now on (after what is left)."""
+        self._task.cancel()
+
+    async def aclose(self) -> None:
+        """Stop and close the stream (unsubscribe)."""
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._stream.aclose()
+
+
+def _sse(ev: dict) -> bytes:
+    return b"event: " + ev.get("state", "event").encode() + b"\ndata: " + orjson.dumps(ev) + b"\n\n"
 
 
 @endpoint("read", query_token=True)
 async def events_sse(state, request):
+    """GET /api/events: `event: <state>` + `data: <JSON event>` frames, all that came since the last write in
+    one write; `: heartbeat` after state.heartbeat idle seconds; `event: overflow` + `data: {"dropped": n}`
+    where a client reading too slowly lost n events (see _Pump)."""
     from starlette.responses import StreamingResponse
 
     stream = await open_events(state, request)
     heartbeat = state.heartbeat
 
-    async def gone():
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
     async def body():
-        out: asyncio.Queue = asyncio.Queue(maxsize=1000)
-        pump = asyncio.create_task(_pump(stream, out))
-        # the client's going away ends the stream at once, not at the next write (uvicorn does not
-        # cancel a response on a disconnect)
+        pump = _Pump(stream)
+
+        async def gone():  # the client's going away ends the stream at once, not at the next write
+            while (await request.receive())["type"] != "http.disconnect":  # (uvicorn does not cancel a
+                pass                                                        # response on a disconnect)
+            pump.stop()
+
         left = asyncio.create_task(gone())
         try:
             yield b": subscribed\n\n"
-            while True:
-                get = asyncio.ensure_future(out.get())
-                done, _ = await asyncio.wait({get, left}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED)
-                if left in done:
-                    get.cancel()
-                    return
-                if get not in done:
-                    get.cancel()
+            while (got := await pump.take(heartbeat)) is not None:
+                events, dropped = got
+                if not events and not dropped:
                     yield b": heartbeat\n\n"
                     continue
-                ev = get.result()
-                if ev is None:
-                    return
-                yield b"event: " + ev.get("state", "event").encode() + b"\ndata: " + orjson.dumps(ev) + b"\n\n"
+                out = b"".join(map(_sse, events))
+                if dropped:
+                    out += b"event: overflow\ndata: " + orjson.dumps({"dropped": dropped}) + b"\n\n"
+                yield out
         finally:  # the client went away or the stream ended: unsubscribe, shielded from Starlette's
             # cancelling the response on a disconnect (its cancel scope would cut every await here)
             with anyio.CancelScope(shield=True):
-                for t in (pump, left):
-                    t.cancel()
-                await asyncio.gather(pump, left, return_exceptions=True)
-                await stream.aclose()
+                left.cancel()
+                await asyncio.gather(left, return_exceptions=True)
+                await pump.aclose()
 
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def events_ws(websocket) -> None:
-    """WebSocket /api/events/ws: the events as JSON text messages.  An error (bad token, bad filter) refuses
+    """WebSocket /api/events/ws: the events as JSON text messages, and {"overflow": true, "dropped": n}
+    where a client reading too slowly lost n events (see _Pump).  An error (bad token, bad filter) refuses
     the handshake: a close with code 4000 + the HTTP status it stands for (4401, 4403, 4422, 4503) and the
     message as its reason (uvicorn answers such a refusal as HTTP 403)."""
     from starlette.websockets import WebSocketDisconnect
@@ -641,12 +688,15 @@ async def events_ws(websocket) -> None:
         await websocket.close(code=4000 + err.status, reason=err.message[:120])  # a close frame's reason: <= 123 bytes
         return
     await websocket.accept()
-    out: asyncio.Queue = asyncio.Queue(maxsize=1000)
-    pump = asyncio.create_task(_pump(stream, out))
+    pump = _Pump(stream)
 
     async def send():
-        while (ev := await out.get()) is not None:
-            await websocket.send_text(orjson.dumps(ev).decode())
+        while (got := await pump.take()) is not None:
+            events, dropped = got
+            for ev in events:
+                await websocket.send_text(orjson.dumps(ev).decode())
+            if dropped:
+                await websocket.send_text(orjson.dumps({"overflow": True, "dropped": dropped}).decode())
         await websocket.close()
 
     sender = asyncio.create_task(send())
@@ -662,7 +712,6 @@ async def events_ws(websocket) -> None:
     except WebSocketDisconnect:
         return
     finally:
-        for t in (sender, pump):
-            t.cancel()
-        await asyncio.gather(sender, pump, return_exceptions=True)
-        await stream.aclose()
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        await pump.aclose()

@@ -213,8 +213,10 @@ DOCUMENT["paths"].update({
         400, *ADMIN_ERRORS, 404, 413, 507, admin=True, body=BATCH, status=201)},
     "/api/events": {"get": {
         **_op("live task events as Server-Sent Events (text/event-stream): one `event: <state>` with "
-              "`data: <JSON event>` each, a `: heartbeat` comment every 15 s.  The same filters and events "
-              "over a WebSocket at /api/events/ws (JSON text messages; a refused handshake closes with "
+              "`data: <JSON event>` each, a `: heartbeat` comment every 15 s, `event: overflow` with "
+              "`data: {\"dropped\": n}` where a client reading too slowly lost n events.  The same filters "
+              "and events over a WebSocket at /api/events/ws (JSON text messages, {\"overflow\": true, "
+              "\"dropped\": n} for a loss; a refused handshake closes with "
               "4000 + the HTTP status, e.g. 4401).  Browsers' EventSource and WebSocket cannot send headers: "
               "they may pass the token as ?token=, which can end up in proxy and server access logs",
               {"description": "the event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
