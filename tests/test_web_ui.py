@@ -27,6 +27,7 @@ READ = "read-0123456789abcdef"
 TOKENS = [f"ops:admin:{ADMIN}", f"viewer:read:{READ}"]
 APP = "apps.observe:app"
 WAIT = 15_000  # ms: the longest any one expectation waits
+expect.set_options(timeout=WAIT)  # expect()'s own default is 5 s, whatever the context's default timeout
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +138,24 @@ def test_a_task_page_shows_its_progress_bar_move(web, page, redis_url, r, shots)
         r.set("test:go:2", 1)
         expect(page.locator("#progress")).to_have_attribute("value", "100")
         wait_until(lambda: p.status(tid)["status"] == "done", 10, what="the task to finish")
+
+
+def test_unknown_dashboard_paths_answer_an_html_404_and_the_api_json(web, page):
+    login(page, web)
+    for path in ("/nope", "/queues/x/nope", "/tasks/01NOSUCHTASK0000000000000", "/static/nope.js"):
+        resp = page.goto(web + path)
+        assert resp.status == 404, path
+        assert resp.headers["content-type"].startswith("text/html"), path
+        expect(page.locator("h1")).to_have_text("Not found")
+        expect(page.locator("nav")).to_contain_text("Overview")  # in the layout, logged in
+    resp = page.request.post(web + "/workers", form={"x": "1"})
+    assert resp.status == 405 and "GET" in resp.headers["allow"] and "<nav>" in resp.text()
+    for path in ("/api/nope", "/api/queues/x/nope"):
+        resp = page.request.get(web + path, headers={"Authorization": f"Bearer {READ}"})
+        assert resp.status == 404 and resp.json()["error"]["code"] == "not_found", path
+    page.context.clear_cookies()
+    resp = page.goto(web + "/nope")
+    assert resp.status == 404 and page.locator("nav").count() == 0  # no session: no nav
 
 
 def test_replay_a_dead_task_and_purge_the_rest_from_the_dead_letter_page(web, page, redis_url, shots):

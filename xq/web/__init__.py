@@ -95,7 +95,7 @@ def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, 
         sync.close()
 
     app = Starlette(routes=[*ROUTES, *WS_ROUTES, *pages.ROUTES], lifespan=lifespan,  # the API's, then the dashboard's
-                    exception_handlers={HTTPException: api.http_error})  # 404/405 of routing, as JSON
+                    exception_handlers={HTTPException: pages.http_error})  # 404/405: JSON under /api/, else HTML
     app.state.xq = state
     app.state.sessions = Sessions(secret)  # the dashboard's cookie key: secret, $XQ_WEB_SECRET or random
     return app

@@ -440,6 +440,24 @@ async def workers_page(state, request, s):
                              f'{worker_rows(await state.inspector.workers())}</div></div>', s)
 
 
+# ---------------------------------------------------------------- errors
+API_PATHS = ("/api/", "/healthz", "/readyz", "/openapi.json")
+
+
+async def http_error(request: Request, exc) -> Response:
+    """Starlette's own errors (no such route, method not allowed): JSON under the API's paths, an HTML
+    page in the layout elsewhere."""
+    path = request.url.path
+    if path == "/api" or path.startswith(API_PATHS):
+        return await api.http_error(request, exc)
+    title = "Not found" if exc.status_code == 404 else "Error"
+    r = layout(title, f'<p class="err">{e(request.method)} {e(path)}: {e(exc.detail)}</p>'
+                      f'<p><a href="/">Back to the overview</a></p>', current(request))
+    r.status_code = exc.status_code
+    r.headers.update(exc.headers or {})  # a 405's Allow
+    return r
+
+
 STATIC = __file__.rsplit("/", 1)[0] + "/static"
 
 ROUTES = [
