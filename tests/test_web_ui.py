@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 import uvicorn
 
 import xq
 from xq.inspect import Inspector
-from xq.web import create_app
+from xq.web import create_app, pages
 from helpers import free_port, wait_until
 from xqrun import XQRun
 
@@ -43,8 +44,10 @@ def browser():
 
 
 @pytest.fixture
-def web(redis_url):
-    """The base URL of a real uvicorn serving the app, stopped after the test."""
+def web(redis_url, monkeypatch):
+    """The base URL of a real uvicorn serving the app, stopped after the test.  The pages' fallback poll is
+    set to 10 minutes, so anything live within a test came through the event stream."""
+    monkeypatch.setattr(pages, "FALLBACK", 600.0)
     port = free_port()
     app = create_app(redis_url, tokens=TOKENS, secret="test-secret")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -97,23 +100,55 @@ def test_refused_without_a_token_and_a_wrong_one_stays_on_login(web, page, shots
     assert ADMIN not in cookie["value"]
 
 
-def test_a_queue_fills_and_drains_live_without_reload(web, page, redis_url, shots):
-    login(page, web)
-    page.evaluate("window.__same_page = true")
-    ready = page.locator("tr[data-queue=live] td.ready")
+def live_fetches(page) -> list[str]:
+    """The URLs of the page's requests to /ui/live/..., appended as they are made."""
+    seen: list[str] = []
+    page.on("request", lambda req: seen.append(req.url) if "/ui/live/" in req.url else None)
+    return seen
+
+
+def test_a_queue_fills_and_drains_live_from_events_without_polling(web, page, redis_url, shots):
     with xq.Producer(redis_url) as p:
-        p.enqueue_many("ok", [{"i": i} for i in range(30)], queue="live")
-    expect(ready).to_have_text("30")
-    with XQRun(redis_url, app=APP, procs=1, queues="live"):
-        expect(ready).to_have_text("0")
-        expect(page.locator("#live-workers")).to_contain_text("live")
-        assert page.evaluate("window.__same_page") is True  # updated in place, never reloaded
-        page.screenshot(path=os.path.join(shots, "overview.png"), full_page=True)
-        page.set_viewport_size({"width": 375, "height": 700})  # a phone: tables scroll, the page does not
-        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        p.enqueue("ok", {}, queue="live")  # the queue exists when the page opens: its events are followed
+        login(page, web)
+        fetches = live_fetches(page)
+        page.evaluate("window.__same_page = true")
+        ready = page.locator("tr[data-queue=live] td.ready")
+        expect(ready).to_have_text("1")
+        time.sleep(3)  # idle: no events, so no refresh (the old dashboard polled every 1.5 s)
+        assert fetches == []
+        p.enqueue_many("ok", [{"i": i} for i in range(29)], queue="live")
+        expect(ready).to_have_text("30")  # from the queued events (the fallback poll is 10 minutes off)
+        p.enqueue_many("ok", [{"i": i} for i in range(2000)], queue="live")
+        expect(ready).to_have_text("2030")
+        start = time.monotonic()
+        fetches.clear()
+        with XQRun(redis_url, app=APP, procs=1, queues="live"):
+            expect(ready).to_have_text("0")
+            elapsed = time.monotonic() - start
+            # thousands of running/done events, refreshes at most one per 0.75 s (+1 pending, +1 in flight)
+            assert 1 <= len(fetches) <= elapsed / 0.75 + 2, (len(fetches), elapsed)
+            expect(page.locator("#live-workers")).to_contain_text("live")
+            assert page.evaluate("window.__same_page") is True  # updated in place, never reloaded
+            page.screenshot(path=os.path.join(shots, "overview.png"), full_page=True)
 
 
-def test_a_task_page_shows_its_progress_bar_move(web, page, redis_url, r, shots):
+def test_a_new_queue_is_followed_after_a_refresh(web, page, redis_url):
+    with xq.Producer(redis_url) as p:
+        p.enqueue("ok", {}, queue="first")
+        login(page, web)
+        expect(page.locator("tr[data-queue=first] td.ready")).to_have_text("1")
+        p.enqueue("ok", {}, queue="second")  # not followed yet: nothing moves
+        p.enqueue("ok", {}, queue="first")  # an event: the refresh shows the new queue and follows it
+        expect(page.locator("tr[data-queue=second] td.ready")).to_have_text("1")
+        src = page.locator("[data-live]").get_attribute("data-events")
+        assert "second" not in src  # the attribute is the first URL; the script reopened the stream
+        for i in range(3):
+            p.enqueue("ok", {}, queue="second")
+            expect(page.locator("tr[data-queue=second] td.ready")).to_have_text(str(2 + i))
+
+
+def test_a_task_page_shows_its_progress_bar_move(web, page, redis_url, r, shots, monkeypatch):
     login(page, web)
     with xq.Producer(redis_url) as p, XQRun(redis_url, app=APP, procs=1, queues="prog"):
         tid = p.enqueue("steps", {"job": "resize", "sizes": [64, 128]}, queue="prog")
@@ -129,7 +164,10 @@ def test_a_task_page_shows_its_progress_bar_move(web, page, redis_url, r, shots)
         expect(page.locator("#live-attempts")).to_contain_text("attempt 1")
         assert page.evaluate("window.__same_page") is True
         page.screenshot(path=os.path.join(shots, "task.png"), full_page=True)
-        page.goto(web + "/workers")  # the worker is busy with the task, waiting for test:go:2
+        # the worker is busy with the task, waiting for test:go:2: its heartbeat says so, which sends no
+        # event, so the workers page shows it through its fallback poll
+        monkeypatch.setattr(pages, "FALLBACK", 1.0)
+        page.goto(web + "/workers")
         expect(page.locator("#workers tbody tr")).to_have_count(1)
         expect(page.locator("#workers")).to_contain_text("1/1")
         expect(page.locator("#workers a")).to_have_text("steps")
@@ -153,7 +191,9 @@ def test_unknown_dashboard_paths_answer_an_html_404_and_the_api_json(web, page):
     for path in ("/api/nope", "/api/queues/x/nope"):
         resp = page.request.get(web + path, headers={"Authorization": f"Bearer {READ}"})
         assert resp.status == 404 and resp.json()["error"]["code"] == "not_found", path
-    page.context.clear_cookies()
+    page.context.clear_cookies()  # the event stream needs a session (the pages' own open it with theirs)
+    resp = page.request.get(web + "/ui/events")
+    assert resp.status == 401 and resp.json()["error"]["code"] == "unauthorized"
     resp = page.goto(web + "/nope")
     assert resp.status == 404 and page.locator("nav").count() == 0  # no session: no nav
 

@@ -119,4 +119,5 @@ def serve(url: str | None = None, *, host: str = "127.0.0.1", port: int = 8080, 
         log.info("xq web: %d token(s): %s", len(tokens), ", ".join(f"{t.name} ({t.role})" for t in tokens))
     else:
         log.warning("xq web: no tokens: every request on %s is allowed as admin (loopback only)", host)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    # open event streams (dashboards, /api/events) end at most 3 s after SIGINT/SIGTERM, not when clients go
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)

@@ -491,6 +491,12 @@ async def _pump(stream, out: asyncio.Queue) -> None:
 
 @endpoint("read", query_token=True)
 async def events_sse(state, request):
+    return await sse_response(state, request)
+
+
+async def sse_response(state, request) -> Response:
+    """The SSE response of the request's filters (the caller checked who may read them): also the
+    dashboard's /ui/events, authenticated by its session cookie."""
     from starlette.responses import StreamingResponse
 
     stream = await open_events(state, request)

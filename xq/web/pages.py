@@ -3,8 +3,9 @@
 Login with a token (xq.web.session: signed cookie, CSRF, failed-login limit); every page needs a session
 (anonymous admin when the app runs without tokens, loopback only).  Writes (pause/resume, replay, purge)
 are form POSTs carrying the session's CSRF token and are checked for the admin role on the server.
-Live parts poll /ui/live/... every 1.5 s (static/app.js); SSE (/api/events) should replace the polling
-once it exists.
+Live parts (data-live) are refreshed from /ui/live/... when the page's event stream (/ui/events, the API's
+SSE over the session cookie) says something changed, at most once every 0.75 s, and by a slow fallback
+poll (FALLBACK) for what changes without events (workers' heartbeats); static/app.js.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import ConfigError, UnknownTask
 from ..inspect import FINISHED, LISTED
+from ..producer import EVENT_STATES
 from . import api, auth
 from .session import COOKIE, TTL
 
@@ -31,6 +33,8 @@ log = logging.getLogger("xq.web")
 STATES = (*LISTED, *FINISHED)
 PAGE = 50
 MAX_FORM = 1024 * 1024  # bytes of a form body (a replay of many selected ids)
+FALLBACK = 10.0  # seconds between the live parts' fallback polls (events trigger the refreshes)
+COUNT_STATES = ",".join(x for x in EVENT_STATES if x != "progress")  # the events that change counts
 
 
 class Form(dict):
@@ -83,6 +87,22 @@ def layout(title: str, body: str, session: dict | None) -> HTMLResponse:
 
 def csrf_field(session: dict) -> str:
     return f'<input type="hidden" name="csrf" value="{e(session["csrf"])}">'
+
+
+def live(url: str, events: str, inner: str) -> str:
+    """A live block: refreshed from url (JSON {"parts": {element id: html}, "events": url}) when the
+    event stream at events sends anything, and every FALLBACK seconds."""
+    return (f'<div data-live="{e(url)}" data-events="{e(events)}" data-poll="{round(FALLBACK * 1000)}">'
+            f'{inner}</div>')
+
+
+def live_json(parts: dict, events: str) -> Response:
+    return Response(orjson.dumps({"parts": parts, "events": events}), media_type="application/json")
+
+
+def queue_events(names: list[str]) -> str:
+    """The event stream URL of the count-changing events of these queues."""
+    return "/ui/events?" + urlencode({"queue": ",".join(names), "states": COUNT_STATES})
 
 
 def sparkline(rows: list[dict], w: int = 120, h: int = 24) -> str:
@@ -220,25 +240,27 @@ def worker_rows(workers: list[dict]) -> str:
             + (rows or '<tr><td colspan=7>no live workers</td></tr>') + "</tbody></table>")
 
 
-async def overview_parts(state) -> tuple[str, str]:
+async def overview_parts(state) -> tuple[str, str, str]:
+    """The queues' and the workers' tables and the event stream URL of the queues."""
     queues = await state.inspector.queues()
     names = [q.get("queue") or q.get("name") for q in queues]
     hists = await asyncio.gather(*(state.inspector.history(n, minutes=60) for n in names))
-    return queue_rows(queues, dict(zip(names, hists))), worker_rows(await state.inspector.workers())
+    return queue_rows(queues, dict(zip(names, hists))), worker_rows(await state.inspector.workers()), \
+        queue_events(names)
 
 
 @page()
 async def overview(state, request, s):
-    qs, ws = await overview_parts(state)
-    body = (f'<div data-live="/ui/live/overview"><section><h2>Queues</h2><div id="live-queues">{qs}</div></section>'
-            f'<section><h2>Workers</h2><div id="live-workers">{ws}</div></section></div>')
+    qs, ws, events = await overview_parts(state)
+    body = live("/ui/live/overview", events, f'<section><h2>Queues</h2><div id="live-queues">{qs}</div></section>'
+                f'<section><h2>Workers</h2><div id="live-workers">{ws}</div></section>')
     return layout("Overview", body, s)
 
 
 @page()
 async def live_overview(state, request, s):
-    qs, ws = await overview_parts(state)
-    return Response(orjson.dumps({"live-queues": qs, "live-workers": ws}), media_type="application/json")
+    qs, ws, events = await overview_parts(state)
+    return live_json({"live-queues": qs, "live-workers": ws}, events)
 
 
 # ---------------------------------------------------------------- queue
@@ -310,7 +332,7 @@ def progress_bar(view: dict) -> str:
     pct = float(pct or 0)
     msg = p.get("msg") if isinstance(p, dict) else None
     return (f'<progress id="progress" max="100" value="{pct:g}">{pct:g}%</progress> '
-            f'<span id="progress-pct">{pct:g}%</span> <span>{e(msg)}</span>')
+            f'<span id="progress-pct">{pct:g}%</span> <span id="progress-msg">{e(msg)}</span>')
 
 
 def preview(v) -> str:
@@ -362,9 +384,11 @@ async def task_page(state, request, s):
         except Exception as err:  # noqa: BLE001 - a malformed result is shown, not raised
             result = f"<p class=err>{e(err)}</p>"
     payload = await state.inspector.payload(view["queue"], tid)
-    body = (f'<div data-live="/ui/live/task/{quote(tid)}?queue={quote(view["queue"])}">'
-            f'<div id="live-status">{status_line(view)}</div>'
-            f'<div id="live-progress">{progress_bar(view)}</div></div>'
+    q = view["queue"]
+    body = (f'<div data-task="{e(tid)}">'
+            + live(f"/ui/live/task/{quote(tid)}?queue={quote(q)}", task_events(tid, q),
+                   f'<div id="live-status">{status_line(view)}</div><div id="live-progress">{progress_bar(view)}</div>')
+            + '</div>'
             f'<h2>Payload</h2>{payload_preview(payload)}'
             f'<h2>Result</h2>{result or "<i>none yet</i>"}'
             + (f'<h2>Error</h2><pre class=err>{e(view.get("error"))}</pre>' if view.get("error") else "")
@@ -376,9 +400,13 @@ async def task_page(state, request, s):
 async def live_task(state, request, s):
     tid = request.path_params["task_id"]
     view = await task_view(state, tid, request.query_params.get("queue") or None)
-    return Response(orjson.dumps({"live-status": status_line(view), "live-progress": progress_bar(view),
-                                  "live-attempts": timeline(view)}),
-                    media_type="application/json")
+    return live_json({"live-status": status_line(view), "live-progress": progress_bar(view),
+                      "live-attempts": timeline(view)}, task_events(tid, view["queue"]))
+
+
+def task_events(tid: str, queue: str) -> str:
+    """The event stream URL of one task's events (progress too: app.js moves the bar from them)."""
+    return "/ui/events?" + urlencode({"ids": tid, "queue": queue})
 
 
 # ---------------------------------------------------------------- dead letters
@@ -433,14 +461,35 @@ async def dead_purge(state, request, s):
 
 
 # ---------------------------------------------------------------- workers
+async def workers_parts(state) -> tuple[str, str]:
+    """The workers' table and the event stream URL of the queues they serve."""
+    workers = await state.inspector.workers()
+    return worker_rows(workers), queue_events(sorted({q for w in workers for q in w.get("queues", [])}))
+
+
 @page()
 async def workers_page(state, request, s):
-    # live through the overview's poll (its queue part is ignored here): SSE should replace it
-    return layout("Workers", f'<div data-live="/ui/live/overview"><div id="live-workers">'
-                             f'{worker_rows(await state.inspector.workers())}</div></div>', s)
+    ws, events = await workers_parts(state)
+    return layout("Workers", live("/ui/live/workers", events, f'<div id="live-workers">{ws}</div>'), s)
 
 
-# ---------------------------------------------------------------- errors
+@page()
+async def live_workers(state, request, s):
+    ws, events = await workers_parts(state)
+    return live_json({"live-workers": ws}, events)
+
+
+# ---------------------------------------------------------------- events, errors
+async def _ui_events(state, request):
+    if current(request) is None:
+        raise api.ApiError(401, "unauthorized", "log in to the dashboard first (no session cookie)")
+    return await api.sse_response(state, request)
+
+
+# GET /ui/events: the API's SSE stream (same filters: queue=, ids=, states=) for the dashboard's pages,
+# authenticated by the session cookie (any role: it only reads); errors as the API's JSON
+ui_events = api.endpoint(None)(_ui_events)
+
 API_PATHS = ("/api/", "/healthz", "/readyz", "/openapi.json")
 
 
@@ -473,6 +522,8 @@ ROUTES = [
     Route("/queues/{queue}/dead/purge", dead_purge, methods=["POST"]),
     Route("/tasks/{task_id}", task_page),
     Route("/ui/live/overview", live_overview),
+    Route("/ui/live/workers", live_workers),
     Route("/ui/live/task/{task_id}", live_task),
+    Route("/ui/events", ui_events),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
 ]
