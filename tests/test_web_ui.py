@@ -178,6 +178,45 @@ def test_a_task_page_shows_its_progress_bar_move(web, page, redis_url, r, shots,
         wait_until(lambda: p.status(tid)["status"] == "done", 10, what="the task to finish")
 
 
+def test_the_queue_page_charts_done_and_failed_per_minute_and_updates_live(web, page, redis_url, shots):
+    with xq.Producer(redis_url) as p:
+        p.enqueue_many("ok", [{"i": i} for i in range(12)], queue="ch")
+        p.enqueue_many("boom", [{"i": i} for i in range(3)], queue="ch")
+        XQRun(redis_url, app=APP, procs=1, queues="ch", burst=True).wait(30)
+        with Inspector(redis_url) as insp:  # the busiest minutes (the run may straddle a minute's end)
+            hist = insp.history("ch", minutes=60)
+        peak_done, peak_failed = max(h["done"] for h in hist), max(h["failed"] for h in hist)
+        login(page, web, path="/queues/ch")
+        chart = page.locator("svg#chart")
+        expect(chart.locator("polyline.done")).to_have_count(1)
+        expect(chart.locator("polyline.failed")).to_have_count(1)
+        assert len(chart.locator("polyline.done").get_attribute("points").split()) == 60  # one point a minute
+        expect(page.locator("#sum-done")).to_have_text("12")
+        expect(page.locator("#sum-failed")).to_have_text("3")
+        expect(chart.locator("text.top")).to_have_text(str(peak_done))  # the scale's top: the busiest minute
+        expect(chart).to_contain_text("-1 h")
+        page.screenshot(path=os.path.join(shots, "queue-chart.png"), full_page=True)
+        page.goto(web + "/")  # the overview's sparkline: done and failed on one scale
+        spark = page.locator("tr[data-queue=ch] svg.spark")
+        expect(spark.locator("polyline.done")).to_have_count(1)
+        expect(spark.locator("polyline.failed")).to_have_count(1)
+        expect(spark).to_have_attribute("aria-label", f"per minute: done max {peak_done}, failed max {peak_failed}")
+        page.goto(web + "/queues/ch")
+        page.click(".spans a:has-text('24 h')")
+        expect(page).to_have_url(web + "/queues/ch?state=queued&minutes=1440")
+        expect(chart).to_contain_text("-24 h")
+        assert len(chart.locator("polyline.failed").get_attribute("points").split()) == 1440
+        expect(page.locator("#sum-done")).to_have_text("12")
+        # live: the counts and the chart follow the queue's events
+        p.enqueue_many("ok", [{"i": i} for i in range(5)], queue="ch")
+        expect(page.locator("#live-counts b.ready")).to_have_text("5")
+        XQRun(redis_url, app=APP, procs=1, queues="ch", burst=True).wait(30)
+        expect(page.locator("#sum-done")).to_have_text("17")
+        expect(page.locator("#live-counts b.ready")).to_have_text("0")
+        resp = page.request.get(web + "/queues/ch?minutes=7")
+        assert resp.status == 422 and "60, 360, 1440" in resp.text()
+
+
 def test_unknown_dashboard_paths_answer_an_html_404_and_the_api_json(web, page):
     login(page, web)
     for path in ("/nope", "/queues/x/nope", "/tasks/01NOSUCHTASK0000000000000", "/static/nope.js"):
@@ -196,6 +235,25 @@ def test_unknown_dashboard_paths_answer_an_html_404_and_the_api_json(web, page):
     assert resp.status == 401 and resp.json()["error"]["code"] == "unauthorized"
     resp = page.goto(web + "/nope")
     assert resp.status == 404 and page.locator("nav").count() == 0  # no session: no nav
+
+
+def test_pages_fit_a_narrow_screen(web, browser, redis_url, shots):
+    ctx = browser.new_context(viewport={"width": 375, "height": 700})
+    ctx.set_default_timeout(WAIT)
+    pg = ctx.new_page()
+    try:
+        with xq.Producer(redis_url) as p:
+            tid = p.enqueue("boom", {"a-long-payload-key": "x" * 300}, queue="a-rather-long-queue-name")
+            XQRun(redis_url, app=APP, procs=1, queues="a-rather-long-queue-name", burst=True).wait(30)
+            login(pg, web)
+            for path in ("/", "/workers", "/queues/a-rather-long-queue-name",
+                         "/queues/a-rather-long-queue-name/dead", f"/tasks/{tid}", "/nope"):
+                pg.goto(web + path)
+                assert pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), path
+                if path.startswith("/queues/") and not path.endswith("/dead"):
+                    pg.screenshot(path=os.path.join(shots, "queue-narrow.png"), full_page=True)
+    finally:
+        ctx.close()
 
 
 def test_replay_a_dead_task_and_purge_the_rest_from_the_dead_letter_page(web, page, redis_url, shots):

@@ -35,6 +35,7 @@ PAGE = 50
 MAX_FORM = 1024 * 1024  # bytes of a form body (a replay of many selected ids)
 FALLBACK = 10.0  # seconds between the live parts' fallback polls (events trigger the refreshes)
 COUNT_STATES = ",".join(x for x in EVENT_STATES if x != "progress")  # the events that change counts
+SPANS = {60: "1 h", 360: "6 h", 1440: "24 h"}  # the queue page's chart spans, in minutes
 
 
 class Form(dict):
@@ -105,13 +106,50 @@ def queue_events(names: list[str]) -> str:
     return "/ui/events?" + urlencode({"queue": ",".join(names), "states": COUNT_STATES})
 
 
+def series(rows: list[dict], key: str, x0: float, y0: float, w: float, h: float, top: float) -> str:
+    """The points of a polyline of rows[i][key] in the box (x0, y0, w, h), top the value at its top."""
+    step = w / max(1, len(rows) - 1)
+    return " ".join(f"{x0 + i * step:.1f},{y0 + h - (r.get(key) or 0) / top * h:.1f}" for i, r in enumerate(rows))
+
+
 def sparkline(rows: list[dict], w: int = 120, h: int = 24) -> str:
-    vals = [r.get("done", 0) for r in rows] or [0]
-    top = max(vals) or 1
-    step = w / max(1, len(vals) - 1)
-    pts = " ".join(f"{i * step:.1f},{h - v / top * (h - 2) - 1:.1f}" for i, v in enumerate(vals))
+    """Done (blue) and failed (red) per minute, on one scale."""
+    rows = rows or [{}]
+    done, failed = (max(r.get(k) or 0 for r in rows) for k in ("done", "failed"))
+    top = max(done, failed) or 1
     return (f'<svg class="spark" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" '
-            f'aria-label="done per minute, max {top}"><polyline points="{pts}"/></svg>')
+            f'aria-label="per minute: done max {done}, failed max {failed}"><title>per minute: done max {done}, '
+            f'failed max {failed}</title><polyline class="done" points="{series(rows, "done", 0, 1, w, h - 2, top)}"/>'
+            f'<polyline class="failed" points="{series(rows, "failed", 0, 1, w, h - 2, top)}"/></svg>')
+
+
+def span_label(minutes: int) -> str:
+    return f"{minutes // 60} h" if minutes % 60 == 0 else f"{minutes} min"
+
+
+def chart(rows: list[dict], minutes: int, w: int = 640, h: int = 180) -> str:
+    """Throughput (done/min) and failures (failed/min) over the history rows, an inline SVG with its scale
+    (0 and the top value, the span) and a legend with the totals."""
+    rows = rows or [{}]
+    peak = max(max(r.get("done") or 0, r.get("failed") or 0) for r in rows)
+    top = peak or 1
+    x0, y0, pw, ph = 52, 10, w - 60, h - 32
+    grid = "".join(f'<line class="grid" x1="{x0}" x2="{x0 + pw}" y1="{y0 + ph * f:.1f}" y2="{y0 + ph * f:.1f}"/>'
+                   for f in (0, 0.5, 1))
+    labels = (f'<text x="{x0 - 4}" y="{y0 + 4}" text-anchor="end" class="top">{top}</text>'
+              + (f'<text x="{x0 - 4}" y="{y0 + ph / 2 + 4:.1f}" text-anchor="end">{top / 2:g}</text>'
+                 if top > 1 else "")
+              + f'<text x="{x0 - 4}" y="{y0 + ph + 4}" text-anchor="end">0</text>'
+              f'<text x="{x0}" y="{h - 4}">-{span_label(minutes)}</text>'
+              f'<text x="{x0 + pw}" y="{h - 4}" text-anchor="end">now</text>')
+    done, failed = (sum(r.get(k) or 0 for r in rows) for k in ("done", "failed"))
+    svg = (f'<svg id="chart" class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="done and failed tasks per '
+           f'minute over the last {span_label(minutes)}, scale 0 to {top}">{grid}{labels}'
+           f'<polyline class="done" points="{series(rows, "done", x0, y0, pw, ph, top)}"/>'
+           f'<polyline class="failed" points="{series(rows, "failed", x0, y0, pw, ph, top)}"/></svg>')
+    return (f'{svg}<p class="legend"><span class="done">■ done/min</span> <span class="failed">■ failed/min</span>'
+            f' · in the last {span_label(minutes)}: <b id="sum-done">{done}</b> done, <b id="sum-failed">{failed}'
+            f'</b> failed · busiest minute {peak}</p>')
 
 
 # ---------------------------------------------------------------- sessions
@@ -277,8 +315,10 @@ async def queue_page(state, request, s):
         offset = max(0, int(request.query_params.get("offset", 0)))
     except ValueError:
         raise ConfigError("invalid offset: expected an integer") from None
+    minutes = chart_minutes(request)
     info = await state.inspector.queue(q)
     tasks = await state.inspector.tasks(q, st, offset=offset, limit=PAGE)
+    hist = await state.inspector.history(q, minutes=minutes)
     rows = "".join(
         f'<tr><td><a href="/tasks/{quote(t["id"])}?queue={quote(q)}">{e(t["id"])}</a></td><td>{e(t.get("name"))}</td>'
         f'<td class="n">{e(t.get("priority"))}</td><td class="n">{e(t.get("attempts"))}</td>'
@@ -295,15 +335,40 @@ async def queue_page(state, request, s):
         act = "resume" if paused else "pause"
         write = (f'<form method="post" action="/queues/{quote(q)}/{act}" class="inline">{csrf_field(s)}'
                  f'<button id="{act}">{act.capitalize()}</button></form>')
-    counts = " · ".join(f'{k} <b>{e(info.get(k))}</b>' for k in ("ready", "running", "scheduled", "retrying",
-                                                                  "waiting", "dead"))
-    body = (f'<p>{counts} · <span id="paused">{"paused" if paused else "running"}</span> {write} '
-            f'<a href="/queues/{quote(q)}/dead">dead letters</a></p>'
-            f'<form method="get" class="inline"><input name="id" placeholder="task id" aria-label="task id">'
+    spans = " ".join(f'<a class="{"on" if m == minutes else ""}" '
+                     f'href="?{urlencode({"state": st, "minutes": m})}">{label}</a>' for m, label in SPANS.items())
+    live_url = f"/ui/live/queue/{quote(q)}?minutes={minutes}"
+    body = (live(live_url, queue_events([q]), f'<p><span id="live-counts">{queue_counts(info)}</span> · '
+                 f'<span id="paused">{"paused" if paused else "running"}</span> {write} '
+                 f'<a href="/queues/{quote(q)}/dead">dead letters</a></p>'
+                 f'<h2>Throughput and failures</h2><p class="tabs spans">{spans}</p>'
+                 f'<div id="live-chart">{chart(hist, minutes)}</div>')
+            + '<h2>Tasks</h2><form method="get" class="inline">'
+            f'<input name="id" placeholder="task id" aria-label="task id">'
             f'<button>Find</button></form><p class="tabs">{tabs}</p>'
             f'<table id="tasks"><thead><tr><th>Id</th><th>Name</th><th>Prio</th><th>Attempts</th><th>Error</th>'
             f'</tr></thead><tbody>{rows or "<tr><td colspan=5>none</td></tr>"}</tbody></table><p>{nav}</p>')
     return layout(f"Queue {q}", body, s)
+
+
+def chart_minutes(request: Request) -> int:
+    raw = request.query_params.get("minutes", "60")
+    if not raw.isdigit() or int(raw) not in SPANS:
+        raise ConfigError(f"invalid minutes {raw!r}: expected one of {', '.join(map(str, SPANS))}")
+    return int(raw)
+
+
+def queue_counts(info: dict) -> str:
+    return " · ".join(f'{k} <b class="{k}">{e(info.get(k))}</b>' for k in ("ready", "running", "scheduled",
+                                                                          "retrying", "waiting", "dead"))
+
+
+@page()
+async def live_queue(state, request, s):
+    q = request.path_params["queue"]
+    minutes = chart_minutes(request)
+    info, hist = await asyncio.gather(state.inspector.queue(q), state.inspector.history(q, minutes=minutes))
+    return live_json({"live-counts": queue_counts(info), "live-chart": chart(hist, minutes)}, queue_events([q]))
 
 
 @page("admin", write=True)
@@ -523,6 +588,7 @@ ROUTES = [
     Route("/tasks/{task_id}", task_page),
     Route("/ui/live/overview", live_overview),
     Route("/ui/live/workers", live_workers),
+    Route("/ui/live/queue/{queue}", live_queue),
     Route("/ui/live/task/{task_id}", live_task),
     Route("/ui/events", ui_events),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
