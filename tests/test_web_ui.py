@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 import uvicorn
 
 import xq
 from xq.inspect import Inspector
-from xq.web import create_app
+from xq.web import create_app, pages
 from helpers import free_port, wait_until
 from xqrun import XQRun
 
@@ -27,6 +28,7 @@ READ = "read-0123456789abcdef"
 TOKENS = [f"ops:admin:{ADMIN}", f"viewer:read:{READ}"]
 APP = "apps.observe:app"
 WAIT = 15_000  # ms: the longest any one expectation waits
+expect.set_options(timeout=WAIT)  # expect()'s own default is 5 s, whatever the context's default timeout
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,10 @@ def browser():
 
 
 @pytest.fixture
-def web(redis_url):
-    """The base URL of a real uvicorn serving the app, stopped after the test."""
+def web(redis_url, monkeypatch):
+    """The base URL of a real uvicorn serving the app, stopped after the test.  The pages' fallback poll is
+    set to 10 minutes, so anything live within a test came through the event stream."""
+    monkeypatch.setattr(pages, "FALLBACK", 600.0)
     port = free_port()
     app = create_app(redis_url, tokens=TOKENS, secret="test-secret")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -96,23 +100,55 @@ def test_refused_without_a_token_and_a_wrong_one_stays_on_login(web, page, shots
     assert ADMIN not in cookie["value"]
 
 
-def test_a_queue_fills_and_drains_live_without_reload(web, page, redis_url, shots):
-    login(page, web)
-    page.evaluate("window.__same_page = true")
-    ready = page.locator("tr[data-queue=live] td.ready")
+def live_fetches(page) -> list[str]:
+    """The URLs of the page's requests to /ui/live/..., appended as they are made."""
+    seen: list[str] = []
+    page.on("request", lambda req: seen.append(req.url) if "/ui/live/" in req.url else None)
+    return seen
+
+
+def test_a_queue_fills_and_drains_live_from_events_without_polling(web, page, redis_url, shots):
     with xq.Producer(redis_url) as p:
-        p.enqueue_many("ok", [{"i": i} for i in range(30)], queue="live")
-    expect(ready).to_have_text("30")
-    with XQRun(redis_url, app=APP, procs=1, queues="live"):
-        expect(ready).to_have_text("0")
-        expect(page.locator("#live-workers")).to_contain_text("live")
-        assert page.evaluate("window.__same_page") is True  # updated in place, never reloaded
-        page.screenshot(path=os.path.join(shots, "overview.png"), full_page=True)
-        page.set_viewport_size({"width": 375, "height": 700})  # a phone: tables scroll, the page does not
-        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        p.enqueue("ok", {}, queue="live")  # the queue exists when the page opens: its events are followed
+        login(page, web)
+        fetches = live_fetches(page)
+        page.evaluate("window.__same_page = true")
+        ready = page.locator("tr[data-queue=live] td.ready")
+        expect(ready).to_have_text("1")
+        time.sleep(3)  # idle: no events, so no refresh (the old dashboard polled every 1.5 s)
+        assert len(fetches) <= 1, fetches  # (one if the stream was reopened: a refresh after a reconnect)
+        p.enqueue_many("ok", [{"i": i} for i in range(29)], queue="live")
+        expect(ready).to_have_text("30")  # from the queued events (the fallback poll is 10 minutes off)
+        p.enqueue_many("ok", [{"i": i} for i in range(2000)], queue="live")
+        expect(ready).to_have_text("2030")
+        start = time.monotonic()
+        fetches.clear()
+        with XQRun(redis_url, app=APP, procs=1, queues="live"):
+            expect(ready).to_have_text("0")
+            elapsed = time.monotonic() - start
+            # thousands of running/done events, refreshes at most one per 0.75 s (+1 pending, +1 in flight)
+            assert 1 <= len(fetches) <= elapsed / 0.75 + 2, (len(fetches), elapsed)
+            expect(page.locator("#live-workers")).to_contain_text("live")
+            assert page.evaluate("window.__same_page") is True  # updated in place, never reloaded
+            page.screenshot(path=os.path.join(shots, "overview.png"), full_page=True)
 
 
-def test_a_task_page_shows_its_progress_bar_move(web, page, redis_url, r, shots):
+def test_a_new_queue_is_followed_after_a_refresh(web, page, redis_url):
+    with xq.Producer(redis_url) as p:
+        p.enqueue("ok", {}, queue="first")
+        login(page, web)
+        expect(page.locator("tr[data-queue=first] td.ready")).to_have_text("1")
+        p.enqueue("ok", {}, queue="second")  # not followed yet: nothing moves
+        p.enqueue("ok", {}, queue="first")  # an event: the refresh shows the new queue and follows it
+        expect(page.locator("tr[data-queue=second] td.ready")).to_have_text("1")
+        src = page.locator("[data-live]").get_attribute("data-events")
+        assert "second" not in src  # the attribute is the first URL; the script reopened the stream
+        for i in range(3):
+            p.enqueue("ok", {}, queue="second")
+            expect(page.locator("tr[data-queue=second] td.ready")).to_have_text(str(2 + i))
+
+
+def test_a_task_page_shows_its_progress_bar_move(web, page, redis_url, r, shots, monkeypatch):
     login(page, web)
     with xq.Producer(redis_url) as p, XQRun(redis_url, app=APP, procs=1, queues="prog"):
         tid = p.enqueue("steps", {"job": "resize", "sizes": [64, 128]}, queue="prog")
@@ -128,7 +164,10 @@ def test_a_task_page_shows_its_progress_bar_move(web, page, redis_url, r, shots)
         expect(page.locator("#live-attempts")).to_contain_text("attempt 1")
         assert page.evaluate("window.__same_page") is True
         page.screenshot(path=os.path.join(shots, "task.png"), full_page=True)
-        page.goto(web + "/workers")  # the worker is busy with the task, waiting for test:go:2
+        # the worker is busy with the task, waiting for test:go:2: its heartbeat says so, which sends no
+        # event, so the workers page shows it through its fallback poll
+        monkeypatch.setattr(pages, "FALLBACK", 1.0)
+        page.goto(web + "/workers")
         expect(page.locator("#workers tbody tr")).to_have_count(1)
         expect(page.locator("#workers")).to_contain_text("1/1")
         expect(page.locator("#workers a")).to_have_text("steps")
@@ -137,6 +176,84 @@ def test_a_task_page_shows_its_progress_bar_move(web, page, redis_url, r, shots)
         r.set("test:go:2", 1)
         expect(page.locator("#progress")).to_have_attribute("value", "100")
         wait_until(lambda: p.status(tid)["status"] == "done", 10, what="the task to finish")
+
+
+def test_the_queue_page_charts_done_and_failed_per_minute_and_updates_live(web, page, redis_url, shots):
+    with xq.Producer(redis_url) as p:
+        p.enqueue_many("ok", [{"i": i} for i in range(12)], queue="ch")
+        p.enqueue_many("boom", [{"i": i} for i in range(3)], queue="ch")
+        XQRun(redis_url, app=APP, procs=1, queues="ch", burst=True).wait(30)
+        with Inspector(redis_url) as insp:  # the busiest minutes (the run may straddle a minute's end)
+            hist = insp.history("ch", minutes=60)
+        peak_done, peak_failed = max(h["done"] for h in hist), max(h["failed"] for h in hist)
+        login(page, web, path="/queues/ch")
+        chart = page.locator("svg#chart")
+        expect(chart.locator("polyline.done")).to_have_count(1)
+        expect(chart.locator("polyline.failed")).to_have_count(1)
+        assert len(chart.locator("polyline.done").get_attribute("points").split()) == 60  # one point a minute
+        expect(page.locator("#sum-done")).to_have_text("12")
+        expect(page.locator("#sum-failed")).to_have_text("3")
+        expect(chart.locator("text.top")).to_have_text(str(peak_done))  # the scale's top: the busiest minute
+        expect(chart).to_contain_text("-1 h")
+        page.screenshot(path=os.path.join(shots, "queue-chart.png"), full_page=True)
+        page.goto(web + "/")  # the overview's sparkline: done and failed on one scale
+        spark = page.locator("tr[data-queue=ch] svg.spark")
+        expect(spark.locator("polyline.done")).to_have_count(1)
+        expect(spark.locator("polyline.failed")).to_have_count(1)
+        expect(spark).to_have_attribute("aria-label", f"per minute: done max {peak_done}, failed max {peak_failed}")
+        page.goto(web + "/queues/ch")
+        page.click(".spans a:has-text('24 h')")
+        expect(page).to_have_url(web + "/queues/ch?state=queued&minutes=1440")
+        expect(chart).to_contain_text("-24 h")
+        assert len(chart.locator("polyline.failed").get_attribute("points").split()) == 1440
+        expect(page.locator("#sum-done")).to_have_text("12")
+        # live: the counts and the chart follow the queue's events
+        p.enqueue_many("ok", [{"i": i} for i in range(5)], queue="ch")
+        expect(page.locator("#live-counts b.ready")).to_have_text("5")
+        XQRun(redis_url, app=APP, procs=1, queues="ch", burst=True).wait(30)
+        expect(page.locator("#sum-done")).to_have_text("17")
+        expect(page.locator("#live-counts b.ready")).to_have_text("0")
+        resp = page.request.get(web + "/queues/ch?minutes=7")
+        assert resp.status == 422 and "60, 360, 1440" in resp.text()
+
+
+def test_unknown_dashboard_paths_answer_an_html_404_and_the_api_json(web, page):
+    login(page, web)
+    for path in ("/nope", "/queues/x/nope", "/tasks/01NOSUCHTASK0000000000000", "/static/nope.js"):
+        resp = page.goto(web + path)
+        assert resp.status == 404, path
+        assert resp.headers["content-type"].startswith("text/html"), path
+        expect(page.locator("h1")).to_have_text("Not found")
+        expect(page.locator("nav")).to_contain_text("Overview")  # in the layout, logged in
+    resp = page.request.post(web + "/workers", form={"x": "1"})
+    assert resp.status == 405 and "GET" in resp.headers["allow"] and "<nav>" in resp.text()
+    for path in ("/api/nope", "/api/queues/x/nope"):
+        resp = page.request.get(web + path, headers={"Authorization": f"Bearer {READ}"})
+        assert resp.status == 404 and resp.json()["error"]["code"] == "not_found", path
+    page.context.clear_cookies()  # the event stream needs a session (the pages' own open it with theirs)
+    resp = page.request.get(web + "/ui/events")
+    assert resp.status == 401 and resp.json()["error"]["code"] == "unauthorized"
+    resp = page.goto(web + "/nope")
+    assert resp.status == 404 and page.locator("nav").count() == 0  # no session: no nav
+
+
+def test_pages_fit_a_narrow_screen(web, browser, redis_url, shots):
+    ctx = browser.new_context(viewport={"width": 375, "height": 700})
+    ctx.set_default_timeout(WAIT)
+    pg = ctx.new_page()
+    try:
+        with xq.Producer(redis_url) as p:
+            tid = p.enqueue("boom", {"a-long-payload-key": "x" * 300}, queue="a-rather-long-queue-name")
+            XQRun(redis_url, app=APP, procs=1, queues="a-rather-long-queue-name", burst=True).wait(30)
+            login(pg, web)
+            for path in ("/", "/workers", "/queues/a-rather-long-queue-name",
+                         "/queues/a-rather-long-queue-name/dead", f"/tasks/{tid}", "/nope"):
+                pg.goto(web + path)
+                assert pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), path
+                if path.startswith("/queues/") and not path.endswith("/dead"):
+                    pg.screenshot(path=os.path.join(shots, "queue-narrow.png"), full_page=True)
+    finally:
+        ctx.close()
 
 
 def test_replay_a_dead_task_and_purge_the_rest_from_the_dead_letter_page(web, page, redis_url, shots):

@@ -97,7 +97,7 @@ def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, 
         sync.close()
 
     app = Starlette(routes=[*ROUTES, *WS_ROUTES, *pages.ROUTES], lifespan=lifespan,  # the API's, then the dashboard's
-                    exception_handlers={HTTPException: api.http_error})  # 404/405 of routing, as JSON
+                    exception_handlers={HTTPException: pages.http_error})  # 404/405: JSON under /api/, else HTML
     app.state.xq = state
     app.state.sessions = Sessions(secret)  # the dashboard's cookie key: secret, $XQ_WEB_SECRET or random
     return app
@@ -121,4 +121,5 @@ def serve(url: str | None = None, *, host: str = "127.0.0.1", port: int = 8080, 
         log.info("xq web: %d token(s): %s", len(tokens), ", ".join(f"{t.name} ({t.role})" for t in tokens))
     else:
         log.warning("xq web: no tokens: every request on %s is allowed as admin (loopback only)", host)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    # open event streams (dashboards, /api/events) end at most 3 s after SIGINT/SIGTERM, not when clients go
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)

@@ -629,7 +629,12 @@ def _sse(ev: dict) -> bytes:
 
 @endpoint("read", query_token=True)
 async def events_sse(state, request):
-    """GET /api/events: `event: <state>` + `data: <JSON event>` frames, all that came since the last write in
+    return await sse_response(state, request)
+
+
+async def sse_response(state, request) -> Response:
+    """GET /api/events (and the dashboard's /ui/events, authenticated by its session cookie; the caller
+    checked who may read): `event: <state>` + `data: <JSON event>` frames, all that came since the last write in
     one write; `: heartbeat` after state.heartbeat idle seconds; `event: overflow` + `data: {"dropped": n}`
     where a client reading too slowly lost n events (see _Pump)."""
     from starlette.responses import StreamingResponse

@@ -3,8 +3,9 @@
 Login with a token (xq.web.session: signed cookie, CSRF, failed-login limit); every page needs a session
 (anonymous admin when the app runs without tokens, loopback only).  Writes (pause/resume, replay, purge)
 are form POSTs carrying the session's CSRF token and are checked for the admin role on the server.
-Live parts poll /ui/live/... every 1.5 s (static/app.js); SSE (/api/events) should replace the polling
-once it exists.
+Live parts (data-live) are refreshed from /ui/live/... when the page's event stream (/ui/events, the API's
+SSE over the session cookie) says something changed, at most once every 0.75 s, and by a slow fallback
+poll (FALLBACK) for what changes without events (workers' heartbeats); static/app.js.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import ConfigError, UnknownTask
 from ..inspect import FINISHED, LISTED
+from ..producer import EVENT_STATES
 from . import api, auth
 from .session import COOKIE, TTL
 
@@ -31,6 +33,9 @@ log = logging.getLogger("xq.web")
 STATES = (*LISTED, *FINISHED)
 PAGE = 50
 MAX_FORM = 1024 * 1024  # bytes of a form body (a replay of many selected ids)
+FALLBACK = 10.0  # seconds between the live parts' fallback polls (events trigger the refreshes)
+COUNT_STATES = ",".join(x for x in EVENT_STATES if x != "progress")  # the events that change counts
+SPANS = {60: "1 h", 360: "6 h", 1440: "24 h"}  # the queue page's chart spans, in minutes
 
 
 class Form(dict):
@@ -85,13 +90,66 @@ def csrf_field(session: dict) -> str:
     return f'<input type="hidden" name="csrf" value="{e(session["csrf"])}">'
 
 
+def live(url: str, events: str, inner: str) -> str:
+    """A live block: refreshed from url (JSON {"parts": {element id: html}, "events": url}) when the
+    event stream at events sends anything, and every FALLBACK seconds."""
+    return (f'<div data-live="{e(url)}" data-events="{e(events)}" data-poll="{round(FALLBACK * 1000)}">'
+            f'{inner}</div>')
+
+
+def live_json(parts: dict, events: str) -> Response:
+    return Response(orjson.dumps({"parts": parts, "events": events}), media_type="application/json")
+
+
+def queue_events(names: list[str]) -> str:
+    """The event stream URL of the count-changing events of these queues."""
+    return "/ui/events?" + urlencode({"queue": ",".join(names), "states": COUNT_STATES})
+
+
+def series(rows: list[dict], key: str, x0: float, y0: float, w: float, h: float, top: float) -> str:
+    """The points of a polyline of rows[i][key] in the box (x0, y0, w, h), top the value at its top."""
+    step = w / max(1, len(rows) - 1)
+    return " ".join(f"{x0 + i * step:.1f},{y0 + h - (r.get(key) or 0) / top * h:.1f}" for i, r in enumerate(rows))
+
+
 def sparkline(rows: list[dict], w: int = 120, h: int = 24) -> str:
-    vals = [r.get("done", 0) for r in rows] or [0]
-    top = max(vals) or 1
-    step = w / max(1, len(vals) - 1)
-    pts = " ".join(f"{i * step:.1f},{h - v / top * (h - 2) - 1:.1f}" for i, v in enumerate(vals))
+    """Done (blue) and failed (red) per minute, on one scale."""
+    rows = rows or [{}]
+    done, failed = (max(r.get(k) or 0 for r in rows) for k in ("done", "failed"))
+    top = max(done, failed) or 1
     return (f'<svg class="spark" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" '
-            f'aria-label="done per minute, max {top}"><polyline points="{pts}"/></svg>')
+            f'aria-label="per minute: done max {done}, failed max {failed}"><title>per minute: done max {done}, '
+            f'failed max {failed}</title><polyline class="done" points="{series(rows, "done", 0, 1, w, h - 2, top)}"/>'
+            f'<polyline class="failed" points="{series(rows, "failed", 0, 1, w, h - 2, top)}"/></svg>')
+
+
+def span_label(minutes: int) -> str:
+    return f"{minutes // 60} h" if minutes % 60 == 0 else f"{minutes} min"
+
+
+def chart(rows: list[dict], minutes: int, w: int = 640, h: int = 180) -> str:
+    """Throughput (done/min) and failures (failed/min) over the history rows, an inline SVG with its scale
+    (0 and the top value, the span) and a legend with the totals."""
+    rows = rows or [{}]
+    peak = max(max(r.get("done") or 0, r.get("failed") or 0) for r in rows)
+    top = peak or 1
+    x0, y0, pw, ph = 52, 10, w - 60, h - 32
+    grid = "".join(f'<line class="grid" x1="{x0}" x2="{x0 + pw}" y1="{y0 + ph * f:.1f}" y2="{y0 + ph * f:.1f}"/>'
+                   for f in (0, 0.5, 1))
+    labels = (f'<text x="{x0 - 4}" y="{y0 + 4}" text-anchor="end" class="top">{top}</text>'
+              + (f'<text x="{x0 - 4}" y="{y0 + ph / 2 + 4:.1f}" text-anchor="end">{top / 2:g}</text>'
+                 if top > 1 else "")
+              + f'<text x="{x0 - 4}" y="{y0 + ph + 4}" text-anchor="end">0</text>'
+              f'<text x="{x0}" y="{h - 4}">-{span_label(minutes)}</text>'
+              f'<text x="{x0 + pw}" y="{h - 4}" text-anchor="end">now</text>')
+    done, failed = (sum(r.get(k) or 0 for r in rows) for k in ("done", "failed"))
+    svg = (f'<svg id="chart" class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="done and failed tasks per '
+           f'minute over the last {span_label(minutes)}, scale 0 to {top}">{grid}{labels}'
+           f'<polyline class="done" points="{series(rows, "done", x0, y0, pw, ph, top)}"/>'
+           f'<polyline class="failed" points="{series(rows, "failed", x0, y0, pw, ph, top)}"/></svg>')
+    return (f'{svg}<p class="legend"><span class="done">■ done/min</span> <span class="failed">■ failed/min</span>'
+            f' · in the last {span_label(minutes)}: <b id="sum-done">{done}</b> done, <b id="sum-failed">{failed}'
+            f'</b> failed · busiest minute {peak}</p>')
 
 
 # ---------------------------------------------------------------- sessions
@@ -220,25 +278,27 @@ def worker_rows(workers: list[dict]) -> str:
             + (rows or '<tr><td colspan=7>no live workers</td></tr>') + "</tbody></table>")
 
 
-async def overview_parts(state) -> tuple[str, str]:
+async def overview_parts(state) -> tuple[str, str, str]:
+    """The queues' and the workers' tables and the event stream URL of the queues."""
     queues = await state.inspector.queues()
     names = [q.get("queue") or q.get("name") for q in queues]
     hists = await asyncio.gather(*(state.inspector.history(n, minutes=60) for n in names))
-    return queue_rows(queues, dict(zip(names, hists))), worker_rows(await state.inspector.workers())
+    return queue_rows(queues, dict(zip(names, hists))), worker_rows(await state.inspector.workers()), \
+        queue_events(names)
 
 
 @page()
 async def overview(state, request, s):
-    qs, ws = await overview_parts(state)
-    body = (f'<div data-live="/ui/live/overview"><section><h2>Queues</h2><div id="live-queues">{qs}</div></section>'
-            f'<section><h2>Workers</h2><div id="live-workers">{ws}</div></section></div>')
+    qs, ws, events = await overview_parts(state)
+    body = live("/ui/live/overview", events, f'<section><h2>Queues</h2><div id="live-queues">{qs}</div></section>'
+                f'<section><h2>Workers</h2><div id="live-workers">{ws}</div></section>')
     return layout("Overview", body, s)
 
 
 @page()
 async def live_overview(state, request, s):
-    qs, ws = await overview_parts(state)
-    return Response(orjson.dumps({"live-queues": qs, "live-workers": ws}), media_type="application/json")
+    qs, ws, events = await overview_parts(state)
+    return live_json({"live-queues": qs, "live-workers": ws}, events)
 
 
 # ---------------------------------------------------------------- queue
@@ -255,8 +315,10 @@ async def queue_page(state, request, s):
         offset = max(0, int(request.query_params.get("offset", 0)))
     except ValueError:
         raise ConfigError("invalid offset: expected an integer") from None
+    minutes = chart_minutes(request)
     info = await state.inspector.queue(q)
     tasks = await state.inspector.tasks(q, st, offset=offset, limit=PAGE)
+    hist = await state.inspector.history(q, minutes=minutes)
     rows = "".join(
         f'<tr><td><a href="/tasks/{quote(t["id"])}?queue={quote(q)}">{e(t["id"])}</a></td><td>{e(t.get("name"))}</td>'
         f'<td class="n">{e(t.get("priority"))}</td><td class="n">{e(t.get("attempts"))}</td>'
@@ -273,15 +335,40 @@ async def queue_page(state, request, s):
         act = "resume" if paused else "pause"
         write = (f'<form method="post" action="/queues/{quote(q)}/{act}" class="inline">{csrf_field(s)}'
                  f'<button id="{act}">{act.capitalize()}</button></form>')
-    counts = " · ".join(f'{k} <b>{e(info.get(k))}</b>' for k in ("ready", "running", "scheduled", "retrying",
-                                                                  "waiting", "dead"))
-    body = (f'<p>{counts} · <span id="paused">{"paused" if paused else "running"}</span> {write} '
-            f'<a href="/queues/{quote(q)}/dead">dead letters</a></p>'
-            f'<form method="get" class="inline"><input name="id" placeholder="task id" aria-label="task id">'
+    spans = " ".join(f'<a class="{"on" if m == minutes else ""}" '
+                     f'href="?{urlencode({"state": st, "minutes": m})}">{label}</a>' for m, label in SPANS.items())
+    live_url = f"/ui/live/queue/{quote(q)}?minutes={minutes}"
+    body = (live(live_url, queue_events([q]), f'<p><span id="live-counts">{queue_counts(info)}</span> · '
+                 f'<span id="paused">{"paused" if paused else "running"}</span> {write} '
+                 f'<a href="/queues/{quote(q)}/dead">dead letters</a></p>'
+                 f'<h2>Throughput and failures</h2><p class="tabs spans">{spans}</p>'
+                 f'<div id="live-chart">{chart(hist, minutes)}</div>')
+            + '<h2>Tasks</h2><form method="get" class="inline">'
+            f'<input name="id" placeholder="task id" aria-label="task id">'
             f'<button>Find</button></form><p class="tabs">{tabs}</p>'
             f'<table id="tasks"><thead><tr><th>Id</th><th>Name</th><th>Prio</th><th>Attempts</th><th>Error</th>'
             f'</tr></thead><tbody>{rows or "<tr><td colspan=5>none</td></tr>"}</tbody></table><p>{nav}</p>')
     return layout(f"Queue {q}", body, s)
+
+
+def chart_minutes(request: Request) -> int:
+    raw = request.query_params.get("minutes", "60")
+    if not raw.isdigit() or int(raw) not in SPANS:
+        raise ConfigError(f"invalid minutes {raw!r}: expected one of {', '.join(map(str, SPANS))}")
+    return int(raw)
+
+
+def queue_counts(info: dict) -> str:
+    return " · ".join(f'{k} <b class="{k}">{e(info.get(k))}</b>' for k in ("ready", "running", "scheduled",
+                                                                          "retrying", "waiting", "dead"))
+
+
+@page()
+async def live_queue(state, request, s):
+    q = request.path_params["queue"]
+    minutes = chart_minutes(request)
+    info, hist = await asyncio.gather(state.inspector.queue(q), state.inspector.history(q, minutes=minutes))
+    return live_json({"live-counts": queue_counts(info), "live-chart": chart(hist, minutes)}, queue_events([q]))
 
 
 @page("admin", write=True)
@@ -309,7 +396,7 @@ def progress_bar(view: dict) -> str:
     pct = float(pct or 0)
     msg = p.get("msg") if isinstance(p, dict) else None
     return (f'<progress id="progress" max="100" value="{pct:g}">{pct:g}%</progress> '
-            f'<span id="progress-pct">{pct:g}%</span> <span>{e(msg)}</span>')
+            f'<span id="progress-pct">{pct:g}%</span> <span id="progress-msg">{e(msg)}</span>')
 
 
 def preview(view: dict, field: str) -> str:
@@ -348,9 +435,11 @@ async def task_page(state, request, s):
     tid = request.path_params["task_id"]
     view = await task_view(state, tid, request.query_params.get("queue") or None)
     malformed = "".join(f"<p class=err>{e(m)}</p>" for m in view.get("malformed") or [])
-    body = (f'<div data-live="/ui/live/task/{quote(tid)}?queue={quote(view["queue"])}">'
-            f'<div id="live-status">{status_line(view)}</div>'
-            f'<div id="live-progress">{progress_bar(view)}</div></div>{malformed}'
+    q = view["queue"]
+    body = (f'<div data-task="{e(tid)}">'
+            + live(f"/ui/live/task/{quote(tid)}?queue={quote(q)}", task_events(tid, q),
+                   f'<div id="live-status">{status_line(view)}</div><div id="live-progress">{progress_bar(view)}</div>')
+            + f'</div>{malformed}'
             f'<h2>Payload</h2>{preview(view, "payload")}'
             f'<h2>Result</h2>{preview(view, "result")}'
             + (f'<h2>Error</h2><pre class=err>{e(view.get("error"))}</pre>' if view.get("error") else "")
@@ -383,9 +472,13 @@ async def task_result(state, request, s):
 async def live_task(state, request, s):
     tid = request.path_params["task_id"]
     view = await task_view(state, tid, request.query_params.get("queue") or None)
-    return Response(orjson.dumps({"live-status": status_line(view), "live-progress": progress_bar(view),
-                                  "live-attempts": timeline(view)}),
-                    media_type="application/json")
+    return live_json({"live-status": status_line(view), "live-progress": progress_bar(view),
+                      "live-attempts": timeline(view)}, task_events(tid, view["queue"]))
+
+
+def task_events(tid: str, queue: str) -> str:
+    """The event stream URL of one task's events (progress too: app.js moves the bar from them)."""
+    return "/ui/events?" + urlencode({"ids": tid, "queue": queue})
 
 
 # ---------------------------------------------------------------- dead letters
@@ -440,11 +533,50 @@ async def dead_purge(state, request, s):
 
 
 # ---------------------------------------------------------------- workers
+async def workers_parts(state) -> tuple[str, str]:
+    """The workers' table and the event stream URL of the queues they serve."""
+    workers = await state.inspector.workers()
+    return worker_rows(workers), queue_events(sorted({q for w in workers for q in w.get("queues", [])}))
+
+
 @page()
 async def workers_page(state, request, s):
-    # live through the overview's poll (its queue part is ignored here): SSE should replace it
-    return layout("Workers", f'<div data-live="/ui/live/overview"><div id="live-workers">'
-                             f'{worker_rows(await state.inspector.workers())}</div></div>', s)
+    ws, events = await workers_parts(state)
+    return layout("Workers", live("/ui/live/workers", events, f'<div id="live-workers">{ws}</div>'), s)
+
+
+@page()
+async def live_workers(state, request, s):
+    ws, events = await workers_parts(state)
+    return live_json({"live-workers": ws}, events)
+
+
+# ---------------------------------------------------------------- events, errors
+async def _ui_events(state, request):
+    if current(request) is None:
+        raise api.ApiError(401, "unauthorized", "log in to the dashboard first (no session cookie)")
+    return await api.sse_response(state, request)
+
+
+# GET /ui/events: the API's SSE stream (same filters: queue=, ids=, states=) for the dashboard's pages,
+# authenticated by the session cookie (any role: it only reads); errors as the API's JSON
+ui_events = api.endpoint(None)(_ui_events)
+
+API_PATHS = ("/api/", "/healthz", "/readyz", "/openapi.json")
+
+
+async def http_error(request: Request, exc) -> Response:
+    """Starlette's own errors (no such route, method not allowed): JSON under the API's paths, an HTML
+    page in the layout elsewhere."""
+    path = request.url.path
+    if path == "/api" or path.startswith(API_PATHS):
+        return await api.http_error(request, exc)
+    title = "Not found" if exc.status_code == 404 else "Error"
+    r = layout(title, f'<p class="err">{e(request.method)} {e(path)}: {e(exc.detail)}</p>'
+                      f'<p><a href="/">Back to the overview</a></p>', current(request))
+    r.status_code = exc.status_code
+    r.headers.update(exc.headers or {})  # a 405's Allow
+    return r
 
 
 STATIC = __file__.rsplit("/", 1)[0] + "/static"
@@ -464,6 +596,9 @@ ROUTES = [
     Route("/tasks/{task_id}/payload", task_payload),
     Route("/tasks/{task_id}/result", task_result),
     Route("/ui/live/overview", live_overview),
+    Route("/ui/live/workers", live_workers),
+    Route("/ui/live/queue/{queue}", live_queue),
     Route("/ui/live/task/{task_id}", live_task),
+    Route("/ui/events", ui_events),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
 ]
