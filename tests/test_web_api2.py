@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import threading
 
@@ -239,7 +240,8 @@ def test_events_over_sse_and_websocket_from_a_real_run(redis_url, r):
             wait_for(lambda: subscribers(r) == 0, 10, 0.05, "both streams' subscriptions to close")
     finally:
         stop_process(proc)
-    assert ADMIN not in proc.stdout.read()
+    out = proc.stdout.read()
+    assert ADMIN not in out and READ not in out and "token=***" in out  # the SSE's ?token= is hidden in the access log
 
 
 @pytest.fixture
@@ -341,3 +343,26 @@ def test_a_client_that_does_not_read_loses_events_with_a_notice_and_blocks_nobod
             assert dropped > 0 and len(got) + dropped == n, (read.__name__, len(got), dropped)
             assert sorted(got, key=order.get) == got  # what arrives keeps the published order
     wait_for(lambda: subscribers(r) == 0, 10, 0.05, "the streams' subscriptions to close")
+
+
+def test_sigterm_stops_xq_web_with_event_streams_open(redis_url, r):
+    """An open SSE stream or WebSocket never ends by itself: SIGTERM must still stop `xq web` (uvicorn waits
+    for open connections only a bounded grace), and the streams' subscriptions go with it.  The SSE client
+    is a plain socket that keeps the connection open, as a browser's EventSource does."""
+    proc, base = _serve(redis_url, free_port(), {"XQ_WEB_TOKENS": ",".join(TOKENS)})
+    port = int(base.rsplit(":", 1)[1])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sse, \
+                ws_connect(f"ws{base[4:]}/api/events/ws?queue=default&token={READ}", proxy=None, open_timeout=10):
+            sse.sendall(f"GET /api/events?queue=default HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READ}\r\n"
+                        f"Accept: text/event-stream\r\n\r\n".encode())
+            assert sse.recv(4096).startswith(b"HTTP/1.1 200")
+            wait_for(lambda: subscribers(r) == 2, 10, 0.05, "both streams to subscribe")
+            proc.terminate()
+            wait_for(lambda: proc.poll() is not None, 20, 0.05, "xq web to exit on SIGTERM")
+        assert proc.returncode in (0, -signal.SIGTERM), proc.stdout.read()  # uvicorn re-raises the signal
+        wait_for(lambda: subscribers(r) == 0, 10, 0.05, "the streams' subscriptions to close")
+        out = proc.stdout.read()
+        assert READ not in out and "token=***" in out  # the WebSocket's ?token= is hidden in uvicorn's log
+    finally:
+        stop_process(proc)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
+import re
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
@@ -122,4 +124,27 @@ def serve(url: str | None = None, *, host: str = "127.0.0.1", port: int = 8080, 
     else:
         log.warning("xq web: no tokens: every request on %s is allowed as admin (loopback only)", host)
     # open event streams (dashboards, /api/events) end at most 3 s after SIGINT/SIGTERM, not when clients go
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3,
+                log_config=_log_config(uvicorn))
+
+
+_TOKEN_PARAM = re.compile(r"(?i)([?&]token=)[^&\s]*")
+
+
+class HideTokens(logging.Filter):
+    """Blanks the value of a token= query parameter (how browsers' EventSource and WebSocket clients pass
+    their token) in uvicorn's log lines: tokens never reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN_PARAM.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def _log_config(uvicorn) -> dict:
+    """uvicorn's own logging configuration, with HideTokens on its handlers."""
+    cfg = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    cfg.setdefault("filters", {})["hide_tokens"] = {"()": HideTokens}
+    for handler in cfg["handlers"].values():  # access lines, and the WebSocket lines uvicorn logs as errors
+        handler.setdefault("filters", []).append("hide_tokens")
+    return cfg
