@@ -339,7 +339,7 @@ async def queue_page(state, request, s):
                      f'href="?{urlencode({"state": st, "minutes": m})}">{label}</a>' for m, label in SPANS.items())
     live_url = f"/ui/live/queue/{quote(q)}?minutes={minutes}"
     body = (live(live_url, queue_events([q]), f'<p><span id="live-counts">{queue_counts(info)}</span> · '
-                 f'<span id="paused">{"paused" if paused else "running"}</span> {write} '
+                 f'<span id="paused">{"paused" if paused else "not paused"}</span> {write} '
                  f'<a href="/queues/{quote(q)}/dead">dead letters</a></p>'
                  f'<h2>Throughput and failures</h2><p class="tabs spans">{spans}</p>'
                  f'<div id="live-chart">{chart(hist, minutes)}</div>')
