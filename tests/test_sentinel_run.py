@@ -4,8 +4,11 @@ a plain Redis of their own (the session server), which no failover touches."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 
+import pytest
 import redis
 
 import xq
@@ -69,3 +72,60 @@ def test_xq_run_drains_on_sentinel_and_follows_a_failover(sentinel, redis_url):
             sentinel.wait_healthy(60)
     counts.close()
 
+
+# ------------------------------------------------------------------------------------ WAIT-based durability
+def _replicas_of(sentinel) -> list[redis.Redis]:
+    master = sentinel.master_port()
+    return [redis.Redis(port=s.port) for s in sentinel.servers if s.running and s.port != master]
+
+
+def test_replicas_makes_an_enqueue_wait_for_the_replicas(sentinel):
+    qk = queue_keys("durable")
+    replicas = _replicas_of(sentinel)
+    # on the Sentinel set, and on its master as one Redis (redis://): the same WAIT on the same connection
+    for url in (sentinel.url, f"redis://127.0.0.1:{sentinel.master_port()}/0"):
+        with xq.Producer(url, replicas=2, replicas_timeout=5) as p:
+            one = p.enqueue("job", 1, queue="durable")
+            many = p.enqueue_many("job", list(range(2500)), queue="durable")  # three chunks, one WAIT
+            for node in replicas:  # returned: both replicas have every task already
+                assert node.exists(qk.task(one)) and all(node.pipeline().exists(qk.task(i)).execute()[0]
+                                                         for i in many[::100] + many[-1:])
+    for node in replicas:
+        node.close()
+
+
+def test_fewer_replicas_than_asked_raise_not_replicated_with_the_tasks_stored(sentinel):
+    with xq.Producer(sentinel.url, replicas=3, replicas_timeout=0.2) as p:  # the set has 2 replicas
+        with pytest.raises(xq.NotReplicated, match=r"2 of 3 replica\(s\) acknowledged within 0.2 s.*ARE stored") as e:
+            p.enqueue_many("job", [1, 2], queue="nr")
+        assert (e.value.acked, e.value.wanted, len(e.value.ids)) == (2, 3, 2)
+        assert [p.status(i)["status"] for i in e.value.ids] == ["queued", "queued"]
+
+    async def go():
+        async with xq.AsyncProducer(sentinel.url, replicas=3, replicas_timeout=0.2) as ap:
+            with pytest.raises(xq.NotReplicated) as e:
+                await ap.enqueue("job", 3, queue="nr")
+            assert e.value.acked == 2 and (await ap.status(e.value.ids[0]))["status"] == "queued"
+        async with xq.AsyncProducer(sentinel.url, replicas=2) as ap:
+            return await ap.enqueue_many("job", [4, 5], queue="nr")
+    assert len(asyncio.run(go())) == 2
+    with xq.Producer(sentinel.url) as p:
+        assert p.queue("nr")["ready"] == 5
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"replicas": -1}, "invalid replicas -1"),
+    ({"replicas": True}, "invalid replicas True"),
+    ({"replicas": 1, "replicas_timeout": 0}, "invalid replicas_timeout 0"),
+    ({"replicas": 1, "replicas_timeout": 30}, "shorter than socket_timeout"),
+])
+def test_bad_replicas_options_name_the_problem_sentinel(kw, says):
+    with pytest.raises(xq.ConfigError, match=re.escape(says)):
+        xq.Producer("redis+sentinel://127.0.0.1:1/m", **kw)
+    with pytest.raises(xq.ConfigError, match=re.escape(says)):
+        xq.AsyncProducer("redis+sentinel://127.0.0.1:1/m", **kw)
+
+
+def test_replicas_on_a_cluster_is_refused_clearly_sentinel():
+    with pytest.raises(xq.ConfigError, match="not supported on a Redis Cluster"):
+        xq.Producer("redis+cluster://127.0.0.1:1/", replicas=1)
