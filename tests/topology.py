@@ -319,7 +319,10 @@ class SentinelSet:
         master; returns its port."""
         old = self.master_port()
         self.server(old).kill()
+        return self.wait_failover(old, timeout)
 
+    def wait_failover(self, old: int, timeout: float = 30) -> int:
+        """Wait until the sentinels announce a master other than old that says it is one; returns its port."""
         def promoted():
             ports = {self.announced(s) for s in self.sentinels}
             if len(ports) != 1 or old in ports or None in ports:
