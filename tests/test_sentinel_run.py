@@ -58,7 +58,8 @@ def test_xq_run_drains_on_sentinel_and_follows_a_failover(sentinel, redis_url):
             resumed = time.monotonic()
             print(f"\nfailover: promoted {promoted - killed:.2f} s after the kill, first completion on the new "
                   f"master {resumed - killed:.2f} s after it ({resumed - promoted:.2f} s after the promotion)")
-            wait_for(lambda: _states(node, qk, ids) == {b"done": TASKS}, 90, 0.2,
+            ids += p.enqueue_many("work", [{"i": i, "ms": 1} for i in range(50)])  # the producer followed too
+            wait_for(lambda: _states(node, qk, ids) == {b"done": TASKS + 50}, 90, 0.2,
                      what="every task done on the new master: " + runs[0].output())
             assert all(counts.hexists("test:runs", i) for i in ids)
             for w in runs:
