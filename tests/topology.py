@@ -299,12 +299,30 @@ class SentinelSet:
     def server(self, port: int) -> Server:
         return next(s for s in self.servers if s.port == port)
 
+    def synced(self) -> bool:
+        """Has every running replica acknowledged the master's whole replication stream?"""
+        master = self.master_port()
+        info = _ask(master, "INFO", "replication")
+        if not info:
+            return False
+        fields = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
+        offset = fields.get("master_repl_offset")
+        acked = [v for k, v in fields.items() if k.startswith("slave") and k[5:].isdigit()]
+        running = sum(1 for s in self.servers if s.running) - 1
+        return len(acked) == running and all(f"offset={offset}," in v for v in acked)
+
+    def wait_synced(self, timeout: float = 30) -> None:
+        wait_until(self.synced, timeout, 0.02, what="every replica to acknowledge the master's writes")
+
     def kill_master(self, timeout: float = 30) -> int:
         """SIGKILL the master and wait until the sentinels announce a promoted replica that says it is a
         master; returns its port."""
         old = self.master_port()
         self.server(old).kill()
+        return self.wait_failover(old, timeout)
 
+    def wait_failover(self, old: int, timeout: float = 30) -> int:
+        """Wait until the sentinels announce a master other than old that says it is one; returns its port."""
         def promoted():
             ports = {self.announced(s) for s in self.sentinels}
             if len(ports) != 1 or old in ports or None in ports:

@@ -4,8 +4,8 @@ from . import middleware
 from .app import App, Processor
 from .clock import ScaledClock, SystemClock
 from .context import TaskContext, current
-from .errors import (Cancelled, ConfigError, ConnectionLost, MalformedRecord, NonRetryable, PayloadTooLarge, ResultTimeout,
-                     Retry, TaskFailed, TaskTrimmed, RedisFull, RedisRefused, TaskTimeout, UnknownTask, XQError)
+from .errors import (Cancelled, ConfigError, ConnectionLost, MalformedRecord, NonRetryable, NotReplicated,
+                     PayloadTooLarge, ResultTimeout, Retry, TaskFailed, TaskTrimmed, RedisFull, RedisRefused, TaskTimeout, UnknownTask, XQError)
 from .producer import Group, Producer
 from .retry import Backoff, Delays
 
@@ -19,7 +19,7 @@ def new_ids(n: int) -> list[str]:
 
 __all__ = ["App", "Processor", "Producer", "TaskContext", "current", "XQError", "ConfigError",
            "PayloadTooLarge", "TaskFailed", "UnknownTask", "TaskTrimmed", "ResultTimeout", "MalformedRecord", "Retry", "NonRetryable", "Cancelled",
-           "TaskTimeout", "ConnectionLost", "RedisRefused", "RedisFull", "Group", "Backoff", "Delays", "ScaledClock", "SystemClock", "AsyncProducer", "new_ids"]
+           "TaskTimeout", "ConnectionLost", "RedisRefused", "RedisFull", "NotReplicated", "Group", "Backoff", "Delays", "ScaledClock", "SystemClock", "AsyncProducer", "new_ids"]
 __version__ = "0.1.0"
 
 

@@ -113,26 +113,30 @@ class _AsyncBroker:
             await self.load_scripts()
             return await self.client.evalsha(self._sha[name], len(keys), *keys, *argv)
 
-    async def send(self, prep, chunk: int) -> list:
-        """The replies of prep's commands (one value per chunk), resent through an outage as
-        producer.Resend says (the same rule as Producer's)."""
-        rs = Resend(prep, chunk, self.retry_for)
+    async def send(self, prep, chunk: int, replicas: int = 0, replicas_timeout: float = 1.0) -> Resend:
+        """prep's commands sent and their replies read (rs.replies: one value per chunk), resent through an
+        outage as producer.Resend says (the same rule as Producer's); with replicas, a WAIT behind them."""
+        rs = Resend(prep, chunk, self.retry_for, replicas, replicas_timeout)
         while rs.todo:
             try:
                 node = await self.at(prep.queue)  # on a Cluster: the master of the queue's slot, now
-                for i, reply in zip(rs.todo, await node.send_and_read([prep.commands[i] for i in rs.todo], rs)):
+                tail = rs.tail()
+                out = await node.send_and_read([prep.commands[i] for i in rs.todo] + tail, rs, len(tail))
+                for i, reply in zip(rs.todo, out):
                     rs.replies[i] = reply
+                rs.waited(out[len(rs.todo):])
                 rs.todo = []
             except ConnectionLost as e:
                 self._stale = self.cluster
                 await asyncio.sleep(rs.pause(e))
-        return rs.replies
+        return rs
 
     @aio_io(retry=False)
-    async def send_and_read(self, commands: Sequence[bytes], rs: Resend | None = None) -> list:
+    async def send_and_read(self, commands: Sequence[bytes], rs: Resend | None = None, tail: int = 0) -> list:
         """Send every packed command, then read every reply (errors as values), on one pooled connection:
         one round trip for the lot.  A command answered NOSCRIPT is sent again, once, after loading the
-        scripts.  A connection left with unread replies (error, cancellation) is dropped, not reused."""
+        scripts, and then the last `tail` commands (Resend.tail: the WAIT) too, so they come after it.  A
+        connection left with unread replies (error, cancellation) is dropped, not reused."""
         pool = self.client.connection_pool
         try:
             conn = await pool.get_connection()
@@ -144,11 +148,17 @@ class _AsyncBroker:
             if rs is not None:
                 rs.sent.update(rs.todo)
             out = [await self._read(conn) for _ in commands]
+            again = False
             for i, x in enumerate(out):
                 if isinstance(x, NoScriptError):
                     await self.load_scripts()
                     await conn.send_packed_command([commands[i]], check_health=False)
                     out[i] = await self._read(conn)
+                    again = True
+            if again and tail:
+                n = len(commands) - tail
+                await conn.send_packed_command(list(commands[n:]), check_health=False)
+                out[n:] = [await self._read(conn) for _ in commands[n:]]
             clean = True
             return out
         finally:
@@ -463,8 +473,10 @@ class AsyncProducer(ProducerBase):
 
     def __init__(self, url: str | None = None, *, app: App | None = None,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, chunk: int = 1000, result_ttl: int = 86400,
-                 retry_for: float | None = None, socket_timeout: float = 30.0):
-        super().__init__(url, app, max_payload, chunk, result_ttl, retry_for)
+                 retry_for: float | None = None, socket_timeout: float = 30.0, replicas: int = 0,
+                 replicas_timeout: float = 1.0):
+        super().__init__(url, app, max_payload, chunk, result_ttl, retry_for, replicas, replicas_timeout,
+                         socket_timeout)
         self.broker = _AsyncBroker(self.url, retry_for=self.retry_for, socket_timeout=socket_timeout)
         self._waiters: _Waiters | None = None
 
@@ -494,8 +506,11 @@ class AsyncProducer(ProducerBase):
         order.  Options as Producer.enqueue_many, checked by the same code before anything is sent."""
         prep = prepare_enqueue(self.app, self.broker, self.chunk, self.max_payload, name, payloads, **options)
         prep.check_deps([await self._find(dep, None) for dep in prep.deps])
-        out, _enqueued = finish_enqueue(prep, await self.broker.send(prep, self.chunk), self.app)
+        rs = await self.broker.send(prep, self.chunk, self.replicas, self.replicas_timeout)
+        out, enqueued = finish_enqueue(prep, rs.replies, self.app)
         await self._remember(prep.queue, out)
+        if enqueued:
+            rs.check_replicated(out)
         return out
 
     async def _remember(self, queue: str, ids) -> None:

@@ -109,3 +109,15 @@ class RedisFull(XQError):
         self.url, self.cause = url, cause
         self.stored = stored or []
         self.not_stored = not_stored or []
+
+
+class NotReplicated(XQError):
+    """An enqueue of a Producer(replicas=N) that fewer than N replicas acknowledged within replicas_timeout
+    (Redis' WAIT).  The tasks ARE stored on the master and will run: nothing is lost now, but a failover
+    before a replica has them would lose them.  `.ids` lists them, `.acked` how many replicas acknowledged,
+    `.wanted` how many were asked for."""
+
+    def __init__(self, message: str, *, ids: list | None = None, acked: int = 0, wanted: int = 0):
+        super().__init__(message)
+        self.ids = ids or []
+        self.acked, self.wanted = acked, wanted

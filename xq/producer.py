@@ -14,9 +14,9 @@ from redis.exceptions import NoScriptError
 from ._impl import fast
 from .app import DEFAULT_QUEUE, App, check_seconds
 from .broker import DEFAULT_URL, Broker
-from .conn import RetryWindow, cannot_persist, refuses_writes
-from .errors import (ConfigError, ConnectionLost, MalformedRecord, RedisFull, ResultTimeout, TaskFailed, TaskTrimmed,
-                     UnknownTask)
+from .conn import RetryWindow, cannot_persist, parse_url, refuses_writes
+from .errors import (ConfigError, ConnectionLost, MalformedRecord, NotReplicated, RedisFull, ResultTimeout, TaskFailed,
+                     TaskTrimmed, UnknownTask)
 from .flow import flow_args, flow_json
 from .keys import (DEFAULT_KEEP, DEFAULT_KEEP_DEAD, DEFAULT_PRIORITY, MAX_RETRIES, PRIORITIES, check_int,
                    check_ms, check_name, check_queue, check_result_ttl, check_task_ids, queue_keys)
@@ -198,18 +198,66 @@ def prepare_enqueue(app: App | None, packer, chunk: int, max_payload: int, name:
     return Prepared(name, queue, priority, ids, commands, flow, timing, chunk)
 
 
+def check_replicas(url: str, replicas, replicas_timeout, socket_timeout) -> tuple[int, float]:
+    """(replicas, replicas_timeout) of a producer, or ConfigError naming the bad one."""
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise ConfigError(f"invalid replicas {replicas!r}: expected a number of replicas >= 0")
+    replicas_timeout = check_seconds("replicas_timeout", replicas_timeout, allow_none=False)
+    if replicas and parse_url(url).kind == "cluster":
+        raise ConfigError("replicas= is not supported on a Redis Cluster (redis+cluster://) yet: a resent enqueue "
+                          "could not prove that ids stored by an earlier connection reached a replica")
+    if replicas and socket_timeout is not None and replicas_timeout >= socket_timeout:
+        raise ConfigError(f"invalid replicas_timeout {replicas_timeout:g}: it must be shorter than socket_timeout "
+                          f"({socket_timeout:g} s), or every slow WAIT would count as a lost connection")
+    return replicas, replicas_timeout
+
+
 class Resend:
     """Which chunks of an enqueue are still to be sent, through outages and NOSCRIPT replies (no I/O;
     shared by Producer and AsyncProducer).  A chunk whose reply was read is settled; the others go again,
     which is safe because ENQUEUE skips ids it has.  Once retry_for seconds of retrying are used up,
-    pause() raises ConnectionLost saying which ids are stored, which unknown and which never left."""
+    pause() raises ConnectionLost saying which ids are stored, which unknown and which never left.
 
-    def __init__(self, prep: Prepared, chunk: int, retry_for: float):
+    With replicas > 0 every round ends with tail(): a WAIT on the connection the chunks went on (WAIT
+    counts the replicas that have that connection's writes).  After an outage every chunk goes again, on
+    the new connection, followed by a PUBLISH of nothing ("[]" on the queue's events channel) before the
+    WAIT: ids an earlier connection stored are skipped (no write), and this write, being in the
+    replication stream after them, is acknowledged only by a replica that has them too."""
+
+    def __init__(self, prep: Prepared, chunk: int, retry_for: float, replicas: int = 0, replicas_timeout: float = 1.0):
         self.prep, self.chunk, self.retry_for = prep, chunk, retry_for
         self.replies: list = [None] * len(prep.commands)
         self.todo = list(range(len(prep.commands)))
         self.sent: set[int] = set()  # chunks that left at least once: stored or not, only a reply says
         self.window = RetryWindow(retry_for)
+        self.replicas, self.replicas_timeout = replicas, replicas_timeout
+        self.wait = fast.pack_command([b"WAIT", b"%d" % replicas, b"%d" % max(1, round(replicas_timeout * 1000))]) \
+            if replicas else b""
+        self.sync = b""      # the PUBLISH sent before the WAIT after an outage
+        self.acked = None    # the last WAIT's reply: how many replicas have this connection's writes
+
+    def tail(self) -> list[bytes]:
+        """The commands sent behind the round's chunks, on the same connection: none, or [sync,] WAIT."""
+        return [c for c in (self.sync, self.wait) if c]
+
+    def waited(self, replies: Sequence) -> None:
+        """The replies of tail(), in order."""
+        if replies:
+            for r in replies:
+                if isinstance(r, Exception):
+                    raise r
+            self.acked = replies[-1]
+
+    def check_replicated(self, ids: list[str]) -> None:
+        """NotReplicated if fewer replicas than asked for acknowledged the stored tasks (ids)."""
+        if self.replicas and (self.acked or 0) < self.replicas:
+            n = len(ids)
+            raise NotReplicated(
+                f"enqueue of {n} {self.prep.name!r} task(s) in queue {self.prep.queue!r}: {self.acked or 0} of "
+                f"{self.replicas} replica(s) acknowledged within {self.replicas_timeout:g} s (WAIT); the tasks "
+                f"ARE stored on the master and will run (err.ids), but a failover before a replica has them "
+                f"would lose them (check the replicas: INFO replication)", ids=ids, acked=self.acked or 0,
+                wanted=self.replicas)
 
     def settle(self) -> bool:
         """After a round whose replies were all read: keep the chunks answered NOSCRIPT (Redis restarted
@@ -224,9 +272,14 @@ class Resend:
         for i in self.todo:
             self.replies[i] = None
         try:
-            return self.window.pause(e)
+            pause = self.window.pause(e)
         except ConnectionLost:
             pass
+        else:
+            if self.replicas:  # everything again, on the new connection: see the class doc
+                self.todo, self.replies = list(range(len(self.replies))), [None] * len(self.replies)
+                self.sync = fast.pack_command([b"PUBLISH", queue_keys(self.prep.queue).events, b"[]"])
+            return pause
         ids, c = self.prep.ids, self.chunk  # bytes, as packed
         stored = [x.decode() for i in range(len(self.replies)) if i not in self.todo for x in ids[i * c:(i + 1) * c]]
         unknown = [x.decode() for i in self.todo if i in self.sent for x in ids[i * c:(i + 1) * c]]
@@ -431,9 +484,11 @@ class ProducerBase:
     """What Producer and AsyncProducer share without I/O: their settings and the id -> queue cache."""
 
     def __init__(self, url: str | None, app: App | None, max_payload: int, chunk: int, result_ttl: int,
-                 retry_for: float | None = None):
+                 retry_for: float | None = None, replicas: int = 0, replicas_timeout: float = 1.0,
+                 socket_timeout: float | None = None):
         self.url = url or os.environ.get("XQ_REDIS_URL") or DEFAULT_URL
         self.retry_for = retry_window(retry_for)
+        self.replicas, self.replicas_timeout = check_replicas(self.url, replicas, replicas_timeout, socket_timeout)
         self.app = app
         self.max_payload = max_payload
         self.chunk = chunk
@@ -454,12 +509,24 @@ class Producer(ProducerBase):
 
     Through a Redis outage (connection refused, cut, timed out) every call retries for retry_for seconds
     (default: $XQ_RETRY_FOR, else 30), with jittered backoff, then raises xq.ConnectionLost.  Retries
-    never duplicate a task: ids are made here, and the enqueue script skips ids it already has."""
+    never duplicate a task: ids are made here, and the enqueue script skips ids it already has.
+
+    replicas: durability of enqueues.  Redis replicates asynchronously: an enqueue is acknowledged once the
+    master has it, and a failover (the master lost, a replica promoted by Sentinel or the Cluster) loses
+    the acknowledged writes no replica had received yet.  With replicas=N (N > 0), enqueue / enqueue_many
+    (and group) return only after N replicas have the tasks (Redis' WAIT, on the connection that wrote
+    them), waiting at most replicas_timeout seconds; fewer in time raise xq.NotReplicated, the tasks being
+    stored on the master all the same.  That narrows the loss to a failover promoting a replica that had
+    not acknowledged (Sentinel prefers the most up-to-date one) and to every server holding them failing
+    together; WAIT makes no write synchronous, and a replica can still lose it on restart.  Costs a round
+    trip to a replica per call.  One Redis or Sentinel set; refused on a Cluster."""
 
     def __init__(self, url: str | None = None, *, app: App | None = None,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, chunk: int = 1000, result_ttl: int = 86400,
-                 retry_for: float | None = None, socket_timeout: float = 30.0):
-        super().__init__(url, app, max_payload, chunk, result_ttl, retry_for)
+                 retry_for: float | None = None, socket_timeout: float = 30.0, replicas: int = 0,
+                 replicas_timeout: float = 1.0):
+        super().__init__(url, app, max_payload, chunk, result_ttl, retry_for, replicas, replicas_timeout,
+                         socket_timeout)
         # socket_timeout: how long a reply may take before the connection counts as lost (a stalled peer)
         self.broker = Broker(self.url, retry_for=self.retry_for, socket_timeout=socket_timeout)
         self._pubsub = None
@@ -541,28 +608,35 @@ class Producer(ProducerBase):
                                rate_key=rate_key, rate_limit=rate_limit, ids=ids, _group=_group,
                                result_ttl=result_ttl, **opts)
         prep.check_deps([self._find(dep, None) for dep in prep.deps])
-        out, _enqueued = finish_enqueue(prep, self._send(prep), self.app)
+        rs = self._send(prep)
+        out, enqueued = finish_enqueue(prep, rs.replies, self.app)
         self._remember(prep.queue, out)
+        if enqueued:
+            rs.check_replicated(out)
         return out
 
-    def _send(self, prep: Prepared) -> list:
-        """The replies of prep's commands, all sent before any is read (one value per chunk), resent
-        through an outage as Resend says."""
+    def _send(self, prep: Prepared) -> Resend:
+        """prep's commands sent, all before any reply is read (one value per chunk), resent through an
+        outage as Resend says; with replicas, a WAIT behind them on the same connection."""
         cmds = prep.commands
-        rs = Resend(prep, self.chunk, self.retry_for)
+        rs = Resend(prep, self.chunk, self.retry_for, self.replicas, self.replicas_timeout)
         while rs.todo:
             try:
                 broker = self.broker.at(prep.queue)  # on a Cluster: the master of the queue's slot, now
+                tail = rs.tail()
                 for i in rs.todo:
                     broker.send_packed(cmds[i])
                     rs.sent.add(i)
+                for c in tail:
+                    broker.send_packed(c)
                 for i in rs.todo:
                     rs.replies[i] = broker.read_reply()
+                rs.waited([broker.read_reply() for _ in tail])
                 if rs.settle():
                     broker.load_scripts()
             except ConnectionLost as e:
                 time.sleep(rs.pause(e))
-        return rs.replies
+        return rs
 
     # --- groups ---
     def group(self, tasks: Sequence, *, then: tuple | None = None, queue: str | None = None) -> "Group":
