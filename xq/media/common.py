@@ -63,7 +63,8 @@ def split_bytes_payload(payload: bytes | memoryview, task: str) -> tuple[dict, b
     try:
         opts = orjson.loads(data[:end])
     except orjson.JSONDecodeError as e:
-        raise MediaError(f"{task}: the options line of the bytes payload is not JSON: {e}") from None
+        raise MediaError(f"{task}: the options line of the bytes payload is not JSON ({e}); a bytes "
+                         f"payload starting with '{{' is a one-line JSON object, a newline, then the media") from None
     if not isinstance(opts, dict):
         raise MediaError(f"{task}: the options line of the bytes payload must be a JSON object, got {opts!r}")
     if "src" in opts:

@@ -93,6 +93,8 @@ def _open(data: bytes, max_pixels: int):
                              f"({len(data)} bytes starting {data[:8]!r})") from None
         except Image.DecompressionBombError as e:
             raise MediaError(f"image rejected as a decompression bomb: {e}") from None
+        except (OSError, SyntaxError, ValueError) as e:  # a header cut short or broken
+            raise MediaError(f"cannot decode the image ({len(data)} bytes): {e}") from None
     if im.width * im.height > max_pixels:
         raise MediaError(f"image of {im.width}x{im.height} = {im.width * im.height} pixels is over the limit of "
                          f"{max_pixels} pixels (max_pixels)")
