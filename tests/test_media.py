@@ -389,3 +389,12 @@ def test_xq_run_transcodes_with_progress_and_cancel_leaves_no_output(redis_url, 
         st = wait_for(lambda: (s := p.status(dead))["status"] == "dead" and s, 30, what="dead")
         assert st["attempts"] == 1 and "as a video" in st["error"]
     p.close()
+
+
+def test_codec_threads_in_a_worker_share_the_cores_among_its_children(redis_url):
+    p = xq.Producer(redis_url)
+    assert "XQ_MEDIA_THREADS" not in os.environ
+    with XQRun(redis_url, app="apps.mediathreads:app", procs=2) as w:
+        assert p.result(p.enqueue("test.media.threads"), timeout=30) == max(1, len(os.sched_getaffinity(0)) // 2), \
+            w.output()
+    p.close()
