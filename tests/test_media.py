@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import os
 import struct
+import subprocess
 import zlib
+from pathlib import Path
 
 import av
 import numpy as np
@@ -397,4 +399,20 @@ def test_codec_threads_in_a_worker_share_the_cores_among_its_children(redis_url)
     with XQRun(redis_url, app="apps.mediathreads:app", procs=2) as w:
         assert p.result(p.enqueue("test.media.threads"), timeout=30) == max(1, len(os.sched_getaffinity(0)) // 2), \
             w.output()
+    p.close()
+
+
+def test_redis_cli_example_of_the_protocol_doc_runs(redis_server, redis_url, tmp_path):
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    script = doc.split("## Built-in media processors", 1)[1].split("redis-cli <<'EOF'\n", 1)[1].split("EOF\n", 1)[0]
+    task_id = script.split("xq:{default}:t:", 1)[1].split()[0]
+    (tmp_path / "in.jpg").write_bytes(jpeg(size=(1000, 500)))
+    out = subprocess.run(["redis-cli", "-p", str(redis_server.port)], input=script.replace("/data/", f"{tmp_path}/"),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    with XQRun(redis_url, app="xq.media:app", burst=True) as w:
+        assert w.wait(60) == 0, w.output()
+    p = xq.Producer(redis_url)
+    assert p.result(task_id, timeout=5)["format"] == "WEBP"
+    assert opened((tmp_path / "out.webp").read_bytes()).size == (800, 600)
     p.close()
