@@ -91,6 +91,15 @@ def _decode(container, streams, what: str, path: str):
         raise MediaError(f"{what}: cannot decode {path!r}: {e}") from None
 
 
+def _seek(container, vs, t: float) -> None:
+    """Move to the keyframe at or before t seconds, so decoding starts near t (from the start if it cannot)."""
+    if t > 0 and vs.time_base:
+        try:
+            container.seek(int(t / vs.time_base), stream=vs, backward=True)
+        except _av().FFmpegError:
+            container.seek(0, stream=vs)
+
+
 def _scaled(width: int, height: int, opts: dict, what: str, even: bool = False) -> tuple[int, int]:
     """Output size: width and/or height given fit the box keeping the aspect ratio; neither keeps the size."""
     w = check_int(opts, "width", what, hi=MAX_SIDE)
@@ -170,6 +179,7 @@ def frames(payload: Any) -> dict:
         vs = _video_stream(c, path, what)
         size = _scaled(vs.codec_context.width, vs.codec_context.height, opts, what)
         next_t = 0.0 if every else times[0]
+        _seek(c, vs, next_t)
         for frame in _decode(c, [vs], what, path):
             t = frame.time
             if t is None or t + 1e-6 < next_t:
@@ -206,11 +216,7 @@ def poster(payload: Any) -> Any:
         if at is None:
             at = fraction * (_duration(c, vs) or 0.0)
         size = _scaled(vs.codec_context.width, vs.codec_context.height, opts, what)
-        if at > 0 and vs.time_base:
-            try:
-                c.seek(int(at / vs.time_base), stream=vs, backward=True)
-            except _av().FFmpegError:
-                c.seek(0, stream=vs)
+        _seek(c, vs, at)
         chosen = None
         for frame in _decode(c, [vs], what, path):
             chosen = frame
