@@ -102,7 +102,8 @@ def run_pool(procs: int, threads: int, fn, payloads: list, warm) -> float:
         return time.perf_counter() - t0
 
 
-def run_xq(url: str, procs: int, name: str, payloads: list, warm) -> float:
+def run_xq(url: str, procs: int, name: str, payloads: list, warm) -> tuple[float, float, float]:
+    """(enqueue start -> last finish, the enqueue_many call, first claim -> last finish) in seconds."""
     r = redis.Redis.from_url(url)
     flush(r)
     p = xq.Producer(url)
@@ -113,10 +114,11 @@ def run_xq(url: str, procs: int, name: str, payloads: list, warm) -> float:
             p.result(tid, timeout=120)
         t0 = time.time()
         ids = p.enqueue_many(name, payloads)
+        t_enq = time.time() - t0
         for tid in ids:
             p.result(tid, timeout=600)
-        _, last = drain_window(r, "default", ids)
-        return last - t0
+        first, last = drain_window(r, "default", ids)
+        return last - t0, t_enq, last - first
     finally:
         sup.terminate()
         sup.wait(timeout=30)
@@ -158,15 +160,17 @@ def main() -> None:
         ]
         with private_redis() as (url, _pid):
             for label, name, fn, payloads, warm, count in cases:
-                xs, ps = [], []
+                xs, ps, notes = [], [], []
                 for _ in range(args.rounds):
                     shutil.rmtree(out, ignore_errors=True)
-                    xs.append(count() / run_xq(url, procs, name, payloads(), warm))
+                    total, t_enq, window = run_xq(url, procs, name, payloads(), warm)
+                    xs.append(count() / total)
+                    notes.append(f"enqueue {t_enq:.2f} s, claim->finish {window:.2f} s")
                     shutil.rmtree(out, ignore_errors=True)
                     ps.append(count() / run_pool(procs, threads, fn, payloads(), warm))
                 ratios = " ".join(f"{x / p:.3f}" for x, p in zip(xs, ps))
                 print(f"{label:32} xq {' / '.join(f'{x:7.1f}' for x in xs)}   Pool {' / '.join(f'{p:7.1f}' for p in ps)}"
-                      f"   ratio xq/Pool {ratios}")
+                      f"   ratio xq/Pool {ratios}   (xq: {'; '.join(notes)})")
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
