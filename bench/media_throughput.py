@@ -169,7 +169,8 @@ def main() -> None:
                     shutil.rmtree(out, ignore_errors=True)
                     ps.append(count() / run_pool(procs, threads, fn, payloads(), warm))
                 ratios = " ".join(f"{x / p:.3f}" for x, p in zip(xs, ps))
-                print(f"{label:32} xq {' / '.join(f'{x:7.1f}' for x in xs)}   Pool {' / '.join(f'{p:7.1f}' for p in ps)}"
+                print(f"{label:32} xq {' / '.join(f'{x:7.1f}' for x in xs)}"
+                      f"   Pool {' / '.join(f'{p:7.1f}' for p in ps)}"
                       f"   ratio xq/Pool {ratios}   (xq: {'; '.join(notes)})")
     finally:
         shutil.rmtree(d, ignore_errors=True)
