@@ -74,6 +74,15 @@ def test_idle_supervisor_wakes_for_a_queue_on_another_master(cluster, redis_url,
             # and again while the others' waits were ended and started anew
             tid = p.enqueue("echo", 2, queue=queues[2])
             assert p.result(tid, timeout=30) == 2, w.output()
+            # the registry (global keys, single-key commands) and the control channel (classic Pub/Sub is
+            # broadcast to every node) work on a Cluster: a running task of each master's queue is canceled
+            assert [x["queues"] for x in p.workers()] == [queues], w.output()
+            for q in queues:
+                r.delete("test:started")
+                tid = p.enqueue("sleep", {"s": 30}, queue=q)
+                wait_for(lambda: r.llen("test:started") == 1, 30, what=f"the sleep task of {q} to start")
+                assert p.cancel(tid) == "canceling"
+                wait_for(lambda: p.status(tid)["status"] == "canceled", 30, what=f"its cancel ({q})")
     assert w.proc.returncode == 0, w.output()
 
 
