@@ -285,12 +285,3 @@ def test_results_and_events(where, request):
             with pytest.raises(xq.TaskFailed, match="canceled"):
                 await waiting
     asyncio.run(go())
-
-
-def test_xq_run_on_a_cluster_is_refused_clearly():
-    from click.testing import CliRunner
-
-    from xq.cli import main
-
-    out = CliRunner().invoke(main, ["run", "apps.basic:app", "--burst", "--redis", "redis+cluster://:pw@127.0.0.1:1/"])
-    assert out.exit_code == 2 and "not serve queues on a Redis Cluster yet" in out.output and ":pw@" not in out.output

@@ -169,9 +169,12 @@ class Broker:
         return b
 
     def reset(self) -> None:
-        """Drop the dedicated connections (after an error); the next call reconnects."""
+        """Drop the dedicated connections (after an error); the next call reconnects.  On a Cluster, those
+        of every node's Broker too (replies outstanding on any of them are lost with the outage)."""
         if self._owner is not None:
             self._owner._stale = True
+        for b in self._nodes.values():
+            b.reset()
         for c in (self._conn, self._wconn):
             if c is not None:
                 try:
@@ -183,9 +186,12 @@ class Broker:
     def forget_after_fork(self) -> None:
         """In a forked child: close the inherited sockets' fds without shutdown() (which would cut the
         parent's connections too) and drop every reference to them."""
-        pool = self.client.connection_pool
-        conns = [self._conn, self._wconn, *getattr(pool, "_available_connections", ()),
-                 *getattr(pool, "_in_use_connections", ())]
+        # a RedisCluster has no pool of its own: one per node (its nodes' Brokers are below)
+        pools = [getattr(self.client, "connection_pool", None)]
+        if self.cluster:
+            pools = [n.redis_connection.connection_pool for n in self.client.get_nodes() if n.redis_connection]
+        conns = [self._conn, self._wconn, *(c for pool in pools for c in getattr(pool, "_available_connections", ())),
+                 *(c for pool in pools for c in getattr(pool, "_in_use_connections", ()))]
         for c in conns:
             sock = getattr(c, "_sock", None)
             if sock is not None:
@@ -195,6 +201,8 @@ class Broker:
                     pass
                 c._sock = None
         self._conn = self._wconn = None
+        for b in self._nodes.values():
+            b.forget_after_fork()
 
     def close(self) -> None:
         self.reset()

@@ -197,7 +197,6 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
         allow_eviction, heartbeat, metrics_port, stats, log_level) -> None:
     """Run a supervisor and its child processes for MODULE:APP."""
     from .broker import DEFAULT_URL, Broker
-    from .conn import parse_url, redacted
     from .supervisor import Config, Supervisor, check_memory_limits
 
     _setup_logging(log_level)
@@ -217,9 +216,6 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
     try:
         qs, weights = parse_queues(queues) if queues else (app.queues(), None)
         lweights = parse_level_weights(level_weights) if level_weights else None
-        if parse_url(url).kind == "cluster":
-            raise ConfigError(f"{redacted(url)}: xq run does not serve queues on a Redis Cluster yet (a claim "
-                              f"spans its queues' slots); producers and inspection do")
         broker = Broker(url)
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None

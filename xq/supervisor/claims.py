@@ -8,6 +8,11 @@ previous one's tasks and drains results.  When a claim comes back short the pipe
 the queues' wake markers with a CLAIM queued behind it on the same connection (Broker.start_wait): the
 wake-up arrives with the tasks.  This module owns the CLAIM/COMPLETE arguments and the decoding of their
 replies; the hot loops (take_claimed, fill_ring, drain_results, build_event) are in xq._fast.
+
+On a Redis Cluster a claim cannot span slots: the queues form claim groups (queues next to each other in
+order whose names hash to one slot; in practice one group per queue), each claimed by a CLAIM of its own
+on its slot's master, with an idle wait of its own there; router.py carries a step's commands to the
+masters.  How a step's want is split across the groups (_asks) is in docs/design.md, "Cluster".
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import math
 import select
 import time
 from collections import deque
+from typing import NamedTuple
 
 from redis.exceptions import NoScriptError
 
@@ -27,6 +33,7 @@ from ..errors import RedisFull
 from ..keys import check_record
 from .component import Component
 from .leases import log_refused
+from .router import Router
 
 log = logging.getLogger("xq")
 
@@ -36,6 +43,54 @@ MAX_STEPS = 2                    # round trips in flight at once
 RESULT_DELAY = 0.010             # longest a result waits while its child still has work queued
 HELD_FACTOR = 4                  # a child whose current task has run this many times the average run time
 HELD_MIN = 0.005                 # (at least this, at most BUFFER_SECONDS) gets no more tasks for now
+
+
+class ClaimGroup(NamedTuple):
+    """Queues one CLAIM covers: all of them on one Redis, queues sharing a slot on a Cluster."""
+
+    queues: tuple        # their indexes in the supervisor's order: a run (the CLAIM reply's index i is first + i)
+    keys: list           # the CLAIM's keys and tail (Broker.claim_keys, claim_tail)
+    tail: list
+    wake: list           # their wake markers (the idle wait's BZPOPMIN)
+    weight: int          # the sum of their weights (0: strict order)
+
+
+def claim_groups(sup) -> list[ClaimGroup]:
+    """One group of every queue on one Redis; on a Cluster, one per run of queues (in the supervisor's
+    order, so strict order holds) whose keys share a slot."""
+    cfg, qks = sup.cfg, sup.qks
+    runs: list[list[int]] = []
+    last = None
+    for i, qk in enumerate(qks):
+        slot = sup.broker.client.keyslot(qk.base) if sup.broker.cluster else 0
+        if runs and slot == last:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+        last = slot
+    rates = sup.app.rate_limits_json()
+    out = []
+    for run in runs:
+        gq = [qks[i] for i in run]
+        weights = [cfg.weights[i] for i in run] if cfg.weights else None
+        out.append(ClaimGroup(tuple(run), Broker.claim_keys(gq), Broker.claim_tail(gq, weights, cfg.level_weights,
+                                                                                   rates),
+                              [qk.wake for qk in gq], sum(weights) if weights else 0))
+    return out
+
+
+def shares(n: int, weights: list[int], turn: int) -> list[int]:
+    """n split in proportion to weights: the floors, then what they leave over to one entry picked by
+    weight from turn (a counter the caller advances), so that small splits do not starve any entry."""
+    total = sum(weights)
+    out = [n * w // total for w in weights]
+    pick = turn % total
+    for i, w in enumerate(weights):
+        if pick < w:
+            out[i] += n - sum(out)
+            break
+        pick -= w
+    return out
 
 
 class ClaimPipeline(Component):
@@ -65,8 +120,10 @@ class ClaimPipeline(Component):
         self.idle = False                          # the last claim found the queues empty
         self.drained = False                       # ... and nothing was in flight then (burst exit)
         self.recheck = False                       # ... but it ran while tasks were in flight
-        self.waiting: tuple | bool = False         # (want, busy) of the CLAIM queued behind an outstanding BZPOPMIN
-        self.wait_woke = False                     # the last poll() saw the wait's reply arrive
+        self.waiting: dict[int, tuple] = {}        # group -> (want, busy, its Broker) of the CLAIM queued behind
+                                                   # an outstanding BZPOPMIN
+        self._woke: set[int] = set()               # groups whose wait's reply the last poll() saw arrive
+        self._unblocked: set[int] = set()          # groups whose wait was ended by CLIENT UNBLOCK
         self.end_wait = False                      # stopping: end the wait at the next sync
         self.ring_full = False                     # the last dispatch found a ring out of bytes
         self.pending: deque[tuple] = deque()       # replies expected on the main connection, in order
@@ -75,14 +132,23 @@ class ClaimPipeline(Component):
         self.due_unblocked = False                 # the idle wait was ended early for a due task
         self._armed: list = []                     # children whose result ring is armed for this poll()
         self._wake_at = math.inf                   # when a child's results want a turn, decided by fds()
-        self._wait_fd = -1                         # fds of the wait and of the main connection, noted when used in
+        self._wait_fds: dict[int, int] = {}        # fds of the waits and of the main connection, noted when used in
         self._main_fd = -1                         # sync(): fds() asks the broker nothing, so meets no Redis failure
         self._qks = sup.qks
         self._qnames_b = [q.encode() for q in sup.qnames]
-        self._claim_keys = Broker.claim_keys(sup.qks)
-        self._claim_tail = Broker.claim_tail(sup.qks, cfg.weights, cfg.level_weights, sup.app.rate_limits_json())
-        self._wake_keys = [qk.wake for qk in sup.qks]
         self._lease_ms = int(cfg.lease * 1000)
+        self._groups = groups = claim_groups(sup)
+        self._gof = [g for g, grp in enumerate(groups) for _ in grp.queues]  # queue index -> its group
+        # a Cluster: the main connection is one per master (router.py); else the broker's own
+        self.router = Router(self.broker, [sup.qnames[grp.queues[0]] for grp in groups]) if self.broker.cluster \
+            else None
+        self._raw = self.router or self.broker
+        n = len(groups)
+        self._short = [False] * n                  # group -> its last claim came back short (fewer than asked)
+        self._got = [0] * n                        # ... with this many tasks
+        self._due = [None] * n                     # group -> monotonic due time its last claim reported
+        self._drained = [False] * n                # group -> its last claim found it drained (burst exit)
+        self._turn = 0                             # advances the weighted split's remainder (shares)
 
     # ------------------------------------------------------------------ loop
     def step(self, now: float) -> int:
@@ -92,18 +158,17 @@ class ClaimPipeline(Component):
         return got
 
     def sync(self, now: float) -> None:
-        broker = self.broker
-        if self.waiting and (self.wait_woke or self._wait_ready()):
-            self._take_wait()
+        if self.waiting:
+            self._take_waits()
         if self.waiting and self.end_wait:
             self.end_wait = False
-            broker.cancel_wait()
+            self._cancel_waits()
         self._collect()
         if self.waiting and self.next_due is not None and now >= self.next_due and not self.due_unblocked:
             # A task is due while we wait: end the wait so its claim runs now (BZPOPMIN's own timeout is
             # only as precise as Redis' 100 ms cron).
             self.due_unblocked = True
-            broker.cancel_wait()
+            self._cancel_waits()
         if len(self.pending) < MAX_STEPS:
             want = self._claim_size()
             due = self._due_now()
@@ -112,11 +177,7 @@ class ClaimPipeline(Component):
         if self.sup.accepting and self.idle and not self.waiting:
             want = self._want()
             if want > 0:
-                claim = broker.pack_claim(self._claim_keys, self._claim_tail, want, self.sup.worker_id,
-                                          self._lease_ms, self.cfg.max_payload, self.cfg.result_ttl)
-                self._wait_fd = broker.start_wait(self._wake_keys, self.cfg.wait_timeout, claim)
-                self.waiting = (want, bool(self.inflight))
-                self.claiming += want
+                self._start_waits(want)
 
     def busy(self) -> bool:
         """Is there Redis work to do right now (so the loop must not sleep)?"""
@@ -142,10 +203,13 @@ class ClaimPipeline(Component):
             else:
                 wake_at = now
         self._armed, self._wake_at = armed, wake_at
-        if self.waiting and self._wait_fd >= 0:
-            out.append(self._wait_fd)
-        if self.pending and sup.up and self._main_fd >= 0:
-            out.append(self._main_fd)
+        for g in self.waiting:
+            out.append(self._wait_fds[g])
+        if self.pending and sup.up:
+            if self.router is not None:
+                out += self.router.fds
+            elif self._main_fd >= 0:
+                out.append(self._main_fd)
         return out
 
     def polled(self, ready: set[int]) -> None:
@@ -153,7 +217,8 @@ class ClaimPipeline(Component):
             if c.outring is not None:
                 c.outring.disarm()
         self._armed = []
-        self.wait_woke = self.waiting and self._wait_fd in ready
+        if self.waiting:
+            self._woke = {g for g in self.waiting if self._wait_fds[g] in ready}
 
     def deadline(self) -> float:
         d = self._wake_at
@@ -178,8 +243,10 @@ class ClaimPipeline(Component):
         self.pending.clear()
         self._stats_seen = set()  # a lost step may have carried a key's EXPIRE: send them again
         self.claiming = 0
-        self.waiting = self.wait_woke = False
-        self._wait_fd = self._main_fd = -1
+        self.waiting, self._woke, self._unblocked, self._wait_fds = {}, set(), set(), {}
+        self._main_fd = -1
+        if self.router is not None:
+            self.router.reset()
 
     def held_ids(self, qidx: int) -> list[bytes]:
         """Every id of queue qidx this supervisor holds: claimed (buffer, rings, children) or with a result
@@ -189,7 +256,7 @@ class ClaimPipeline(Component):
         return ids
 
     def reconnected(self) -> None:
-        self.idle = self.waiting = False
+        self.idle, self.waiting = False, {}
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> None:
@@ -349,58 +416,122 @@ class ClaimPipeline(Component):
         cap = self.sup.pool.live() * (self.depth + max(self.cfg.prefetch, 1))
         return cap - len(self.inflight) - self.claiming
 
-    def _wait_ready(self) -> bool:
-        fd = self.broker.wait_fileno()
+    def _start_waits(self, want: int) -> None:
+        """Idle: one wait per claim group (BZPOPMIN cannot span slots), each with a CLAIM of up to want
+        tasks behind it.  The first to wake ends the others (_take_waits): up to want tasks a group, so an
+        idle Cluster supervisor may claim more than want at once when several queues fill together."""
+        broker, cfg, busy = self.broker, self.cfg, bool(self.inflight)
+        for g, grp in enumerate(self._groups):
+            w = broker if self.router is None else self.router.waiter(g)
+            claim = broker.pack_claim(grp.keys, grp.tail, want, self.sup.worker_id, self._lease_ms,
+                                      cfg.max_payload, cfg.result_ttl)
+            self._wait_fds[g] = w.start_wait(grp.wake, cfg.wait_timeout, claim)
+            self.waiting[g] = (want, busy, w)
+            self.claiming += want
+
+    def _cancel_waits(self) -> None:
+        """End every outstanding wait at once: their claims run and reply right away."""
+        for g, (_, _, w) in self.waiting.items():
+            if g not in self._unblocked:
+                self._unblocked.add(g)
+                w.cancel_wait()
+
+    @staticmethod
+    def _wait_ready(w) -> bool:
+        fd = w.wait_fileno()
         if fd < 0:
             return True
         r, _, _ = select.select([fd], [], [], 0)
         return bool(r)
 
-    def _take_wait(self) -> None:
-        """The reply of the CLAIM sent behind the BZPOPMIN wait (see Broker.start_wait)."""
-        self.wait_woke = False
-        reply = self.broker.finish_wait()
-        want, busy = self.waiting
-        self.waiting, self.idle = False, False
-        self.claiming -= want
-        if isinstance(reply, NoScriptError):
-            self.broker.load_scripts()
-        self._claimed(reply, want, busy)
+    def _take_waits(self) -> None:
+        """The replies of the CLAIMs sent behind the BZPOPMIN waits (see Broker.start_wait) that arrived;
+        once one has, the other groups' waits are ended, so their claims reply too."""
+        took = False
+        for g, (want, busy, w) in list(self.waiting.items()):
+            if g not in self._woke and not self._wait_ready(w):
+                continue
+            reply = w.finish_wait()
+            del self.waiting[g]
+            self._unblocked.discard(g)
+            self.idle = False
+            self.claiming -= want
+            if isinstance(reply, NoScriptError):
+                self.broker.load_scripts()
+            self._claimed(reply, want, busy, g)
+            took = True
+        self._woke = set()
+        if not took:
+            return
+        if self.waiting:
+            self._cancel_waits()
         if not self.sup.accepting:
             self.return_buffer()  # the wait was ended by a stop: these tasks go straight back
         else:
             self.dispatch()  # woken with tasks after idling: hand them to the children before anything else
 
+    def _asks(self, want: int) -> list[int]:
+        """want split across the claim groups.  Strict order: all of it to the first group, and what a group
+        whose last claim came back short (with k tasks) will not fill, want - k, on to the next group, and
+        so on.  Weights: each group's share by weight, and what a short group will not fill on to the
+        next.  The split goes by the groups' last replies: strict within one round trip's staleness."""
+        n = len(self._groups)
+        if n == 1:
+            return [want]
+        if self.cfg.weights:
+            self._turn += 1
+            base = shares(want, [grp.weight for grp in self._groups], self._turn)
+        else:
+            base = [want] + [0] * (n - 1)
+        out, carry = [], 0
+        for g in range(n):
+            ask = base[g] + carry
+            out.append(ask)
+            carry = max(0, ask - self._got[g]) if self._short[g] else 0
+        return out
+
     def _send_step(self, want: int, promote: bool = False) -> None:
         """Send one round trip without waiting: the COMPLETE of every queue with results, then one CLAIM of
         up to want tasks.  Up to MAX_STEPS run at once, so Redis executes one while this process dispatches
         the previous one's tasks and drains results."""
-        broker, cfg, worker = self.broker, self.cfg, self.sup.worker_id
+        broker, cfg, worker, gof = self.broker, self.cfg, self.sup.worker_id, self._gof
         done = self.completions
+        # (group, packed commands, how many replies) each, in send order (the order of the replies)
         # Progress first: a task whose result is in this step gets its last progress before its final state.
-        progress, nprogress = self._pack_progress() if self.progress else (None, 0)
-        cmds = [progress] if progress else []
+        parts = self._pack_progress() if self.progress else []
+        nprogress = sum(p[2] for p in parts)
         ts = int(time.time() * 1000)
-        cmds += [broker.pack_complete(self._qks[q], cfg.result_ttl, fast.build_event(self._qnames_b[q], items, ts),
-                                      items, worker, cfg.stats)
-                 for q, items in done.items()]
+        parts += [(gof[q], broker.pack_complete(self._qks[q], cfg.result_ttl,
+                                                fast.build_event(self._qnames_b[q], items, ts), items, worker,
+                                                cfg.stats), 1)
+                  for q, items in done.items()]
         nstats = 0
         if self.stats:  # the done counts drained since the last step: a few commands per queue (pack_stats)
             if ts // 3600000 != self._stats_hour:
                 self._stats_hour, self._stats_seen = ts // 3600000, set()
             for q, rows in self.stats.items():
                 packed, k = broker.pack_stats(self._qks[q], ts, rows, self._fresh_stats_key)
-                cmds.append(packed)
+                parts.append((gof[q], packed, k))
                 nstats += k
             self.stats = {}
-        claim = want > 0 or promote
-        if claim:  # want 0 only moves due tasks to their ready lists
-            cmds.append(broker.pack_claim(self._claim_keys, self._claim_tail, max(want, 0), worker,
-                                          self._lease_ms, cfg.max_payload, cfg.result_ttl))
-        if not cmds:
+        claims = []  # (group, want) of each CLAIM; want 0 only moves due tasks to their ready lists
+        for g, ask in enumerate(self._asks(max(want, 0))):
+            if ask > 0 or promote:
+                grp = self._groups[g]
+                parts.append((g, broker.pack_claim(grp.keys, grp.tail, ask, worker, self._lease_ms, cfg.max_payload,
+                                                   cfg.result_ttl), 1))
+                claims.append((g, ask))
+        if not parts:
             return
-        broker.send_packed(b"".join(cmds) if len(cmds) > 1 else cmds[0])
-        self._main_fd = broker.main_fileno()
+        if self.router is None:
+            broker.send_packed(b"".join(p[1] for p in parts) if len(parts) > 1 else parts[0][1])
+            self._main_fd = broker.main_fileno()
+        else:
+            try:
+                self.router.send(parts)
+            except BaseException:
+                self.claim_lost = self.claim_lost or bool(claims)  # a master may have run its claim
+                raise
         self.completions = {}
         if nprogress:
             self.pending.append(("progress", nprogress))
@@ -408,19 +539,19 @@ class ClaimPipeline(Component):
             self.pending.append(("complete", q, items))
         if nstats:
             self.pending.append(("stats", nstats))
-        if claim:
-            want = max(want, 0)
-            self.pending.append(("claim", want, bool(self.inflight)))
-            self.claiming += want
-            if want == 0:
+        busy = bool(self.inflight)
+        for g, ask in claims:
+            self.pending.append(("claim", ask, busy, g))
+            self.claiming += ask
+            if ask == 0 and promote:
                 self.next_due = None  # the reply says when the next one is due
 
     def _collect(self) -> int:
         """Process the replies that have arrived."""
-        broker, n = self.broker, 0
-        while self.pending and broker.reply_ready():
+        broker, raw, n = self.broker, self._raw, 0
+        while self.pending and raw.reply_ready():
             entry = self.pending[0]
-            reply = broker.read_reply()
+            reply = raw.read_reply()
             self.pending.popleft()
             n += 1
             if entry[0] == "complete":
@@ -443,7 +574,7 @@ class ClaimPipeline(Component):
                 # best effort, like progress: counts a failed write loses are not sent again
                 for i in range(entry[1]):
                     if i:
-                        reply = broker.read_reply()
+                        reply = raw.read_reply()
                     if isinstance(reply, Exception) and not refuses_writes(reply):
                         log.warning("writing stats history failed (dropped): %s", reply)
                 reply = None
@@ -451,13 +582,13 @@ class ClaimPipeline(Component):
                 # its replies were sent back to back, ahead of the step's COMPLETE: they are all here or close
                 for i in range(entry[1]):
                     if i:
-                        reply = broker.read_reply()
+                        reply = raw.read_reply()
                     if isinstance(reply, Exception) and not refuses_writes(reply):  # full: the COMPLETE says so
                         log.warning("writing progress failed (dropped: progress is best effort): %s", reply)
                 reply = None
             else:
                 self.claiming -= entry[1]
-                self._claimed(reply, entry[1], entry[2])
+                self._claimed(reply, entry[1], entry[2], entry[3])
             if isinstance(reply, NoScriptError):
                 broker.load_scripts()  # Redis restarted or was flushed: the next step runs again
         return n
@@ -476,7 +607,8 @@ class ClaimPipeline(Component):
         self.completions[qidx] = items + cur if cur else items
         self.results_due = 0.0
 
-    def _claimed(self, reply, want: int, busy: bool) -> None:
+    def _claimed(self, reply, want: int, busy: bool, g: int = 0) -> None:
+        """A CLAIM reply of group g (asked for want tasks; busy: tasks were in flight when it was sent)."""
         if isinstance(reply, Exception):
             self._check_full(reply)
             if not isinstance(reply, NoScriptError):
@@ -489,11 +621,14 @@ class ClaimPipeline(Component):
             log.warning("queue entry %s: %s", notes[i].decode(errors="replace"), notes[i + 1].decode(errors="replace"))
         n = len(tasks) // 7
         inflight = self.inflight
-        if earliest >= 0:
-            # Redis' clock: the delay from its now to the due time, applied to ours
-            self.next_due = time.monotonic() + max(0, earliest - rnow) / 1000.0
-        else:
-            self.next_due = None
+        # Redis' clock: the delay from its now to the due time, applied to ours
+        due = time.monotonic() + max(0, earliest - rnow) / 1000.0 if earliest >= 0 else None
+        if self.router is None:
+            self.next_due = due
+        else:  # the earliest of every group's last report
+            self._due[g] = due
+            dues = [d for d in self._due if d is not None]
+            self.next_due = min(dues) if dues else None
         self.due_unblocked = False
         if n and any(tasks[6::7]):
             self.sup.canceler.saw_timeouts()
@@ -501,12 +636,25 @@ class ClaimPipeline(Component):
             self.sup.metrics.claimed(tasks)
         # Burst exit also waits for other supervisors' leases (a dead one's tasks come back on expiry) and
         # for scheduled and retrying tasks.
-        self.drained = n == 0 and not notes and not inflight and leased == 0 and not busy and earliest < 0
+        drained = n == 0 and not notes and not inflight and leased == 0 and not busy and earliest < 0
+        if self.router is None:
+            self.drained = drained
+        else:  # drained: every group's last claim said so, none said otherwise since
+            if not drained:
+                self._drained = [False] * len(self._groups)
+            self._drained[g] = drained
+            self.drained = all(self._drained)
         self.recheck = n < want and (bool(inflight) or busy)
+        first = self._groups[g].queues[0]  # a group is a run of queues: its index i is the supervisor's first + i
+        if first and n:
+            tasks[0::7] = [first + i for i in tasks[0::7]]
         tasks = self._screen(tasks)
         self.seq = fast.take_claimed(tasks, inflight, self.buffer, self.seq)
-        if n < want and not notes:
-            self.idle = True
+        if want > 0:
+            self._short[g] = n < want and not notes
+            self._got[g] = n
+            if all(self._short):
+                self.idle = True
 
     def _screen(self, tasks: list) -> list:
         """The claimed tasks that may run: one whose record breaks a limit of docs/protocol.md (a foreign
@@ -540,15 +688,14 @@ class ClaimPipeline(Component):
         self._stats_seen.add(key)
         return True
 
-    def _pack_progress(self) -> tuple[bytes, int]:
-        """The step's progress commands, one group per queue, and how many replies they produce."""
+    def _pack_progress(self) -> list[tuple[int, bytes, int]]:
+        """The step's progress commands: (claim group, commands, how many replies they produce) a queue."""
         by_q: dict[int, list] = {}
         for qidx, tid, record, members, ts in self.progress.values():
             by_q.setdefault(qidx, []).append((tid, record, members, ts))
         self.progress = {}
-        out, n = [], 0
+        out = []
         for q, entries in by_q.items():
             cmds, k = self.broker.pack_progress(self._qks[q], entries)
-            out.append(cmds)
-            n += k
-        return b"".join(out), n
+            out.append((self._gof[q], cmds, k))
+        return out
