@@ -140,3 +140,18 @@ def sentinel(redis_sentinel):
     redis_sentinel.wait_healthy(60)
     redis_sentinel.clean()
     return redis_sentinel
+
+
+@pytest.fixture
+def lagging_sentinel(tmp_path):
+    """A Sentinel set of this test's own whose replicas replicate through FaultProxies (`.proxies`), so the
+    test can delay or stall the replication stream; the sentinels and clients reach the servers directly."""
+    from topology import SentinelSet
+
+    _require_redis_server()
+    s = SentinelSet(str(tmp_path / "sentinel"), proxied=True)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()

@@ -233,16 +233,24 @@ class SentinelSet:
 
     MASTER = "xqmaster"
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, proxied: bool = False):
+        """proxied: each replica replicates through a FaultProxy of its own in front of the master
+        (self.proxies, started here), so a test can delay or stall the replication stream; the sentinels
+        still watch every server directly. Their failover-timeout is then 120 s: after failover-timeout they
+        would "fix" a replica whose master address is not the master's (the proxy's) and bypass the proxy."""
+        from faultproxy import FaultProxy
+
         self.root = root
         ports = [free_port() for _ in range(3)]
+        self.proxies = [FaultProxy(HOST, ports[0]).start() for _ in ports[1:]] if proxied else []
+        upstream = [p.port for p in self.proxies] or [ports[0]] * 2
         base = ["appendonly yes", "appendfsync everysec", "save ''"]
         self.servers = [Server(root, ports[0], base)] + [
-            Server(root, p, base + [f"replicaof {HOST} {ports[0]}"]) for p in ports[1:]]
+            Server(root, p, base + [f"replicaof {HOST} {up}"]) for p, up in zip(ports[1:], upstream)]
         self.sentinels = [Server(root, free_port(), [
             f"sentinel monitor {self.MASTER} {HOST} {ports[0]} 2",
             f"sentinel down-after-milliseconds {self.MASTER} 1000",
-            f"sentinel failover-timeout {self.MASTER} 5000",
+            f"sentinel failover-timeout {self.MASTER} {120000 if proxied else 5000}",
             f"sentinel parallel-syncs {self.MASTER} 2"], sentinel=True) for _ in range(3)]
         self.started_in = 0.0
 
@@ -286,10 +294,12 @@ class SentinelSet:
             d = info if isinstance(info, dict) else dict(zip(info[::2], info[1::2]))
             if int(d.get(b"num-other-sentinels", 0)) < 2 or int(d.get(b"num-slaves", 0)) < 2:
                 return False
+        via = {master} | {p.port for p in self.proxies if p.target[1] == master}
         for srv in self.servers:
             if srv.running and srv.port != master:
                 info = _ask(srv.port, "INFO", "replication")
-                if not info or b"master_link_status:up" not in info or f"master_port:{master}".encode() not in info:
+                if not info or b"master_link_status:up" not in info or not any(
+                        f"master_port:{port}\r".encode() in info for port in via):
                     return False
         return True
 
@@ -345,6 +355,8 @@ class SentinelSet:
     def stop(self) -> None:
         for s in self.sentinels + self.servers:
             s.stop()
+        for p in self.proxies:
+            p.stop()
 
 
 def keyslot(key: str | bytes) -> int:
