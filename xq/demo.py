@@ -1,4 +1,5 @@
-"""`xq demo`: the README's main job, end to end on a real Redis and a real supervisor."""
+"""`xq demo`: the README's main job, end to end on a real Redis and a real supervisor: thumbnails of generated
+JPEGs by the built-in image processor (xq.media, media.image.thumbnail)."""
 
 from __future__ import annotations
 
@@ -31,13 +32,13 @@ def run_demo(*, tasks: int, procs: str, url: str | None, data_dir: str | None) -
         click.echo(f"xq demo: {tasks} thumbnail tasks of 640x480 JPEGs ({sum(map(len, images)) // len(images) // 1024}"
                    f" KiB each, sent as raw bytes) on {redacted(url)}")
         t0 = time.perf_counter()
-        ids = producer.enqueue_many("image.thumbnail", [images[i % len(images)] for i in range(tasks)], queue=queue)
+        ids = producer.enqueue_many("media.image.thumbnail", [images[i % len(images)] for i in range(tasks)], queue=queue)
         t_enq = time.perf_counter() - t0
         click.echo(f"xq demo: enqueued {len(ids)} tasks in {t_enq * 1000:.0f} ms ({len(ids) / t_enq:,.0f}/s)")
         pubsub = producer.broker.client.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(queue_keys(queue).events)
         want = set(ids)
-        cmd = [sys.executable, "-m", "xq.cli", "run", "xq.examples.thumbs:app", "--procs", procs,
+        cmd = [sys.executable, "-m", "xq.cli", "run", "xq.media:app", "--procs", procs,
                "--queues", queue, "--redis", url, "--burst", "--result-ttl", "3600", "--log-level", "warning"]
         t1 = time.perf_counter()
         sup = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
