@@ -8,7 +8,7 @@ import time
 
 from huey import RedisHuey
 
-huey = RedisHuey("xqlat", url=os.environ.get("XQ_BENCH_HUEY_URL", "redis://127.0.0.1:6379/0"), notify_result=True)
+huey = RedisHuey("xqlat", url=os.environ["XQ_BENCH_HUEY_URL"], notify_result=True)
 
 
 @huey.task()

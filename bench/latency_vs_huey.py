@@ -1,6 +1,6 @@
 """Idle enqueue->handler latency, xq against Huey, side by side in one run.
 
-    python3 bench/latency_vs_huey.py [--samples 1000] [--rounds 3] [--max-seconds 300]
+    python3 bench/latency_vs_huey.py [--samples 1000] [--rounds 3] [--max-seconds 300] [--also LABEL=PATH]
 
 One private redis-server (no persistence); `xq run benchapp:app --procs 2` and `huey_consumer
 hueyapp.huey -k process -w 2` both run on it for the whole run, each idle while the other is measured.
@@ -9,7 +9,9 @@ Rounds alternate xq, Huey, xq, Huey, ... so both see the same background load.  
 its start.  start = handler start - enqueue call, result = the result in hand - enqueue call (xq's
 result(), Huey's get(blocking=True) with notify_result).  Prints p50/p90/p99 per round and over all
 rounds, per system.  Needs the `bench` extra (huey).  On a shared machine the tails move with the load of
-the other processes: compare the systems within one run, not across runs.
+the other processes: compare the systems within one run, not across runs.  --also LABEL=PATH adds the
+xq found at PATH (a checkout, put first on PYTHONPATH of its `xq run`), on a Redis database of its own, to
+the rotation: a before/after comparison in the same run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import xq  # noqa: E402
 from benchutil import BENCH, flush, private_redis, xq_run  # noqa: E402
+
+
+def xq_run_from(url: str, path: str) -> subprocess.Popen:
+    """xq_run with the xq of the checkout at path."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([path, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, "-m", "xq.cli", "run", "benchapp:app", "--redis", url, "--procs", "2",
+                             "--log-level", "error"], cwd=BENCH, env=env)
 
 
 def huey_run(url: str) -> subprocess.Popen:
@@ -70,22 +79,31 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1000, help="samples per round (default 1000)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per system (default 3)")
     ap.add_argument("--max-seconds", type=float, default=300, help="stop measuring after this long (default 300)")
+    ap.add_argument("--also", action="append", default=[], metavar="LABEL=PATH",
+                    help="also measure the xq of the checkout at PATH (repeatable)")
     args = ap.parse_args()
+    also = [spec.partition("=") for spec in args.also]
+    for spec, (label, sep, path) in zip(args.also, also):
+        if not sep or not os.path.isdir(os.path.join(path, "xq")):
+            sys.exit(f"--also {spec!r}: expected LABEL=PATH, PATH a checkout with an xq package")
     deadline = time.monotonic() + args.max_seconds
     with private_redis() as (url, _pid):
         r = redis.Redis.from_url(url)
         flush(r)
-        from hueyapp import huey, stamp
+        os.environ["XQ_BENCH_HUEY_URL"] = url
+        from hueyapp import stamp
 
-        huey.storage.conn = redis.Redis.from_url(url)  # the producer's own client, whatever the env said
         p = xq.Producer(url)
         procs = [xq_run(url, procs="2"), huey_run(url)]
+        systems = {"xq": lambda: p.result(p.enqueue("stamp", None), timeout=10)}
+        for db, (label, _, path) in enumerate(also, 1):  # each on a database of its own: no shared queue
+            dburl = url.rsplit("/", 1)[0] + f"/{db}"
+            flush(redis.Redis.from_url(dburl))
+            procs.append(xq_run_from(dburl, os.path.abspath(path)))
+            systems[label] = (lambda pp: lambda: pp.result(pp.enqueue("stamp", None), timeout=10))(xq.Producer(dburl))
+        systems["huey"] = lambda: stamp()(blocking=True, timeout=10)
         try:
-            systems = {
-                "xq": lambda: p.result(p.enqueue("stamp", None), timeout=10),
-                "huey": lambda: stamp()(blocking=True, timeout=10),
-            }
-            for f in systems.values():  # both up and idle; warm-up
+            for f in systems.values():  # all up and idle; warm-up
                 for _ in range(50):
                     f()
             got = {name: ([], []) for name in systems}
