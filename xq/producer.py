@@ -343,13 +343,19 @@ class PreparedBatch(NamedTuple):
 
 def _frozen(name: str, opts: dict):
     """A hashable key of a task's name and options (lists as tuples), or None when an option will not hash
-    (the task then goes alone; prepare_enqueue names what is wrong with it)."""
-    key = (name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in opts.items())))
+    (the task then goes alone; prepare_enqueue names what is wrong with it).  Options given in another
+    order make another key: those tasks go in separate commands, which is only slower."""
+    key = (name, *opts.items())
     try:
         hash(key)
+        return key
+    except TypeError:
+        key = (name, *((k, tuple(v) if isinstance(v, list) else v) for k, v in opts.items()))
+    try:
+        hash(key)
+        return key
     except TypeError:
         return None
-    return key
 
 
 def prepare_batch(app: App | None, packer, chunk: int, max_payload: int, tasks: Iterable) -> PreparedBatch:
@@ -360,24 +366,29 @@ def prepare_batch(app: App | None, packer, chunk: int, max_payload: int, tasks: 
     runs: dict = {}  # key -> (name, options, payloads, given ids or None each, positions)
     given: set = set()
     n = 0
-    for n, t in enumerate(tasks, 1):
-        i = n - 1
+    for i, t in enumerate(tasks):
+        n = i + 1
         if not isinstance(t, (tuple, list)) or len(t) not in (2, 3) or not isinstance(t[0], str) \
                 or (len(t) == 3 and not isinstance(t[2], dict)):
             raise ConfigError(f"task #{i} (a {type(t).__name__}): expected (name, payload) or "
                               f"(name, payload, {{options}})")
-        opts = dict(t[2]) if len(t) == 3 else {}
-        if "ids" in opts:
-            raise ConfigError(f"task #{i} ({t[0]}): ids= is enqueue_many's option; give the task's own id as task_id=")
-        tid = opts.pop("task_id", None)
-        if isinstance(tid, str):  # another type: check_task_ids names it
-            if tid in given:
-                raise ConfigError(f"task #{i} ({t[0]}): task_id {tid!r} is given twice in the batch")
-            given.add(tid)
-        key = None if opts.get("unique_key") is not None else _frozen(t[0], opts)
+        name, tid, key = t[0], None, t[0]
+        opts = t[2] if len(t) == 3 else {}
+        if opts:
+            if "ids" in opts:
+                raise ConfigError(f"task #{i} ({name}): ids= is enqueue_many's option; give the task's own id "
+                                  f"as task_id=")
+            if "task_id" in opts:
+                opts = dict(opts)
+                tid = opts.pop("task_id")
+                if isinstance(tid, str):  # another type: check_task_ids names it
+                    if tid in given:
+                        raise ConfigError(f"task #{i} ({name}): task_id {tid!r} is given twice in the batch")
+                    given.add(tid)
+            key = None if opts.get("unique_key") is not None else _frozen(name, opts)
         run = runs.get(key) if key is not None else None
         if run is None:
-            run = runs[key if key is not None else ("#", i)] = (t[0], opts, [], [], [])
+            run = runs[key if key is not None else ("#", i)] = (name, opts, [], [], [])
         run[2].append(t[1])
         run[3].append(tid)
         run[4].append(i)
