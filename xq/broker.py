@@ -128,6 +128,10 @@ class Broker:
     # --- connection management ---
     @io
     def ping(self) -> bool:
+        """Does Redis answer?  On a Cluster, after a failure, the slot map is read again first: a reconnect
+        after a failover then goes to the promoted master at its first try (redis-py re-reads the map when
+        a command fails, which during a failover is before the promotion)."""
+        self._refresh()
         return bool(self.client.ping())
 
     @io
@@ -152,13 +156,7 @@ class Broker:
         is read again first: a failover or a MOVED reply moved the slot)."""
         if not self.cluster:
             return self
-        if self._stale:
-            self._stale = False
-            try:
-                self.client.nodes_manager.initialize()
-            except Exception as e:  # noqa: BLE001 - sorted by conn.failure: a Redis failure is raised as ours
-                self._stale = True
-                raise failure(e, self.url) from e
+        self._refresh()
         node = self.client.get_node_from_key(QueueKeys(queue).base)
         b = self._nodes.get(node.name)
         if b is None:
@@ -168,9 +166,22 @@ class Broker:
             b._owner = self
         return b
 
+    def _refresh(self) -> None:
+        """On a Cluster after a failure (self._stale): read the slot map again (a failover or a MOVED reply
+        may have moved a slot)."""
+        if self._stale:
+            self._stale = False
+            try:
+                self.client.nodes_manager.initialize()
+            except Exception as e:  # noqa: BLE001 - sorted by conn.failure: a Redis failure is raised as ours
+                self._stale = True
+                raise failure(e, self.url) from e
+
     def reset(self) -> None:
         """Drop the dedicated connections (after an error); the next call reconnects.  On a Cluster, those
-        of every node's Broker too (replies outstanding on any of them are lost with the outage)."""
+        of every node's Broker too (replies outstanding on any of them are lost with the outage), and the
+        slot map is read again before the next call that needs it (at, ping)."""
+        self._stale = self.cluster
         if self._owner is not None:
             self._owner._stale = True
         for b in self._nodes.values():
