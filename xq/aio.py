@@ -23,12 +23,12 @@ import time
 from typing import Any, Iterable, Sequence
 
 import redis
-from redis.exceptions import AskError, MovedError, NoScriptError
+from redis.exceptions import NoScriptError
 
 from . import broker, scripts
 from .app import DEFAULT_QUEUE, App
 from .broker import Broker
-from .conn import Backoff, RetryWindow, failure, make_async_client, node_client, parse_url
+from .conn import CLUSTER_MOVES, Backoff, RetryWindow, failure, make_async_client, node_client, parse_url
 from .errors import ConfigError, ConnectionLost, RedisFull, ResultTimeout, UnknownTask
 from .keys import QUEUES, check_queue, queue_keys, worker_key
 from .inspect import SAMPLE, SCAN, AsyncInspector
@@ -194,8 +194,8 @@ class _AsyncBroker:
     async def _read(conn):
         try:
             return await conn.read_response()
-        except (MovedError, AskError):
-            raise  # a Cluster's slot moved: the connection is dropped, at() reads the slot map again
+        except CLUSTER_MOVES:
+            raise  # a Cluster's slot moved or is not served yet: the connection is dropped, at() re-reads the map
         except redis.ResponseError as e:
             return e
 

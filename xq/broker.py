@@ -17,12 +17,13 @@ from typing import Iterable, NamedTuple, Sequence
 import hiredis
 import orjson
 import redis
-from redis.exceptions import AskError, MovedError, NoScriptError
+from redis.exceptions import NoScriptError
 
 from . import scripts, stats
 from ._impl import fast
 from .conn import (DEFAULT_URL, RetryWindow, dedicated, failure, make_client, node_client, parse_url,  # noqa: F401 - DEFAULT_URL re-exported
                    redacted, translate)
+from .conn import CLUSTER_MOVES
 from .errors import ConnectionLost, RedisFull, ResultTimeout
 from .keys import QUEUES, WORKERS, QueueKeys, worker_key
 from .records import esc
@@ -252,8 +253,10 @@ class Broker:
                                  f"outstanding", url=redacted(self.url))
         try:
             return self._conn.read_response()
-        except (MovedError, AskError):
-            raise  # a Cluster's slot moved (failover, resharding): the guard drops the connection, at() re-reads
+        except CLUSTER_MOVES:
+            # a Cluster's slot moved (failover, resharding) or is not served yet (CLUSTERDOWN while it heals):
+            # an outage, the command was not run; the guard drops the connection, at() re-reads the slot map
+            raise
         except redis.ResponseError as e:
             return e
 
