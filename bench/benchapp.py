@@ -59,3 +59,9 @@ def flaky(payload):
 def group_size(payload):
     """A group's callback: how many member ids it was handed."""
     return len(payload["ids"])
+
+
+@app.task("nap")
+def nap(payload):
+    """Sleeps payload seconds (bench/failover_resume.py: a drain slow enough to be cut mid-way)."""
+    time.sleep(payload)

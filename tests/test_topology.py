@@ -15,10 +15,12 @@ from hypothesis import strategies as st
 
 import xq
 from xq import conn
+from xq.broker import Broker
 from xq.inspect import AsyncInspector, Inspector
 from xq.keys import QueueKeys
 from xq.scripts import SHA
 
+from helpers import wait_until
 from topology import keyslot, queues_on_masters
 
 
@@ -197,6 +199,27 @@ def test_cluster_producer_follows_a_failover(cluster):
         finally:
             cluster.restart(old)
             cluster.wait_healthy(60)
+
+
+def test_cluster_reconnect_after_a_failover_reads_the_slot_map_first(cluster):
+    """A supervisor reconnects with ping + load_scripts: the first try after the promotion must reach the
+    new master, not the dead one of the slot map redis-py read when the previous try failed."""
+    q = queues_on_masters(cluster, 1, prefix="m")[0]
+    b = Broker(cluster.url, retry_for=0)
+    try:
+        b.load_scripts()
+        old = cluster.master_of(QueueKeys(q).base)
+        cluster.server(old).kill()
+        with pytest.raises(xq.ConnectionLost):
+            b.load_scripts()  # the old master is in the map: refused (and redis-py reads the map, unchanged)
+        new = wait_until(lambda: cluster.master_of(QueueKeys(q).base) != old and cluster.master_of(QueueKeys(q).base),
+                         30, 0.05, what="the replica's promotion")
+        assert b.ping() and b.load_scripts() is None  # first try, no retry (retry_for=0)
+        assert b.at(q).client.connection_pool.connection_kwargs["port"] == new
+    finally:
+        b.close()
+        cluster.restart(old)
+        cluster.wait_healthy(60)
 
 
 def test_cluster_keys_of_a_queue_share_a_slot():

@@ -23,18 +23,19 @@ import time
 from typing import Any, Iterable, Sequence
 
 import redis
-from redis.exceptions import AskError, MovedError, NoScriptError
+from redis.exceptions import NoScriptError
 
 from . import broker, scripts
 from .app import DEFAULT_QUEUE, App
 from .broker import Broker
-from .conn import Backoff, RetryWindow, failure, make_async_client, node_client, parse_url
+from .conn import CLUSTER_MOVES, Backoff, RetryWindow, failure, make_async_client, node_client, parse_url
 from .errors import ConfigError, ConnectionLost, RedisFull, ResultTimeout, UnknownTask
 from .keys import QUEUES, check_queue, queue_keys, worker_key
 from .inspect import SAMPLE, SCAN, AsyncInspector
 from .records import raw_id
 from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer, ProducerBase,
-                       Resend, event_request, finish_enqueue, missing_task, prepare_enqueue, retention_view)
+                       Resend, batch_pause, event_request, finish_batch, finish_enqueue, missing_task, prepare_batch, prepare_enqueue,
+                       retention_view)
 
 SUBSCRIBE_TIMEOUT = 10.0
 
@@ -113,30 +114,53 @@ class _AsyncBroker:
             await self.load_scripts()
             return await self.client.evalsha(self._sha[name], len(keys), *keys, *argv)
 
-    async def send(self, prep, chunk: int, replicas: int = 0, replicas_timeout: float = 1.0) -> Resend:
-        """prep's commands sent and their replies read (rs.replies: one value per chunk), resent through an
-        outage as producer.Resend says (the same rule as Producer's); with replicas, a WAIT behind them."""
-        rs = Resend(prep, chunk, self.retry_for, replicas, replicas_timeout)
-        while rs.todo:
-            try:
-                node = await self.at(prep.queue)  # on a Cluster: the master of the queue's slot, now
-                tail = rs.tail()
-                out = await node.send_and_read([prep.commands[i] for i in rs.todo] + tail, rs, len(tail))
-                for i, reply in zip(rs.todo, out):
-                    rs.replies[i] = reply
-                rs.waited(out[len(rs.todo):])
-                rs.todo = []
-            except ConnectionLost as e:
+    async def send(self, preps, chunk: int, replicas: int = 0, replicas_timeout: float = 1.0) -> list[Resend]:
+        """Every prep's commands sent and their replies read (rs.replies: one value per chunk), each resent
+        through an outage as its producer.Resend says (the same rule as Producer's).  Each node's commands
+        go in one round trip (with replicas, WAITs behind them), the nodes' concurrently (on a Cluster:
+        the masters of the queues' slots)."""
+        rss = [Resend(p, chunk, self.retry_for, replicas, replicas_timeout) for p in preps]
+        while True:
+            todo = [rs for rs in rss if rs.todo]
+            if not todo:
+                return rss
+            lost: dict[int, ConnectionLost] = {}  # id(Resend) -> the outage it met this round
+            nodes: dict[int, tuple[_AsyncBroker, list[Resend]]] = {}
+            for rs in todo:
+                try:
+                    node = await self.at(rs.prep.queue)
+                except ConnectionLost as e:
+                    lost[id(rs)] = e
+                    continue
+                nodes.setdefault(id(node), (node, []))[1].append(rs)
+            groups = list(nodes.values())
+            outs = await asyncio.gather(*(node.send_and_read(
+                [rs.prep.commands[i] for rs in g for i in rs.todo] + [c for rs in g for c in rs.tail()], g,
+                sum(len(rs.tail()) for rs in g)) for node, g in groups), return_exceptions=True)
+            for (_node, g), out in zip(groups, outs):
+                if isinstance(out, ConnectionLost):
+                    lost.update((id(rs), out) for rs in g)
+                    continue
+                if isinstance(out, BaseException):
+                    raise out
+                replies = iter(out)  # every chunk's, in order, then every tail's
+                for rs in g:
+                    for i in rs.todo:
+                        rs.replies[i] = next(replies)
+                for rs in g:
+                    rs.waited([next(replies) for _ in rs.tail()])
+                    rs.todo = []
+            if lost:
                 self._stale = self.cluster
-                await asyncio.sleep(rs.pause(e))
-        return rs
+                await asyncio.sleep(batch_pause(rss, lost))
 
     @aio_io(retry=False)
-    async def send_and_read(self, commands: Sequence[bytes], rs: Resend | None = None, tail: int = 0) -> list:
+    async def send_and_read(self, commands: Sequence[bytes], rss: Sequence[Resend] = (), tail: int = 0) -> list:
         """Send every packed command, then read every reply (errors as values), on one pooled connection:
-        one round trip for the lot.  A command answered NOSCRIPT is sent again, once, after loading the
-        scripts, and then the last `tail` commands (Resend.tail: the WAIT) too, so they come after it.  A
-        connection left with unread replies (error, cancellation) is dropped, not reused."""
+        one round trip for the lot (rss: the Resends whose todo chunks these are, marked sent).  A command
+        answered NOSCRIPT is sent again, once, after loading the scripts, and then the last `tail` commands
+        (Resend.tail: the WAITs) too, so they come after it.  A connection left with unread replies (error,
+        cancellation) is dropped, not reused."""
         pool = self.client.connection_pool
         try:
             conn = await pool.get_connection()
@@ -145,7 +169,7 @@ class _AsyncBroker:
         clean = False
         try:
             await conn.send_packed_command(list(commands), check_health=False)
-            if rs is not None:
+            for rs in rss:
                 rs.sent.update(rs.todo)
             out = [await self._read(conn) for _ in commands]
             again = False
@@ -170,8 +194,8 @@ class _AsyncBroker:
     async def _read(conn):
         try:
             return await conn.read_response()
-        except (MovedError, AskError):
-            raise  # a Cluster's slot moved: the connection is dropped, at() reads the slot map again
+        except CLUSTER_MOVES:
+            raise  # a Cluster's slot moved or is not served yet: the connection is dropped, at() re-reads the map
         except redis.ResponseError as e:
             return e
 
@@ -506,11 +530,27 @@ class AsyncProducer(ProducerBase):
         order.  Options as Producer.enqueue_many, checked by the same code before anything is sent."""
         prep = prepare_enqueue(self.app, self.broker, self.chunk, self.max_payload, name, payloads, **options)
         prep.check_deps([await self._find(dep, None) for dep in prep.deps])
-        rs = await self.broker.send(prep, self.chunk, self.replicas, self.replicas_timeout)
+        rs = (await self.broker.send([prep], self.chunk, self.replicas, self.replicas_timeout))[0]
         out, enqueued = finish_enqueue(prep, rs.replies, self.app)
         await self._remember(prep.queue, out)
         if enqueued:
             rs.check_replicated(out)
+        return out
+
+    async def enqueue_batch(self, tasks: Iterable[Sequence]) -> list[str]:
+        """Enqueue tasks of any names into any queues in one go; returns their ids in the order given.
+        As Producer.enqueue_batch: every task checked first, then each node's chunks in one round trip,
+        the nodes' (on a Cluster: the masters of the queues' slots) concurrently."""
+        batch = prepare_batch(self.app, self.broker, self.chunk, self.max_payload, tasks)
+        for prep in batch.preps:
+            prep.check_deps([await self._find(dep, None) for dep in prep.deps])
+        rss = await self.broker.send(batch.preps, self.chunk, self.replicas, self.replicas_timeout)
+        out, enqueued = finish_batch(batch, rss, self.app)
+        for prep, pos in zip(batch.preps, batch.where):
+            await self._remember(prep.queue, [out[p] for p in pos])
+        for rs, pos, ok in zip(rss, batch.where, enqueued):
+            if ok:
+                rs.check_replicated([out[p] for p in pos])
         return out
 
     async def _remember(self, queue: str, ids) -> None:

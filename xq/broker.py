@@ -17,12 +17,13 @@ from typing import Iterable, NamedTuple, Sequence
 import hiredis
 import orjson
 import redis
-from redis.exceptions import AskError, MovedError, NoScriptError
+from redis.exceptions import NoScriptError
 
 from . import scripts, stats
 from ._impl import fast
 from .conn import (DEFAULT_URL, RetryWindow, dedicated, failure, make_client, node_client, parse_url,  # noqa: F401 - DEFAULT_URL re-exported
                    redacted, translate)
+from .conn import CLUSTER_MOVES
 from .errors import ConnectionLost, RedisFull, ResultTimeout
 from .keys import QUEUES, WORKERS, QueueKeys, worker_key
 from .records import esc
@@ -128,6 +129,10 @@ class Broker:
     # --- connection management ---
     @io
     def ping(self) -> bool:
+        """Does Redis answer?  On a Cluster, after a failure, the slot map is read again first: a reconnect
+        after a failover then goes to the promoted master at its first try (redis-py re-reads the map when
+        a command fails, which during a failover is before the promotion)."""
+        self._refresh()
         return bool(self.client.ping())
 
     @io
@@ -152,13 +157,7 @@ class Broker:
         is read again first: a failover or a MOVED reply moved the slot)."""
         if not self.cluster:
             return self
-        if self._stale:
-            self._stale = False
-            try:
-                self.client.nodes_manager.initialize()
-            except Exception as e:  # noqa: BLE001 - sorted by conn.failure: a Redis failure is raised as ours
-                self._stale = True
-                raise failure(e, self.url) from e
+        self._refresh()
         node = self.client.get_node_from_key(QueueKeys(queue).base)
         b = self._nodes.get(node.name)
         if b is None:
@@ -168,9 +167,22 @@ class Broker:
             b._owner = self
         return b
 
+    def _refresh(self) -> None:
+        """On a Cluster after a failure (self._stale): read the slot map again (a failover or a MOVED reply
+        may have moved a slot)."""
+        if self._stale:
+            self._stale = False
+            try:
+                self.client.nodes_manager.initialize()
+            except Exception as e:  # noqa: BLE001 - sorted by conn.failure: a Redis failure is raised as ours
+                self._stale = True
+                raise failure(e, self.url) from e
+
     def reset(self) -> None:
         """Drop the dedicated connections (after an error); the next call reconnects.  On a Cluster, those
-        of every node's Broker too (replies outstanding on any of them are lost with the outage)."""
+        of every node's Broker too (replies outstanding on any of them are lost with the outage), and the
+        slot map is read again before the next call that needs it (at, ping)."""
+        self._stale = self.cluster
         if self._owner is not None:
             self._owner._stale = True
         for b in self._nodes.values():
@@ -241,8 +253,10 @@ class Broker:
                                  f"outstanding", url=redacted(self.url))
         try:
             return self._conn.read_response()
-        except (MovedError, AskError):
-            raise  # a Cluster's slot moved (failover, resharding): the guard drops the connection, at() re-reads
+        except CLUSTER_MOVES:
+            # a Cluster's slot moved (failover, resharding) or is not served yet (CLUSTERDOWN while it heals):
+            # an outage, the command was not run; the guard drops the connection, at() re-reads the slot map
+            raise
         except redis.ResponseError as e:
             return e
 

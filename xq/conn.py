@@ -304,7 +304,7 @@ def dedicated(client: redis.Redis):
 
 
 # ---------------------------------------------------------------------------------------------- failures
-_CLUSTER_MOVES = (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.TryAgainError,
+CLUSTER_MOVES = (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.TryAgainError,
                   redis.exceptions.ClusterDownError, redis.exceptions.SlotNotCoveredError)
 
 
@@ -351,7 +351,7 @@ def classify(e: BaseException) -> str | None:
     if isinstance(e, (redis.AuthenticationError, redis.exceptions.AuthorizationError,
                       redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationWrongNumberOfArgsError)):
         return "refused"
-    if isinstance(e, _CLUSTER_MOVES):  # a Cluster slot moved or is not served yet: ask again later
+    if isinstance(e, CLUSTER_MOVES):  # a Cluster slot moved or is not served yet: ask again later
         return "network"
     if isinstance(e, redis.ResponseError):
         if _refusal(e):

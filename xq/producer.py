@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
@@ -280,13 +281,19 @@ class Resend:
                 self.todo, self.replies = list(range(len(self.replies))), [None] * len(self.replies)
                 self.sync = fast.pack_command([b"PUBLISH", queue_keys(self.prep.queue).events, b"[]"])
             return pause
-        ids, c = self.prep.ids, self.chunk  # bytes, as packed
-        stored = [x.decode() for i in range(len(self.replies)) if i not in self.todo for x in ids[i * c:(i + 1) * c]]
-        unknown = [x.decode() for i in self.todo if i in self.sent for x in ids[i * c:(i + 1) * c]]
+        ids = self.prep.ids
+        stored, unknown = self.accounts()
         raise ConnectionLost(f"{e}; gave up after {self.retry_for:g} s of retries: of {len(ids)} task(s), "
                              f"{len(stored)} stored, {len(unknown)} unknown (sent, reply lost), "
                              f"{len(ids) - len(stored) - len(unknown)} not sent; repeating the call with "
                              f"ids= these ids stores none twice", url=e.url, stored=stored, unknown=unknown) from e
+
+    def accounts(self) -> tuple[list[str], list[str]]:
+        """(ids stored, ids unknown: sent, reply lost) of the chunks so far; the others never left."""
+        ids, c = self.prep.ids, self.chunk  # bytes, as packed
+        stored = [x.decode() for i in range(len(self.replies)) if i not in self.todo for x in ids[i * c:(i + 1) * c]]
+        unknown = [x.decode() for i in self.todo if i in self.sent for x in ids[i * c:(i + 1) * c]]
+        return stored, unknown
 
 
 def finish_enqueue(prep: Prepared, replies: Sequence, app: App | None) -> tuple[list[str], bool]:
@@ -323,6 +330,142 @@ def _full(prep: Prepared, replies: Sequence) -> RedisFull:
     return RedisFull(f"Redis is full (used memory > maxmemory, policy noeviction): enqueue of {n} {prep.name!r} "
                      f"task(s) refused, {what}; free memory (finish or purge tasks, shorten result_ttl) or raise "
                      f"maxmemory, then enqueue again (ids= makes that safe)", stored=stored, not_stored=not_stored)
+
+
+# --- enqueue_batch, shared by Producer and aio.AsyncProducer: checks and packing here, I/O in the callers ---
+class PreparedBatch(NamedTuple):
+    """An enqueue_batch checked and packed: one Prepared per task name and options (a task with a
+    unique_key alone), and for each the positions of its tasks in the caller's list."""
+    preps: list
+    where: list   # list[int] per prep
+    count: int
+
+
+def _frozen(name: str, opts: dict):
+    """A hashable key of a task's name and options (lists as tuples), or None when an option will not hash
+    (the task then goes alone; prepare_enqueue names what is wrong with it).  Options given in another
+    order make another key: those tasks go in separate commands, which is only slower."""
+    key = (name, *opts.items())
+    try:
+        hash(key)
+        return key
+    except TypeError:
+        key = (name, *((k, tuple(v) if isinstance(v, list) else v) for k, v in opts.items()))
+    try:
+        hash(key)
+        return key
+    except TypeError:
+        return None
+
+
+def prepare_batch(app: App | None, packer, chunk: int, max_payload: int, tasks: Iterable) -> PreparedBatch:
+    """Check every task of an enqueue_batch and pack its commands (see prepare_enqueue); nothing sent.
+
+    tasks: (name, payload) or (name, payload, {options}); the options are enqueue()'s (task_id= for a
+    task's own id).  A bad task raises ConfigError naming it (#index), before anything is sent."""
+    runs: dict = {}  # key -> (name, options, payloads, given ids or None each, positions)
+    given: set = set()
+    n = 0
+    for i, t in enumerate(tasks):
+        n = i + 1
+        if not isinstance(t, (tuple, list)) or len(t) not in (2, 3) or not isinstance(t[0], str) \
+                or (len(t) == 3 and not isinstance(t[2], dict)):
+            raise ConfigError(f"task #{i} (a {type(t).__name__}): expected (name, payload) or "
+                              f"(name, payload, {{options}})")
+        name, tid, key = t[0], None, t[0]
+        opts = t[2] if len(t) == 3 else {}
+        if opts:
+            if "ids" in opts:
+                raise ConfigError(f"task #{i} ({name}): ids= is enqueue_many's option; give the task's own id "
+                                  f"as task_id=")
+            if "task_id" in opts:
+                opts = dict(opts)
+                tid = opts.pop("task_id")
+                if isinstance(tid, str):  # another type: check_task_ids names it
+                    if tid in given:
+                        raise ConfigError(f"task #{i} ({name}): task_id {tid!r} is given twice in the batch")
+                    given.add(tid)
+            key = None if opts.get("unique_key") is not None else _frozen(name, opts)
+        run = runs.get(key) if key is not None else None
+        if run is None:
+            run = runs[key if key is not None else ("#", i)] = (name, opts, [], [], [])
+        run[2].append(t[1])
+        run[3].append(tid)
+        run[4].append(i)
+    preps, where = [], []
+    for name, opts, payloads, ids, pos in runs.values():
+        if any(x is not None for x in ids):
+            fresh = iter(x.decode() for x in fast.new_ids(sum(x is None for x in ids)))
+            ids = [x if x is not None else next(fresh) for x in ids]
+        else:
+            ids = None
+        try:
+            preps.append(prepare_enqueue(app, packer, chunk, max_payload, name, payloads, ids=ids, **opts))
+        except ConfigError as e:
+            at = f"task #{pos[0]}" if len(pos) == 1 else f"tasks #{pos[0]}, ... ({len(pos)} with these options)"
+            raise ConfigError(f"{at} ({name}): {e}") from None
+        except (TypeError, ValueError) as e:  # a payload not JSON, or too large: named by its place in the run
+            msg = re.sub(r"^payload #(\d+)", lambda m: f"task #{pos[int(m.group(1))]} ({name}): payload", str(e))
+            raise type(e)(msg) from None
+        where.append(pos)
+    return PreparedBatch(preps, where, n)
+
+
+def finish_batch(batch: PreparedBatch, rss: Sequence[Resend], app: App | None) -> tuple[list[str], list[bool]]:
+    """(ids in the caller's order, enqueued or not per prep) from the replies (see finish_enqueue).  A
+    refused write (RedisFull) is raised naming the ids stored and not stored across the whole batch."""
+    out: list = [None] * batch.count
+    enqueued, full, stored = [], None, set()
+    for prep, pos, rs in zip(batch.preps, batch.where, rss):
+        try:
+            ids, ok = finish_enqueue(prep, rs.replies, app)
+            stored.update(ids)
+        except RedisFull as e:
+            full = full or e
+            stored.update(e.stored)
+            ids, ok = [i.decode() for i in prep.ids], False
+        for p, i in zip(pos, ids):
+            out[p] = i
+        enqueued.append(ok)
+    if full is not None:
+        full.stored = [i for i in out if i in stored]
+        full.not_stored = [i for i in out if i not in stored]
+        full.args = (f"{full} [the whole batch of {batch.count}: {len(full.stored)} stored (err.stored), "
+                     f"{len(full.not_stored)} not (err.not_stored)]",)
+        raise full
+    return out, enqueued
+
+
+def batch_pause(rss: Sequence[Resend], lost: dict) -> float:
+    """The seconds to wait after a round in which the Resends in lost (id(Resend) -> ConnectionLost) met an
+    outage (Resend.pause); once one has used up its retries, ConnectionLost, naming the ids of the whole
+    batch if there are several Resends."""
+    pauses, gave_up = [], None
+    for rs in rss:
+        if id(rs) in lost:
+            try:
+                pauses.append(rs.pause(lost[id(rs)]))
+            except ConnectionLost as e:
+                gave_up = gave_up or e
+    if gave_up is not None:
+        if len(rss) == 1:
+            raise gave_up
+        raise batch_gave_up(rss, gave_up) from gave_up
+    return max(pauses)
+
+
+def batch_gave_up(rss: Sequence[Resend], e: ConnectionLost) -> ConnectionLost:
+    """The ConnectionLost of an enqueue_batch whose retries ran out for a queue: what is stored, unknown
+    and never sent across the whole batch (repeating it with the same task_id= each stores none twice)."""
+    stored, unknown, n = [], [], 0
+    for rs in rss:
+        s, u = rs.accounts()
+        stored += s
+        unknown += u
+        n += len(rs.prep.ids)
+    return ConnectionLost(f"{e.__cause__ or e}; gave up after {rss[0].retry_for:g} s of retries: "
+                          f"of {n} task(s) of the batch, {len(stored)} stored, {len(unknown)} unknown (sent, reply "
+                          f"lost), {n - len(stored) - len(unknown)} not sent", url=e.url, stored=stored, unknown=unknown)
 
 
 def _close_quietly(ps) -> None:
@@ -608,35 +751,82 @@ class Producer(ProducerBase):
                                rate_key=rate_key, rate_limit=rate_limit, ids=ids, _group=_group,
                                result_ttl=result_ttl, **opts)
         prep.check_deps([self._find(dep, None) for dep in prep.deps])
-        rs = self._send(prep)
+        rs = self._send([prep])[0]
         out, enqueued = finish_enqueue(prep, rs.replies, self.app)
         self._remember(prep.queue, out)
         if enqueued:
             rs.check_replicated(out)
         return out
 
-    def _send(self, prep: Prepared) -> Resend:
-        """prep's commands sent, all before any reply is read (one value per chunk), resent through an
-        outage as Resend says; with replicas, a WAIT behind them on the same connection."""
-        cmds = prep.commands
-        rs = Resend(prep, self.chunk, self.retry_for, self.replicas, self.replicas_timeout)
-        while rs.todo:
-            try:
-                broker = self.broker.at(prep.queue)  # on a Cluster: the master of the queue's slot, now
-                tail = rs.tail()
-                for i in rs.todo:
-                    broker.send_packed(cmds[i])
-                    rs.sent.add(i)
-                for c in tail:
-                    broker.send_packed(c)
-                for i in rs.todo:
-                    rs.replies[i] = broker.read_reply()
-                rs.waited([broker.read_reply() for _ in tail])
-                if rs.settle():
-                    broker.load_scripts()
-            except ConnectionLost as e:
-                time.sleep(rs.pause(e))
-        return rs
+    def enqueue_batch(self, tasks: Iterable[Sequence]) -> list[str]:
+        """Enqueue tasks of any names into any queues in one go; returns their ids in the order given.
+
+        tasks: (name, payload) or (name, payload, {options}) tuples, the options those of enqueue() (queue,
+        priority, delay, task_id, unique_key, depends_on, ...); each task goes to its queue= option, else
+        its route's, else the default queue.  Tasks of one name and options are enqueued together, as one
+        enqueue_many would (a task with a unique_key alone: its id is the holder's if the key is held).
+        Every task is checked and packed before anything is sent, so a bad one enqueues nothing.  Then
+        every queue's chunks are written before any reply is read: on a Cluster the masters of the queues'
+        slots work in parallel, in one round trip each.  Outages are retried as in enqueue_many, per
+        queue; once retry_for is used up, xq.ConnectionLost names which ids of the whole batch are stored
+        and which unknown, and repeating the batch with each task's task_id= stores none twice."""
+        batch = prepare_batch(self.app, self.broker, self.chunk, self.max_payload, tasks)
+        for prep in batch.preps:
+            prep.check_deps([self._find(dep, None) for dep in prep.deps])
+        rss = self._send(batch.preps)
+        out, enqueued = finish_batch(batch, rss, self.app)
+        for prep, pos in zip(batch.preps, batch.where):
+            self._remember(prep.queue, [out[p] for p in pos])
+        for rs, pos, ok in zip(rss, batch.where, enqueued):
+            if ok:
+                rs.check_replicated([out[p] for p in pos])
+        return out
+
+    def _send(self, preps: Sequence[Prepared]) -> list[Resend]:
+        """Every prep's commands sent, each resent through an outage as its Resend says.  Each goes on the
+        raw connection of its queue's node (on a Cluster: the master of its slot, now); every node's
+        commands are written before any node's reply is read, so the nodes work in parallel; with
+        replicas, WAITs behind them on the same connection."""
+        rss = [Resend(p, self.chunk, self.retry_for, self.replicas, self.replicas_timeout) for p in preps]
+        while True:
+            todo = [rs for rs in rss if rs.todo]
+            if not todo:
+                return rss
+            lost: dict[int, ConnectionLost] = {}  # id(Resend) -> the outage it met this round
+            nodes: dict[int, tuple[Broker, list[Resend]]] = {}
+            for rs in todo:
+                try:
+                    node = self.broker.at(rs.prep.queue)
+                except ConnectionLost as e:
+                    lost[id(rs)] = e
+                    continue
+                nodes.setdefault(id(node), (node, []))[1].append(rs)
+            for node, group in nodes.values():
+                try:
+                    for rs in group:
+                        for i in rs.todo:
+                            node.send_packed(rs.prep.commands[i])
+                            rs.sent.add(i)
+                    for rs in group:
+                        for c in rs.tail():
+                            node.send_packed(c)
+                except ConnectionLost as e:
+                    lost.update((id(rs), e) for rs in group)
+            for node, group in nodes.values():
+                if id(group[0]) in lost:
+                    continue
+                try:
+                    for rs in group:
+                        for i in rs.todo:
+                            rs.replies[i] = node.read_reply()
+                    for rs in group:
+                        rs.waited([node.read_reply() for _ in rs.tail()])
+                    if [rs for rs in group if rs.settle()]:
+                        node.load_scripts()
+                except ConnectionLost as e:
+                    lost.update((id(rs), e) for rs in group)
+            if lost:
+                time.sleep(batch_pause(rss, lost))
 
     # --- groups ---
     def group(self, tasks: Sequence, *, then: tuple | None = None, queue: str | None = None) -> "Group":
