@@ -113,7 +113,7 @@ class Supervisor:
         # Redis: reachable or not, decided only by _redis
         self.up = False
         self.retry_at = 0.0
-        self.backoff = Backoff(base=0.1, cap=5.0)
+        self.backoff = Backoff(base=0.1, cap=1.0)  # a reconnect try a second at most: back within ~1 s of a failover
         self.health = Health("supervisor " + self.worker_id, broker.url)
         self.redis_errors = 0              # failed attempts met by _redis (for metrics)
         self.reconnects = 0                # reconnects after an outage
