@@ -56,6 +56,17 @@ def load_embedded() -> ModuleType:
         return mod
 
 
+def client_of(url: str):
+    """A redis-py client (bytes replies) of the Redis, Cluster or Sentinel set url names, to check state with."""
+    import redis
+
+    if url.split("://", 1)[0].lower() in ("redis", "rediss", "unix"):
+        return redis.Redis.from_url(url)
+    from xq.conn import make_client
+
+    return make_client(url)
+
+
 def subscribers(r, channel: str = "xq:{default}:events") -> int:
     """How many clients are subscribed to channel (default: the default queue's events)."""
     return r.pubsub_numsub(channel)[0][1]
