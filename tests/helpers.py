@@ -67,6 +67,18 @@ def client_of(url: str):
     return make_client(url)
 
 
+def evalsha_calls(r) -> int:
+    """EVALSHA calls served so far by r's server, or by all of a Cluster's masters together (INFO
+    commandstats)."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(r, RedisCluster):
+        infos = list(r.info("commandstats", target_nodes=RedisCluster.PRIMARIES).values())
+    else:
+        infos = [r.info("commandstats")]
+    return sum(int(i.get("cmdstat_evalsha", {}).get("calls", 0)) for i in infos)
+
+
 def subscribers(r, channel: str = "xq:{default}:events") -> int:
     """How many clients are subscribed to channel (default: the default queue's events)."""
     return r.pubsub_numsub(channel)[0][1]
