@@ -79,6 +79,15 @@ def evalsha_calls(r) -> int:
     return sum(int(i.get("cmdstat_evalsha", {}).get("calls", 0)) for i in infos)
 
 
+def keys_of(r, pattern: str) -> list[bytes]:
+    """KEYS pattern of r's server, or of every Cluster master (RedisCluster.keys asks one node)."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(r, RedisCluster):
+        return r.keys(pattern, target_nodes=RedisCluster.PRIMARIES)
+    return r.keys(pattern)
+
+
 def subscribers(r, channel: str = "xq:{default}:events") -> int:
     """How many clients are subscribed to channel (default: the default queue's events)."""
     return r.pubsub_numsub(channel)[0][1]
