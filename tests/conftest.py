@@ -12,7 +12,7 @@ import redis
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `import helpers`, `import xqrun`
 
-from helpers import free_port, load_embedded, subscribers, wait_until  # noqa: E402,F401 - re-exported for tests
+from helpers import client_of, free_port, load_embedded, subscribers, wait_until  # noqa: E402,F401 - re-exported for tests
 
 embedded = load_embedded()
 EmbeddedRedis = embedded.EmbeddedRedis
@@ -36,9 +36,50 @@ def redis_server(tmp_path_factory):
         server.stop()
 
 
+TOPOLOGIES = ("single", "cluster", "sentinel")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "topologies(*names): run the test's `redis_url`/`r` on each named "
+                                       "topology (single, cluster, sentinel); ids test_x[single], test_x[cluster]")
+    config.addinivalue_line("markers", "single_only(reason): keep a test of a `topologies` module on one Redis, "
+                                       "for the reason given")
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrises `topology` (and so `redis_url` and `r`) by the closest `topologies` mark, narrowed to
+    single by a `single_only` one; a test without the mark runs once, on the single server."""
+    if "topology" not in metafunc.fixturenames:
+        return
+    mark = metafunc.definition.get_closest_marker("topologies")
+    if mark is None:
+        return
+    names = mark.args
+    unknown = [n for n in names if n not in TOPOLOGIES]
+    if not names or unknown:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: topologies{names} names none or unknown ones "
+                                f"{unknown} (known: {', '.join(TOPOLOGIES)})")
+    only = metafunc.definition.get_closest_marker("single_only")
+    if only is not None:
+        if not (only.args and isinstance(only.args[0], str) and only.args[0]):
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: single_only needs its reason")
+        names = ("single",)
+    metafunc.parametrize("topology", names, indirect=True, ids=names)
+
+
 @pytest.fixture
-def redis_url(redis_server):
-    """The session server's URL, emptied first (FLUSHALL + SCRIPT FLUSH) so each test starts clean."""
+def topology(request) -> str:
+    """The topology `redis_url` and `r` use: single (default), cluster or sentinel (see `topologies`)."""
+    return getattr(request, "param", "single")
+
+
+@pytest.fixture
+def redis_url(topology, request):
+    """The URL of this test's topology, emptied first so each test starts clean: the session server
+    (FLUSHALL + SCRIPT FLUSH), or the session Cluster or Sentinel set (their `cluster`/`sentinel` clean)."""
+    if topology != "single":
+        return request.getfixturevalue(topology).url
+    redis_server = request.getfixturevalue("redis_server")
     if not redis_server.running:
         pytest.fail(f"the session redis-server ({redis_server.url}) is no longer running; log tail:\n"
                     f"{redis_server.log_tail()}", pytrace=False)
@@ -53,8 +94,9 @@ def redis_url(redis_server):
 
 @pytest.fixture
 def r(redis_url):
-    """A redis-py client on the clean session server."""
-    client = redis.Redis.from_url(redis_url)
+    """A redis-py client (bytes replies) on the clean topology: a redis.Redis, or on a Cluster a RedisCluster
+    (single-key commands route by slot; see helpers.py for the rest), on Sentinel the master's client."""
+    client = client_of(redis_url)
     try:
         yield client
     finally:

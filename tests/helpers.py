@@ -56,6 +56,38 @@ def load_embedded() -> ModuleType:
         return mod
 
 
+def client_of(url: str):
+    """A redis-py client (bytes replies) of the Redis, Cluster or Sentinel set url names, to check state with."""
+    import redis
+
+    if url.split("://", 1)[0].lower() in ("redis", "rediss", "unix"):
+        return redis.Redis.from_url(url)
+    from xq.conn import make_client
+
+    return make_client(url)
+
+
+def evalsha_calls(r) -> int:
+    """EVALSHA calls served so far by r's server, or by all of a Cluster's masters together (INFO
+    commandstats)."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(r, RedisCluster):
+        infos = list(r.info("commandstats", target_nodes=RedisCluster.PRIMARIES).values())
+    else:
+        infos = [r.info("commandstats")]
+    return sum(int(i.get("cmdstat_evalsha", {}).get("calls", 0)) for i in infos)
+
+
+def keys_of(r, pattern: str) -> list[bytes]:
+    """KEYS pattern of r's server, or of every Cluster master (RedisCluster.keys asks one node)."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(r, RedisCluster):
+        return r.keys(pattern, target_nodes=RedisCluster.PRIMARIES)
+    return r.keys(pattern)
+
+
 def subscribers(r, channel: str = "xq:{default}:events") -> int:
     """How many clients are subscribed to channel (default: the default queue's events)."""
     return r.pubsub_numsub(channel)[0][1]

@@ -17,6 +17,8 @@ from xq.keys import WORKERS, queue_keys, worker_key
 from test_queues import fleet  # noqa: F401 - the same fixture: a paused queue with tasks in every state
 from xqrun import XQRun, wait_for
 
+pytestmark = pytest.mark.topologies("single", "cluster")
+
 
 def run(coro, timeout: float = 60):
     async def bounded():

@@ -17,6 +17,8 @@ import xq
 from xq.keys import queue_keys
 from xqrun import TESTS, XQRun, wait_for
 
+pytestmark = pytest.mark.topologies("single", "cluster")
+
 APP = "apps.lifecycle:app"
 FLAG = "test:flag"
 

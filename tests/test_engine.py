@@ -14,6 +14,9 @@ import xq
 from xq.keys import queue_keys
 from xqrun import TESTS, XQRun, wait_for
 
+pytestmark = pytest.mark.topologies("single", "cluster")
+ALL_THREE = pytest.mark.topologies("single", "cluster", "sentinel")  # the basic drain, results and status
+
 IMPLS = [pytest.param(False, id="cython"), pytest.param(True, id="pure")]
 
 
@@ -38,20 +41,29 @@ def assert_queue_empty(r, queue="default"):
     assert r.zcard(qk.leases) == 0
 
 
+@pytest.fixture
+def n_drain(topology) -> int:
+    """Tasks in the big drain: 10,000 on one Redis, 2,000 on a Cluster or Sentinel set (the same one-queue,
+    one-slot drain through the same scripts, only slower there)."""
+    return 10_000 if topology == "single" else 2_000
+
+
+@ALL_THREE
 @pytest.mark.parametrize("pure", IMPLS)
-def test_10k_tasks_each_done_exactly_once(redis_url, r, pure):
+def test_10k_tasks_each_done_exactly_once(redis_url, r, pure, n_drain):
     p = xq.Producer(redis_url)
-    ids = p.enqueue_many("count", list(range(10_000)))
-    assert len(set(ids)) == 10_000
+    ids = p.enqueue_many("count", list(range(n_drain)))
+    assert len(set(ids)) == n_drain
     with XQRun(redis_url, burst=True, pure=pure) as w:
         assert w.wait(120) == 0, w.output()
-    assert states(r, ids) == {"done": 10_000}
+    assert states(r, ids) == {"done": n_drain}
     counts = execs(r)
-    assert len(counts) == 10_000 and set(counts.values()) == {1}
+    assert len(counts) == n_drain and set(counts.values()) == {1}
     assert_queue_empty(r)
     assert p.result(ids[1234], timeout=5) == 1234
 
 
+@ALL_THREE
 def test_results_status_context_and_processor(redis_url, r):
     p = xq.Producer(redis_url)
     with XQRun(redis_url) as w:
@@ -74,6 +86,7 @@ def test_results_status_context_and_processor(redis_url, r):
     assert w.proc.returncode == 0
 
 
+@ALL_THREE
 def test_status_moves_queued_running_done(redis_url, r):
     p = xq.Producer(redis_url)
     tid = p.enqueue("sleep", {"s": 1.0})
@@ -110,6 +123,7 @@ def test_children_retain_freed_memory_unless_told_not_to(redis_url, r, retain):
     assert kept >= 20 if retain else kept <= 4
 
 
+@ALL_THREE
 def test_handler_error_fails_only_that_task(redis_url, r):
     p = xq.Producer(redis_url)
     bad = p.enqueue("boom", 7)
@@ -202,6 +216,7 @@ def test_cli_bad_url_and_import_failure(redis_url):
     assert out.returncode == 4 and "is not an xq.App" in out.stderr
 
 
+@ALL_THREE
 def test_priorities_and_queue_order(redis_url, r):
     p = xq.Producer(redis_url)
     low = p.enqueue_many("count", ["low"] * 5, priority="low")
@@ -212,14 +227,18 @@ def test_priorities_and_queue_order(redis_url, r):
     assert [x.decode() for x in r.lrange("test:order", 0, -1)] == other + high + low
 
 
-def test_redis_cli_producer_per_protocol(redis_server, redis_url, r):
-    """A producer with no xq at all, following docs/protocol.md."""
+def test_redis_cli_producer_per_protocol(request, topology, redis_url, r):
+    """A producer with no xq at all, following docs/protocol.md (on a Cluster, redis-cli -c at the master of
+    {default}'s slot: the MULTI is all {default} keys, the SADD after it is redirected)."""
     doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
     script = doc.split("redis-cli <<'EOF'\n", 1)[1].split("EOF\n", 1)[0]
     task_id = script.split("xq:{default}:t:", 1)[1].split()[0]
     assert set(task_id) <= set("0123456789ABCDEFGHJKMNPQRSTVWXYZ"), "the example id must use the id alphabet"
-    out = subprocess.run(["redis-cli", "-p", str(redis_server.port)], input=script, capture_output=True,
-                         text=True, timeout=30)
+    if topology == "cluster":
+        args = ["-c", "-p", str(request.getfixturevalue("cluster").master_of("{default}"))]
+    else:
+        args = ["-p", str(request.getfixturevalue("redis_server").port)]
+    out = subprocess.run(["redis-cli", *args], input=script, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     with XQRun(redis_url, burst=True) as w:
         assert w.wait(60) == 0

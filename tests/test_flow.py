@@ -13,6 +13,8 @@ from xq.keys import queue_keys
 from test_ratelimit import busiest_window
 from xqrun import XQRun, wait_for
 
+pytestmark = pytest.mark.topologies("single", "cluster")
+
 APP = "apps.compose:app"
 QK = queue_keys("default")
 

@@ -19,6 +19,8 @@ import xq
 from xq.keys import QUEUES, queue_keys
 from xqrun import TESTS, XQRun, wait_for
 
+pytestmark = pytest.mark.topologies("single", "cluster")
+
 QK = queue_keys("default")
 GOOD = "01HZZZZZZZZZZZZZZZZZZZZZZA"  # a well-formed id
 DEAD_AT = 1_700_000_000_000

@@ -9,11 +9,12 @@ import time
 
 import orjson
 import pytest
-import redis
-
 import xq
 from xq.keys import queue_keys
+from helpers import client_of
 from xqrun import XQRun, wait_for
+
+pytestmark = pytest.mark.topologies("single", "cluster")
 
 APP = "apps.life:app"
 
@@ -30,7 +31,7 @@ class Events:
     """Collects the events of a queue's channel in a thread (subscription confirmed before returning)."""
 
     def __init__(self, url: str, queue: str = "default"):
-        self.client = redis.Redis.from_url(url)
+        self.client = client_of(url)
         self.ps = self.client.pubsub(ignore_subscribe_messages=False)
         self.ps.subscribe(queue_keys(queue).events)
         wait_for(lambda: (m := self.ps.get_message(timeout=0.1)) and m["type"] == "subscribe", 5, what="subscribe")

@@ -12,11 +12,15 @@ import sys
 import time
 
 import orjson
+import pytest
 
 import xq
 from xq.inspect import Inspector
 from xq.keys import queue_keys
+from helpers import evalsha_calls
 from xqrun import TESTS, XQRun, wait_for
+
+pytestmark = pytest.mark.topologies("single", "cluster")
 
 
 def cli(redis_url, *args, env=None):
@@ -34,8 +38,8 @@ def states(p, ids, queue="default") -> set[str]:
 
 
 def claim_calls(r) -> int:
-    """EVALSHA calls Redis has served so far (CLAIM is one per claim round)."""
-    return int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    """EVALSHA calls Redis (every Cluster master) has served so far (CLAIM is one per claim round)."""
+    return evalsha_calls(r)
 
 
 def workers_seen(p, ids, queue) -> set[str]:

@@ -16,7 +16,10 @@ import pytest
 
 import xq
 from xq.inspect import Inspector
+from helpers import evalsha_calls
 from xqrun import TESTS, XQRun, wait_for
+
+pytestmark = pytest.mark.topologies("single", "cluster")
 
 
 def cli(redis_url, *args):
@@ -52,7 +55,7 @@ def fleet(redis_url, r):
 
 def test_queue_counts_every_state_in_one_round_trip(fleet, redis_url, r):
     p, ids = fleet
-    calls = lambda: r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)  # noqa: E731
+    calls = lambda: evalsha_calls(r)  # noqa: E731
     with Inspector(redis_url) as i:
         i.queue("default")  # loads the script
         before = calls()

@@ -10,11 +10,14 @@ import sys
 import time
 
 import orjson
+import pytest
 
 import xq
 from xq.inspect import Inspector
 from xq.keys import WORKERS, worker_key
 from xqrun import TESTS, XQRun, wait_for
+
+pytestmark = pytest.mark.topologies("single", "cluster")
 
 BEAT = "0.3"  # seconds: the record's TTL is 3 beats, so a dead worker is gone within ~1 s
 

@@ -19,6 +19,8 @@ from xq.inspect import Inspector
 from xq.keys import DEFAULT_KEEP, queue_keys
 from xqrun import TESTS, XQRun, wait_for
 
+pytestmark = pytest.mark.topologies("single", "cluster")
+
 Q = "ret"
 
 

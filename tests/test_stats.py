@@ -19,7 +19,10 @@ from xq.broker import Broker
 from xq.errors import ConfigError
 from xq.inspect import Inspector
 from xq.keys import queue_keys
+from helpers import keys_of
 from xqrun import TESTS, XQRun
+
+pytestmark = pytest.mark.topologies("single", "cluster")
 
 QK = queue_keys("default")
 N_OK, N_ONCE, N_ALWAYS, N_CRASH = 30, 10, 5, 2
@@ -76,7 +79,7 @@ def test_drain_counts_exactly_per_name_and_queue(redis_url, r, pure):
         assert q["by_name"]["ok"]["done_1h"] == N_OK and q["by_name"]["flaky"]["failed_1h"] == 22
         assert q["by_name"]["ok"]["queued"] == 0
     # every key written expires (25 h), the names index included
-    keys = r.keys("xq:{default}:st*")
+    keys = keys_of(r, "xq:{default}:st*")
     assert len(keys) >= 4  # queue + 2 names (per hour touched) + the names index
     for k in keys:
         assert 0 < r.ttl(k) <= stats.TTL, k
@@ -114,7 +117,7 @@ def test_stats_cli_table_json_and_queue_views(redis_url):
 
 def test_no_stats_writes_nothing(redis_url, r):
     drain(redis_url, "--no-stats")
-    assert r.keys("xq:{default}:st*") == []
+    assert keys_of(r, "xq:{default}:st*") == []
     with Inspector(redis_url) as i:
         assert totals(i.history("default", minutes=5)) == {"done": 0, "failed": 0, "retried": 0, "dead": 0}
         assert i.queue("default")["done_1h"] == 0
@@ -136,8 +139,8 @@ def test_minute_boundaries_at_explicit_times(redis_url, r):
     for at, rows in (((t0 - 1) * 1000, {b"a": [3, 0.5]}), (t0 * 1000, {b"a": [1, 0.25], b"b": [2, 1.0]}),
                      ((t0 + 61) * 1000 + 999, {b"b": [5, 0.001]})):
         packed, n = b.pack_stats(QK, at, rows, fresh)
-        b.send_packed(packed)
-        replies = [b.read_reply() for _ in range(n)]
+        b.at("default").send_packed(packed)  # the raw path, to the master of the queue's slot on a Cluster
+        replies = [b.at("default").read_reply() for _ in range(n)]
         assert not [x for x in replies if isinstance(x, Exception)]
     assert stats.locate((t0 - 1) * 1000) == (t0 // 3600 - 1, 59 * stats.RECORD_BITS)
     # made at full length at the first write (stats.SIZE_OP), not grown (and over-allocated) minute by minute

@@ -19,6 +19,8 @@ from xq.inspect import Inspector
 from xq.top import HISTORY_MINUTES, QUEUE_COLUMNS, queue_detail, queue_rows, snapshot, sparkline, worker_detail, worker_rows
 from xqrun import TESTS, XQRun, wait_for
 
+pytestmark = pytest.mark.topologies("single", "cluster")
+
 ROOT = os.path.dirname(TESTS)
 
 

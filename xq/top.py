@@ -283,6 +283,7 @@ def app_class():
                 self.selected[which] = None
 
         def _render_status(self) -> None:
+            url = ""
             if self.error:
                 text = f"{self.error}; retrying every {self.interval:g}s ({redacted(self.insp.url)})"
             elif self.snap is None:
@@ -290,11 +291,12 @@ def app_class():
             else:
                 s = self.snap
                 at = time.strftime("%H:%M:%S", time.localtime(s["time"]))
-                text = (f"xq top  {redacted(self.insp.url)}  {len(s['queues'])} queue(s)  "
-                        f"{len(s['workers'])} worker(s)  updated {at}  [{self.view}]")
+                text = (f"xq top  [{self.view}]  {len(s['queues'])} queue(s)  {len(s['workers'])} worker(s)  "
+                        f"updated {at}")
+                url = f"  {redacted(self.insp.url)}"  # last: a long (Cluster, Sentinel) URL is cut, not the rest
             if self.note:
                 text += f"  | {self.note}"
-            self.query_one("#status", Static).update(text)
+            self.query_one("#status", Static).update(text + url)
 
         def _render_detail(self) -> None:
             pane = self.query_one("#detail", Static)

@@ -1,5 +1,6 @@
 """The Redis client the test handlers record what they did with: $XQ_TEST_REDIS (set by tests/xqrun.py),
-one connection per process, made on first use (after the fork)."""
+one connection per process, made on first use (after the fork); a Cluster or Sentinel URL gives xq's client
+of it (a RedisCluster, the Sentinel master's)."""
 
 import os
 
@@ -11,5 +12,11 @@ _r = None
 def r() -> redis.Redis:
     global _r
     if _r is None:
-        _r = redis.Redis.from_url(os.environ["XQ_TEST_REDIS"])
+        url = os.environ["XQ_TEST_REDIS"]
+        if url.split("://", 1)[0].lower() in ("redis", "rediss", "unix"):
+            _r = redis.Redis.from_url(url)
+        else:
+            from xq.conn import make_client
+
+            _r = make_client(url)
     return _r
