@@ -237,43 +237,32 @@ def make_client(url: str, **kw):
     """The redis-py client for url: a redis.Redis (one Redis), a RedisCluster (routing each command to its
     key's slot), or a Sentinel master_for client (finding the master again after a failover); ConfigError
     if the URL is wrong."""
-    t = parse_url(url)
-    kw = client_options(**kw)
-    try:
-        if t.kind == "single":
-            return redis.Redis.from_url(url, **kw)
-        if t.kind == "cluster":
-            from redis.cluster import ClusterNode, RedisCluster
+    from redis.cluster import ClusterNode, RedisCluster
+    from redis.sentinel import Sentinel
 
-            return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in t.nodes], **t.connection_kwargs(),
-                                **kw)
-        from redis.sentinel import Sentinel
-
-        sentinel = Sentinel(list(t.nodes), sentinel_kwargs={**_sentinel_client_options(kw), **t.sentinel_kwargs()},
-                            **t.connection_kwargs(), **kw)
-        return sentinel.master_for(t.master, db=t.db)
-    except ValueError as e:
-        raise _bad(url, str(e)) from None
+    return _client(url, client_options(**kw), redis.Redis, RedisCluster, ClusterNode, Sentinel)
 
 
 def make_async_client(url: str, **kw):
     """As make_client, on redis.asyncio."""
     import redis.asyncio as aredis
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
     from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.asyncio.sentinel import Sentinel
 
-    t = parse_url(url)
     kw.setdefault("retry", AsyncRetry(NoBackoff(), 0))
-    kw = client_options(**kw)
+    return _client(url, client_options(**kw), aredis.Redis, RedisCluster, ClusterNode, Sentinel)
+
+
+def _client(url: str, kw: dict, Redis, RedisCluster, ClusterNode, Sentinel):
+    """make_client's work, given the classes of redis-py's sync or asyncio flavour."""
+    t = parse_url(url)
     try:
         if t.kind == "single":
-            return aredis.Redis.from_url(url, **kw)
+            return Redis.from_url(url, **kw)
         if t.kind == "cluster":
-            from redis.asyncio.cluster import ClusterNode, RedisCluster
-
             return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in t.nodes], **t.connection_kwargs(),
                                 **kw)
-        from redis.asyncio.sentinel import Sentinel
-
         sentinel = Sentinel(list(t.nodes), sentinel_kwargs={**_sentinel_client_options(kw), **t.sentinel_kwargs()},
                             **t.connection_kwargs(), **kw)
         return sentinel.master_for(t.master, db=t.db)
