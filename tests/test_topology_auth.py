@@ -1,0 +1,166 @@
+"""ACL credentials and TLS end to end on real servers: an ACL user on the session Cluster and Sentinel set
+(redis[s]+cluster://user:pw@..., redis+sentinel://user:pw@.../MASTER), and a TLS redis-server of the test's
+own (rediss://...?ssl_ca_certs=...): producers enqueue, a real `xq run --burst` drains, the Inspector counts.
+The ACL user is removed from every node at the end, so other tests see the servers as before."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+
+import pytest
+
+import xq
+from xq.inspect import Inspector
+from helpers import free_port, stop_process, wait_until
+from topology import HOST, _ask, queues_on_masters
+from xqrun import XQRun
+
+USER, PW = "xqapp", "s3cret-pw"
+ACL = ["ACL", "SETUSER", USER, "on", f">{PW}", "~xq:*", "&xq:*", "+@all"]
+
+
+def _acl_on(ports: list[int]):
+    for p in ports:
+        assert _ask(p, *ACL, timeout=5) == b"OK", f"ACL SETUSER on port {p}"
+
+
+def _acl_off(ports: list[int]):
+    for p in ports:
+        _ask(p, "ACL", "DELUSER", USER, timeout=5)
+
+
+def _with_user(url: str, pw: str = PW) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{USER}:{pw}@{rest}"
+
+
+def _drain_and_count(url: str, queues: list[str], env: dict, n: int = 20) -> None:
+    """Enqueue n tasks into each queue over url, drain them with `xq run --burst` and check the counts."""
+    with xq.Producer(url) as p:
+        ids = {q: p.enqueue_many("count", list(range(n)), queue=q) for q in queues}
+    with XQRun(url, burst=True, queues=",".join(queues), env=env) as w:
+        assert w.wait(60) == 0, w.output()
+    with Inspector(url) as i:
+        for q in queues:
+            c = i.queue(q)
+            assert (c["ready"], c["running"], c["dead"]) == (0, 0, 0), c
+    with xq.Producer(url) as p:
+        assert {p.status(t)["status"] for q in queues for t in ids[q]} == {"done"}
+
+
+def _refused(url: str) -> None:
+    """A wrong password in url gets a clear xq error, sync and asyncio, that does not show it."""
+    with pytest.raises((xq.RedisRefused, xq.ConfigError)) as e:
+        with xq.Producer(url, retry_for=0) as p:
+            p.enqueue("count", 1, queue="q")
+    msgs = [str(e.value)]
+
+    async def enqueue():
+        async with xq.AsyncProducer(url, retry_for=0) as p:
+            await p.enqueue("count", 1, queue="q")
+    with pytest.raises((xq.RedisRefused, xq.ConfigError)) as e:
+        asyncio.run(asyncio.wait_for(enqueue(), 30))
+    msgs.append(str(e.value))
+    for msg in msgs:
+        assert "wrong-pw" not in msg and PW not in msg, msg
+        assert "authentication failed" in msg, msg
+
+
+def test_acl_user_on_cluster(cluster, redis_url):
+    _acl_on(cluster.ports)
+    try:
+        url = _with_user(cluster.url)
+        queues = queues_on_masters(cluster, 2, prefix="acl")
+        _drain_and_count(url, queues, {"XQ_TEST_REDIS": redis_url})
+        _refused(_with_user(cluster.url, "wrong-pw"))
+    finally:
+        _acl_off(cluster.ports)
+
+
+def test_unreachable_cluster_is_connection_lost():
+    """No seed node answers: xq.ConnectionLost (redis-py's RedisClusterException, translated)."""
+    url = f"redis+cluster://{HOST}:{free_port()},{HOST}:{free_port()}/"
+    with pytest.raises(xq.ConnectionLost, match="unreachable"):
+        xq.Producer(url, retry_for=0)
+
+
+def test_acl_user_on_sentinel(sentinel, redis_url):
+    ports = [s.port for s in sentinel.servers]
+    _acl_on(ports)
+    try:
+        url = _with_user(sentinel.url)
+        _drain_and_count(url, ["acl1", "acl2"], {"XQ_TEST_REDIS": redis_url})
+        _refused(_with_user(sentinel.url, "wrong-pw"))
+    finally:
+        _acl_off(ports)
+
+
+def _openssl(*args: str, cwd) -> None:
+    out = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"openssl {' '.join(args)}:\n{out.stderr}"
+
+
+def _certs(d) -> dict:
+    """A throwaway CA and a server certificate it signed for 127.0.0.1 (files in d)."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=xq test CA",
+             "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+             "-out", "server.csr", cwd=d)
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt", cwd=d)
+    return {k: str(d / f) for k, f in (("ca", "ca.crt"), ("cert", "server.crt"), ("key", "server.key"))}
+
+
+def _tls_ping(port: int, ca: str) -> bool:
+    import redis
+
+    try:
+        c = redis.Redis(host=HOST, port=port, ssl=True, ssl_ca_certs=ca, socket_timeout=1,
+                        socket_connect_timeout=1)
+        try:
+            return c.ping()
+        finally:
+            c.close()
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+
+
+@pytest.fixture
+def tls_redis(tmp_path):
+    """A redis-server of this test's own that speaks TLS only (no plain port): (port, certs)."""
+    certs = _certs(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--bind", HOST,
+                             "--tls-cert-file", certs["cert"], "--tls-key-file", certs["key"],
+                             "--tls-ca-cert-file", certs["ca"], "--tls-auth-clients", "no", "--save", "",
+                             "--appendonly", "yes", "--dir", str(tmp_path),
+                             "--logfile", str(tmp_path / "redis.log")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=tmp_path)
+    try:
+        wait_until(lambda: proc.poll() is not None or _tls_ping(port, certs["ca"]), 10, 0.05,
+                   what="the TLS redis-server to answer")
+        assert proc.poll() is None, (tmp_path / "redis.log").read_text()
+        yield port, certs
+    finally:
+        stop_process(proc)
+
+
+def test_tls_single(tls_redis, redis_url):
+    port, certs = tls_redis
+    url = f"rediss://{HOST}:{port}/0?ssl_ca_certs={certs['ca']}"
+    _drain_and_count(url, ["tls"], {"XQ_TEST_REDIS": redis_url})
+    with xq.Producer(url) as p:
+        tid = p.enqueue("echo", {"over": "tls"})
+        with XQRun(url, burst=True, env={"XQ_TEST_REDIS": redis_url}) as w:
+            assert w.wait(60) == 0, w.output()
+        assert p.result(tid, timeout=10) == {"over": "tls"}
+    # without the CA the server's certificate is not trusted: a clear error, not a hang
+    with pytest.raises((xq.ConnectionLost, xq.RedisRefused, xq.ConfigError)) as e:
+        with xq.Producer(f"rediss://{HOST}:{port}/0", retry_for=0) as p:
+            p.enqueue("echo", 1)
+    assert "certificate" in str(e.value).lower(), str(e.value)
+    assert os.path.exists(certs["ca"])
