@@ -128,22 +128,31 @@ def _tls_ping(port: int, ca: str) -> bool:
         return False
 
 
-@pytest.fixture
-def tls_redis(tmp_path):
-    """A redis-server of this test's own that speaks TLS only (no plain port): (port, certs)."""
-    certs = _certs(tmp_path)
-    port = free_port()
+def _tls_server(d, port: int, certs: dict, *conf: str) -> subprocess.Popen:
+    """A redis-server in d that speaks TLS only (no plain port) on port, answering PING when returned."""
+    d.mkdir(exist_ok=True)
     proc = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--bind", HOST,
                              "--tls-cert-file", certs["cert"], "--tls-key-file", certs["key"],
                              "--tls-ca-cert-file", certs["ca"], "--tls-auth-clients", "no", "--save", "",
-                             "--appendonly", "yes", "--dir", str(tmp_path),
-                             "--logfile", str(tmp_path / "redis.log")],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=tmp_path)
+                             "--appendonly", "yes", "--dir", str(d), "--logfile", str(d / "redis.log"), *conf],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=d)
     try:
         wait_until(lambda: proc.poll() is not None or _tls_ping(port, certs["ca"]), 10, 0.05,
-                   what="the TLS redis-server to answer")
-        assert proc.poll() is None, (tmp_path / "redis.log").read_text()
+                   what=f"the TLS redis-server on port {port} to answer")
+        assert proc.poll() is None, (d / "redis.log").read_text()
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+@pytest.fixture
+def tls_redis(tmp_path):
+    """A TLS-only redis-server of this test's own: (port, certs)."""
+    certs = _certs(tmp_path)
+    port = free_port()
+    proc = _tls_server(tmp_path / "redis", port, certs)
+    try:
         yield port, certs
     finally:
         stop_process(proc)
@@ -164,3 +173,48 @@ def test_tls_single(tls_redis, redis_url):
             p.enqueue("echo", 1)
     assert "certificate" in str(e.value).lower(), str(e.value)
     assert os.path.exists(certs["ca"])
+
+
+def _tls_client(port: int, ca: str):
+    import redis
+
+    return redis.Redis(host=HOST, port=port, ssl=True, ssl_ca_certs=ca, socket_timeout=5)
+
+
+def test_tls_cluster(tmp_path, redis_url):
+    """3 TLS-only masters (cluster bus and replication over TLS too), rediss+cluster://...?ssl_ca_certs=."""
+    from topology import cluster_port, keyslot
+    from xq.keys import QueueKeys
+
+    certs = _certs(tmp_path)
+    ports = [cluster_port() for _ in range(3)]
+    procs = []
+    try:
+        for p in ports:
+            procs.append(_tls_server(tmp_path / str(p), p, certs, "--tls-cluster", "yes", "--tls-replication",
+                                     "yes", "--cluster-enabled", "yes", "--cluster-node-timeout", "2000"))
+        out = subprocess.run(["redis-cli", "--tls", "--cacert", certs["ca"], "--cluster", "create",
+                              *(f"{HOST}:{p}" for p in ports), "--cluster-replicas", "0", "--cluster-yes"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+        clients = [_tls_client(p, certs["ca"]) for p in ports]
+        try:
+            wait_until(lambda: all(c.cluster("info")["cluster_state"] == "ok" for c in clients), 30, 0.1,
+                       what="the TLS cluster to be ok")
+            slots = clients[0].cluster("slots")
+        finally:
+            for c in clients:
+                c.close()
+        owner = {}
+        for name in (f"tls{i}" for i in range(1000)):  # two queues whose slots are on two masters
+            slot = keyslot(QueueKeys(name).base)
+            port = next(int(r[2][1]) for r in slots if r[0] <= slot <= r[1])
+            owner.setdefault(port, name)
+            if len(owner) == 2:
+                break
+        assert len(owner) == 2, (owner, slots)
+        url = "rediss+cluster://" + ",".join(f"{HOST}:{p}" for p in ports) + f"/?ssl_ca_certs={certs['ca']}"
+        _drain_and_count(url, list(owner.values()), {"XQ_TEST_REDIS": redis_url})
+    finally:
+        for proc in procs:
+            stop_process(proc)
