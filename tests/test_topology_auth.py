@@ -97,6 +97,28 @@ def test_acl_user_on_sentinel(sentinel, redis_url):
         _acl_off(ports)
 
 
+def test_sentinels_own_acl_user(sentinel, redis_url):
+    """sentinel_username= / sentinel_password= reach the sentinels.  The user is added beside the default
+    one (which stays open), so other tests of the session set are unaffected; a wrong sentinel_password is
+    refused by every sentinel: an error that names it and does not show the password."""
+    ports = [s.port for s in sentinel.sentinels]
+    for p in ports:
+        assert _ask(p, "ACL", "SETUSER", "xqsent", "on", ">sent-pw", "+@all", timeout=5) == b"OK"
+    try:
+        url = f"{sentinel.url}?sentinel_username=xqsent&sentinel_password=sent-pw"
+        _drain_and_count(url, ["sent"], {"XQ_TEST_REDIS": redis_url}, n=5)
+        bad = f"{sentinel.url}?sentinel_username=xqsent&sentinel_password=wrong-pw"
+        with pytest.raises((xq.RedisRefused, xq.ConnectionLost, xq.ConfigError)) as e:
+            with xq.Producer(bad, retry_for=0) as p:
+                p.enqueue("count", 1, queue="sent")
+        # redis-py reports it as MasterNotFoundError listing each sentinel's AuthenticationError, which xq
+        # takes for an outage (ConnectionLost, retried for retry_for) rather than a refusal
+        assert "AuthenticationError" in str(e.value) and "wrong-pw" not in str(e.value), str(e.value)
+    finally:
+        for p in ports:
+            _ask(p, "ACL", "DELUSER", "xqsent", timeout=5)
+
+
 def _openssl(*args: str, cwd) -> None:
     out = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"openssl {' '.join(args)}:\n{out.stderr}"
