@@ -281,7 +281,7 @@ def _client(url: str, kw: dict, Redis, RedisCluster, ClusterNode, Sentinel):
 
 
 def _sentinel_client_options(kw: dict) -> dict:
-    return {k: kw[k] for k in ("socket_timeout", "socket_connect_timeout", "socket_keepalive") if k in kw}
+    return {k: kw[k] for k in ("retry", "socket_timeout", "socket_connect_timeout", "socket_keepalive") if k in kw}
 
 
 def node_client(url: str, host: str, port: int, asyncio: bool = False, **kw):
