@@ -186,6 +186,11 @@ def _parse_single(url: str) -> Topology:
         p.port  # noqa: B018 - raises ValueError on a port that is not a number
     except ValueError as e:
         raise _bad(url, str(e)) from None
+    except redis.exceptions.RedisClusterException as e:  # the sync RedisCluster reads the slot map here
+        t = translate(e, url)
+        if t is e:
+            raise
+        raise t from e
     if p.scheme != "unix" and not p.hostname:
         raise _bad(url, f"no host (expected {p.scheme}://host:port/db)")
     if p.scheme != "unix" and "," in p.netloc:
@@ -268,10 +273,15 @@ def _client(url: str, kw: dict, Redis, RedisCluster, ClusterNode, Sentinel):
         return sentinel.master_for(t.master, db=t.db)
     except ValueError as e:
         raise _bad(url, str(e)) from None
+    except redis.exceptions.RedisClusterException as e:  # the sync RedisCluster reads the slot map here
+        t = translate(e, url)
+        if t is e:
+            raise
+        raise t from e
 
 
 def _sentinel_client_options(kw: dict) -> dict:
-    return {k: kw[k] for k in ("socket_timeout", "socket_connect_timeout", "socket_keepalive") if k in kw}
+    return {k: kw[k] for k in ("retry", "socket_timeout", "socket_connect_timeout", "socket_keepalive") if k in kw}
 
 
 def node_client(url: str, host: str, port: int, asyncio: bool = False, **kw):
@@ -342,6 +352,8 @@ def classify(e: BaseException) -> str | None:
         return "refused"
     if isinstance(e, CLUSTER_MOVES):  # a Cluster slot moved or is not served yet: ask again later
         return "network"
+    if isinstance(e, redis.exceptions.RedisClusterException) and e.__cause__ is not None:
+        return classify(e.__cause__)  # "cannot be connected" to any seed: why it could not (refused, down)
     if isinstance(e, redis.ResponseError):
         if _refusal(e):
             return "refused"
