@@ -212,8 +212,13 @@ def test_cluster_reconnect_after_a_failover_reads_the_slot_map_first(cluster):
         cluster.server(old).kill()
         with pytest.raises(xq.ConnectionLost):
             b.load_scripts()  # the old master is in the map: refused (and redis-py reads the map, unchanged)
-        new = wait_until(lambda: cluster.master_of(QueueKeys(q).base) != old and cluster.master_of(QueueKeys(q).base),
-                         30, 0.05, what="the replica's promotion")
+        slot = keyslot(QueueKeys(q).base)
+
+        def promoted_everywhere():  # every live node's slot map names the new master (whichever one redis-py asks)
+            views = {r[2][1] for n in cluster.servers if n.running for r in cluster._slots(n.port) or [(0, -1, None)]
+                     if r[0] <= slot <= r[1]}
+            return len(views) == 1 and old not in views and views.pop()
+        new = wait_until(promoted_everywhere, 30, 0.05, what="the replica's promotion, known to every node")
         assert b.ping() and b.load_scripts() is None  # first try, no retry (retry_for=0)
         assert b.at(q).client.connection_pool.connection_kwargs["port"] == new
     finally:
