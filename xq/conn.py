@@ -31,8 +31,8 @@ URLs (`rediss` instead of `redis`: TLS; user and password are ACL credentials, %
   before @ are the master's; the sentinels' own, if they require any, are the query parameters
   sentinel_username= and sentinel_password=.
 
-TLS options (cluster and sentinel URLs, as query parameters): ssl_ca_certs, ssl_certfile, ssl_keyfile,
-ssl_cert_reqs (none, optional, required).
+TLS options (query parameters of any rediss URL; on rediss:// redis-py reads them itself): ssl_ca_certs,
+ssl_certfile, ssl_keyfile, ssl_cert_reqs (none, optional, required).
 """
 
 from __future__ import annotations
