@@ -186,11 +186,6 @@ def _parse_single(url: str) -> Topology:
         p.port  # noqa: B018 - raises ValueError on a port that is not a number
     except ValueError as e:
         raise _bad(url, str(e)) from None
-    except redis.exceptions.RedisClusterException as e:  # the sync RedisCluster reads the slot map here
-        t = translate(e, url)
-        if t is e:
-            raise
-        raise t from e
     if p.scheme != "unix" and not p.hostname:
         raise _bad(url, f"no host (expected {p.scheme}://host:port/db)")
     if p.scheme != "unix" and "," in p.netloc:
