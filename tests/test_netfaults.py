@@ -23,6 +23,7 @@ import xq
 from helpers import free_port, keep_every_record, stop_process
 from test_engine import assert_queue_empty, execs, states
 from xq.keys import queue_keys
+from xq.scripts import INLINE_PAYLOAD
 from xqrun import TESTS, XQRun, wait_for
 
 QK = queue_keys("default")
@@ -111,7 +112,9 @@ def test_random_cuts_while_draining_and_enqueueing(fault_proxy):
                     serials = range(serial, serial + n)
                     serial += n
                     if rng.random() < 0.2:
-                        name, payloads = "sleep", [{"s": 0.002, "k": k} for k in serials]
+                        # half of them over scripts.INLINE_PAYLOAD: read by the supervisor's HGET after the claim
+                        pad = "x" * (INLINE_PAYLOAD + 100) if rng.random() < 0.5 else ""
+                        name, payloads = "sleep", [{"s": 0.002, "k": k, "pad": pad} for k in serials]
                     else:
                         name, payloads = "count", list(serials)
                     call_ids = xq.new_ids(n)  # so the call can be repeated without duplicates

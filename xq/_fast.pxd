@@ -40,7 +40,7 @@ cdef class InFlight:
     cdef readonly int qidx            # index of its queue in the supervisor's --queues
     cdef readonly bytes id            # task id
     cdef readonly bytes name          # task name, as CLAIM returned it
-    cdef readonly bytes payload       # payload bytes, forwarded to the child untouched
+    cdef public bytes payload         # payload bytes, forwarded to the child untouched (set late for a large one)
     cdef readonly bytes ct            # payload content type: b"j" JSON, b"b" raw bytes
     cdef readonly int attempt         # this claim's attempt number: with the worker id, the fencing token
     cdef readonly long long timeout_ms  # its own processing timeout in ms; 0: its task's default applies

@@ -102,7 +102,7 @@ class Canceler(Component):
         if seq is None or seq in self.canceling:
             return
         now = time.monotonic()
-        if seq in claims.buffer:  # not handed to a child yet
+        if claims.unstarted(seq):  # not handed to a child yet
             claims.complete_unstarted(seq, b"canceled", b"canceled before it started")
             log.info("task %s canceled before it started", task_id.decode())
             return

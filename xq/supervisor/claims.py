@@ -94,7 +94,8 @@ def shares(n: int, weights: list[int], turn: int) -> list[int]:
 
 
 class ClaimPipeline(Component):
-    """Owns: the tasks this supervisor holds (inflight, the local buffer), results and progress not yet
+    """Owns: the tasks this supervisor holds (inflight, the local buffer, those held for a large payload's
+    read), results and progress not yet
     written, the replies it waits for, the ring depth.  Deadline: results due, the next scheduled task due,
     a ring out of bytes.  Fds: armed result-ring eventfds, the main Redis socket while replies are due, the
     BZPOPMIN socket while waiting."""
@@ -149,6 +150,11 @@ class ClaimPipeline(Component):
         self._due = [None] * n                     # group -> monotonic due time its last claim reported
         self._drained = [False] * n                # group -> its last claim found it drained (burst exit)
         self._turn = 0                             # advances the weighted split's remainder (shares)
+        self.held: deque[int] = deque()            # claimed seqs behind a payload still being read, claim order
+        self.fetching: set[int] = set()            # those of them whose payload (a large one) is being read
+        self.refetch = False                       # an outage lost the fetches' replies: send them again
+        self._prefixes = [qk.task_prefix.encode() for qk in self._qks]
+        self._fetch_marks: list = []               # the ids (objects) of the last claim's tasks without payload
 
     # ------------------------------------------------------------------ loop
     def step(self, now: float) -> int:
@@ -158,6 +164,9 @@ class ClaimPipeline(Component):
         return got
 
     def sync(self, now: float) -> None:
+        if self.refetch:  # an outage lost the payloads' replies: ask again
+            self.refetch = False
+            self._send_fetch([s for s in self.held if s in self.fetching])
         if self.waiting:
             self._take_waits()
         if self.waiting and self.end_wait:
@@ -241,6 +250,7 @@ class ClaimPipeline(Component):
         # ... unless we sweep them back once Redis answers (Leases.sync): a claim was out, reply unread
         self.claim_lost = self.claim_lost or bool(self.waiting) or any(e[0] == "claim" for e in self.pending)
         self.pending.clear()
+        self.refetch = bool(self.fetching)
         self._stats_seen = set()  # a lost step may have carried a key's EXPIRE: send them again
         self.claiming = 0
         self.waiting, self._woke, self._unblocked, self._wait_fds = {}, set(), set(), {}
@@ -266,11 +276,15 @@ class ClaimPipeline(Component):
         self.end_wait = bool(self.waiting)
 
     def return_buffer(self) -> None:
-        """Give claimed-but-unstarted tasks back to the head of their queues."""
-        if not self.buffer:
+        """Give claimed-but-unstarted tasks back to the head of their queues (those waiting for their payload
+        too: the HGET's reply is then ignored)."""
+        if not self.buffer and not self.held:
             return
-        tasks = [self.inflight.pop(s) for s in self.buffer]
+        # everything in the buffer was claimed before anything held (see _hold)
+        tasks = [self.inflight.pop(s) for s in self.buffer] + [self.inflight.pop(s) for s in self.held]
         self.buffer.clear()
+        self.held.clear()
+        self.fetching = set()
         self.sup.leases.release("return", tasks)
 
     # ------------------------------------------------------------------ results
@@ -304,9 +318,18 @@ class ClaimPipeline(Component):
             c.done += n
         return n
 
+    def unstarted(self, seq: int) -> bool:
+        """Is this claimed task still here, not handed to a child (in the buffer, or waiting for its payload)?"""
+        return seq in self.buffer or seq in self.held
+
     def complete_unstarted(self, seq: int, outcome: bytes, text: bytes) -> None:
-        """End a task still in the local buffer without running it (a cancel that came before it started)."""
-        self.buffer.remove(seq)
+        """End a task not handed to a child yet without running it (a cancel that came before it started)."""
+        if seq in self.held:
+            self.held.remove(seq)
+            self.fetching.discard(seq)  # its payload's reply is ignored
+            self._release_held()
+        else:
+            self.buffer.remove(seq)
         t = self.inflight.pop(seq)
         ms = int(time.time() * 1000)
         self.completions.setdefault(t.qidx, []).extend((t.id, t.attempt, outcome, text, b"", ms, ms))
@@ -586,6 +609,12 @@ class ClaimPipeline(Component):
                     if isinstance(reply, Exception) and not refuses_writes(reply):  # full: the COMPLETE says so
                         log.warning("writing progress failed (dropped: progress is best effort): %s", reply)
                 reply = None
+            elif entry[0] == "fetch":
+                for i, seq in enumerate(entry[1]):
+                    if i:
+                        reply = raw.read_reply()
+                    self._fetched(seq, reply)
+                reply = None
             else:
                 self.claiming -= entry[1]
                 self._claimed(reply, entry[1], entry[2], entry[3])
@@ -616,7 +645,7 @@ class ClaimPipeline(Component):
                 self.idle = True
             return
         self.sup.health.wrote()
-        tasks, notes, leased, earliest, rnow = reply
+        tasks, notes, leased, earliest, rnow, fetch = reply
         for i in range(0, len(notes), 2):
             log.warning("queue entry %s: %s", notes[i].decode(errors="replace"), notes[i + 1].decode(errors="replace"))
         n = len(tasks) // 7
@@ -648,8 +677,10 @@ class ClaimPipeline(Component):
         first = self._groups[g].queues[0]  # a group is a run of queues: its index i is the supervisor's first + i
         if first and n:
             tasks[0::7] = [first + i for i in tasks[0::7]]
-        tasks = self._screen(tasks)
+        tasks = self._screen_fetch(tasks, fetch) if fetch else self._screen(tasks)
         self.seq = fast.take_claimed(tasks, inflight, self.buffer, self.seq)
+        if self._fetch_marks or self.held:
+            self._hold(len(tasks) // 7)
         if want > 0:
             self._short[g] = n < want and not notes
             self._got[g] = n
@@ -679,6 +710,78 @@ class ClaimPipeline(Component):
                 (tid, tasks[i + 5], b"invalid", why.encode(), b"", ms, ms))
         self.results_due = 0.0
         return [v for i in range(0, len(tasks), 7) if i not in skip for v in tasks[i:i + 7]]
+
+    # ------------------------------------------------------------------ large payloads
+    # CLAIM leaves a payload over scripts.INLINE_PAYLOAD out of its reply (a string entering Lua costs Redis a
+    # hash of every byte): its task is held back from the buffer while a plain HGET, pipelined on the main
+    # connection like any step, reads the payload, then joins the buffer in claim order with the next tasks.
+    def _screen_fetch(self, tasks: list, fetch: list) -> list:
+        """_screen, noting which of the tasks kept lack their payload (marked by identity: the id object)."""
+        marks = [tasks[i + 1] for i in fetch]
+        tasks = self._screen(tasks)
+        self._fetch_marks = marks
+        return tasks
+
+    def _hold(self, n: int) -> None:
+        """The last n tasks queued in the buffer (one claim's) wait in held instead, in claim order, when one
+        of them lacks its payload or earlier ones are held: a task joins the buffer only once every task
+        claimed before it has its payload, so a queue's order is kept.  Sends the payloads' HGETs."""
+        marks = {id(m) for m in self._fetch_marks}
+        self._fetch_marks = []
+        buf, inflight = self.buffer, self.inflight
+        new = [buf.pop() for _ in range(n)][::-1]
+        fetch = [seq for seq in new if id(inflight[seq].id) in marks]
+        self.held.extend(new)
+        self._send_fetch(fetch)
+        self._release_held()
+
+    def _release_held(self) -> None:
+        held, buf, fetching = self.held, self.buffer, self.fetching
+        while held and held[0] not in fetching:
+            buf.append(held.popleft())
+
+    def _send_fetch(self, seqs: list[int]) -> None:
+        """Send the HGET of each task's payload (pipelined on the main connection, or its master's)."""
+        if not seqs:
+            return
+        inflight, pre, gof = self.inflight, self._prefixes, self._gof
+        self.fetching.update(seqs)
+        by_g: dict[int, list[int]] = {}
+        for seq in seqs:
+            by_g.setdefault(gof[inflight[seq].qidx], []).append(seq)
+        parts = []
+        for g, ss in by_g.items():
+            cmds = b"".join(fast.pack_command([b"HGET", pre[inflight[s].qidx] + inflight[s].id, b"payload"])
+                            for s in ss)
+            parts.append((g, cmds, len(ss)))
+        if self.router is None:
+            self.broker.send_packed(b"".join(p[1] for p in parts))
+            self._main_fd = self.broker.main_fileno()
+        else:
+            self.router.send(parts)
+        self.pending.append(("fetch", [s for ss in by_g.values() for s in ss]))  # the order of the replies
+
+    def _fetched(self, seq: int, reply) -> None:
+        """A held task's payload arrived: the held tasks it no longer blocks join the buffer.  A record that
+        changed under its lease (deleted, its payload removed, the key overwritten) fails that task alone,
+        as an invalid record does."""
+        if seq not in self.fetching:
+            return  # returned or canceled meanwhile
+        self.fetching.discard(seq)
+        t = self.inflight[seq]
+        if isinstance(reply, bytes):
+            t.payload = reply
+        else:
+            self.held.remove(seq)
+            self.inflight.pop(seq)
+            ms = int(time.time() * 1000)
+            why = (f"invalid record: reading field payload after the claim failed: {reply}"
+                   if isinstance(reply, Exception)
+                   else "invalid record: field payload is missing (removed after the claim)").encode()
+            log.warning("task %s: %s", t.id[:60].decode(errors="replace"), why.decode(errors="replace"))
+            self.completions.setdefault(t.qidx, []).extend((t.id, t.attempt, b"invalid", why, b"", ms, ms))
+            self.results_due = 0.0
+        self._release_held()
 
     def _fresh_stats_key(self, key: bytes) -> bool:
         """Is this the first write of this hour's stats key by this supervisor?  Then pack_stats sets its
