@@ -37,7 +37,8 @@ from .router import Router
 
 log = logging.getLogger("xq")
 
-BUFFER_SECONDS = 0.030           # keep ~30 ms of work queued in each child's ring
+BUFFER_SECONDS = 0.100           # keep ~100 ms of work queued in each child's ring
+LOW_SECONDS = 0.002              # a child with less queued than this is running short: its results go out at once
 MAX_DEPTH = 1024
 MAX_STEPS = 2                    # round trips in flight at once
 RESULT_DELAY = 0.010             # longest a result waits while its child still has work queued
@@ -340,7 +341,7 @@ class ClaimPipeline(Component):
 
     def _low(self) -> int:
         """A child with at most this many tasks queued is running short: its results go out at once."""
-        return max(1, self.depth // 3)
+        return max(1, min(self.depth // 3, int(LOW_SECONDS / max(self.avg, 1e-6))))
 
     # ------------------------------------------------------------------ dispatch
     def partials(self) -> bool:
