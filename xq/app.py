@@ -26,8 +26,14 @@ log = logging.getLogger("xq")
 class Processor:
     """Base for class-based handlers: set `name` (and optionally `queue`), implement `process(payload)`.
 
-    One instance is made per child process, on first use; `setup()` runs once there, so expensive
-    state (models, codecs) is built once per child, not per task.
+    One instance is made per child process; `setup()` runs once there, so expensive state (models,
+    codecs) is built once per child, not per task.  It runs when the child starts, before the child takes
+    any task, for every Processor whose queue (its own, or its route's) the supervisor serves; a Processor
+    of another queue is set up on its first task.  A setup() that raises at start is a boot failure: the
+    child exits 3 after logging the Processor and the exception, the tasks it was given go back untouched
+    (no attempt counted), and five boot failures in a row halt `xq run` with exit code 3.  (One that raises
+    on a first task fails that attempt, which is retried per the task's policy.)  A Processor instance
+    passed to register() is set up the same way, once per child.
     """
 
     name: str = ""
@@ -77,17 +83,49 @@ class TaskSpec:
     rate_limit: tuple | None = None    # (starts, period ms) per queue, from "100/s"
     result_ttl: int | None = None      # seconds its finished record is kept, exempt from the count cut
     explicit: frozenset = frozenset()  # route options given at registration: they win over app.route()
+    processor_obj: Any = field(default=None, repr=False)  # a registered Processor instance (set up per child)
     _instance: Any = field(default=None, repr=False)
 
     def resolve(self) -> Callable[[Any], Any]:
-        """The callable that runs a payload (instantiates a processor class once, lazily)."""
+        """The callable that runs a payload (sets a processor up once, lazily, if setup_processor has not)."""
+        if self._instance is None and (self.processor_cls is not None or self.processor_obj is not None):
+            self.setup_processor()
         if self.handler is not None:
             return self.handler
-        if self._instance is None:
-            obj = self.processor_cls()
-            obj.setup()
-            self._instance = obj
         return self._instance.process
+
+    def setup_processor(self) -> None:
+        """Make the processor instance (a class is instantiated) and call its setup(); once per process."""
+        if self._instance is not None:
+            return
+        obj = self.processor_obj if self.processor_obj is not None else self.processor_cls()
+        setup = getattr(obj, "setup", None)
+        if callable(setup):
+            setup()
+        self._instance = obj
+
+
+class ProcessorSetupError(Exception):
+    """A processor's setup() raised when a child started (a boot failure)."""
+
+
+def setup_processors(app: "App", queues) -> int:
+    """In a child at start: set up every processor whose queue (route_for) is served; their setup() runs
+    before any task.  Raises ProcessorSetupError naming the processor and its exception.  Returns how many."""
+    served, n = set(queues), 0
+    for name, spec in app.tasks.items():
+        if spec.processor_cls is None and spec.processor_obj is None:
+            continue
+        if app.route_for(name)["queue"] not in served and spec.queue not in served:
+            continue
+        try:
+            spec.setup_processor()
+        except Exception as e:
+            what = spec.processor_cls or type(spec.processor_obj)
+            raise ProcessorSetupError(f"{what.__module__}.{what.__qualname__}.setup() (task {name!r}) raised "
+                                      f"{type(e).__name__}: {e}") from e
+        n += 1
+    return n
 
 
 class App:
@@ -261,8 +299,9 @@ class App:
         elif callable(getattr(obj, "process", None)) and not inspect.isfunction(obj):
             tname = name or getattr(obj, "name", "") or type(obj).__qualname__
             spec = TaskSpec(tname, queue or getattr(obj, "queue", None) or self.default_queue,
-                            handler=obj.process,
-                            max_retries=max_retries if max_retries is not None else DEFAULT_MAX_RETRIES)
+                            handler=obj.process, processor_obj=obj,
+                            max_retries=max_retries if max_retries is not None
+                            else getattr(obj, "max_retries", DEFAULT_MAX_RETRIES))
         elif callable(obj):
             tname = name or f"{obj.__module__}.{obj.__qualname__}"
             spec = TaskSpec(tname, queue or self.default_queue, handler=obj,

@@ -5,7 +5,8 @@ Exit codes (every command; `xq run` adds 1, 3, 4 and 7):
     1  an error the command reports (unknown task, task failed, ...); for `xq run`: internal error
     2  usage error: bad option, malformed Redis URL, a missing optional extra (`xq top` without textual,
        `xq web` without starlette/uvicorn), `xq web` off loopback without tokens
-    3  `xq run`: children failed to boot repeatedly; the supervisor halted instead of respawning forever
+    3  `xq run`: children failed to boot repeatedly (the app failed to load in them, or a Processor.setup()
+       raised); the supervisor halted instead of respawning forever, returning the tasks they were given
     4  `xq run`: MODULE:APP could not be imported, or is not an xq.App
     5  Redis refused us: authentication failed (wrong or missing password or user), missing ACL
        permission, no such database.  `xq run` checks this at start; once running it logs and retries.
