@@ -11,7 +11,8 @@ Exit codes (every command; `xq run` adds 1, 3, 4 and 7):
     5  Redis refused us: authentication failed (wrong or missing password or user), missing ACL
        permission, no such database.  `xq run` checks this at start; once running it logs and retries.
     6  Redis unreachable: still down after the retries (commands retry for $XQ_RETRY_FOR seconds,
-       default 30; `xq run --burst` waits as long at start, `xq run` without --burst waits forever)
+       default 30; `xq run` gives up once Redis has not answered for --connect-timeout seconds, at start
+       or in an outage: with --burst that defaults to $XQ_RETRY_FOR, without it `xq run` retries forever)
     7  `xq run`: the Redis server would lose tasks (a maxmemory-policy that evicts keys; --allow-eviction
        overrides) or is older than 7.0 (see xq/servercheck.py)
 Expected failures print one line naming the URL (password masked) and the reason, never a traceback.
@@ -37,6 +38,8 @@ EXIT_USAGE = 2
 EXIT_REDIS_REFUSED = 5
 EXIT_REDIS_UNREACHABLE = 6
 EXIT_REDIS_UNSAFE = 7
+SOCKET_TIMEOUT = 30.0      # seconds: the supervisor's Redis socket timeout (Broker's default)
+MIN_SOCKET_TIMEOUT = 5.0   # ... and the least --connect-timeout brings it down to
 
 log = logging.getLogger("xq")
 
@@ -155,6 +158,9 @@ def main() -> None:
                    "critical:6,default:3,low:1, each claim shares its batch between them in those proportions")
 @click.option("--redis", "url", default=None, help="Redis URL [default: $XQ_REDIS_URL, else redis://127.0.0.1:6379/0]")
 @click.option("--burst", is_flag=True, help="exit 0 once the queues are empty and nothing is running")
+@click.option("--connect-timeout", type=click.FloatRange(min=0.0, min_open=True), default=None, metavar="SECONDS",
+              help="give up with exit code 6 once Redis has not answered for this long, at start or during an "
+                   "outage [default: with --burst $XQ_RETRY_FOR, else 30; without --burst: never, retry forever]")
 @click.option("--lease", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
               help="seconds a claim holds a task before another supervisor may recover it (renewed while running)")
 @click.option("--result-ttl", type=click.IntRange(min=0), default=86400, show_default=True,
@@ -193,7 +199,7 @@ def main() -> None:
               help="write the per-minute stats history (`xq stats`); --no-stats only to measure its cost")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grace, max_tasks_per_child,
+def run(app_ref, procs, queues, url, burst, connect_timeout, lease, result_ttl, max_payload, grace, max_tasks_per_child,
         max_memory_per_child, memory_limit_per_child, prefetch, retain_memory, level_weights, kill_grace,
         allow_eviction, heartbeat, metrics_port, stats, log_level) -> None:
     """Run a supervisor and its child processes for MODULE:APP."""
@@ -217,11 +223,18 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
     try:
         qs, weights = parse_queues(queues) if queues else (app.queues(), None)
         lweights = parse_level_weights(level_weights) if level_weights else None
-        broker = Broker(url)
+        if connect_timeout is None and burst:
+            from .producer import retry_window
+
+            connect_timeout = retry_window(None)
+        # A Redis that stalls (accepts, never answers) is noticed after one socket timeout: keep it within
+        # the connect timeout (but above the claims' 1 s blocking wait), so that one bounds a stall too.
+        broker = Broker(url) if connect_timeout is None else \
+            Broker(url, socket_timeout=min(SOCKET_TIMEOUT, max(MIN_SOCKET_TIMEOUT, connect_timeout)))
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
-    checked = _check_redis(broker, burst, allow_eviction)
-    cfg = Config(queues=qs, procs=n, burst=burst, lease=lease, result_ttl=result_ttl, max_payload=max_payload,
+    checked = _check_redis(broker, connect_timeout, allow_eviction)
+    cfg = Config(queues=qs, procs=n, burst=burst, connect_timeout=connect_timeout, lease=lease, result_ttl=result_ttl, max_payload=max_payload,
                  grace=grace, max_tasks_per_child=max_tasks_per_child,
                  max_memory_per_child=max_memory_per_child * 1024 * 1024,
                  memory_limit_per_child=memory_limit_per_child * 1024 * 1024, prefetch=prefetch,
@@ -243,17 +256,17 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
     sys.exit(code)
 
 
-def _check_redis(broker, burst: bool, allow_eviction: bool = False) -> bool:
+def _check_redis(broker, connect_timeout: float | None, allow_eviction: bool = False) -> bool:
     """Before any child starts: a Redis that refuses us halts `xq run` (exit 5), as retrying cannot fix
     it; one that would lose tasks (an evicting maxmemory-policy, see xq/servercheck.py) too (exit 7).  An
-    unreachable one is waited for: forever (the supervisor's own backoff, children up), or with --burst
-    (a CI job) for the producers' retry window, then exit 6.  False: not reached, so not checked yet (the
-    supervisor checks at its first connect)."""
+    unreachable one is waited for: forever without a connect timeout (the supervisor's own backoff,
+    children up), else for connect_timeout seconds (--connect-timeout; with --burst, a CI job, it defaults
+    to the producers' retry window), then exit 6.  False: not reached, so not checked yet (the supervisor
+    checks at its first connect)."""
     from .conn import Backoff
-    from .producer import retry_window
     from .servercheck import RedisUnsafe, check_server
 
-    deadline = time.monotonic() + retry_window(None)
+    deadline = time.monotonic() + (connect_timeout or 0.0)
     backoff = Backoff(0.1, 2.0)
     while True:
         try:
@@ -263,12 +276,12 @@ def _check_redis(broker, burst: bool, allow_eviction: bool = False) -> bool:
         except RedisUnsafe as e:
             _fail(EXIT_REDIS_UNSAFE, str(e))
         except ConnectionLost as e:
-            if not burst:
+            if connect_timeout is None:
                 return False  # the supervisor reports it, keeps trying, and checks the server once it answers
             if time.monotonic() >= deadline:
-                raise ConnectionLost(f"{e}; --burst gave up after {retry_window(None):g} s "
-                                     f"($XQ_RETRY_FOR)", url=e.url) from None
-            time.sleep(backoff.next())
+                raise ConnectionLost(f"{e}; gave up after --connect-timeout {connect_timeout:g} s (with --burst "
+                                     f"the default is $XQ_RETRY_FOR, 30 s)", url=e.url) from None
+            time.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
 
 
 @main.command()
