@@ -3,7 +3,8 @@
 Exit codes (every command; `xq run` adds 1, 3, 4 and 7):
     0  success; for `xq run`: stopped (burst finished, or SIGTERM/SIGINT, graceful or hard)
     1  an error the command reports (unknown task, task failed, ...); for `xq run`: internal error
-    2  usage error: bad option, malformed Redis URL, a missing optional extra (`xq top` without textual,
+    2  usage error: bad option (the message names the flag, never a Python argument of the library),
+       malformed Redis URL, a missing optional extra (`xq top` without textual,
        `xq web` without starlette/uvicorn), `xq web` off loopback without tokens
     3  `xq run`: children failed to boot repeatedly (the app failed to load in them, or a Processor.setup()
        raised); the supervisor halted instead of respawning forever, returning the tasks they were given
@@ -24,6 +25,7 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -109,8 +111,42 @@ def _fail(code: int, message: str) -> None:
     sys.exit(code)
 
 
+def flagify(message: str, command: click.Command) -> str:
+    """A library error message in the words of the command line: the Python arguments it names (`ids=`,
+    `until_done`, `invalid keep 0`) become the command's flags (`--id`, `--until-done`, `invalid --keep 0`)."""
+    flags = {}
+    for p in command.params:
+        if isinstance(p, click.Option) and p.name:
+            longs = [o for o in p.opts if o.startswith("--")]
+            flags[p.name] = max(longs or p.opts, key=len)
+    if not flags:
+        return message
+    sub = lambda m: flags.get(m[1], m[0])  # noqa: E731
+    message = re.sub(r"(?<![\w(.-])([a-z][a-z_]*)=(?![\w'\".(])", sub, message)       # kwarg style: ids=
+    message = re.sub(r"(?<![\w(.-])([a-z]+(?:_[a-z]+)+)\b(?![=(.])", sub, message)   # bare: until_done
+    message = re.sub(r"^(invalid )([a-z]+)\b", lambda m: m[1] + flags.get(m[2], m[2]), message)  # invalid keep 0
+    return message
+
+
+class XQCommand(click.Command):
+    """An `xq` command: a ConfigError from the library (a usage error) names the command's flags, not the
+    library's Python arguments; XQGroup turns it into exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as e:
+            message = flagify(str(e), self)
+            if message == str(e):
+                raise
+            raise ConfigError(f"{message} (see '{ctx.command_path} --help')") from None
+
+
 class XQGroup(click.Group):
     """The `xq` group: the failures every command can meet become one line and a documented exit code."""
+
+    command_class = XQCommand
+    group_class = type  # sub-groups (xq dlq, xq queue, ...) are XQGroups too
 
     def invoke(self, ctx):
         try:
@@ -130,6 +166,27 @@ def parse_level_weights(spec: str) -> list[int]:
         raise ConfigError(f"invalid --level-weights {spec!r}: expected ten integers >= 0 for levels 0..9, "
                           f"not all 0, e.g. 16,8,8,4,4,2,2,1,1,1")
     return [int(p) for p in parts]
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is a number: not nan, not inf (the library's checks then say what range it needs)."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            f = value
+        else:
+            try:
+                f = float(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if f != f or f in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return f
+
+
+FINITE = FiniteFloat()
 
 
 def _procs(value: str) -> int:
@@ -221,8 +278,14 @@ def run(app_ref, procs, queues, url, burst, connect_timeout, lease, result_ttl, 
     url = url or os.environ.get("XQ_REDIS_URL") or DEFAULT_URL
     app = load_app(app_ref)
     try:
-        qs, weights = parse_queues(queues) if queues else (app.queues(), None)
-        lweights = parse_level_weights(level_weights) if level_weights else None
+        qs, weights = parse_queues(queues) if queues is not None else (app.queues(), None)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--queues") from None
+    try:
+        lweights = parse_level_weights(level_weights) if level_weights is not None else None
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--level-weights") from None
+    try:
         if connect_timeout is None and burst:
             from .producer import retry_window
 
@@ -232,7 +295,7 @@ def run(app_ref, procs, queues, url, burst, connect_timeout, lease, result_ttl, 
         broker = Broker(url) if connect_timeout is None else \
             Broker(url, socket_timeout=min(SOCKET_TIMEOUT, max(MIN_SOCKET_TIMEOUT, connect_timeout)))
     except ConfigError as e:
-        raise click.BadParameter(str(e)) from None
+        raise click.BadParameter(str(e), param_hint="--redis") from None
     checked = _check_redis(broker, connect_timeout, allow_eviction)
     cfg = Config(queues=qs, procs=n, burst=burst, connect_timeout=connect_timeout, lease=lease, result_ttl=result_ttl, max_payload=max_payload,
                  grace=grace, max_tasks_per_child=max_tasks_per_child,
@@ -289,13 +352,13 @@ def _check_redis(broker, connect_timeout: float | None, allow_eviction: bool = F
 @click.argument("payload", default="null")
 @click.option("--queue", default=None, help="queue [default: default]")
 @click.option("--priority", default="5", help="0 (highest) .. 9, or critical/high/normal/low")
-@click.option("--delay", type=float, default=None, help="seconds before it is due (status scheduled until then)")
-@click.option("--eta", type=float, default=None, help="unix time at which it is due")
-@click.option("--expires", type=float, default=None, help="seconds from now by which it must have started")
-@click.option("--timeout", type=float, default=None, help="seconds an attempt may run")
+@click.option("--delay", type=FINITE, default=None, help="seconds before it is due (status scheduled until then)")
+@click.option("--eta", type=FINITE, default=None, help="unix time at which it is due")
+@click.option("--expires", type=FINITE, default=None, help="seconds from now by which it must have started")
+@click.option("--timeout", type=FINITE, default=None, help="seconds an attempt may run")
 @click.option("--max-retries", type=int, default=None, help="attempts after the first")
 @click.option("--unique-key", default=None, help="while a task with this key has not ended, print its id instead")
-@click.option("--unique-ttl", type=float, default=None, help="seconds the unique key is held at most")
+@click.option("--unique-ttl", type=FINITE, default=None, help="seconds the unique key is held at most")
 @click.option("--depends-on", multiple=True, metavar="ID", help="wait until this task is done (repeatable)")
 @click.option("--concurrency-key", default=None, help="at most --max-concurrency tasks with this key run at once")
 @click.option("--max-concurrency", type=int, default=None)
@@ -334,7 +397,7 @@ def cancel(task_id, queue, url) -> None:
 @click.argument("queues", nargs=-1)
 @click.option("--id", "ids", multiple=True, metavar="ID", help="only this task's events (repeatable)")
 @click.option("--state", "states", multiple=True, help="only events in this state (repeatable)")
-@click.option("--timeout", type=click.FloatRange(min=0.0), default=None, help="stop after this many seconds")
+@click.option("--timeout", type=click.FloatRange(min=0.0, max=1e9), default=None, help="stop after this many seconds")
 @click.option("--until-done", is_flag=True, help="with --id: stop once every one of them has ended")
 @click.option("--redis", "url", default=None, help="Redis URL")
 def events(queues, ids, states, timeout, until_done, url) -> None:
