@@ -142,6 +142,24 @@ class XQCommand(click.Command):
             raise ConfigError(f"{message} (see '{ctx.command_path} --help')") from None
 
 
+# Environment variables xq reads; one set whose name is close to these (XQ_REDIS_ULR) is a usage error.
+ENV_VARS = ("XQ_REDIS_URL", "XQ_RETRY_FOR", "XQ_PURE", "XQ_MEDIA_THREADS", "XQ_WEB_TOKENS", "XQ_WEB_SECRET")
+
+
+def check_env(environ=None) -> None:
+    """ConfigError for a set XQ_* variable that xq does not read but whose name is within difflib ratio 0.8
+    of one it does (a typo silently ignored would, say, send `xq run` to the default Redis URL).  Other
+    XQ_* names (a project's own) pass."""
+    import difflib
+
+    for key in sorted(os.environ if environ is None else environ):
+        if key.startswith("XQ_") and key not in ENV_VARS:
+            close = difflib.get_close_matches(key, ENV_VARS, n=1, cutoff=0.8)
+            if close:
+                raise ConfigError(f"environment variable {key} is not one xq reads: did you mean {close[0]}? "
+                                  f"(xq reads {', '.join(ENV_VARS)})")
+
+
 class XQGroup(click.Group):
     """The `xq` group: the failures every command can meet become one line and a documented exit code."""
 
@@ -150,6 +168,8 @@ class XQGroup(click.Group):
 
     def invoke(self, ctx):
         try:
+            if ctx.parent is None:
+                check_env()
             return super().invoke(ctx)
         except RedisRefused as e:
             _fail(EXIT_REDIS_REFUSED, str(e))
