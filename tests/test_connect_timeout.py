@@ -37,6 +37,20 @@ def test_burst_gives_up_when_a_proxy_refuses_every_connection(fault_proxy):
     assert "gave up after --connect-timeout 1 s" in out, out
 
 
+def test_burst_gives_up_when_a_proxy_accepts_but_never_answers(fault_proxy):
+    fault_proxy.stall()
+    run = XQRun(fault_proxy.url(), "--connect-timeout", "1", burst=True, procs=1)
+    out = _exit6(run)
+    assert "gave up after --connect-timeout 1 s" in out, out
+    fault_proxy.resume()
+
+
+def test_an_explicit_connect_timeout_bounds_xq_run_without_burst_too():
+    run = XQRun(f"redis://127.0.0.1:{free_port()}/0", "--connect-timeout", "1", procs=1)
+    out = _exit6(run)
+    assert "gave up after --connect-timeout 1 s" in out, out
+
+
 def test_burst_defaults_to_the_retry_window_of_xq_retry_for():
     run = XQRun(f"redis://127.0.0.1:{free_port()}/0", burst=True, procs=1, env={"XQ_RETRY_FOR": "1"})
     out = _exit6(run)
