@@ -182,3 +182,68 @@ def test_progress_frames_precede_the_result_and_a_tight_loop_is_throttled():
     assert last["pct"] == 100.0 and last["msg"] == "x" * 1000  # messages are cut to 1000 characters
     assert orjson.loads(b"{" + heads[-1][5] + b"}") == {"progress": 100.0, "message": "x" * 1000}
     os.close(efd)
+
+
+# ---------------------------------------------------------------- registration refuses look-alike hooks
+@pytest.mark.parametrize("method,hook", [
+    ("before", "before_task"), ("after", "after_task"), ("error", "on_error"), ("on_task", "before_task"),
+    ("before_tsak", "before_task"), ("onerror", "on_error"), ("after_task_", "after_task"),
+    ("on_failure", "on_error"), ("on_success", "after_task"), ("enqueue", "on_enqueue"),
+    ("on_enqueued", "on_enqueue"),
+])
+def test_a_method_that_looks_like_a_hook_is_refused_naming_the_hook(method, hook):
+    cls = type("Typo", (Middleware,), {method: lambda self, *a: None})
+    with pytest.raises(xq.ConfigError, match=rf"Typo defines {method}\(\).*did you mean {hook}\("):
+        xq.App(middleware=[cls()])
+    app = xq.App()
+    with pytest.raises(xq.ConfigError, match=rf"did you mean {hook}\("):
+        app.add_middleware(cls())
+    assert app.middleware == []
+
+
+def test_private_helpers_and_unrelated_public_methods_are_accepted():
+    class Fine(Middleware):
+        def _before(self):
+            pass
+
+        def snapshot(self):
+            return {}
+
+        def report(self, x):
+            return x
+
+        def before_task(self, ctx, payload):
+            self._before()
+
+    app = xq.App(middleware=[Fine(), LoggingMiddleware(), MetricsMiddleware()])
+    assert len(app.middleware) == 3
+
+
+def test_a_look_alike_inherited_from_a_user_base_is_refused_too():
+    class Base(Middleware):
+        def after(self, ctx, result):
+            pass
+
+    class Sub(Base):
+        pass
+
+    with pytest.raises(xq.ConfigError, match=r"after\(\).*after_task"):
+        xq.App(middleware=[Sub()])
+
+
+def test_a_hook_with_the_wrong_signature_is_refused():
+    class Short(Middleware):
+        def before_task(self, ctx):
+            pass
+
+    with pytest.raises(xq.ConfigError, match=r"Short.before_task\(ctx\) cannot be called as before_task\(ctx, payload\)"):
+        xq.App(middleware=[Short()])
+
+    class Loose(Middleware):
+        def on_enqueue(self, *args, **kwargs):
+            pass
+
+        def on_error(self, ctx, exc, extra=None):
+            pass
+
+    xq.App(middleware=[Loose()])

@@ -26,8 +26,14 @@ log = logging.getLogger("xq")
 class Processor:
     """Base for class-based handlers: set `name` (and optionally `queue`), implement `process(payload)`.
 
-    One instance is made per child process, on first use; `setup()` runs once there, so expensive
-    state (models, codecs) is built once per child, not per task.
+    One instance is made per child process; `setup()` runs once there, so expensive state (models,
+    codecs) is built once per child, not per task.  It runs when the child starts, before the child takes
+    any task, for every Processor whose queue (its own, or its route's) the supervisor serves; a Processor
+    of another queue is set up on its first task.  A setup() that raises at start is a boot failure: the
+    child exits 3 after logging the Processor and the exception, the tasks it was given go back untouched
+    (no attempt counted), and five boot failures in a row halt `xq run` with exit code 3.  (One that raises
+    on a first task fails that attempt, which is retried per the task's policy.)  A Processor instance
+    passed to register() is set up the same way, once per child.
     """
 
     name: str = ""
@@ -43,6 +49,46 @@ class Processor:
 
     def process(self, payload: Any) -> Any:
         raise NotImplementedError
+
+
+TASK_OPTIONS = ("name", "queue", "max_retries", "retry_on", "backoff", "timeout", "expires", "rate_limit",
+                "result_ttl")
+APP_OPTIONS = ("name", "default_queue", "clock", "middleware", "routes")
+# Processor class attributes xq reads (besides the methods setup and process)
+PROCESSOR_ATTRS = ("name", "queue", "max_retries", "retry_on", "backoff", "timeout", "expires", "rate_limit",
+                   "result_ttl")
+# Options people reach for that xq spells otherwise (or sets elsewhere) -> what to say
+OPTION_HINTS = {
+    "retries": "max_retries", "max_retry": "max_retries", "retry": "max_retries", "max_attempts": "max_retries",
+    "attempts": "max_retries", "retry_for": "retry_on", "retry_exceptions": "retry_on", "autoretry_for": "retry_on",
+    "time_limit": "timeout", "soft_time_limit": "timeout", "ttl": "result_ttl", "expire": "expires",
+    "expiry": "expires", "expiration": "expires", "rate": "rate_limit", "ratelimit": "rate_limit",
+    "queue_name": "queue", "task_name": "name", "middlewares": "middleware", "route": "routes",
+    "default_queues": "default_queue",
+}
+NOT_A_TASK_OPTION = {
+    "priority": "priority is set per enqueue (Producer.enqueue(priority=...)) or for a name with "
+                "app.route(name, priority=...)",
+    "delay": "delay is an enqueue option (Producer.enqueue(delay=...))",
+    "eta": "eta is an enqueue option (Producer.enqueue(eta=...))",
+    "unique_key": "unique_key is an enqueue option (Producer.enqueue(unique_key=...))",
+}
+
+
+def unknown_option(what: str, key: str, allowed, where: str = "") -> ConfigError:
+    """A ConfigError for an unknown option key of what, suggesting the option meant (a close match, or a
+    known alias) and listing the allowed ones."""
+    import difflib
+
+    if key in NOT_A_TASK_OPTION and key not in allowed:
+        hint = f": {NOT_A_TASK_OPTION[key]}"
+    else:
+        meant = OPTION_HINTS.get(key) if OPTION_HINTS.get(key) in allowed else None
+        if meant is None:
+            close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.6)
+            meant = close[0] if close else None
+        hint = f": did you mean {meant!r}?" if meant else ""
+    return ConfigError(f"unknown {what} {key!r}{where}{hint} (allowed: {', '.join(allowed)})")
 
 
 def check_seconds(what: str, value, *, allow_none: bool = True, positive: bool = True):
@@ -77,24 +123,58 @@ class TaskSpec:
     rate_limit: tuple | None = None    # (starts, period ms) per queue, from "100/s"
     result_ttl: int | None = None      # seconds its finished record is kept, exempt from the count cut
     explicit: frozenset = frozenset()  # route options given at registration: they win over app.route()
+    processor_obj: Any = field(default=None, repr=False)  # a registered Processor instance (set up per child)
     _instance: Any = field(default=None, repr=False)
 
     def resolve(self) -> Callable[[Any], Any]:
-        """The callable that runs a payload (instantiates a processor class once, lazily)."""
+        """The callable that runs a payload (sets a processor up once, lazily, if setup_processor has not)."""
+        if self._instance is None and (self.processor_cls is not None or self.processor_obj is not None):
+            self.setup_processor()
         if self.handler is not None:
             return self.handler
-        if self._instance is None:
-            obj = self.processor_cls()
-            obj.setup()
-            self._instance = obj
         return self._instance.process
+
+    def setup_processor(self) -> None:
+        """Make the processor instance (a class is instantiated) and call its setup(); once per process."""
+        if self._instance is not None:
+            return
+        obj = self.processor_obj if self.processor_obj is not None else self.processor_cls()
+        setup = getattr(obj, "setup", None)
+        if callable(setup):
+            setup()
+        self._instance = obj
+
+
+class ProcessorSetupError(Exception):
+    """A processor's setup() raised when a child started (a boot failure)."""
+
+
+def setup_processors(app: "App", queues) -> int:
+    """In a child at start: set up every processor whose queue (route_for) is served; their setup() runs
+    before any task.  Raises ProcessorSetupError naming the processor and its exception.  Returns how many."""
+    served, n = set(queues), 0
+    for name, spec in app.tasks.items():
+        if spec.processor_cls is None and spec.processor_obj is None:
+            continue
+        if app.route_for(name)["queue"] not in served and spec.queue not in served:
+            continue
+        try:
+            spec.setup_processor()
+        except Exception as e:
+            what = spec.processor_cls or type(spec.processor_obj)
+            raise ProcessorSetupError(f"{what.__module__}.{what.__qualname__}.setup() (task {name!r}) raised "
+                                      f"{type(e).__name__}: {e}") from e
+        n += 1
+    return n
 
 
 class App:
     """A registry of task handlers, imported by `xq run MODULE:APP` in the supervisor and its children."""
 
     def __init__(self, name: str = "xq", *, default_queue: str = DEFAULT_QUEUE, clock=None, middleware=(),
-                 routes=None):
+                 routes=None, **unknown):
+        for key in unknown:
+            raise unknown_option("xq.App option", key, APP_OPTIONS)
         self.name = name
         self.default_queue = check_queue(default_queue)
         self.tasks: dict[str, TaskSpec] = {}
@@ -140,10 +220,9 @@ class App:
         if not isinstance(pattern, str) or not pattern:
             raise ConfigError(f"invalid route pattern {pattern!r}: expected a task name or an fnmatch glob "
                               f"such as 'image.*'")
-        unknown = [k for k in options if k not in ROUTE_OPTIONS]
-        if unknown:
-            raise ConfigError(f"unknown route option {unknown[0]!r} for {pattern!r}: allowed are "
-                              f"{', '.join(ROUTE_OPTIONS)}")
+        for k in options:
+            if k not in ROUTE_OPTIONS:
+                raise unknown_option("route option", k, ROUTE_OPTIONS, where=f" for {pattern!r}")
         opts = {}
         for k, v in options.items():
             if v is None:
@@ -189,7 +268,7 @@ class App:
 
     def task(self, name: str | None = None, *, queue: str | None = None, max_retries: int | None = None,
              retry_on=None, backoff=None, timeout: float | None = None, expires: float | None = None,
-             rate_limit: str | None = None, result_ttl: int | None = None):
+             rate_limit: str | None = None, result_ttl: int | None = None, **unknown):
         """Decorator registering a function (called with the payload) or a Processor-like class.
 
         max_retries (default 3), retry_on (exception types to retry, default every Exception), backoff
@@ -198,6 +277,9 @@ class App:
         rate_limit ("100/s", "5/m", "1/h": at most that many starts of this task per period, per queue,
         across all supervisors; tasks over it are deferred to a later period), result_ttl (whole seconds
         its finished record is kept, whatever the queue's retention keeps: see docs/design.md, Retention)."""
+
+        for key in unknown:
+            raise unknown_option("task option", key, TASK_OPTIONS)
 
         def deco(obj):
             self.register(obj, name=name, queue=queue, max_retries=max_retries, retry_on=retry_on,
@@ -220,6 +302,11 @@ class App:
         from .cron import CronEntry
         from .producer import check_priority
 
+        for key in task_options:
+            if key not in TASK_OPTIONS or key in ("name", "queue"):
+                raise unknown_option("@app.cron option", key,
+                                     ("payload", "name", "queue", "priority", "tz",
+                                      *(o for o in TASK_OPTIONS if o not in ("name", "queue"))))
         has_payload = payload is not None
         prio = check_priority(priority)
 
@@ -248,8 +335,16 @@ class App:
     def register(self, obj, *, name: str | None = None, queue: str | None = None,
                  max_retries: int | None = None, retry_on=None, backoff=None, timeout: float | None = None,
                  expires: float | None = None, rate_limit: str | None = None,
-                 result_ttl: int | None = None) -> TaskSpec:
-        """Register a function, a class with `name` and `process()`, or an instance of one."""
+                 result_ttl: int | None = None, **unknown) -> TaskSpec:
+        """Register a function, a class with `name` and `process()`, or an instance of one.
+
+        Unknown options are refused (ConfigError suggesting the one meant), and so is a processor's public
+        class attribute or method that looks like one xq reads but is not (`max_retry = 3`, `retries`,
+        `priority`, `def set_up`): see check_processor_attrs."""
+        for key in unknown:
+            raise unknown_option("task option", key, TASK_OPTIONS)
+        if not inspect.isfunction(obj) and callable(getattr(obj, "process", None)):
+            check_processor_attrs(obj)
         if inspect.isclass(obj):
             if not callable(getattr(obj, "process", None)):
                 raise ConfigError(f"processor class {obj.__qualname__} has no process(payload) method")
@@ -261,8 +356,9 @@ class App:
         elif callable(getattr(obj, "process", None)) and not inspect.isfunction(obj):
             tname = name or getattr(obj, "name", "") or type(obj).__qualname__
             spec = TaskSpec(tname, queue or getattr(obj, "queue", None) or self.default_queue,
-                            handler=obj.process,
-                            max_retries=max_retries if max_retries is not None else DEFAULT_MAX_RETRIES)
+                            handler=obj.process, processor_obj=obj,
+                            max_retries=max_retries if max_retries is not None
+                            else getattr(obj, "max_retries", DEFAULT_MAX_RETRIES))
         elif callable(obj):
             tname = name or f"{obj.__module__}.{obj.__qualname__}"
             spec = TaskSpec(tname, queue or self.default_queue, handler=obj,
@@ -337,3 +433,38 @@ def _declared(obj, attr: str) -> bool:
         return True
     cls = obj if inspect.isclass(obj) else type(obj)
     return any(attr in vars(c) for c in cls.__mro__ if c not in (Processor, object))
+
+
+def check_processor_attrs(obj) -> None:
+    """ConfigError if a processor class (or instance) sets a public attribute that looks like one xq reads
+    but is not: a known alias (`retries`, `max_retry`, `ttl`, ...), a setting xq takes elsewhere
+    (`priority`, `delay`), or a name within difflib ratio 0.8 of one (`max_retires`, `queues`,
+    `time_out`); a method close to setup or process (`set_up`, `proccess`) likewise.  Private names
+    (leading underscore) and unrelated ones (`model_path`) pass."""
+    import difflib
+
+    cls = obj if inspect.isclass(obj) else type(obj)
+    names = [(k, v) for c in cls.__mro__ if c not in (Processor, object) for k, v in vars(c).items()]
+    if not inspect.isclass(obj):
+        names += list(getattr(obj, "__dict__", {}).items())
+    for key, value in names:
+        if key.startswith("_") or key in PROCESSOR_ATTRS or key in ("setup", "process"):
+            continue
+        if callable(value) or isinstance(value, (staticmethod, classmethod)):
+            if inspect.isclass(value):
+                continue
+            close = difflib.get_close_matches(key.lower(), ["setup", "process"], n=1, cutoff=0.8)
+            if close:
+                raise ConfigError(f"processor {cls.__qualname__} defines {key}(), which xq never calls: did you "
+                                  f"mean {close[0]}()?")
+            continue
+        if key in NOT_A_TASK_OPTION:
+            raise ConfigError(f"processor {cls.__qualname__} sets {key} = {value!r}, which xq does not read: "
+                              f"{NOT_A_TASK_OPTION[key]}")
+        meant = OPTION_HINTS.get(key) if OPTION_HINTS.get(key) in PROCESSOR_ATTRS else None
+        if meant is None:
+            close = difflib.get_close_matches(key.lower(), PROCESSOR_ATTRS, n=1, cutoff=0.8)
+            meant = close[0] if close else None
+        if meant is not None:
+            raise ConfigError(f"processor {cls.__qualname__} sets {key} = {value!r}, which xq does not read: "
+                              f"did you mean {meant}? (xq reads {', '.join(PROCESSOR_ATTRS)})")

@@ -31,6 +31,7 @@ import orjson
 
 from . import context
 from ._impl import fast
+from .app import ProcessorSetupError, setup_processors
 from .errors import Cancelled, NonRetryable, Retry
 
 CTL_STOP, CTL_CURRENT, CTL_READY, CTL_DONE, CTL_STARTED = 0, 1, 2, 3, 4
@@ -320,6 +321,11 @@ def child_main(app, queues: list[str], inring, outring, ctl, parent_pid: int, ma
         if retain_memory:
             retain_freed_memory()
         runner = Runner(app, queues, ctl, outring)
+        try:
+            setup_processors(app, queues)  # before CTL_READY: a failing setup() is a boot failure
+        except ProcessorSetupError as e:
+            log.critical("child %d cannot boot: %s", os.getpid(), e, exc_info=e.__cause__)
+            os._exit(EXIT_BOOT_FAILED)
 
         def on_cancel(signum, frame):
             cur = ctl[CTL_CURRENT]

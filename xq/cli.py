@@ -3,14 +3,17 @@
 Exit codes (every command; `xq run` adds 1, 3, 4 and 7):
     0  success; for `xq run`: stopped (burst finished, or SIGTERM/SIGINT, graceful or hard)
     1  an error the command reports (unknown task, task failed, ...); for `xq run`: internal error
-    2  usage error: bad option, malformed Redis URL, a missing optional extra (`xq top` without textual,
+    2  usage error: bad option (the message names the flag, never a Python argument of the library),
+       malformed Redis URL, a missing optional extra (`xq top` without textual,
        `xq web` without starlette/uvicorn), `xq web` off loopback without tokens
-    3  `xq run`: children failed to boot repeatedly; the supervisor halted instead of respawning forever
+    3  `xq run`: children failed to boot repeatedly (the app failed to load in them, or a Processor.setup()
+       raised); the supervisor halted instead of respawning forever, returning the tasks they were given
     4  `xq run`: MODULE:APP could not be imported, or is not an xq.App
     5  Redis refused us: authentication failed (wrong or missing password or user), missing ACL
        permission, no such database.  `xq run` checks this at start; once running it logs and retries.
     6  Redis unreachable: still down after the retries (commands retry for $XQ_RETRY_FOR seconds,
-       default 30; `xq run --burst` waits as long at start, `xq run` without --burst waits forever)
+       default 30; `xq run` gives up once Redis has not answered for --connect-timeout seconds, at start
+       or in an outage: with --burst that defaults to $XQ_RETRY_FOR, without it `xq run` retries forever)
     7  `xq run`: the Redis server would lose tasks (a maxmemory-policy that evicts keys; --allow-eviction
        overrides) or is older than 7.0 (see xq/servercheck.py)
 Expected failures print one line naming the URL (password masked) and the reason, never a traceback.
@@ -22,6 +25,7 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -36,6 +40,8 @@ EXIT_USAGE = 2
 EXIT_REDIS_REFUSED = 5
 EXIT_REDIS_UNREACHABLE = 6
 EXIT_REDIS_UNSAFE = 7
+SOCKET_TIMEOUT = 30.0      # seconds: the supervisor's Redis socket timeout (Broker's default)
+MIN_SOCKET_TIMEOUT = 5.0   # ... and the least --connect-timeout brings it down to
 
 log = logging.getLogger("xq")
 
@@ -105,11 +111,65 @@ def _fail(code: int, message: str) -> None:
     sys.exit(code)
 
 
-class XQGroup(click.Group):
-    """The `xq` group: the failures every command can meet become one line and a documented exit code."""
+def flagify(message: str, command: click.Command) -> str:
+    """A library error message in the words of the command line: the Python arguments it names (`ids=`,
+    `until_done`, `invalid keep 0`) become the command's flags (`--id`, `--until-done`, `invalid --keep 0`)."""
+    flags = {}
+    for p in command.params:
+        if isinstance(p, click.Option) and p.name:
+            longs = [o for o in p.opts if o.startswith("--")]
+            flags[p.name] = max(longs or p.opts, key=len)
+    if not flags:
+        return message
+    sub = lambda m: flags.get(m[1], m[0])  # noqa: E731
+    message = re.sub(r"(?<![\w(.-])([a-z][a-z_]*)=(?![\w'\".(])", sub, message)       # kwarg style: ids=
+    message = re.sub(r"(?<![\w(.-])([a-z]+(?:_[a-z]+)+)\b(?![=(.])", sub, message)   # bare: until_done
+    message = re.sub(r"^(invalid )([a-z]+)\b", lambda m: m[1] + flags.get(m[2], m[2]), message)  # invalid keep 0
+    return message
+
+
+class XQCommand(click.Command):
+    """An `xq` command: a ConfigError from the library (a usage error) names the command's flags, not the
+    library's Python arguments; XQGroup turns it into exit code 2."""
 
     def invoke(self, ctx):
         try:
+            return super().invoke(ctx)
+        except ConfigError as e:
+            message = flagify(str(e), self)
+            if message == str(e):
+                raise
+            raise ConfigError(f"{message} (see '{ctx.command_path} --help')") from None
+
+
+# Environment variables xq reads; one set whose name is close to these (XQ_REDIS_ULR) is a usage error.
+ENV_VARS = ("XQ_REDIS_URL", "XQ_RETRY_FOR", "XQ_PURE", "XQ_MEDIA_THREADS", "XQ_WEB_TOKENS", "XQ_WEB_SECRET")
+
+
+def check_env(environ=None) -> None:
+    """ConfigError for a set XQ_* variable that xq does not read but whose name is within difflib ratio 0.8
+    of one it does (a typo silently ignored would, say, send `xq run` to the default Redis URL).  Other
+    XQ_* names (a project's own) pass."""
+    import difflib
+
+    for key in sorted(os.environ if environ is None else environ):
+        if key.startswith("XQ_") and key not in ENV_VARS:
+            close = difflib.get_close_matches(key, ENV_VARS, n=1, cutoff=0.8)
+            if close:
+                raise ConfigError(f"environment variable {key} is not one xq reads: did you mean {close[0]}? "
+                                  f"(xq reads {', '.join(ENV_VARS)})")
+
+
+class XQGroup(click.Group):
+    """The `xq` group: the failures every command can meet become one line and a documented exit code."""
+
+    command_class = XQCommand
+    group_class = type  # sub-groups (xq dlq, xq queue, ...) are XQGroups too
+
+    def invoke(self, ctx):
+        try:
+            if ctx.parent is None:
+                check_env()
             return super().invoke(ctx)
         except RedisRefused as e:
             _fail(EXIT_REDIS_REFUSED, str(e))
@@ -126,6 +186,27 @@ def parse_level_weights(spec: str) -> list[int]:
         raise ConfigError(f"invalid --level-weights {spec!r}: expected ten integers >= 0 for levels 0..9, "
                           f"not all 0, e.g. 16,8,8,4,4,2,2,1,1,1")
     return [int(p) for p in parts]
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is a number: not nan, not inf (the library's checks then say what range it needs)."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            f = value
+        else:
+            try:
+                f = float(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if f != f or f in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return f
+
+
+FINITE = FiniteFloat()
 
 
 def _procs(value: str) -> int:
@@ -154,6 +235,9 @@ def main() -> None:
                    "critical:6,default:3,low:1, each claim shares its batch between them in those proportions")
 @click.option("--redis", "url", default=None, help="Redis URL [default: $XQ_REDIS_URL, else redis://127.0.0.1:6379/0]")
 @click.option("--burst", is_flag=True, help="exit 0 once the queues are empty and nothing is running")
+@click.option("--connect-timeout", type=click.FloatRange(min=0.0, min_open=True), default=None, metavar="SECONDS",
+              help="give up with exit code 6 once Redis has not answered for this long, at start or during an "
+                   "outage [default: with --burst $XQ_RETRY_FOR, else 30; without --burst: never, retry forever]")
 @click.option("--lease", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
               help="seconds a claim holds a task before another supervisor may recover it (renewed while running)")
 @click.option("--result-ttl", type=click.IntRange(min=0), default=86400, show_default=True,
@@ -192,7 +276,7 @@ def main() -> None:
               help="write the per-minute stats history (`xq stats`); --no-stats only to measure its cost")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grace, max_tasks_per_child,
+def run(app_ref, procs, queues, url, burst, connect_timeout, lease, result_ttl, max_payload, grace, max_tasks_per_child,
         max_memory_per_child, memory_limit_per_child, prefetch, retain_memory, level_weights, kill_grace,
         allow_eviction, heartbeat, metrics_port, stats, log_level) -> None:
     """Run a supervisor and its child processes for MODULE:APP."""
@@ -214,13 +298,26 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
     url = url or os.environ.get("XQ_REDIS_URL") or DEFAULT_URL
     app = load_app(app_ref)
     try:
-        qs, weights = parse_queues(queues) if queues else (app.queues(), None)
-        lweights = parse_level_weights(level_weights) if level_weights else None
-        broker = Broker(url)
+        qs, weights = parse_queues(queues) if queues is not None else (app.queues(), None)
     except ConfigError as e:
-        raise click.BadParameter(str(e)) from None
-    checked = _check_redis(broker, burst, allow_eviction)
-    cfg = Config(queues=qs, procs=n, burst=burst, lease=lease, result_ttl=result_ttl, max_payload=max_payload,
+        raise click.BadParameter(str(e), param_hint="--queues") from None
+    try:
+        lweights = parse_level_weights(level_weights) if level_weights is not None else None
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--level-weights") from None
+    try:
+        if connect_timeout is None and burst:
+            from .producer import retry_window
+
+            connect_timeout = retry_window(None)
+        # A Redis that stalls (accepts, never answers) is noticed after one socket timeout: keep it within
+        # the connect timeout (but above the claims' 1 s blocking wait), so that one bounds a stall too.
+        broker = Broker(url) if connect_timeout is None else \
+            Broker(url, socket_timeout=min(SOCKET_TIMEOUT, max(MIN_SOCKET_TIMEOUT, connect_timeout)))
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--redis") from None
+    checked = _check_redis(broker, connect_timeout, allow_eviction)
+    cfg = Config(queues=qs, procs=n, burst=burst, connect_timeout=connect_timeout, lease=lease, result_ttl=result_ttl, max_payload=max_payload,
                  grace=grace, max_tasks_per_child=max_tasks_per_child,
                  max_memory_per_child=max_memory_per_child * 1024 * 1024,
                  memory_limit_per_child=memory_limit_per_child * 1024 * 1024, prefetch=prefetch,
@@ -242,17 +339,17 @@ def run(app_ref, procs, queues, url, burst, lease, result_ttl, max_payload, grac
     sys.exit(code)
 
 
-def _check_redis(broker, burst: bool, allow_eviction: bool = False) -> bool:
+def _check_redis(broker, connect_timeout: float | None, allow_eviction: bool = False) -> bool:
     """Before any child starts: a Redis that refuses us halts `xq run` (exit 5), as retrying cannot fix
     it; one that would lose tasks (an evicting maxmemory-policy, see xq/servercheck.py) too (exit 7).  An
-    unreachable one is waited for: forever (the supervisor's own backoff, children up), or with --burst
-    (a CI job) for the producers' retry window, then exit 6.  False: not reached, so not checked yet (the
-    supervisor checks at its first connect)."""
+    unreachable one is waited for: forever without a connect timeout (the supervisor's own backoff,
+    children up), else for connect_timeout seconds (--connect-timeout; with --burst, a CI job, it defaults
+    to the producers' retry window), then exit 6.  False: not reached, so not checked yet (the supervisor
+    checks at its first connect)."""
     from .conn import Backoff
-    from .producer import retry_window
     from .servercheck import RedisUnsafe, check_server
 
-    deadline = time.monotonic() + retry_window(None)
+    deadline = time.monotonic() + (connect_timeout or 0.0)
     backoff = Backoff(0.1, 2.0)
     while True:
         try:
@@ -262,12 +359,12 @@ def _check_redis(broker, burst: bool, allow_eviction: bool = False) -> bool:
         except RedisUnsafe as e:
             _fail(EXIT_REDIS_UNSAFE, str(e))
         except ConnectionLost as e:
-            if not burst:
+            if connect_timeout is None:
                 return False  # the supervisor reports it, keeps trying, and checks the server once it answers
             if time.monotonic() >= deadline:
-                raise ConnectionLost(f"{e}; --burst gave up after {retry_window(None):g} s "
-                                     f"($XQ_RETRY_FOR)", url=e.url) from None
-            time.sleep(backoff.next())
+                raise ConnectionLost(f"{e}; gave up after --connect-timeout {connect_timeout:g} s (with --burst "
+                                     f"the default is $XQ_RETRY_FOR, 30 s)", url=e.url) from None
+            time.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
 
 
 @main.command()
@@ -275,13 +372,13 @@ def _check_redis(broker, burst: bool, allow_eviction: bool = False) -> bool:
 @click.argument("payload", default="null")
 @click.option("--queue", default=None, help="queue [default: default]")
 @click.option("--priority", default="5", help="0 (highest) .. 9, or critical/high/normal/low")
-@click.option("--delay", type=float, default=None, help="seconds before it is due (status scheduled until then)")
-@click.option("--eta", type=float, default=None, help="unix time at which it is due")
-@click.option("--expires", type=float, default=None, help="seconds from now by which it must have started")
-@click.option("--timeout", type=float, default=None, help="seconds an attempt may run")
+@click.option("--delay", type=FINITE, default=None, help="seconds before it is due (status scheduled until then)")
+@click.option("--eta", type=FINITE, default=None, help="unix time at which it is due")
+@click.option("--expires", type=FINITE, default=None, help="seconds from now by which it must have started")
+@click.option("--timeout", type=FINITE, default=None, help="seconds an attempt may run")
 @click.option("--max-retries", type=int, default=None, help="attempts after the first")
 @click.option("--unique-key", default=None, help="while a task with this key has not ended, print its id instead")
-@click.option("--unique-ttl", type=float, default=None, help="seconds the unique key is held at most")
+@click.option("--unique-ttl", type=FINITE, default=None, help="seconds the unique key is held at most")
 @click.option("--depends-on", multiple=True, metavar="ID", help="wait until this task is done (repeatable)")
 @click.option("--concurrency-key", default=None, help="at most --max-concurrency tasks with this key run at once")
 @click.option("--max-concurrency", type=int, default=None)
@@ -320,7 +417,7 @@ def cancel(task_id, queue, url) -> None:
 @click.argument("queues", nargs=-1)
 @click.option("--id", "ids", multiple=True, metavar="ID", help="only this task's events (repeatable)")
 @click.option("--state", "states", multiple=True, help="only events in this state (repeatable)")
-@click.option("--timeout", type=click.FloatRange(min=0.0), default=None, help="stop after this many seconds")
+@click.option("--timeout", type=click.FloatRange(min=0.0, max=1e9), default=None, help="stop after this many seconds")
 @click.option("--until-done", is_flag=True, help="with --id: stop once every one of them has ended")
 @click.option("--redis", "url", default=None, help="Redis URL")
 def events(queues, ids, states, timeout, until_done, url) -> None:

@@ -7,6 +7,15 @@ the hook's exception and the recorded error names the middleware); an exception 
 on_enqueue is logged on the `xq` logger and ignored, so an observer can never change a task's outcome or
 lose an enqueued task.  Hooks run in every child (and producer) process: state such as MetricsMiddleware's
 counters is per process.
+
+Misspelled hooks are refused: a hook that is never called fails silently, so registration
+(`App(middleware=...)`, `app.add_middleware`) raises xq.ConfigError naming the right hook when a subclass
+defines a public method that looks like a hook but is not one.  The rule: a public method (no leading
+underscore) whose name is a known alias of a hook (`before`, `after`, `error`, `on_task`, `on_success`,
+`on_failure`, `enqueue`, ... see HOOK_ALIASES) or close to a hook name (difflib ratio >= 0.8:
+`before_tsak`, `onerror`, `after_task_`).  Private helpers (`_took`) and unrelated public methods
+(`snapshot`) are fine.  A hook whose signature cannot take the arguments xq passes (ctx, payload;
+ctx, result; ctx, exc; name, queue, ids, options) is refused too.
 """
 
 from __future__ import annotations
@@ -35,14 +44,74 @@ class Middleware:
         """In the producer, after ids of task name were accepted into queue (options as given to enqueue)."""
 
 
+HOOKS = {"before_task": ("ctx", "payload"), "after_task": ("ctx", "result"), "on_error": ("ctx", "exc"),
+         "on_enqueue": ("name", "queue", "ids", "options")}
+# Names people reach for (other task queues' hook names, the README's old wording) -> the real hook.
+HOOK_ALIASES = {
+    "before": "before_task", "pre_task": "before_task", "on_task": "before_task", "on_start": "before_task",
+    "on_task_start": "before_task", "task_started": "before_task", "before_run": "before_task",
+    "on_before_task": "before_task", "pre_run": "before_task", "on_prerun": "before_task",
+    "after": "after_task", "post_task": "after_task", "on_success": "after_task", "on_done": "after_task",
+    "on_finish": "after_task", "on_complete": "after_task", "after_run": "after_task", "success": "after_task",
+    "on_after_task": "after_task", "on_task_done": "after_task", "on_postrun": "after_task",
+    "error": "on_error", "on_failure": "on_error", "on_fail": "on_error", "failure": "on_error",
+    "on_exception": "on_error", "exception": "on_error", "after_error": "on_error", "task_error": "on_error",
+    "on_task_error": "on_error", "on_retry": "on_error",
+    "enqueue": "on_enqueue", "on_enqueued": "on_enqueue", "after_enqueue": "on_enqueue",
+    "before_enqueue": "on_enqueue", "enqueued": "on_enqueue", "on_publish": "on_enqueue",
+}
+CLOSE_CUTOFF = 0.8
+
+
+def hook_for(name: str) -> str | None:
+    """The hook a public method named name looks like (see the module docstring), or None."""
+    import difflib
+
+    if name in HOOKS or name.startswith("_"):
+        return None
+    key = name.lower()
+    if key in HOOK_ALIASES:
+        return HOOK_ALIASES[key]
+    close = difflib.get_close_matches(key, list(HOOKS), n=1, cutoff=CLOSE_CUTOFF)
+    return close[0] if close else None
+
+
 def check_middleware(m) -> Middleware:
-    """m if it is a Middleware instance, else ConfigError naming it."""
+    """m if it is a Middleware instance whose hooks xq will call, else ConfigError naming the problem."""
+    import inspect
+
     from .errors import ConfigError
 
     if isinstance(m, type) and issubclass(m, Middleware):
         raise ConfigError(f"middleware {m.__qualname__} is a class: pass an instance, e.g. {m.__qualname__}()")
     if not isinstance(m, Middleware):
         raise ConfigError(f"invalid middleware {m!r}: expected an instance of xq.middleware.Middleware")
+    cls = type(m)
+    for klass in cls.__mro__:
+        if klass is Middleware or klass is object:
+            break
+        for attr, value in vars(klass).items():
+            if not callable(value) and not isinstance(value, (staticmethod, classmethod)):
+                continue
+            hook = hook_for(attr)
+            if hook is not None and attr not in vars(Middleware):
+                raise ConfigError(
+                    f"middleware {cls.__qualname__} defines {attr}(), which is not a hook and would never be "
+                    f"called: did you mean {hook}({', '.join(HOOKS[hook])})? The hooks are "
+                    f"{', '.join(HOOKS)} (rename a helper with a leading underscore)")
+    for hook, params in HOOKS.items():
+        fn = getattr(m, hook, None)
+        if not callable(fn):
+            raise ConfigError(f"middleware {cls.__qualname__}.{hook} is not callable: {fn!r}")
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            continue  # a builtin or C callable: nothing to check
+        try:
+            sig.bind(*params)
+        except TypeError as e:
+            raise ConfigError(f"middleware {cls.__qualname__}.{hook}{sig} cannot be called as {hook}"
+                              f"({', '.join(params)}): {e}") from None
     return m
 
 

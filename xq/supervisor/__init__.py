@@ -51,6 +51,7 @@ log = logging.getLogger("xq")
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_APP_IMPORT = 4  # MODULE:APP could not be imported (raised by the CLI)
+EXIT_REDIS_UNREACHABLE = 6  # Redis did not answer for --connect-timeout seconds (--burst: $XQ_RETRY_FOR)
 EXIT_REDIS_UNSAFE = 7  # the Redis server would lose tasks (xq.servercheck)
 
 __all__ = ["Config", "Supervisor", "check_memory_limits", "EXIT_OK", "EXIT_INTERNAL", "EXIT_BOOT", "EXIT_APP_IMPORT"]
@@ -81,6 +82,7 @@ class Config:
     heartbeat: float = 5.0             # seconds between worker-registry heartbeats; the record's TTL is 3x (0: off)
     metrics_port: int = 0              # serve /metrics, /healthz, /readyz on this port (0: off; metrics.py)
     stats: bool = True                 # write the per-minute stats history (xq/stats.py; --no-stats: off)
+    connect_timeout: float | None = None  # seconds Redis may stay unreachable before exit 6 (None: retry forever)
 
     def __post_init__(self):
         check_memory_limits(self.max_memory_per_child, self.memory_limit_per_child)
@@ -117,6 +119,7 @@ class Supervisor:
         self.health = Health("supervisor " + self.worker_id, broker.url)
         self.redis_errors = 0              # failed attempts met by _redis (for metrics)
         self.reconnects = 0                # reconnects after an outage
+        self.down_since: float | None = None  # monotonic time of the first failure of the current outage
         # the components, in the order the loop runs their steps
         self.pool = ChildPool(self)
         self.claims = ClaimPipeline(self)
@@ -266,6 +269,7 @@ class Supervisor:
                 if self.redis_errors:
                     self.reconnects += 1
                 self.up = True
+                self.down_since = None
                 self.backoff.reset()
                 self.health.up()
                 for c in self.components:
@@ -302,6 +306,16 @@ class Supervisor:
         self.broker.reset()
         self.up = False
         self.retry_at = now + delay
+        if self.down_since is None:
+            self.down_since = now  # the start of this turn: before the failed call began (a stall counts)
+        limit, down = self.cfg.connect_timeout, time.monotonic() - self.down_since
+        if limit is not None and down >= limit and not self.hard:
+            log.error("Redis at %s has not answered for %.0f s (--connect-timeout %g): stopping with exit code %d; "
+                      "the tasks this supervisor holds come back when their leases expire",
+                      redacted(self.broker.url), down, limit, EXIT_REDIS_UNREACHABLE)
+            self.halt(EXIT_REDIS_UNREACHABLE)
+            self.stop_deadline = now - 10.0  # nothing can be flushed to a Redis that is gone: exit at once
+            self.retry_at = math.inf
 
     def _redis_reachable_for_exit(self, now: float) -> bool:
         # While stopping, keep trying to flush completions and returns for up to the grace period;

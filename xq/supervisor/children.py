@@ -229,7 +229,9 @@ class ChildPool(Component):
         if (not booted and os.waitstatus_to_exitcode(status) == childmod.EXIT_BOOT_FAILED) or over:
             self.boot_failures += 1
             if self.boot_failures >= BOOT_FAILURES_TO_HALT:
-                log.critical("children failed to boot %d times in a row; halting", self.boot_failures)
+                log.critical("children failed to boot %d times in a row (each child logged why above: the app "
+                             "failed to load in it, a Processor.setup() raised, or it was over "
+                             "--memory-limit-per-child); halting with exit code %d", self.boot_failures, EXIT_BOOT)
                 sup.halt(EXIT_BOOT)
                 return
         elif booted:
