@@ -29,6 +29,7 @@ import traceback
 import click
 import orjson
 
+from . import __version__
 from .app import App
 from .errors import ConfigError, ConnectionLost, RedisRefused, XQError
 
@@ -141,7 +142,7 @@ def _procs(value: str) -> int:
 
 
 @click.group(cls=XQGroup)
-@click.version_option(package_name="xq")
+@click.version_option(version=__version__, prog_name="xq")  # not package metadata: the distribution is xq-queue
 def main() -> None:
     """xq: a fast, crash-safe task queue on Redis for CPU-heavy work."""
 
