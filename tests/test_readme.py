@@ -4,7 +4,7 @@ workers, a real `xq run` (issue 15): an example that stops working fails here.
 An HTML comment on the line before a block names what it needs (the README's last section lists them):
     app=NAME file=F.py      the block is file F.py of app NAME (written where later blocks of NAME run)
     background=NAME         the block is an `xq run` line serving app NAME: it must come up and stop with 0
-    setup=redis | worker:NAME | dead_letters | bulk | metrics    what runs before the block
+    setup=redis | worker:NAME | dead_letters | bulk | metrics | stats   what runs before the block
     output=next             the ```text block after it is its exact stdout
     skip=REASON             only `installs packages` and `ci-command ...` (see test_skips_are_only_allowed_kinds)
 Also here: the CLI reference (docs/cli.md) is what `python3 -m xq.clidoc` prints, and every extra the README
@@ -35,7 +35,7 @@ README = ROOT / "README.md"
 README_URL = "redis://127.0.0.1:6379/0"
 TWO_COMMANDS = ("python3 -m pip install -e '.[images]' && xq demo",
                 "python3 -m pip install -e '.[dev]' && python3 -m pytest -q")
-SETUPS = ("redis", "worker", "dead_letters", "bulk", "metrics")
+SETUPS = ("redis", "worker", "dead_letters", "bulk", "metrics", "stats")
 MARKER = re.compile(r"^<!-- test: (.*) -->$")
 TASK_ID = re.compile(r"\b[0-9A-HJKMNP-TV-Z]{26}\b")
 WORKER_ID = re.compile(r"\bvm:\d+:[0-9a-f]{6}\b")
@@ -278,6 +278,15 @@ def setup(env: Env, spec: str) -> None:
             assert out.returncode == 0, out.stdout + out.stderr
             assert [p.status(t)["status"] for t in env.ids] == ["dead", "dead"]
             env.ids.append(p.enqueue("boom", 3, delay=3600))
+        elif kind == "stats":
+            (env.tmp / "statsapp.py").write_text(
+                "import xq\n\napp = xq.App()\n\n\n@app.task('flaky', max_retries=1, backoff=[0.1])\n"
+                "def flaky(n):\n    if n % 3 == 0 and xq.current().attempt == 1:\n        raise ValueError(n)\n"
+                "    return n\n\n\n@app.task('ok')\ndef ok(n):\n    return n\n")
+            p.enqueue_many("flaky", list(range(12)))
+            p.enqueue_many("ok", list(range(5)))
+            out = env.run(["xq", "run", "statsapp:app", "--procs", "1", "--burst"], timeout=60)
+            assert out.returncode == 0, out.stdout + out.stderr
         elif kind == "bulk":
             env.ids = p.enqueue_many("send", [{"n": i} for i in range(100)], queue="emails")
             p.enqueue_many("send", [{"n": i} for i in range(50)], queue="emails", delay=3600)
@@ -322,11 +331,10 @@ def run_transcript(env: Env, b: Block) -> None:
             cmd = cmd.replace(a, c)
         if env.worker_ids:
             cmd = WORKER_ID.sub(env.worker_ids[0], cmd)
-        script.append(f"{{ {cmd}\n}} 2>&1; echo \"{RC} $?\"")
+        script.append(f"{{ {cmd}\n}} < yes.txt 2>&1; echo \"{RC} $?\"")
     (env.tmp / "yes.txt").write_text("y\n" * 100)
-    with open(env.tmp / "yes.txt") as stdin:
-        out = subprocess.run(["bash", "-c", "\n".join(script)], cwd=env.tmp, env=env.env, stdin=stdin,
-                             capture_output=True, text=True, timeout=120)
+    out = subprocess.run(["bash", "-c", "\n".join(script)], cwd=env.tmp, env=env.env, stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=120)
     parts = re.split(rf"{RC} (\d+)\n", out.stdout)
     got = [(parts[k], int(parts[k + 1])) for k in range(0, len(parts) - 1, 2)]
     assert len(got) == len(steps), f"{b.id}: ran {len(got)} of {len(steps)} commands:\n{out.stdout}{out.stderr}"
@@ -364,6 +372,7 @@ def test_readme_block(b: Block, redis_url, tmp_path):
         if b.lang == "python":
             (tmp_path / f"block_{b.line}.py").write_text(env.sub(b.code))
             out = env.run([sys.executable, f"block_{b.line}.py"])
+            print(out.stdout)  # shown with -s: compare with the README's comments
             assert out.returncode == 0, f"README line {b.line} failed:\n{out.stdout}\n{out.stderr}"
             if b.output is not None:
                 assert out.stdout == b.output, f"README line {b.line}: printed {out.stdout!r}, README shows {b.output!r}"
