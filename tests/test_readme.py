@@ -383,3 +383,29 @@ def test_readme_block(b: Block, redis_url, tmp_path):
             assert out.returncode == 0, f"README line {b.line} failed:\n{out.stdout}\n{out.stderr}"
     finally:
         env.close()
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation but - and _ dropped, spaces to -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_of_the_readme_resolve():
+    """Every #anchor names a heading of the README (or an <a id>) and every relative link an existing file."""
+    text = README.read_text()
+    body = re.sub(r"```.*?```", "", text, flags=re.S)
+    anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", body, flags=re.M)}
+    for target in re.findall(r"\]\(([^)\s]+)\)", body):
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = target.partition("#")
+        if not path:
+            assert anchor in anchors, f"README link #{anchor} names no heading"
+            continue
+        f = ROOT / path
+        assert f.exists(), f"README links {path}, which does not exist"
+        if anchor and f.suffix == ".md":
+            doc = f.read_text()
+            names = {_slug(h) for h in re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", doc, flags=re.S), flags=re.M)}
+            names |= set(re.findall(r'<a id="([^"]+)"', doc))
+            assert anchor in names, f"README link {target}: {path} has no heading #{anchor}"
