@@ -95,6 +95,9 @@ def parse(text: str) -> list[Block]:
 BLOCKS = parse(README.read_text())
 APPS: dict[str, tuple[str, str]] = {b.marks["app"]: (b.marks["file"], b.code) for b in BLOCKS if "app" in b.marks}
 RUNNABLE = [b for b in BLOCKS if "skip" not in b.marks]
+# the README's own `xq run` line of each app: setup=worker:NAME starts that, so a run line that does not serve
+# a queue the examples use (issue 15's first example) fails them
+RUN_LINES = {b.marks["background"]: b.code.strip() for b in BLOCKS if "background" in b.marks}
 
 
 # --- the checks that need no Redis ---
@@ -265,7 +268,7 @@ def setup(env: Env, spec: str) -> None:
             from test_media import make_video
 
             make_video(str(env.data / "in.mov"), seconds=1.0)
-        env.start(f"xq run {module}:app --procs 2", app)
+        env.start(RUN_LINES.get(app, f"xq run {module}:app --procs 2"), app)
         return
     p = xq.Producer(env.url)
     try:
