@@ -396,7 +396,7 @@ def _slug(heading: str) -> str:
 def test_links_of_the_readme_resolve():
     """Every #anchor names a heading of the README (or an <a id>) and every relative link an existing file."""
     text = README.read_text()
-    body = re.sub(r"```.*?```", "", text, flags=re.S)
+    body = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
     anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", body, flags=re.M)}
     for target in re.findall(r"\]\(([^)\s]+)\)", body):
         if target.startswith(("http://", "https://")):
@@ -409,6 +409,6 @@ def test_links_of_the_readme_resolve():
         assert f.exists(), f"README links {path}, which does not exist"
         if anchor and f.suffix == ".md":
             doc = f.read_text()
-            names = {_slug(h) for h in re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", doc, flags=re.S), flags=re.M)}
+            names = {_slug(h) for h in re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", doc, flags=re.S | re.M), flags=re.M)}
             names |= set(re.findall(r'<a id="([^"]+)"', doc))
             assert anchor in names, f"README link {target}: {path} has no heading #{anchor}"
