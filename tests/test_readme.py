@@ -393,22 +393,23 @@ def _slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def test_links_of_the_readme_resolve():
-    """Every #anchor names a heading of the README (or an <a id>) and every relative link an existing file."""
-    text = README.read_text()
-    body = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
-    anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", body, flags=re.M)}
-    for target in re.findall(r"\]\(([^)\s]+)\)", body):
+@pytest.mark.parametrize("doc", ["README.md", "docs/benchmarks.md", "docs/cli.md"])
+def test_links_resolve(doc):
+    """Every #anchor names a heading (or an <a id>) and every relative link an existing file (and heading)."""
+    src = ROOT / doc
+
+    def anchors_of(f: Path) -> set:
+        text = f.read_text()
+        body = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+        return {_slug(h) for h in re.findall(r"^#+ (.+)$", body, flags=re.M)} | set(re.findall(r'<a id="([^"]+)"', text))
+
+    body = re.sub(r"^```.*?^```", "", src.read_text(), flags=re.S | re.M)
+    links = re.findall(r"\]\(([^)\s]+)\)", body)
+    for target in links:
         if target.startswith(("http://", "https://")):
             continue
         path, _, anchor = target.partition("#")
-        if not path:
-            assert anchor in anchors, f"README link #{anchor} names no heading"
-            continue
-        f = ROOT / path
-        assert f.exists(), f"README links {path}, which does not exist"
+        f = (src.parent / path) if path else src
+        assert f.exists(), f"{doc} links {path}, which does not exist"
         if anchor and f.suffix == ".md":
-            doc = f.read_text()
-            names = {_slug(h) for h in re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", doc, flags=re.S | re.M), flags=re.M)}
-            names |= set(re.findall(r'<a id="([^"]+)"', doc))
-            assert anchor in names, f"README link {target}: {path} has no heading #{anchor}"
+            assert anchor in anchors_of(f), f"{doc} links {target}: {f.name} has no heading #{anchor}"
