@@ -211,9 +211,9 @@ class Env:
         return fname[:-3]
 
     def start(self, cmd: str, name: str) -> subprocess.Popen:
-        log = open(self.tmp / f"worker-{len(self.procs)}.log", "w")
-        p = subprocess.Popen(["bash", "-c", "exec " + self.sub(cmd)], cwd=self.tmp, env=self.env, stdout=log,
-                             stderr=subprocess.STDOUT)
+        with open(self.tmp / f"worker-{len(self.procs)}.log", "w") as log:
+            p = subprocess.Popen(["bash", "-c", "exec " + self.sub(cmd)], cwd=self.tmp, env=self.env, stdout=log,
+                                 stderr=subprocess.STDOUT)
         self.procs.append(p)
         from xq.inspect import Inspector
 
