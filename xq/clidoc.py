@@ -51,14 +51,16 @@ def _type(param: click.Parameter) -> str:
     if isinstance(t, (click.IntRange, click.FloatRange)):
         kind = "integer" if isinstance(t, click.IntRange) else "float"
         return f"{kind}, {t._describe_range()}" if hasattr(t, "_describe_range") else kind
-    return t.name
+    return t.name + (", repeatable" if getattr(param, "multiple", False) else "")
 
 
 def _default(param: click.Parameter) -> str:
     if isinstance(param, click.Option) and param.is_flag and not param.secondary_opts:
         return ""
     d = param.default
-    if d is None or callable(d) or d == () or (isinstance(param, click.Argument)):
+    unset = getattr(click.core, "UNSET", None)  # click >= 8.2's "no default" marker
+    if (d is None or (unset is not None and d is unset) or callable(d) or d == () or d == []
+            or isinstance(param, click.Argument)):
         return ""
     if isinstance(d, bool):
         return ("`" + (param.opts[0] if d else param.secondary_opts[0]) + "`") if param.secondary_opts else str(d)
@@ -98,7 +100,7 @@ def render(root: click.Command | None = None) -> str:
     entries = list(_walk(root, "xq", click.Context(root, info_name="xq")))
     out.append("Commands: " + ", ".join(f"[`{p}`](#{_anchor(p)})" for p, _, _ in entries[1:]) + ".\n")
     for path, cmd, ctx in entries:
-        out.append(f"## {path}\n" if path == "xq" else f'<a id="{_anchor(path)}"></a>\n### {path}\n')
+        out.append(f"## {path}\n" if path == "xq" else f"### {path}\n")  # GitHub's anchor: #xq-dlq-ls
         out.append("```text\n" + _usage(cmd, path, ctx) + "\n```\n")
         doc = inspect.cleandoc(cmd.help or "")
         if doc:
