@@ -413,3 +413,16 @@ def test_links_resolve(doc):
         assert f.exists(), f"{doc} links {path}, which does not exist"
         if anchor and f.suffix == ".md":
             assert anchor in anchors_of(f), f"{doc} links {target}: {f.name} has no heading #{anchor}"
+
+
+def test_the_readmes_command_list_names_every_command():
+    from xq.cli import main
+
+    text = README.read_text()
+    section = text[text.index("## Command line reference"):]
+    section = section[:section.index("\n## ", 1)]
+    for name, cmd in main.commands.items():
+        assert f"`{name}`" in section or f"`{name} " in section, \
+            f"the README's command line reference does not name `xq {name}`"
+        for sub in getattr(cmd, "commands", {}):
+            assert re.search(rf"`{name} [\w|]*\b{sub}\b", section), f"it does not name `xq {name} {sub}`"
