@@ -42,7 +42,7 @@ def xq_run_from(url: str, path: str) -> subprocess.Popen:
 def huey_run(url: str) -> subprocess.Popen:
     exe = shutil.which("huey_consumer")
     if exe is None:
-        sys.exit("huey_consumer not found: pip install 'xq[bench]'")
+        sys.exit("huey_consumer not found: pip install 'xq-queue[bench]'")
     env = dict(os.environ, XQ_BENCH_HUEY_URL=url)
     return subprocess.Popen([exe, "hueyapp.huey", "-k", "process", "-w", "2", "-q", "-C"], cwd=BENCH, env=env,
                             stdout=subprocess.DEVNULL)

@@ -147,4 +147,4 @@ def test_metrics_port_without_prometheus_client_is_a_clear_error(redis_url, tmp_
                           "--procs", "1", "--metrics-port", str(_free_port())], cwd=TESTS, env=env,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2, out.stderr
-    assert "pip install 'xq[metrics]'" in out.stderr
+    assert "pip install 'xq-queue[metrics]'" in out.stderr

@@ -93,7 +93,7 @@ def test_top_without_textual_says_which_extra_to_install(tmp_path, redis_url):
     out = subprocess.run([sys.executable, "-m", "xq.cli", "top", "--redis", redis_url], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert "xq top needs the optional extra: pip install 'xq[top]'" in out.stderr
+    assert "xq top needs the optional extra: pip install 'xq-queue[top]'" in out.stderr
 
 
 # ---------------------------------------------------------------- the real terminal (tmux)

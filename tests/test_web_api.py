@@ -364,4 +364,4 @@ def test_without_the_web_extra_xq_web_says_which_to_install(tmp_path, redis_url)
     out = subprocess.run([sys.executable, "-m", "xq.cli", "web", "--redis", redis_url, "--port", str(free_port())],
                          cwd=TESTS, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stderr
-    assert "xq web needs the optional extra: pip install 'xq[web]'" in out.stderr
+    assert "xq web needs the optional extra: pip install 'xq-queue[web]'" in out.stderr

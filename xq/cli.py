@@ -33,6 +33,7 @@ import traceback
 import click
 import orjson
 
+from . import __version__
 from .app import App
 from .errors import ConfigError, ConnectionLost, RedisRefused, XQError
 
@@ -222,7 +223,7 @@ def _procs(value: str) -> int:
 
 
 @click.group(cls=XQGroup)
-@click.version_option(package_name="xq")
+@click.version_option(version=__version__, prog_name="xq")  # not package metadata: the distribution is xq-queue
 def main() -> None:
     """xq: a fast, crash-safe task queue on Redis for CPU-heavy work."""
 
@@ -271,7 +272,7 @@ def main() -> None:
                    "dying; 0 = off: the worker stays out of the registry")
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
               help="serve Prometheus /metrics and the /healthz, /readyz probes on this port (0 = off; needs "
-                   "the 'metrics' extra: pip install 'xq[metrics]')")
+                   "the 'metrics' extra: pip install 'xq-queue[metrics]')")
 @click.option("--stats/--no-stats", default=True, show_default=True,
               help="write the per-minute stats history (`xq stats`); --no-stats only to measure its cost")
 @click.option("--log-level", default="info", show_default=True,
@@ -915,7 +916,7 @@ def top(url, interval) -> None:
     try:
         import textual  # noqa: F401 - only to tell a missing optional extra from any other failure
     except ImportError:
-        _fail(EXIT_USAGE, "xq top needs the optional extra: pip install 'xq[top]'")
+        _fail(EXIT_USAGE, "xq top needs the optional extra: pip install 'xq-queue[top]'")
     from .top import run as run_top
 
     run_top(url, interval)  # a malformed URL fails here, before the screen is taken (exit 2)
@@ -933,7 +934,7 @@ def web(url, host, port, tokens_file) -> None:
         import starlette  # noqa: F401 - only to tell a missing optional extra from any other failure
         import uvicorn  # noqa: F401
     except ImportError:
-        _fail(EXIT_USAGE, "xq web needs the optional extra: pip install 'xq[web]'")
+        _fail(EXIT_USAGE, "xq web needs the optional extra: pip install 'xq-queue[web]'")
     from .web import serve
 
     serve(url, host=host, port=port, tokens_file=tokens_file)  # ConfigError (no tokens off loopback): exit 2

@@ -22,7 +22,7 @@ def _croniter():
     try:
         from croniter import croniter
     except ImportError:  # pragma: no cover - depends on the install
-        raise ConfigError("periodic tasks need croniter: pip install 'xq[cron]'") from None
+        raise ConfigError("periodic tasks need croniter: pip install 'xq-queue[cron]'") from None
     return croniter
 
 

@@ -16,7 +16,7 @@ def run_demo(*, tasks: int, procs: str, url: str | None, data_dir: str | None) -
     try:
         import PIL  # noqa: F401
     except ImportError:
-        click.echo("xq demo needs Pillow: pip install 'xq[images]'", err=True)
+        click.echo("xq demo needs Pillow: pip install 'xq-queue[images]'", err=True)
         return 1
     from .conn import redacted
     from .embedded import resolve_url

@@ -1,4 +1,4 @@
-"""`xq top`: a live terminal dashboard of queues and workers (textual, the optional extra `xq[top]`).
+"""`xq top`: a live terminal dashboard of queues and workers (textual, the optional extra `xq-queue[top]`).
 
 Two halves.  snapshot() is a plain function: one refresh of everything the screen shows, read through
 xq.inspect.Inspector only (so it runs against any Redis with no supervisor change) and testable without a

@@ -41,7 +41,7 @@ def require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise MediaError(f"{module} is not installed in this worker ({e}): pip install 'xq[{extra}]'") from None
+        raise MediaError(f"{module} is not installed in this worker ({e}): pip install 'xq-queue[{extra}]'") from None
 
 
 def options(payload: Any, task: str) -> dict:

@@ -109,7 +109,7 @@ def require_client():
     try:
         import prometheus_client
     except ImportError:
-        raise ConfigError("--metrics-port needs the prometheus-client package: pip install 'xq[metrics]'") from None
+        raise ConfigError("--metrics-port needs the prometheus-client package: pip install 'xq-queue[metrics]'") from None
     return prometheus_client
 
 

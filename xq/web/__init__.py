@@ -1,6 +1,6 @@
 """`xq web`: an HTTP JSON API over the queues (xq.web.create_app), served by uvicorn (xq.web.serve).
 
-Needs the optional extra: pip install 'xq[web]' (Starlette, uvicorn and websockets).  The dashboard (xq/web/pages.py) is served by the same app.
+Needs the optional extra: pip install 'xq-queue[web]' (Starlette, uvicorn and websockets).  The dashboard (xq/web/pages.py) is served by the same app.
 """
 
 from __future__ import annotations
