@@ -53,6 +53,7 @@ def main() -> None:
         if a.kind == "enqueue":
             profile_enqueue(r, p, psutil.Process(pid), a.tasks or 100_000)
             return
+        flush(r)  # lifts the retention count: drain_window reads every record
         if a.kind == "drain":
             n = a.tasks or 100_000
             ids = p.enqueue_many("noop", [None] * n)

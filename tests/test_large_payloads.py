@@ -29,17 +29,29 @@ def test_claim_returns_large_payloads_by_reference(redis_url, r):
     blobs = [os.urandom(n) for n in sizes]
     ids = p.enqueue_many("reverse", blobs)
     keys, tail = Broker.claim_keys([QK]), Broker.claim_tail([QK])
-    tasks, notes, leased, _earliest, _now, fetch = r.eval(CLAIM, len(keys), *keys, 10, "w1", 60_000, 1 << 30,
-                                                          0, *tail)
-    assert notes == [] and leased == len(sizes)
+    assert tail[2] == ""  # sizes off by default: the payloads come inline, the large ones counted
+    tasks, notes, leased, _earliest, _now, fetch, large = r.eval(CLAIM, len(keys), *keys, 2, "w1", 60_000,
+                                                                 1 << 30, 0, *tail)
+    assert [tasks[i + 3] for i in range(0, len(tasks), 7)] == blobs[:2] and fetch == [] and large == 0
+    ids = ids[2:]
+    blobs = blobs[2:]
+    tail[2] = "1"  # sizes on, as a supervisor that saw a large payload asks
+    tasks, notes, leased, _earliest, _now, fetch, large = r.eval(CLAIM, len(keys), *keys, 10, "w1", 60_000,
+                                                                 1 << 30, 0, *tail)
+    assert notes == [] and leased == len(sizes) and large == 0
     assert [tasks[i + 1].decode() for i in range(0, len(tasks), 7)] == ids  # claim order kept
     # positions (into the flat reply, 7 values a task) of the tasks whose payload was left out
-    assert fetch == [3 * 7, 4 * 7]
+    assert fetch == [1 * 7, 2 * 7]
     for k, blob in enumerate(blobs):
         payload = tasks[7 * k + 3]
         assert payload == (b"" if 7 * k in fetch else blob)
         assert r.hget(QK.task(ids[k]), "payload") == blob  # the record is untouched
         assert r.hget(QK.task(ids[k]), "state") == b"running"
+    # sizes off, a large payload comes inline and is counted
+    big = p.enqueue("reverse", b"z" * (INLINE_PAYLOAD + 1))
+    tail[2] = ""
+    tasks, _, _, _, _, fetch, large = r.eval(CLAIM, len(keys), *keys, 10, "w1", 60_000, 1 << 30, 0, *tail)
+    assert tasks[1].decode() == big and tasks[3] == b"z" * (INLINE_PAYLOAD + 1) and fetch == [] and large == 1
 
 
 @pytest.mark.parametrize("pure", IMPLS)

@@ -582,14 +582,17 @@ class Broker:
     def claim_tail(queues: Sequence[QueueKeys], weights: Sequence[int | None] | None = None,
                    level_weights: Sequence[int] | None = None, name_limits: bytes = b"") -> list:
         """name_limits: JSON {task name: [starts, period ms]} of per-name rate limits, or b''."""
-        tail: list = [",".join(map(str, level_weights)) if level_weights else "", name_limits]
+        tail: list = [",".join(map(str, level_weights)) if level_weights else "", name_limits, ""]  # "": sizes off
         for i, qk in enumerate(queues):
             w = weights[i] if weights else None
             tail += (qk.task_prefix, qk.events, qk.name, "" if w is None else w)
         return tail
 
     def pack_claim(self, keys: Sequence[str], tail: Sequence[str], want: int, worker: str, lease_ms: int,
-                   max_payload: int, ttl: int) -> bytes:
+                   max_payload: int, ttl: int, sizes: bool = False) -> bytes:
+        """sizes: CLAIM reads each payload's size first and leaves a large one to an HGET (ARGV[8])."""
+        if sizes:
+            tail = [tail[0], tail[1], b"1", *tail[3:]]
         return fast.pack_command([b"EVALSHA", self._sha["claim"], len(keys), *keys,
                                   want, worker, lease_ms, max_payload, ttl, *tail])
 

@@ -533,13 +533,16 @@ return #ids
 # ARGV[5] -> result ttl, seconds (0 keeps records forever), for records this script finishes
 # ARGV[6] -> level weights: 10 comma-separated integers for levels 0..9, or '' (strict level order)
 # ARGV[7] -> rate limits by task name, JSON {name: [starts, period ms]}, or '' for none
-# ARGV[8..] -> for each queue, 4 values: task key prefix, events channel, queue name, weight ('' = strict)
-# Output: {tasks, notes, leased, earliest, now, fetch}: tasks is flat, 7 values a task: queue index (0-based),
-#         id, name, payload, ct, attempt, timeout ms ('' if none); a payload over INLINE_PAYLOAD bytes is
-#         left out (''), and its task's position in tasks (0-based, in tasks) is listed in fetch, for the
-#         caller to read with a plain HGET: a string entering Lua is hashed byte by byte (Redis hashes all
-#         of it), so a 55 KB payload would cost Redis ~100 us in and out of the script; notes is flat, 2
-#         values a skipped id: id,
+# ARGV[8] -> '1': read each payload's size first and leave a large one out (see below); '' reads payloads
+#            with the rest of the record, one command less a task, for queues of small payloads
+# ARGV[9..] -> for each queue, 4 values: task key prefix, events channel, queue name, weight ('' = strict)
+# Output: {tasks, notes, leased, earliest, now, fetch, large}: tasks is flat, 7 values a task: queue index
+#         (0-based), id, name, payload, ct, attempt, timeout ms ('' if none); with ARGV[8] = '1' a payload
+#         over INLINE_PAYLOAD bytes is left out (''), and its task's position in tasks (0-based) is listed
+#         in fetch, for the caller to read with a plain HGET: a string entering Lua is hashed byte by byte
+#         (Redis hashes all of it), so a 55 KB payload would cost Redis ~100 us in and out of the script;
+#         large counts the payloads over INLINE_PAYLOAD returned inline (ARGV[8] = ''): the caller should
+#         ask for sizes next time; notes is flat, 2 values a skipped id: id,
 #         reason (for the supervisor's log); leased is the number of leases held on these queues by anyone
 #         after this claim (burst mode waits for 0); earliest is the due time (ms) of the first scheduled or
 #         retrying task left in these queues, -1 if none; now is the script's time (ms), so the caller can
@@ -568,9 +571,10 @@ local worker = ARGV[2]
 local deadline = now + tonumber(ARGV[3])
 local maxp = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
-local out, notes, leased, earliest, fetch = {}, {}, 0, -1, {}
+local out, notes, leased, earliest, fetch, large = {}, {}, 0, -1, {}, 0
+local sizes = ARGV[8] == '1'
 local INLINE_PAYLOAD = """ + str(INLINE_PAYLOAD) + """
-local nq = (#ARGV - 7) / 4
+local nq = (#ARGV - 8) / 4
 local name_limits = ARGV[7] ~= '' and cjson.decode(ARGV[7]) or nil
 local level_weights = nil
 if ARGV[6] ~= '' then
@@ -596,7 +600,7 @@ local KNOWN_STATES = {scheduled = true, queued = true, waiting = true, running =
 local qs = {}
 local total_weight = 0
 for q = 1, nq do
-  local a = 4 + q * 4
+  local a = 5 + q * 4
   local c = {base = (q - 1) * 14, prefix = ARGV[a], channel = ARGV[a + 1], queue = ARGV[a + 2],
              weight = tonumber(ARGV[a + 3]), leases = {}, events = {}, first = 1, expired = {}, finals = false}
   c.listen = listening(c.channel)
@@ -753,11 +757,18 @@ end
 local function claim_one(c, id)
   local base = c.base
   local key = c.prefix .. id
-  -- the payload enters the script only when it is small (see INLINE_PAYLOAD); f[2] says whether it exists
-  local plen = redis.call('HSTRLEN', key, 'payload')
-  local inline = plen <= INLINE_PAYLOAD
-  local f = redis.call('HMGET', key, 'name', inline and 'payload' or 'ct', 'ct', 'state', 'att', 'to', 'exp', 'lim')
-  if not inline then f[2] = true end
+  -- with sizes, the payload enters the script only when it is small (see INLINE_PAYLOAD); f[2] says
+  -- whether it exists
+  local plen, inline, f = 0, true, nil
+  if sizes then
+    plen = redis.call('HSTRLEN', key, 'payload')
+    inline = plen <= INLINE_PAYLOAD
+    f = redis.call('HMGET', key, 'name', inline and 'payload' or 'ct', 'ct', 'state', 'att', 'to', 'exp', 'lim')
+    if not inline then f[2] = true end
+  else
+    f = redis.call('HMGET', key, 'name', 'payload', 'ct', 'state', 'att', 'to', 'exp', 'lim')
+    plen = f[2] and #f[2] or 0
+  end
   if not f[1] or not f[2] or not f[4] then
     if not f[1] and not f[2] and not f[4] and redis.call('EXISTS', key) == 0 then
       notes[#notes + 1] = id
@@ -831,6 +842,7 @@ local function claim_one(c, id)
     out[m + 3] = f[1]
     if inline then
       out[m + 4] = f[2]
+      if plen > INLINE_PAYLOAD then large = large + 1 end
     else
       out[m + 4] = ''
       fetch[#fetch + 1] = m
@@ -948,7 +960,7 @@ for q = 1, nq do
     if earliest < 0 or t < earliest then earliest = t end
   end
 end
-return {out, notes, leased, earliest, now, fetch}
+return {out, notes, leased, earliest, now, fetch, large}
 """
 
 # KEYS[1] -> xq:{Q}:leases

@@ -38,6 +38,7 @@ from .router import Router
 log = logging.getLogger("xq")
 
 BUFFER_SECONDS = 0.100           # keep ~100 ms of work queued in each child's ring
+SIZES_OFF_AFTER = 64             # claims of only small payloads before CLAIM stops reading sizes first
 LOW_SECONDS = 0.002              # a child with less queued than this is running short: its results go out at once
 MAX_DEPTH = 1024
 MAX_STEPS = 2                    # round trips in flight at once
@@ -151,6 +152,8 @@ class ClaimPipeline(Component):
         self._due = [None] * n                     # group -> monotonic due time its last claim reported
         self._drained = [False] * n                # group -> its last claim found it drained (burst exit)
         self._turn = 0                             # advances the weighted split's remainder (shares)
+        self._sizes = [False] * n                  # group -> its claims read payload sizes first (large ones seen)
+        self._small = [0] * n                      # ... claims since the last large payload, while they do
         self.held: deque[int] = deque()            # claimed seqs behind a payload still being read, claim order
         self.fetching: set[int] = set()            # those of them whose payload (a large one) is being read
         self.refetch = False                       # an outage lost the fetches' replies: send them again
@@ -448,7 +451,7 @@ class ClaimPipeline(Component):
         for g, grp in enumerate(self._groups):
             w = broker if self.router is None else self.router.waiter(g)
             claim = broker.pack_claim(grp.keys, grp.tail, want, self.sup.worker_id, self._lease_ms,
-                                      cfg.max_payload, cfg.result_ttl)
+                                      cfg.max_payload, cfg.result_ttl, self._sizes[g])
             self._wait_fds[g] = w.start_wait(grp.wake, cfg.wait_timeout, claim)
             self.waiting[g] = (want, busy, w)
             self.claiming += want
@@ -543,7 +546,7 @@ class ClaimPipeline(Component):
             if ask > 0 or promote:
                 grp = self._groups[g]
                 parts.append((g, broker.pack_claim(grp.keys, grp.tail, ask, worker, self._lease_ms, cfg.max_payload,
-                                                   cfg.result_ttl), 1))
+                                                   cfg.result_ttl, self._sizes[g]), 1))
                 claims.append((g, ask))
         if not parts:
             return
@@ -646,7 +649,13 @@ class ClaimPipeline(Component):
                 self.idle = True
             return
         self.sup.health.wrote()
-        tasks, notes, leased, earliest, rnow, fetch = reply
+        tasks, notes, leased, earliest, rnow, fetch, large = reply
+        if large or fetch:
+            self._sizes[g], self._small[g] = True, 0
+        elif self._sizes[g] and tasks:
+            self._small[g] += 1
+            if self._small[g] >= SIZES_OFF_AFTER:
+                self._sizes[g] = False
         for i in range(0, len(notes), 2):
             log.warning("queue entry %s: %s", notes[i].decode(errors="replace"), notes[i + 1].decode(errors="replace"))
         n = len(tasks) // 7
@@ -716,6 +725,9 @@ class ClaimPipeline(Component):
     # CLAIM leaves a payload over scripts.INLINE_PAYLOAD out of its reply (a string entering Lua costs Redis a
     # hash of every byte): its task is held back from the buffer while a plain HGET, pipelined on the main
     # connection like any step, reads the payload, then joins the buffer in claim order with the next tasks.
+    # CLAIM does so only when asked (_sizes, per claim group: reading sizes first costs one command a task):
+    # from the first claim that returns a large payload inline until SIZES_OFF_AFTER claims in a row held
+    # none.
     def _screen_fetch(self, tasks: list, fetch: list) -> list:
         """_screen, noting which of the tasks kept lack their payload (marked by identity: the id object)."""
         marks = [tasks[i + 1] for i in fetch]
