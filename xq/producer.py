@@ -32,7 +32,7 @@ _ENQUEUE_OPTS = ("queue", "priority", "max_retries", "delay", "eta", "expires", 
                  "rate_key", "rate_limit", "result_ttl")
 OUTCOME_FIELDS = ("state", "result", "rct", "error")
 ETA_PAST_LIMIT = 60.0  # seconds an eta may lie in the past (clock skew) and still mean "run now"
-DEAD_READ_FIELDS = 8  # values per task in a DEAD_READ reply (scripts.DEAD_READ), as IMPORT takes them
+DEAD_READ_FIELDS = 11  # values per task in a DEAD_READ reply (scripts.DEAD_READ), as IMPORT takes them
 DEFAULT_RETRY_FOR = 30.0  # seconds a producer retries through a Redis outage before raising ConnectionLost
 
 
