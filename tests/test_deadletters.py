@@ -392,6 +392,6 @@ def test_cli_dlq(redis_url, r):
     with XQRun(redis_url, app=APP, queues="default,other"):
         # attempt numbers go on across a replay
         assert p.result(a, timeout=30, queue="default") == {"ok": "a", "queue": "default", "attempt": 2}
-        assert p.result(b, timeout=30, queue="other") == {"ok": "b", "queue": "other", "attempt": 1}
-        assert p.result(c, timeout=30, queue="other") == {"ok": "c", "queue": "other", "attempt": 1}
+        assert p.result(b, timeout=30, queue="other") == {"ok": "b", "queue": "other", "attempt": 2}
+        assert p.result(c, timeout=30, queue="other") == {"ok": "c", "queue": "other", "attempt": 2}
     assert attempts_seen(r, d) == ["1:default"]  # purged: never ran again

@@ -1,10 +1,11 @@
 """`xq.AsyncProducer`: enqueue tasks and await their results from asyncio code (web applications).
 
-The same options, checks and wire format as the sync `xq.Producer`: both call producer.prepare_enqueue
-(every option checked, every chunk packed, nothing sent) and producer.finish_enqueue (replies read back),
-and share the record and event interpretation (Producer._status_of, _outcome, _group_values,
-EventFilter), and the inspection (queues, tasks, workers, pause/resume: xq.inspect's plans, run by
-AsyncInspector).  What differs is only the I/O, which _AsyncBroker does on `redis.asyncio`: it is the
+The same calls, options, checks and wire format as the sync `xq.Producer`: both call
+producer.prepare_enqueue (every option checked, every chunk packed, nothing sent) and
+producer.finish_enqueue (replies read back), share the record and event interpretation
+(Producer._status_of, _outcome, _group_values, EventFilter), and every other call (groups, status,
+cancel, dead letters, replay, purge, flush, the inspection) is one producer.ProducerCore operation, run
+here by `drive` (an await per I/O step).  What differs is only the I/O, which _AsyncBroker does on `redis.asyncio`: it is the
 asyncio twin of broker.Broker (the one other place xq sends Redis commands from), reusing its script
 hashes, its enqueue packing, its script arguments and its plans of pipelines.
 
@@ -60,6 +61,21 @@ def aio_io(method=None, *, retry: bool = True):
     return guarded
 
 
+async def drive(op, me=None):
+    """As producer.drive, awaiting each Call: run an operation (a generator yielding Calls) on asyncio."""
+    value, step = None, op.send
+    while True:
+        try:
+            c = step(value)
+        except StopIteration as done:
+            return done.value
+        try:
+            value = await getattr(me if c.target is None else c.target, c.method)(*c.args, **c.kw)
+            step = op.send
+        except Exception as e:  # noqa: BLE001 - the operation's to handle (ConnectionLost) or raise
+            value, step = e, op.throw
+
+
 class _AsyncBroker:
     """Redis access of an AsyncProducer, on redis.asyncio (see broker.Broker for the sync one)."""
 
@@ -70,6 +86,8 @@ class _AsyncBroker:
     pack_import = Broker.pack_import
     pack_replay_head = Broker.pack_replay_head
     pack_remove_dead = Broker.pack_remove_dead
+    pack_flush = Broker.pack_flush
+    pack_purge = Broker.pack_purge
 
     def __init__(self, url: str, *, socket_timeout: float | None = 30.0, retry_for: float = 0.0, client=None):
         self.url = url
@@ -308,6 +326,40 @@ class _AsyncBroker:
             if n < batch:
                 return total
 
+    @aio_io
+    async def counts(self, qk) -> dict[str, int]:
+        """As Broker.counts."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in qk.ready:
+            pipe.llen(key)
+        pipe.zcard(qk.sched)
+        pipe.zcard(qk.leases)
+        pipe.zcard(qk.dead)
+        r = await pipe.execute()
+        return {"queued": sum(r[:10]), "sched": r[10], "running": r[11], "dead": r[12]}
+
+    @aio_io(retry=False)
+    async def unlink_scan(self, qk, cursor: int, count: int, unlink: Sequence[bytes]) -> tuple[int, tuple]:
+        """As Broker.unlink_scan."""
+        pipe = self.client.pipeline(transaction=False)
+        if unlink:
+            pipe.unlink(*unlink)
+        pipe.scan(cursor, match=qk.pattern, count=count)
+        r = await pipe.execute()
+        return (r[0] if unlink else 0), r[-1]
+
+    @aio_io
+    async def dbsize(self) -> int:
+        return await self.client.dbsize()
+
+    @aio_io(retry=False)
+    async def unlink(self, keys: Sequence) -> int:
+        return await self.client.unlink(*keys) if keys else 0
+
+    @aio_io
+    async def forget_queue(self, queue: str) -> None:
+        await self.client.srem(QUEUES, queue)
+
     async def cancel(self, qk, task_id: str, ttl: int) -> tuple[str, str]:
         out, before = await self.run("cancel", *Broker.cancel_args(qk, task_id, ttl))
         return out.decode(), before.decode()
@@ -539,8 +591,8 @@ class _Waiters:
 class AsyncProducer(ProducerCore):
     """The asyncio twin of xq.Producer: `async with xq.AsyncProducer(url) as p: tid = await p.enqueue(...)`.
 
-    Same constructor arguments and enqueue options as Producer (see Producer.enqueue_many); safe to share
-    between the concurrent tasks of one event loop."""
+    Every public call of Producer, with the same parameters (tests/test_api_parity.py), as a coroutine
+    (events: an async iterator); safe to share between the concurrent tasks of one event loop."""
 
     def __init__(self, url: str | None = None, *, app: App | None = None,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, chunk: int = 1000, result_ttl: int = 86400,
@@ -657,18 +709,7 @@ class AsyncProducer(ProducerCore):
         return method
 
     async def _drive(self, op):
-        """As Producer._drive, awaiting each Call."""
-        value, step = None, op.send
-        while True:
-            try:
-                c = step(value)
-            except StopIteration as done:
-                return done.value
-            try:
-                value = await getattr(self if c.target is None else c.target, c.method)(*c.args, **c.kw)
-                step = op.send
-            except Exception as e:  # noqa: BLE001 - the operation's to handle (ConnectionLost) or raise
-                value, step = e, op.throw
+        return await drive(op, self)
 
     _sleep = staticmethod(asyncio.sleep)
 

@@ -668,6 +668,23 @@ def _given(**kw) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
 
+def drive(op, me=None):
+    """Run an operation (a generator yielding Calls) with plain calls: make each Call (target None: me)
+    and send back its result, or throw in its exception; return the operation's value.  The asyncio
+    twin is xq.aio.drive."""
+    value, step = None, op.send
+    while True:
+        try:
+            c = step(value)
+        except StopIteration as done:
+            return done.value
+        try:
+            value = getattr(me if c.target is None else c.target, c.method)(*c.args, **c.kw)
+            step = op.send
+        except Exception as e:  # noqa: BLE001 - the operation's to handle (ConnectionLost) or raise
+            value, step = e, op.throw
+
+
 def operation(fn):
     """Mark a generator method of ProducerCore as a public operation: written once (checks, commands,
     parsing, yielding a Call for each I/O step and being sent its result), it becomes a plain method of
@@ -1017,6 +1034,24 @@ class ProducerCore(ProducerBase):
             node = yield call(self.broker, "at", qk.name)
             gone += [esc(t) for t in (yield call(node, "exchange", [node.pack_remove_dead(qk, raw[i:i + 500])]))[0]]
         return gone
+
+    # --- bulk deletes (xq.inspect's operations, shared with Inspector) ---
+    @operation
+    def flush(self, queue: str, state: str, *, progress: Callable[[int, int | None], None] | None = None,
+              chunk: int = 1000) -> int:
+        """Delete every task of the queue in state queued, scheduled, retrying or dead; returns how many
+        (see Inspector.flush)."""
+        from .inspect import op_flush
+
+        return (yield from op_flush(self.broker, queue, state, progress, chunk, self.result_ttl))
+
+    @operation
+    def delete_queue(self, queue: str, *, progress: Callable[[int, int | None], None] | None = None) -> dict:
+        """Delete every key of the queue and its entry in xq:queues; returns counts (see
+        Inspector.delete_queue)."""
+        from .inspect import BULK_CHUNK, op_delete_queue
+
+        return (yield from op_delete_queue(self.broker, queue, progress, BULK_CHUNK))
 
 
 class Producer(ProducerCore):
@@ -1430,19 +1465,7 @@ class Producer(ProducerCore):
         return method
 
     def _drive(self, op):
-        """Run an operation: make each Call it yields (target None: this producer) and send back its
-        result, or throw in its exception; return the operation's value."""
-        value, step = None, op.send
-        while True:
-            try:
-                c = step(value)
-            except StopIteration as done:
-                return done.value
-            try:
-                value = getattr(self if c.target is None else c.target, c.method)(*c.args, **c.kw)
-                step = op.send
-            except Exception as e:  # noqa: BLE001 - the operation's to handle (ConnectionLost) or raise
-                value, step = e, op.throw
+        return drive(op, self)
 
     _sleep = staticmethod(time.sleep)
 
@@ -1451,15 +1474,3 @@ class Producer(ProducerCore):
         from .inspect import Inspector
 
         return Inspector(self.url, broker=self.broker)
-
-    # --- bulk deletes (delegate to xq.inspect.Inspector) ---
-    def flush(self, queue: str, state: str, *, progress: Callable[[int, int | None], None] | None = None,
-              chunk: int = 1000) -> int:
-        """Delete every task of the queue in state queued, scheduled, retrying or dead; returns how many
-        (see Inspector.flush)."""
-        return self._inspector().flush(queue, state, progress=progress, chunk=chunk, result_ttl=self.result_ttl)
-
-    def delete_queue(self, queue: str, *, progress: Callable[[int, int | None], None] | None = None) -> dict:
-        """Delete every key of the queue and its entry in xq:queues; returns counts (see
-        Inspector.delete_queue)."""
-        return self._inspector().delete_queue(queue, progress=progress)
