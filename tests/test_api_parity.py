@@ -217,6 +217,7 @@ def test_replay_to_another_queue_keeps_history_and_counts_replays(redis_url, r):
     assert p.dead_count("other") == 0
 
 
+@pytest.mark.topologies("single", "cluster")
 def test_flush_and_delete_queue(redis_url, r):
     p = xq.Producer(redis_url)
     p.enqueue_many("ok", list(range(30)), queue="q1")

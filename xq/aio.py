@@ -35,7 +35,7 @@ from .conn import (CLUSTER_MOVES, Backoff, RetryWindow, failure, make_async_clie
 from .errors import ConfigError, ConnectionLost, RedisFull, ResultTimeout, UnknownTask
 from .keys import QUEUES, check_queue, queue_keys, worker_key
 from .inspect import AsyncInspector
-from .records import esc, raw_id
+from .records import esc
 from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer, ProducerCore,
                        Resend, batch_pause, event_request, finish_batch, finish_enqueue, missing_task, prepare_batch,
                        prepare_enqueue, retention_view)

@@ -704,7 +704,8 @@ class ProducerCore(ProducerBase):
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         for name, fn in vars(ProducerCore).items():
-            if getattr(fn, "xq_operation", False) and name not in vars(cls):
+            # only where the class would get the bare generator: not over an override, nor wrapped twice
+            if getattr(fn, "xq_operation", False) and getattr(cls, name) is fn:
                 setattr(cls, name, cls._operation(fn))
 
     @staticmethod
@@ -1092,10 +1093,6 @@ class Producer(ProducerCore):
         self.close()
 
     # --- enqueue ---
-    def _options(self, name: str, queue, priority, max_retries, opts: dict) -> tuple[str, int, int | None, dict]:
-        """(queue, priority, max_retries to store or None, route defaults) of an enqueue of task name."""
-        return enqueue_options(self.app, name, queue, priority, max_retries, opts)
-
     def _remember(self, queue: str, ids) -> None:
         if queue not in self._known_queues:
             try:
