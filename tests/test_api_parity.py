@@ -11,7 +11,7 @@ import inspect
 import pytest
 
 import xq
-from xq.aio import AsyncEventStream
+from xq.inspect import AsyncInspector
 from xq.keys import queue_keys
 from xqrun import XQRun, wait_for
 
@@ -222,6 +222,7 @@ def test_flush_and_delete_queue(redis_url, r):
     p = xq.Producer(redis_url)
     p.enqueue_many("ok", list(range(30)), queue="q1")
     p.enqueue_many("ok", list(range(5)), queue="q1", delay=600)
+    p.enqueue_many("ok", [1, 2, 3], queue="q2")
 
     async def main():
         async with xq.AsyncProducer(redis_url) as ap:
@@ -230,7 +231,32 @@ def test_flush_and_delete_queue(redis_url, r):
             assert n == 30 and seen[-1] == (30, 30)
             assert await ap.flush("q1", "scheduled") == 5
             await ap.enqueue("ok", 1, queue="q1")
+            async with AsyncInspector(redis_url) as ai:
+                assert await ai.flush("q2", "queued") == 3
             return await ap.delete_queue("q1")
     out = run(main())
     assert out["queue"] == "q1" and out["tasks"] == 1 and out["keys"] >= 1 and out["workers"] == []
     assert "q1" not in [q["queue"] for q in p.queues()]
+
+
+def test_async_inspector_has_every_inspector_call():
+    """The same rule one level down: xq.inspect.AsyncInspector mirrors Inspector (flush and delete_queue
+    are one operation each, op_flush / op_delete_queue, run by both)."""
+    from xq.inspect import AsyncInspector, Inspector
+
+    assert public(AsyncInspector) == public(Inspector)
+    for name in sorted(public(Inspector)):
+        s, a = getattr(Inspector, name), getattr(AsyncInspector, name)
+        assert params(a) == params(s), f"{name}: {inspect.signature(a)} != {inspect.signature(s)}"
+        assert inspect.iscoroutinefunction(a), name
+
+
+def test_async_events_is_an_async_iterator_and_context_manager():
+    async def main():
+        ap = xq.AsyncProducer("redis://127.0.0.1:1/0", retry_for=0)  # nothing is sent before iterating
+        stream = ap.events(queues="default", timeout=1)
+        ok = hasattr(stream, "__aiter__") and hasattr(stream, "__anext__") and hasattr(stream, "__aenter__")
+        await stream.aclose()
+        await ap.close()
+        return ok
+    assert run(main())

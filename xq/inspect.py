@@ -318,6 +318,19 @@ class AsyncInspector:
         except StopIteration as done:
             return done.value
 
+    async def flush(self, queue: str, state: str, *, progress: Progress | None = None, chunk: int = BULK_CHUNK,
+                    result_ttl: int = 86400) -> int:
+        """As Inspector.flush (the same operation, op_flush)."""
+        from .aio import drive
+
+        return await drive(op_flush(self.broker, queue, state, progress, chunk, result_ttl))
+
+    async def delete_queue(self, queue: str, *, progress: Progress | None = None, count: int = BULK_CHUNK) -> dict:
+        """As Inspector.delete_queue (the same operation, op_delete_queue)."""
+        from .aio import drive
+
+        return await drive(op_delete_queue(self.broker, queue, progress, count))
+
     async def paused(self, queue: str) -> bool:
         """As Inspector.paused."""
         return await self.paused_since(queue) is not None
