@@ -67,8 +67,9 @@ def main() -> None:
                 return [await async_round(ap, r, a.calls, a.many) for _ in range(a.rounds)]
         aio = asyncio.run(arounds())
     print(f"xq from {os.path.dirname(xq.__file__)}")
-    print(f"Producer      enqueue {min(s[0] for s in sync):7.1f} us/task   enqueue_many {min(s[1] for s in sync):5.2f} us/task")
-    print(f"AsyncProducer enqueue {min(s[0] for s in aio):7.1f} us/task   enqueue_many {min(s[1] for s in aio):5.2f} us/task")
+    for label, rounds in (("Producer     ", sync), ("AsyncProducer", aio)):
+        print(f"{label} enqueue {min(x[0] for x in rounds):7.1f} us/task   "
+              f"enqueue_many {min(x[1] for x in rounds):5.2f} us/task")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ producer.prepare_enqueue (every option checked, every chunk packed, nothing sent
 producer.finish_enqueue (replies read back), share the record and event interpretation
 (Producer._status_of, _outcome, _group_values, EventFilter), and every other call (groups, status,
 cancel, dead letters, replay, purge, flush, the inspection) is one producer.ProducerCore operation, run
-here by `drive` (an await per I/O step).  What differs is only the I/O, which _AsyncBroker does on `redis.asyncio`: it is the
-asyncio twin of broker.Broker (the one other place xq sends Redis commands from), reusing its script
-hashes, its enqueue packing, its script arguments and its plans of pipelines.
+here by `drive` (an await per I/O step).  What differs is only the I/O, which _AsyncBroker does on
+`redis.asyncio`: it is the asyncio twin of broker.Broker (the one other place xq sends Redis commands
+from), reusing its script hashes, its packing, its script arguments and its plans of pipelines.
 
 Unlike Producer, an AsyncProducer may be shared by any number of concurrent tasks of one event loop:
 each enqueue borrows a pooled connection for its pipelined chunks, every waiting result() shares the
