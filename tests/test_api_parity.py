@@ -127,6 +127,7 @@ def make_dead(redis_url, names_payloads, queue="default") -> list[str]:
     return ids
 
 
+@pytest.mark.topologies("single", "cluster")
 def test_group_and_group_status_after_completion(redis_url, r):
     async def main():
         async with xq.AsyncProducer(redis_url) as ap:
@@ -147,6 +148,7 @@ def test_group_and_group_status_after_completion(redis_url, r):
     assert xq.Producer(redis_url).group_status(g) == done  # the same dict as the sync call
 
 
+@pytest.mark.topologies("single", "cluster")
 def test_dead_letters_scheduled_replay_and_purge(redis_url, r):
     a, b, c, d = make_dead(redis_url, [("needs_flag", x) for x in "abcd"])
     p = xq.Producer(redis_url)
