@@ -250,14 +250,22 @@ def test_replay_to_another_queue_runs_there(redis_url, r):
             p.status(tid, queue="default")  # moved: the original record is gone
         st = p.status(tid, queue="other")
         assert st["status"] == "queued" and st["priority"] == 2 and st["name"] == "needs_flag"
+        # as a replay in place (issue 15, defect 7): the history and the attempt numbers go along, and
+        # the replay is counted
+        assert st["attempts"] == 1 and st["replays"] == 1, st
+        assert [(h["attempt"], h["outcome"]) for h in st["history"]] == [(1, "failed")], st["history"]
+        assert st["history"][0]["error"].startswith("RuntimeError: flag not set")
     assert sorted(r.lrange(queue_keys("other").ready[2], 0, -1)) == sorted([a.encode(), b.encode()])
     # a supervisor serving only "other" runs them there
     with XQRun(redis_url, app=APP, queues="other"):
-        assert p.result(a, timeout=30, queue="other") == {"ok": "a", "queue": "other", "attempt": 1}
-        assert p.result(b, timeout=30, queue="other") == {"ok": "b", "queue": "other", "attempt": 1}
+        assert p.result(a, timeout=30, queue="other") == {"ok": "a", "queue": "other", "attempt": 2}
+        assert p.result(b, timeout=30, queue="other") == {"ok": "b", "queue": "other", "attempt": 2}
     for tid in (a, b):
-        assert attempts_seen(r, tid) == ["1:default", "1:other"]
-        assert xq.Producer(redis_url).status(tid)["queue"] == "other"  # found through the queue index
+        assert attempts_seen(r, tid) == ["1:default", "2:other"]
+        st = xq.Producer(redis_url).status(tid)
+        assert st["queue"] == "other"  # found through the queue index
+        assert st["status"] == "done" and st["attempts"] == 2 and st["replays"] == 1
+        assert [(h["attempt"], h["outcome"]) for h in st["history"]] == [(1, "failed"), (2, "done")]
     assert p.dead_count("other") == 0
 
 
@@ -384,6 +392,6 @@ def test_cli_dlq(redis_url, r):
     with XQRun(redis_url, app=APP, queues="default,other"):
         # attempt numbers go on across a replay
         assert p.result(a, timeout=30, queue="default") == {"ok": "a", "queue": "default", "attempt": 2}
-        assert p.result(b, timeout=30, queue="other") == {"ok": "b", "queue": "other", "attempt": 1}
-        assert p.result(c, timeout=30, queue="other") == {"ok": "c", "queue": "other", "attempt": 1}
+        assert p.result(b, timeout=30, queue="other") == {"ok": "b", "queue": "other", "attempt": 2}
+        assert p.result(c, timeout=30, queue="other") == {"ok": "c", "queue": "other", "attempt": 2}
     assert attempts_seen(r, d) == ["1:default"]  # purged: never ran again

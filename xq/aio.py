@@ -1,12 +1,13 @@
 """`xq.AsyncProducer`: enqueue tasks and await their results from asyncio code (web applications).
 
-The same options, checks and wire format as the sync `xq.Producer`: both call producer.prepare_enqueue
-(every option checked, every chunk packed, nothing sent) and producer.finish_enqueue (replies read back),
-and share the record and event interpretation (Producer._status_of, _outcome, _group_values,
-EventFilter), and the inspection (queues, tasks, workers, pause/resume: xq.inspect's plans, run by
-AsyncInspector).  What differs is only the I/O, which _AsyncBroker does on `redis.asyncio`: it is the
-asyncio twin of broker.Broker (the one other place xq sends Redis commands from), reusing its script
-hashes, its enqueue packing, its script arguments and its plans of pipelines.
+The same calls, options, checks and wire format as the sync `xq.Producer`: both call
+producer.prepare_enqueue (every option checked, every chunk packed, nothing sent) and
+producer.finish_enqueue (replies read back), share the record and event interpretation
+(Producer._status_of, _outcome, _group_values, EventFilter), and every other call (groups, status,
+cancel, dead letters, replay, purge, flush, the inspection) is one producer.ProducerCore operation, run
+here by `drive` (an await per I/O step).  What differs is only the I/O, which _AsyncBroker does on
+`redis.asyncio`: it is the asyncio twin of broker.Broker (the one other place xq sends Redis commands
+from), reusing its script hashes, its packing, its script arguments and its plans of pipelines.
 
 Unlike Producer, an AsyncProducer may be shared by any number of concurrent tasks of one event loop:
 each enqueue borrows a pooled connection for its pipelined chunks, every waiting result() shares the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import functools
 import time
 from typing import Any, Iterable, Sequence
@@ -28,14 +30,15 @@ from redis.exceptions import NoScriptError
 from . import broker, scripts
 from .app import DEFAULT_QUEUE, App
 from .broker import Broker
-from .conn import CLUSTER_MOVES, Backoff, RetryWindow, failure, make_async_client, node_client, parse_url
+from .conn import (CLUSTER_MOVES, Backoff, RetryWindow, failure, make_async_client, node_client, parse_url,
+                   translate)
 from .errors import ConfigError, ConnectionLost, RedisFull, ResultTimeout, UnknownTask
 from .keys import QUEUES, check_queue, queue_keys, worker_key
-from .inspect import SAMPLE, SCAN, AsyncInspector
-from .records import raw_id
-from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer, ProducerBase,
-                       Resend, batch_pause, event_request, finish_batch, finish_enqueue, missing_task, prepare_batch, prepare_enqueue,
-                       retention_view)
+from .inspect import AsyncInspector
+from .records import esc
+from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer, ProducerCore,
+                       Resend, batch_pause, event_request, finish_batch, finish_enqueue, missing_task, prepare_batch,
+                       prepare_enqueue, retention_view)
 
 SUBSCRIBE_TIMEOUT = 10.0
 
@@ -58,12 +61,33 @@ def aio_io(method=None, *, retry: bool = True):
     return guarded
 
 
+async def drive(op, me=None):
+    """As producer.drive, awaiting each Call: run an operation (a generator yielding Calls) on asyncio."""
+    value, step = None, op.send
+    while True:
+        try:
+            c = step(value)
+        except StopIteration as done:
+            return done.value
+        try:
+            value = await getattr(me if c.target is None else c.target, c.method)(*c.args, **c.kw)
+            step = op.send
+        except Exception as e:  # noqa: BLE001 - the operation's to handle (ConnectionLost) or raise
+            value, step = e, op.throw
+
+
 class _AsyncBroker:
     """Redis access of an AsyncProducer, on redis.asyncio (see broker.Broker for the sync one)."""
 
     # Pure methods of the sync Broker, which only read the script hashes (self._sha).
     pack_enqueue = Broker.pack_enqueue
     sha = Broker.sha
+    pack_dead_read = Broker.pack_dead_read
+    pack_import = Broker.pack_import
+    pack_replay_head = Broker.pack_replay_head
+    pack_remove_dead = Broker.pack_remove_dead
+    pack_flush = Broker.pack_flush
+    pack_purge = Broker.pack_purge
 
     def __init__(self, url: str, *, socket_timeout: float | None = 30.0, retry_for: float = 0.0, client=None):
         self.url = url
@@ -199,6 +223,17 @@ class _AsyncBroker:
         except redis.ResponseError as e:
             return e
 
+    async def exchange(self, commands: Sequence[bytes]) -> list:
+        """As Broker.exchange: send packed commands at once and read their replies in order (one round trip
+        on one pooled connection); an error reply is raised, after every reply was read."""
+        if not commands:
+            return []
+        out = await self.send_and_read(commands)
+        for x in out:
+            if isinstance(x, Exception):
+                raise translate(x, self.url)
+        return out
+
     @aio_io(retry=False)
     async def ping(self) -> None:
         """Whether Redis answers now (for a readiness probe): ConnectionLost / RedisRefused if not."""
@@ -260,6 +295,70 @@ class _AsyncBroker:
         for g in group_ids:
             pipe.hget(qk.group(g), "fired")
         return await pipe.execute()
+
+    async def group(self, qk, mode: str, group_id: str, **kw) -> None:
+        """As Broker.group."""
+        await self.run("group", *broker.group_args(qk, mode, group_id, **kw))
+
+    @aio_io
+    async def group_state(self, qk, group_id: str) -> tuple[dict, list[bytes]]:
+        """As Broker.group_state."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(qk.group(group_id))
+        pipe.lrange(qk.group_members(group_id), 0, -1)
+        h, ids = await pipe.execute()
+        return h, ids
+
+    @aio_io
+    async def dead_count(self, qk) -> int:
+        return await self.client.zcard(qk.dead)
+
+    async def replay(self, qk, ids: Sequence, priority: int | None, mode: str = "requeue") -> list[str]:
+        """As Broker.replay."""
+        return [esc(i) for i in await self.run("replay", *broker.replay_args(qk, ids, priority, mode))]
+
+    async def purge_dead(self, qk, batch: int = 1000) -> int:
+        """As Broker.purge_dead."""
+        total = 0
+        while True:
+            n = await self.run("purge", [qk.dead], [qk.task_prefix, batch])
+            total += n
+            if n < batch:
+                return total
+
+    @aio_io
+    async def counts(self, qk) -> dict[str, int]:
+        """As Broker.counts."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in qk.ready:
+            pipe.llen(key)
+        pipe.zcard(qk.sched)
+        pipe.zcard(qk.leases)
+        pipe.zcard(qk.dead)
+        r = await pipe.execute()
+        return {"queued": sum(r[:10]), "sched": r[10], "running": r[11], "dead": r[12]}
+
+    @aio_io(retry=False)
+    async def unlink_scan(self, qk, cursor: int, count: int, unlink: Sequence[bytes]) -> tuple[int, tuple]:
+        """As Broker.unlink_scan."""
+        pipe = self.client.pipeline(transaction=False)
+        if unlink:
+            pipe.unlink(*unlink)
+        pipe.scan(cursor, match=qk.pattern, count=count)
+        r = await pipe.execute()
+        return (r[0] if unlink else 0), r[-1]
+
+    @aio_io
+    async def dbsize(self) -> int:
+        return await self.client.dbsize()
+
+    @aio_io(retry=False)
+    async def unlink(self, keys: Sequence) -> int:
+        return await self.client.unlink(*keys) if keys else 0
+
+    @aio_io
+    async def forget_queue(self, queue: str) -> None:
+        await self.client.srem(QUEUES, queue)
 
     async def cancel(self, qk, task_id: str, ttl: int) -> tuple[str, str]:
         out, before = await self.run("cancel", *Broker.cancel_args(qk, task_id, ttl))
@@ -489,11 +588,11 @@ class _Waiters:
             await self.ps.aclose()
 
 
-class AsyncProducer(ProducerBase):
+class AsyncProducer(ProducerCore):
     """The asyncio twin of xq.Producer: `async with xq.AsyncProducer(url) as p: tid = await p.enqueue(...)`.
 
-    Same constructor arguments and enqueue options as Producer (see Producer.enqueue_many); safe to share
-    between the concurrent tasks of one event loop."""
+    Every public call of Producer, with the same parameters (tests/test_api_parity.py), as a coroutine
+    (events: an async iterator); safe to share between the concurrent tasks of one event loop."""
 
     def __init__(self, url: str | None = None, *, app: App | None = None,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, chunk: int = 1000, result_ttl: int = 86400,
@@ -517,18 +616,37 @@ class AsyncProducer(ProducerBase):
         await self.close()
 
     # --- enqueue ---
-    async def enqueue(self, name: str, payload: Any = None, **options) -> str:
+    async def enqueue(self, name: str, payload: Any = None, *, queue: str | None = None,
+                      priority: int | str | None = None, max_retries: int | None = None, delay: float | None = None,
+                      eta: dt.datetime | float | None = None, expires: float | dt.datetime | None = None,
+                      timeout: float | None = None, unique_key: str | None = None, unique_ttl: float | None = None,
+                      task_id: str | None = None, result_ttl: int | None = None, **opts) -> str:
         """Enqueue one task; returns its id (with unique_key: the holder's id if the key is held).
-        Options as Producer.enqueue."""
-        task_id = options.pop("task_id", None)
-        if task_id is not None:
-            options["ids"] = [task_id]
-        return (await self.enqueue_many(name, [payload], **options))[0]
+        As Producer.enqueue."""
+        return (await self.enqueue_many(name, [payload], queue=queue, priority=priority, max_retries=max_retries,
+                                        delay=delay, eta=eta, expires=expires, timeout=timeout,
+                                        unique_key=unique_key, unique_ttl=unique_ttl,
+                                        ids=None if task_id is None else [task_id], result_ttl=result_ttl,
+                                        **opts))[0]
 
-    async def enqueue_many(self, name: str, payloads: Iterable[Any], **options) -> list[str]:
+    async def enqueue_many(self, name: str, payloads: Iterable[Any], *, queue: str | None = None,
+                           priority: int | str | None = None, max_retries: int | None = None,
+                           delay: float | None = None, eta: dt.datetime | float | None = None,
+                           expires: float | dt.datetime | None = None, timeout: float | None = None,
+                           depends_on: Sequence[str] | str | None = None, on_dependency_failure: str = "fail",
+                           concurrency_key: str | None = None, max_concurrency: int | None = None,
+                           rate_key: str | None = None, rate_limit: str | None = None,
+                           ids: Sequence[str] | None = None, _group: str | None = None,
+                           result_ttl: int | None = None, **opts) -> list[str]:
         """Enqueue one task per payload, every chunk pipelined in one round trip; returns their ids in
-        order.  Options as Producer.enqueue_many, checked by the same code before anything is sent."""
-        prep = prepare_enqueue(self.app, self.broker, self.chunk, self.max_payload, name, payloads, **options)
+        order.  Options as Producer.enqueue_many, checked by the same code (prepare_enqueue) before
+        anything is sent."""
+        prep = prepare_enqueue(self.app, self.broker, self.chunk, self.max_payload, name, payloads, queue=queue,
+                               priority=priority, max_retries=max_retries, delay=delay, eta=eta, expires=expires,
+                               timeout=timeout, depends_on=depends_on, on_dependency_failure=on_dependency_failure,
+                               concurrency_key=concurrency_key, max_concurrency=max_concurrency,
+                               rate_key=rate_key, rate_limit=rate_limit, ids=ids, _group=_group,
+                               result_ttl=result_ttl, **opts)
         prep.check_deps([await self._find(dep, None) for dep in prep.deps])
         rs = (await self.broker.send([prep], self.chunk, self.replicas, self.replicas_timeout))[0]
         out, enqueued = finish_enqueue(prep, rs.replies, self.app)
@@ -575,79 +693,29 @@ class AsyncProducer(ProducerBase):
             self._cache(q, [task_id])  # bounded: a long-lived server (xq web) looks up many ids
         return q
 
-    async def status(self, task_id: str, *, queue: str | None = None) -> dict:
-        """As Producer.status."""
-        q = await self._find(task_id, queue)
-        raw = raw_id(task_id)
-        rec = await self.broker.task_record(queue_keys(q), raw)
-        if not rec:
-            raise await self._missing(task_id, [q])
-        return Producer._status_of(raw, q, rec)
-
     async def _missing(self, task_id: str, queues) -> UnknownTask:
         """As Producer._missing."""
         marks = await self.broker.retention([queue_keys(q) for q in queues])
         views = {q: retention_view(*pm) for q, pm in zip(queues, marks)}
         return missing_task(task_id, views, f"in queue {queues[0]!r}" if len(queues) == 1 else "in any queue")
 
-    async def cancel(self, task_id: str, *, queue: str | None = None) -> str:
-        """As Producer.cancel: "canceled", "canceling" or "finished"; UnknownTask for an unknown id."""
-        q = await self._find(task_id, queue)
-        outcome, _before = await self.broker.cancel(queue_keys(q), task_id, self.result_ttl)
-        if outcome == "unknown":
-            raise UnknownTask(f"cannot cancel {task_id!r}: no task with that id in queue {q!r}")
-        return outcome
+    # --- the operations of ProducerCore, as coroutines ---
+    @staticmethod
+    def _operation(fn):
+        """A ProducerCore operation as a coroutine method (see ProducerCore)."""
+        @functools.wraps(fn)
+        async def method(self, *args, **kw):
+            return await self._drive(fn(self, *args, **kw))
+        return method
 
-    # --- queues, tasks, workers, pause / resume (delegates to xq.inspect.AsyncInspector, as Producer does) ---
+    async def _drive(self, op):
+        return await drive(op, self)
+
+    _sleep = staticmethod(asyncio.sleep)
+
     def _inspector(self) -> AsyncInspector:
         """An AsyncInspector sharing this producer's broker."""
         return AsyncInspector(self.url, broker=self.broker)
-
-    async def workers(self) -> list[dict]:
-        """As Producer.workers: the live supervisors' registry records, newest heartbeat first."""
-        return await self._inspector().workers()
-
-    async def worker(self, worker_id: str) -> dict | None:
-        """As Producer.worker: one live supervisor's registry record, or None."""
-        return await self._inspector().worker(worker_id)
-
-    async def queues(self, by_name: bool = False) -> list[dict]:
-        """As Producer.queues: the counts of every queue."""
-        return await self._inspector().queues(by_name=by_name)
-
-    async def queue(self, queue: str = DEFAULT_QUEUE, by_name: bool = False, sample: int = SAMPLE) -> dict:
-        """As Producer.queue: one queue's counts per state and its latency (see Inspector.queue)."""
-        return await self._inspector().queue(queue, by_name=by_name, sample=sample)
-
-    async def tasks(self, queue: str, state: str, *, name: str | None = None, offset: int = 0, limit: int = 50,
-                    scan: int = SCAN) -> dict:
-        """As Producer.tasks: one page of a queue's tasks in one state (see Inspector.tasks)."""
-        return await self._inspector().tasks(queue, state, name=name, offset=offset, limit=limit, scan=scan)
-
-    async def retention(self, queue: str = DEFAULT_QUEUE) -> dict:
-        """As Producer.retention: the queue's retention policy and what it removed."""
-        return await self._inspector().retention(queue)
-
-    async def set_retention(self, queue: str = DEFAULT_QUEUE, **policy) -> dict:
-        """As Producer.set_retention: keep, max_age, keep_dead, reset."""
-        return await self._inspector().set_retention(queue, **policy)
-
-    async def history(self, queue: str = DEFAULT_QUEUE, **kw) -> list[dict]:
-        """As Producer.history: a queue's (or one task name's) per-minute stats history."""
-        return await self._inspector().history(queue, **kw)
-
-    async def pause_queue(self, queue: str = DEFAULT_QUEUE) -> bool:
-        """As Producer.pause_queue: no supervisor claims from the queue until resume_queue; False if it was
-        paused already."""
-        return await self._inspector().pause_queue(queue)
-
-    async def resume_queue(self, queue: str = DEFAULT_QUEUE) -> bool:
-        """As Producer.resume_queue; False if it was not paused."""
-        return await self._inspector().resume_queue(queue)
-
-    async def paused(self, queue: str = DEFAULT_QUEUE) -> bool:
-        """As Producer.paused."""
-        return await self._inspector().paused(queue)
 
     # --- results ---
     async def _outcome(self, task_id: str, q: str):

@@ -416,8 +416,7 @@ class Broker:
         return self.client.zcard(qk.dead)
 
     def replay(self, qk: QueueKeys, ids: Sequence[str], priority: int | None, mode: str = "requeue") -> list[str]:
-        reply = self.run("replay", [qk.dead, qk.wake, *qk.ready],
-                         [qk.task_prefix, qk.events, qk.name, "" if priority is None else priority, mode, *ids])
+        reply = self.run("replay", *replay_args(qk, ids, priority, mode))
         return [esc(i) for i in reply]
 
     def purge_dead(self, qk: QueueKeys, batch: int = 1000) -> int:
@@ -520,10 +519,8 @@ class Broker:
               payload: bytes = b"", priority: int = 5, max_retries: int | None = None, timeout_ms="",
               ttl: int = 86400) -> None:
         """Open a group before its members are enqueued, or seal it after; see scripts.GROUP."""
-        cb_key = qk.task(callback_id) if callback_id else qk.group(group_id)
-        self.run("group", [qk.group(group_id), cb_key],
-                 [mode, qk.task_prefix, group_id, callback_id, name, payload, priority,
-                  "" if max_retries is None else max_retries, timeout_ms, qk.events, qk.name, ttl])
+        self.run("group", *group_args(qk, mode, group_id, callback_id=callback_id, name=name, payload=payload,
+                                      priority=priority, max_retries=max_retries, timeout_ms=timeout_ms, ttl=ttl))
 
     @io
     def group_state(self, qk: QueueKeys, group_id: str) -> tuple[dict, list[bytes]]:
@@ -935,6 +932,22 @@ def peek_args(zset: str, qk: QueueKeys, offset: int, limit: int, cap: int = PEEK
               skip: Sequence[str] = PEEK_SKIP) -> tuple[list, list]:
     """(KEYS, ARGV) of scripts.PEEK; shared with xq.aio."""
     return [zset], [qk.task_prefix, offset, limit, cap, *skip]
+
+
+def group_args(qk: QueueKeys, mode: str, group_id: str, *, callback_id: str = "", name: str = "",
+               payload: bytes = b"", priority: int = 5, max_retries: int | None = None, timeout_ms="",
+               ttl: int = 86400) -> tuple[list, list]:
+    """(KEYS, ARGV) of scripts.GROUP; shared with xq.aio."""
+    cb_key = qk.task(callback_id) if callback_id else qk.group(group_id)
+    return ([qk.group(group_id), cb_key],
+            [mode, qk.task_prefix, group_id, callback_id, name, payload, priority,
+             "" if max_retries is None else max_retries, timeout_ms, qk.events, qk.name, ttl])
+
+
+def replay_args(qk: QueueKeys, ids: Sequence, priority: int | None, mode: str = "requeue") -> tuple[list, list]:
+    """(KEYS, ARGV) of scripts.REPLAY (mode requeue or remove); shared with xq.aio."""
+    return ([qk.dead, qk.wake, *qk.ready],
+            [qk.task_prefix, qk.events, qk.name, "" if priority is None else priority, mode, *ids])
 
 
 def record_args(qk: QueueKeys, task_id: str | bytes, cap: int, capped: Sequence[str]) -> tuple[list, list]:

@@ -25,7 +25,7 @@ from .broker import DEFAULT_URL, Broker
 from .errors import ConfigError
 from . import stats as _stats
 from .keys import MAX_KEEP, MAX_RESULT_TTL, check_int, check_name, check_queue, queue_keys
-from .producer import id_time, retention_view, retry_window
+from .producer import call, drive, id_time, retention_view, retry_window
 from .records import cut as _cut, esc, raw_id, task_view
 
 __all__ = ["AsyncInspector", "Inspector"]
@@ -194,43 +194,7 @@ class Inspector:
         added while it runs may stay: it looks at as many as the queue held when it started (scheduled and
         retrying: one ZSCAN pass of their set).  Chunks of `chunk` ids per script call, BULK_DEPTH calls
         per round trip; progress(done, total) after each round trip."""
-        qk = queue_keys(check_queue(queue))
-        if state not in FLUSHABLE:
-            why = {"running": "running tasks are never flushed: cancel them (xq cancel ID)",
-                   "waiting": "waiting tasks have no index to flush them by: flush or cancel what they wait for"
-                   }.get(state, f"expected one of {', '.join(FLUSHABLE)}")
-            raise ConfigError(f"cannot flush state {state!r}: {why}")
-        check_int("chunk", chunk, 1, MAX_CHUNK)
-        counts = self.broker.counts(qk)
-        node = self.broker.at(queue)  # the raw path to the queue's slot (its master on a Cluster)
-        total = {"queued": counts["queued"], "dead": counts["dead"]}.get(state, counts["sched"])
-        deleted = looked = 0
-        if state in ("queued", "dead"):
-            while looked < total:  # bounded: each round looks at >= 1 id of `total`, or ends the loop
-                left = total - looked
-                sizes = [min(chunk, left - k * chunk) for k in range(BULK_DEPTH) if left > k * chunk]
-                if state == "queued":
-                    replies = node.exchange([node.pack_flush(qk, state, n, ttl=result_ttl)
-                                                    for n in sizes])
-                    d, n = sum(r[0] for r in replies), sum(r[1] for r in replies)
-                else:
-                    d = n = sum(node.exchange([node.pack_purge(qk, n) for n in sizes]))
-                deleted, looked = deleted + d, looked + n
-                if progress:
-                    progress(min(looked, total), total)
-                if n < sum(sizes):
-                    break  # emptied (by us, or by supervisors claiming meanwhile)
-        else:
-            cursor = b"0"
-            for _ in range(4 * total // chunk + 100):  # a ZSCAN pass takes about size/chunk steps
-                d, n, cursor = node.exchange([node.pack_flush(qk, state, chunk, cursor,
-                                                                            result_ttl)])[0]
-                deleted, looked = deleted + d, looked + n
-                if progress:
-                    progress(min(looked, total), total)
-                if cursor == b"0":
-                    break
-        return deleted
+        return drive(op_flush(self.broker, queue, state, progress, chunk, result_ttl))
 
     def delete_queue(self, queue: str, *, progress: Progress | None = None, count: int = BULK_CHUNK) -> dict:
         """Delete every key of the queue (SCAN MATCH xq:{Q}:* in steps of `count`, each step's keys UNLINKed
@@ -241,27 +205,85 @@ class Inspector:
         logged; a supervisor still serving the queue just finds it empty, and may re-create its
         bookkeeping keys (the wake marker), as a producer enqueueing to it re-creates the queue: stop them
         first.  progress(keys deleted, None) after each step."""
-        qk = queue_keys(check_queue(queue))
-        check_int("count", count, 1, MAX_CHUNK)
-        counts = self.broker.counts(qk)
-        serving = [w["id"] for w in self.workers() if queue in (w.get("queues") or ())]
-        node = self.broker.at(queue)  # SCAN the node serving the queue's slot (on a Cluster: its master)
-        bound = node.dbsize() // count * 2 + 100  # a SCAN pass takes about dbsize/count steps
-        cursor, found, deleted = 0, [], 0
-        for _ in range(bound):
-            n, (cursor, keys) = node.unlink_scan(qk, cursor, count, found)
-            deleted += n
-            found = keys
+        return drive(op_delete_queue(self.broker, queue, progress, count))
+
+
+def plan_calls(broker, plan):
+    """An inspection plan (steps ("method", *args) on broker) as an operation yielding producer.Calls."""
+    result = None
+    try:
+        while True:
+            method, *args = plan.send(result)
+            result = yield call(broker, method, *args)
+    except StopIteration as done:
+        return done.value
+
+
+def op_flush(broker, queue: str, state: str, progress: Progress | None, chunk: int, result_ttl: int):
+    """Inspector.flush as an operation (steps: producer.Call), shared with Producer / AsyncProducer.flush."""
+    qk = queue_keys(check_queue(queue))
+    if state not in FLUSHABLE:
+        why = {"running": "running tasks are never flushed: cancel them (xq cancel ID)",
+               "waiting": "waiting tasks have no index to flush them by: flush or cancel what they wait for"
+               }.get(state, f"expected one of {', '.join(FLUSHABLE)}")
+        raise ConfigError(f"cannot flush state {state!r}: {why}")
+    check_int("chunk", chunk, 1, MAX_CHUNK)
+    counts = yield call(broker, "counts", qk)
+    node = yield call(broker, "at", queue)  # the raw path to the queue's slot (its master on a Cluster)
+    total = {"queued": counts["queued"], "dead": counts["dead"]}.get(state, counts["sched"])
+    deleted = looked = 0
+    if state in ("queued", "dead"):
+        while looked < total:  # bounded: each round looks at >= 1 id of `total`, or ends the loop
+            left = total - looked
+            sizes = [min(chunk, left - k * chunk) for k in range(BULK_DEPTH) if left > k * chunk]
+            if state == "queued":
+                replies = yield call(node, "exchange", [node.pack_flush(qk, state, n, ttl=result_ttl)
+                                                        for n in sizes])
+                d, n = sum(r[0] for r in replies), sum(r[1] for r in replies)
+            else:
+                d = n = sum((yield call(node, "exchange", [node.pack_purge(qk, n) for n in sizes])))
+            deleted, looked = deleted + d, looked + n
             if progress:
-                progress(deleted, None)
-            if cursor == 0:
+                progress(min(looked, total), total)
+            if n < sum(sizes):
+                break  # emptied (by us, or by supervisors claiming meanwhile)
+    else:
+        cursor = b"0"
+        for _ in range(4 * total // chunk + 100):  # a ZSCAN pass takes about size/chunk steps
+            d, n, cursor = (yield call(node, "exchange", [node.pack_flush(qk, state, chunk, cursor,
+                                                                         result_ttl)]))[0]
+            deleted, looked = deleted + d, looked + n
+            if progress:
+                progress(min(looked, total), total)
+            if cursor == b"0":
                 break
-        deleted += node.unlink(found)
-        self.broker.forget_queue(queue)
+    return deleted
+
+
+def op_delete_queue(broker, queue: str, progress: Progress | None, count: int):
+    """Inspector.delete_queue as an operation (steps: producer.Call), shared with Producer /
+    AsyncProducer.delete_queue."""
+    qk = queue_keys(check_queue(queue))
+    check_int("count", count, 1, MAX_CHUNK)
+    counts = yield call(broker, "counts", qk)
+    serving = [w["id"] for w in (yield from plan_calls(broker, plan_workers())) if queue in (w.get("queues") or ())]
+    node = yield call(broker, "at", queue)  # SCAN the node serving the queue's slot (on a Cluster: its master)
+    bound = (yield call(node, "dbsize")) // count * 2 + 100  # a SCAN pass takes about dbsize/count steps
+    cursor, found, deleted = 0, [], 0
+    for _ in range(bound):
+        n, (cursor, keys) = yield call(node, "unlink_scan", qk, cursor, count, found)
+        deleted += n
+        found = keys
         if progress:
             progress(deleted, None)
-        return {"queue": queue, "keys": deleted, "running": counts["running"], "workers": serving,
-                "tasks": counts["queued"] + counts["sched"] + counts["running"] + counts["dead"]}
+        if cursor == 0:
+            break
+    deleted += yield call(node, "unlink", found)
+    yield call(broker, "forget_queue", queue)
+    if progress:
+        progress(deleted, None)
+    return {"queue": queue, "keys": deleted, "running": counts["running"], "workers": serving,
+            "tasks": counts["queued"] + counts["sched"] + counts["running"] + counts["dead"]}
 
 
 class AsyncInspector:
@@ -295,6 +317,19 @@ class AsyncInspector:
                 result = await getattr(self.broker, method)(*args)
         except StopIteration as done:
             return done.value
+
+    async def flush(self, queue: str, state: str, *, progress: Progress | None = None, chunk: int = BULK_CHUNK,
+                    result_ttl: int = 86400) -> int:
+        """As Inspector.flush (the same operation, op_flush)."""
+        from .aio import drive
+
+        return await drive(op_flush(self.broker, queue, state, progress, chunk, result_ttl))
+
+    async def delete_queue(self, queue: str, *, progress: Progress | None = None, count: int = BULK_CHUNK) -> dict:
+        """As Inspector.delete_queue (the same operation, op_delete_queue)."""
+        from .aio import drive
+
+        return await drive(op_delete_queue(self.broker, queue, progress, count))
 
     async def paused(self, queue: str) -> bool:
         """As Inspector.paused."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import re
 import time
@@ -31,6 +32,7 @@ _ENQUEUE_OPTS = ("queue", "priority", "max_retries", "delay", "eta", "expires", 
                  "rate_key", "rate_limit", "result_ttl")
 OUTCOME_FIELDS = ("state", "result", "rct", "error")
 ETA_PAST_LIMIT = 60.0  # seconds an eta may lie in the past (clock skew) and still mean "run now"
+DEAD_READ_FIELDS = 11  # values per task in a DEAD_READ reply (scripts.DEAD_READ), as IMPORT takes them
 DEFAULT_RETRY_FOR = 30.0  # seconds a producer retries through a Redis outage before raising ConnectionLost
 
 
@@ -647,7 +649,413 @@ class ProducerBase:
             cache.popitem(last=False)
 
 
-class Producer(ProducerBase):
+# --- operations written once for Producer and AsyncProducer: the I/O is yielded, run by each one's driver ---
+class Call(NamedTuple):
+    """One I/O step of an operation: target.method(*args, **kw), the target a broker (or a node's broker,
+    from broker.at) or None for the producer itself; a sync Producer calls it, an AsyncProducer awaits it."""
+    target: Any
+    method: str
+    args: tuple
+    kw: dict
+
+
+def call(target, method: str, *args, **kw) -> Call:
+    return Call(target, method, args, kw)
+
+
+def _given(**kw) -> dict:
+    """The keyword arguments that are not None (None: the callee's own default)."""
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def drive(op, me=None):
+    """Run an operation (a generator yielding Calls) with plain calls: make each Call (target None: me)
+    and send back its result, or throw in its exception; return the operation's value.  The asyncio
+    twin is xq.aio.drive."""
+    value, step = None, op.send
+    while True:
+        try:
+            c = step(value)
+        except StopIteration as done:
+            return done.value
+        try:
+            value = getattr(me if c.target is None else c.target, c.method)(*c.args, **c.kw)
+            step = op.send
+        except Exception as e:  # noqa: BLE001 - the operation's to handle (ConnectionLost) or raise
+            value, step = e, op.throw
+
+
+def operation(fn):
+    """Mark a generator method of ProducerCore as a public operation: written once (checks, commands,
+    parsing, yielding a Call for each I/O step and being sent its result), it becomes a plain method of
+    Producer (Producer._drive) and a coroutine method of AsyncProducer (AsyncProducer._drive), with the
+    same name, signature and docstring (ProducerCore.__init_subclass__)."""
+    fn.xq_operation = True
+    return fn
+
+
+class ProducerCore(ProducerBase):
+    """The operations of Producer and AsyncProducer other than enqueueing, results and event streams
+    (whose hot paths share prepare_enqueue / finish_enqueue / EventFilter instead), written once as
+    generators that yield their I/O (see operation).  A subclass gets each one wrapped by its
+    _operation(fn) unless it defines the name itself; tests/test_api_parity.py holds the two public
+    APIs equal."""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        for name, fn in vars(ProducerCore).items():
+            # only where the class would get the bare generator: not over an override, nor wrapped twice
+            if getattr(fn, "xq_operation", False) and getattr(cls, name) is fn:
+                setattr(cls, name, cls._operation(fn))
+
+    @staticmethod
+    def _operation(fn):  # overridden by Producer (sync) and AsyncProducer (coroutine)
+        raise NotImplementedError
+
+    def _inspector(self):  # an Inspector / AsyncInspector sharing the producer's broker
+        raise NotImplementedError
+
+    # --- groups ---
+    @operation
+    def group(self, tasks: Sequence, *, then: tuple | None = None, queue: str | None = None) -> Group:
+        """Enqueue many tasks as one group and, once every member has ended, one callback task (a chord).
+
+        tasks: (name, payload) or (name, payload, {enqueue options}) tuples; then: (name, payload) or
+        (name, payload, {priority, max_retries, timeout}) of the callback, which receives {"group": id,
+        "ids": [member ids, in order], "statuses": [their final states], "payload": its own payload}.
+        Every member and the callback live in one queue (the first member's, or queue=), so the count
+        is atomic: the callback runs exactly once.  Returns a Group (id, member ids, callback id);
+        result(group) waits for all members and returns their results in order."""
+        items = list(tasks)
+        if not items:
+            raise ConfigError("a group needs at least one task")
+        norm = []
+        for i, t in enumerate(items):
+            if not isinstance(t, (tuple, list)) or len(t) not in (2, 3) or not isinstance(t[0], str) \
+                    or (len(t) == 3 and not isinstance(t[2], dict)):
+                raise ConfigError(f"group member #{i} {t!r}: expected (name, payload) or (name, payload, {{options}})")
+            try:  # checked here, before the group is opened: a bad member writes nothing
+                check_name(t[0])
+                if len(t) == 3 and t[2].get("max_retries") is not None:
+                    check_int("max_retries", t[2]["max_retries"], 0, MAX_RETRIES)
+            except ConfigError as e:
+                raise ConfigError(f"group member #{i}: {e}") from None
+            norm.append((t[0], t[1], dict(t[2]) if len(t) == 3 else {}))
+        # every member goes to queue= if given, else where its own option or its route sends it; all to one
+        queues = [o.get("queue") or queue or enqueue_options(self.app, name, None, None, None, {})[0]
+                  for name, _p, o in norm]
+        queue = check_queue(queue or queues[0])
+        for i, (name, _p, o) in enumerate(norm):
+            if queues[i] != queue:
+                raise ConfigError(f"group member #{i} ({name}) goes to queue {queues[i]!r}, not {queue!r}: a group "
+                                  f"lives in one queue (one Redis Cluster slot); pass queue= to group()")
+            o["queue"] = queue
+        cb = None
+        if then is not None:
+            if not isinstance(then, (tuple, list)) or len(then) not in (2, 3) or not isinstance(then[0], str):
+                raise ConfigError(f"invalid then={then!r}: expected (name, payload) or (name, payload, {{options}})")
+            cbo = dict(then[2]) if len(then) == 3 else {}
+            bad = set(cbo) - {"priority", "max_retries", "timeout"}
+            if bad:
+                raise ConfigError(f"callback option(s) {', '.join(sorted(bad))} not supported; allowed: "
+                                  f"priority, max_retries, timeout")
+            _q, cprio, cmaxr, croute = enqueue_options(self.app, then[0], queue, cbo.get("priority"),
+                                                       cbo.get("max_retries"), {})
+            ctimeout = cbo.get("timeout", croute.get("timeout"))
+            try:
+                cpayload = orjson.dumps(then[1])
+            except TypeError as e:
+                raise ConfigError(f"callback payload cannot be serialized to JSON: {e}") from None
+            cb = (fast.new_ids(1)[0].decode(), then[0], cpayload, cprio, cmaxr,
+                  timing_args(timeout=ctimeout).get("timeout_ms", ""))
+        qk = queue_keys(queue)
+        gid = fast.new_ids(1)[0].decode()
+        yield call(self.broker, "group", qk, "open", gid)
+        ids: list[str] = []
+        # consecutive members of one name and options go in one enqueue_many
+        run: list = []
+        for name, payload, o in norm + [(None, None, None)]:
+            if run and (name != run[0][0] or o != run[0][2]):
+                ids += (yield call(None, "enqueue_many", run[0][0], [r[1] for r in run], _group=gid, **run[0][2]))
+                run = []
+            if name is not None:
+                run.append((name, payload, o))
+        if cb is not None:
+            yield call(self.broker, "group", qk, "seal", gid, callback_id=cb[0], name=cb[1], payload=cb[2],
+                       priority=cb[3], max_retries=cb[4], timeout_ms=cb[5], ttl=self.result_ttl)
+            yield call(None, "_remember", queue, [cb[0]])
+        else:
+            yield call(self.broker, "group", qk, "seal", gid, ttl=self.result_ttl)
+        return Group(gid, queue, ids, cb[0] if cb else None)
+
+    @operation
+    def group_status(self, group: Group | str, *, queue: str | None = None) -> dict:
+        """A group's progress: total, left (members not ended), finished (bool), callback id."""
+        gid, q = (group.id, group.queue) if isinstance(group, Group) else (group, check_queue(queue or DEFAULT_QUEUE))
+        h, _ids = yield call(self.broker, "group_state", queue_keys(q), gid)
+        if not h:
+            raise UnknownTask(f"no group with id {gid!r} in queue {q!r} (never made, or its keys expired)")
+        return group_view(gid, q, h)
+
+    # --- one task ---
+    @operation
+    def status(self, task_id: str, *, queue: str | None = None) -> dict:
+        """The task's record: status, attempts, timestamps (unix seconds), worker, error.  A malformed
+        record is shown with its bad fields escaped or raw and a "malformed" list of notes (see
+        xq.records); an id that is not UTF-8 may be given as listings show it (backslash escapes)."""
+        q = yield call(None, "_find", task_id, queue)
+        raw = raw_id(task_id)
+        rec = yield call(self.broker, "task_record", queue_keys(q), raw)
+        if not rec:
+            raise (yield call(None, "_missing", task_id, [q]))
+        return Producer._status_of(raw, q, rec)
+
+    @operation
+    def cancel(self, task_id: str, *, queue: str | None = None) -> str:
+        """Cancel a task, wherever it is.  Returns what happened:
+
+        "canceled"  it was queued, scheduled or retrying: status `canceled`, it never runs;
+        "canceling" it is running: its supervisor interrupts the handler (xq.Cancelled is raised in it, the
+                    child is killed after a grace if it does not stop) and records `canceled`;
+        "finished"  it had already ended (done, dead, expired or canceled): nothing changes.
+        Raises UnknownTask for an id with no record."""
+        q = yield call(None, "_find", task_id, queue)
+        outcome, _before = yield call(self.broker, "cancel", queue_keys(q), task_id, self.result_ttl)
+        if outcome == "unknown":
+            raise UnknownTask(f"cannot cancel {task_id!r}: no task with that id in queue {q!r}")
+        return outcome
+
+    # --- workers, queues, task listings, retention, pause / resume (xq.inspect's Inspector / AsyncInspector) ---
+    @operation
+    def workers(self) -> list[dict]:
+        """The live supervisors' registry records, newest heartbeat first (see Inspector.workers)."""
+        return (yield call(self._inspector(), "workers"))
+
+    @operation
+    def worker(self, worker_id: str) -> dict | None:
+        """One live supervisor's registry record, or None (see Inspector.worker)."""
+        return (yield call(self._inspector(), "worker", worker_id))
+
+    @operation
+    def queues(self, by_name: bool = False) -> list[dict]:
+        """The counts of every queue (see Inspector.queues)."""
+        return (yield call(self._inspector(), "queues", by_name=by_name))
+
+    @operation
+    def queue(self, queue: str = DEFAULT_QUEUE, by_name: bool = False, sample: int | None = None) -> dict:
+        """One queue's counts per state and its latency, read in one round trip (see Inspector.queue;
+        sample None: its default)."""
+        return (yield call(self._inspector(), "queue", queue, by_name=by_name, **_given(sample=sample)))
+
+    @operation
+    def tasks(self, queue: str, state: str, *, name: str | None = None, offset: int = 0, limit: int = 50,
+              scan: int | None = None) -> dict:
+        """One page of a queue's tasks in one state (see Inspector.tasks; scan None: its default)."""
+        return (yield call(self._inspector(), "tasks", queue, state, name=name, offset=offset, limit=limit,
+                           **_given(scan=scan)))
+
+    @operation
+    def retention(self, queue: str = DEFAULT_QUEUE) -> dict:
+        """The queue's retention policy and what it removed (see Inspector.retention)."""
+        return (yield call(self._inspector(), "retention", queue))
+
+    @operation
+    def set_retention(self, queue: str = DEFAULT_QUEUE, *, keep: int | None = None, max_age: int | None = None,
+                      keep_dead: int | None = None, reset: bool = False) -> dict:
+        """Set the queue's retention policy: keep, max_age, keep_dead, reset (see Inspector.set_retention)."""
+        return (yield call(self._inspector(), "set_retention", queue, keep=keep, max_age=max_age,
+                           keep_dead=keep_dead, reset=reset))
+
+    @operation
+    def history(self, queue: str = DEFAULT_QUEUE, *, name: str | None = None, minutes: int = 60,
+                now: float | None = None) -> list[dict]:
+        """A queue's (or one task name's) per-minute stats history (see Inspector.history)."""
+        return (yield call(self._inspector(), "history", queue, name=name, minutes=minutes, now=now))
+
+    @operation
+    def pause_queue(self, queue: str = DEFAULT_QUEUE) -> bool:
+        """Pause the queue: no supervisor claims from it until resume_queue (see Inspector.pause_queue).
+        Returns False if it was paused already."""
+        return (yield call(self._inspector(), "pause_queue", queue))
+
+    @operation
+    def resume_queue(self, queue: str = DEFAULT_QUEUE) -> bool:
+        """Resume a paused queue (idle supervisors wake at once).  Returns False if it was not paused."""
+        return (yield call(self._inspector(), "resume_queue", queue))
+
+    @operation
+    def paused(self, queue: str = DEFAULT_QUEUE) -> bool:
+        """Is the queue paused?"""
+        return (yield call(self._inspector(), "paused", queue))
+
+    # --- dead letters and schedules ---
+    def _page(self, queue: str, offset: int, limit: int, which: str):
+        """status() of each id of one page of a sorted set (records gone meanwhile are skipped), read in
+        one round trip with each field cut at 1 MiB (see Broker.peek; a cut one is named in "truncated")."""
+        qk = queue_keys(check_queue(queue))
+        _check_page(offset, limit)
+        rows = yield call(self.broker, "peek", getattr(qk, which), qk, offset, limit)
+        return [task_view(task_id, queue, rec, cut, id_time=id_time)
+                for task_id, _score, rec, cut in rows
+                if rec is not None]  # None: purged, or expired, meanwhile
+
+    @operation
+    def dead_letters(self, queue: str = DEFAULT_QUEUE, *, offset: int = 0, limit: int = 100) -> list[dict]:
+        """One page of the queue's dead-letter set, oldest first: each entry is status() of the task
+        (a malformed record is shown escaped, with a "malformed" note: see xq.records)."""
+        return (yield from self._page(queue, offset, limit, "dead"))
+
+    @operation
+    def scheduled(self, queue: str = DEFAULT_QUEUE, *, offset: int = 0, limit: int = 100) -> list[dict]:
+        """One page of the queue's scheduled and retrying tasks, soonest due first: status() of each."""
+        return (yield from self._page(queue, offset, limit, "sched"))
+
+    @operation
+    def dead_count(self, queue: str = DEFAULT_QUEUE) -> int:
+        """How many tasks the queue's dead-letter set holds."""
+        return (yield call(self.broker, "dead_count", queue_keys(check_queue(queue))))
+
+    @operation
+    def replay(self, queue: str = DEFAULT_QUEUE, ids: Sequence[str] | None = None, *,
+               priority: int | str | None = None, to_queue: str | None = None,
+               progress: Callable[[int, int | None], None] | None = None, chunk: int = 1000) -> list[str]:
+        """Put dead tasks back to work: all of them (ids=None) or those ids; optionally at a new priority
+        and/or into another queue.  Each gets its full retry budget again; its attempt numbers go on
+        (xq.current().attempt of the first run after a replay is one more than the last before it, so no
+        attempt is ever confused with an earlier one), its history is kept and its replay count goes up
+        by one, in the same queue or another (name, payload, priority, max_retries, timeout and result ttl
+        are kept too).  Returns the ids replayed; ids not in the dead-letter set are skipped, and
+        replaying an empty set returns [].  progress(done, total) is called after each round trip.  Into
+        another queue, tasks move in chunks of `chunk` (at most 5,000), copy first, original removed
+        after: a replay cut short (a crash, an outage past retry_for) may leave a task in both queues,
+        never in neither, and running it again finishes the move without copying anything twice
+        (docs/design.md, "Bulk operations")."""
+        qk = queue_keys(check_queue(queue))
+        prio = None if priority is None else check_priority(priority)
+        check_int("chunk", chunk, 1, 5000)
+        if to_queue is not None:
+            check_queue(to_queue)
+            if to_queue == queue:
+                to_queue = None
+        if ids is not None:  # an id as listed (escaped if it is not UTF-8) to the bytes Redis holds
+            ids = [raw_id(i) for i in ([ids] if isinstance(ids, str) else ids)]
+        if to_queue is not None:
+            return (yield from self._move_dead(qk, ids, prio, queue_keys(to_queue), progress, chunk))
+        if ids is None:
+            return (yield from self._replay_all(qk, prio, progress, chunk))
+        done: list[str] = []
+        for i in range(0, len(ids), 500):
+            done += (yield call(self.broker, "replay", qk, list(ids[i:i + 500]), prio))
+            if progress:
+                progress(min(i + 500, len(ids)), len(ids))
+        return done
+
+    def _replay_all(self, qk, prio: int | None, progress, chunk: int):
+        """Replay every dead letter of qk in place: REPLAY 'head' calls of `chunk` ids, BULK_DEPTH a round
+        trip, as many as the set held at the start (tasks dying meanwhile stay dead).  Safe to retry: a
+        call only ever takes what is still in the set."""
+        from .inspect import BULK_DEPTH
+
+        total = yield call(self.broker, "dead_count", qk)
+        done: list[str] = []
+        looked = 0
+        window = RetryWindow(self.retry_for)
+        while looked < total:  # bounded: each round takes >= 1 of the `total` entries
+            left = total - looked
+            sizes = [min(chunk, left - k * chunk) for k in range(BULK_DEPTH) if left > k * chunk]
+            try:
+                node = yield call(self.broker, "at", qk.name)
+                replies = yield call(node, "exchange", [node.pack_replay_head(qk, n, prio) for n in sizes])
+            except ConnectionLost as e:
+                yield call(None, "_sleep", window.pause(e))
+                continue
+            done += [esc(i) for part in replies for i in part]
+            looked += sum(sizes)
+            if progress:
+                progress(min(looked, total), total)
+        return done
+
+    def _move_dead(self, qk, ids: list[bytes] | None, prio: int | None, tqk, progress, chunk: int):
+        """Move dead letters of qk (all, or those ids) into tqk's ready lists.  The queues live in different
+        hash slots, so each round is three round trips of BULK_DEPTH pipelined script calls: read chunks
+        (DEAD_READ), write copies into the target (IMPORT), then remove the originals (REPLAY 'remove').
+        A failure after the write leaves both; a round retried (or a replay run again) re-reads them, IMPORT
+        skips the ids the target has, and the remove finishes the move: at-least-once, never lost."""
+        from .inspect import BULK_DEPTH
+
+        broker = self.broker
+        yield call(None, "_remember", tqk.name, [])
+        total = len(ids) if ids is not None else (yield call(broker, "dead_count", qk))
+        moved: list[str] = []
+        looked = kept = 0  # kept: dead letters left at the head of the set (no name to copy them by)
+        window = RetryWindow(self.retry_for)
+        w = DEAD_READ_FIELDS
+        while looked < total:  # bounded: each round looks at >= 1 of the `total` ids, or ends the loop
+            try:
+                src = yield call(broker, "at", qk.name)  # on a Cluster: two masters, maybe
+                dst = yield call(broker, "at", tqk.name)
+                if ids is None:
+                    left = total - looked
+                    reads = [broker.pack_dead_read(qk, kept + k * chunk, min(chunk, left - k * chunk))
+                             for k in range(BULK_DEPTH) if left > k * chunk]
+                    n = None
+                else:
+                    part = ids[looked:looked + chunk * BULK_DEPTH]
+                    reads = [broker.pack_dead_read(qk, 0, 0, part[k:k + chunk]) for k in range(0, len(part), chunk)]
+                    n = len(part)
+                chunks = yield call(src, "exchange", reads)
+                yield call(dst, "exchange", [broker.pack_import(tqk, prio, c[0]) for c in chunks if c[0]])
+                # the copies are stored: only now may the originals go
+                gone = yield call(src, "exchange", [broker.pack_remove_dead(qk, c[0][::w] + c[1])
+                                                    for c in chunks if c[0] or c[1]])
+            except ConnectionLost as e:
+                yield call(None, "_sleep", window.pause(e))
+                continue
+            moved += [esc(i) for part in gone for i in part]
+            n = sum(c[3] for c in chunks) if n is None else n
+            kept += sum(c[2] for c in chunks)
+            looked += n
+            if progress:
+                progress(min(looked, total), total)
+            if not n:
+                break
+        self._cache(tqk.name, moved)
+        return moved
+
+    @operation
+    def purge_dead(self, queue: str = DEFAULT_QUEUE, ids: Sequence[str] | None = None) -> list[str] | int:
+        """Delete every task in the queue's dead-letter set and return how many; or, given ids, delete those
+        of them still dead (500 a script call) and return their ids (others are skipped)."""
+        qk = queue_keys(check_queue(queue))
+        if ids is None:
+            return (yield call(self.broker, "purge_dead", qk))
+        raw = [raw_id(i) for i in ([ids] if isinstance(ids, str) else ids)]
+        gone: list[str] = []
+        for i in range(0, len(raw), 500):
+            node = yield call(self.broker, "at", qk.name)
+            gone += [esc(t) for t in (yield call(node, "exchange", [node.pack_remove_dead(qk, raw[i:i + 500])]))[0]]
+        return gone
+
+    # --- bulk deletes (xq.inspect's operations, shared with Inspector) ---
+    @operation
+    def flush(self, queue: str, state: str, *, progress: Callable[[int, int | None], None] | None = None,
+              chunk: int = 1000) -> int:
+        """Delete every task of the queue in state queued, scheduled, retrying or dead; returns how many
+        (see Inspector.flush)."""
+        from .inspect import op_flush
+
+        return (yield from op_flush(self.broker, queue, state, progress, chunk, self.result_ttl))
+
+    @operation
+    def delete_queue(self, queue: str, *, progress: Callable[[int, int | None], None] | None = None) -> dict:
+        """Delete every key of the queue and its entry in xq:queues; returns counts (see
+        Inspector.delete_queue)."""
+        from .inspect import BULK_CHUNK, op_delete_queue
+
+        return (yield from op_delete_queue(self.broker, queue, progress, BULK_CHUNK))
+
+
+class Producer(ProducerCore):
     """Enqueues tasks into Redis and reads their state; one per process is plenty (not thread-safe).
 
     Through a Redis outage (connection refused, cut, timed out) every call retries for retry_for seconds
@@ -685,10 +1093,6 @@ class Producer(ProducerBase):
         self.close()
 
     # --- enqueue ---
-    def _options(self, name: str, queue, priority, max_retries, opts: dict) -> tuple[str, int, int | None, dict]:
-        """(queue, priority, max_retries to store or None, route defaults) of an enqueue of task name."""
-        return enqueue_options(self.app, name, queue, priority, max_retries, opts)
-
     def _remember(self, queue: str, ids) -> None:
         if queue not in self._known_queues:
             try:
@@ -828,84 +1232,6 @@ class Producer(ProducerBase):
             if lost:
                 time.sleep(batch_pause(rss, lost))
 
-    # --- groups ---
-    def group(self, tasks: Sequence, *, then: tuple | None = None, queue: str | None = None) -> "Group":
-        """Enqueue many tasks as one group and, once every member has ended, one callback task (a chord).
-
-        tasks: (name, payload) or (name, payload, {enqueue options}) tuples; then: (name, payload) or
-        (name, payload, {priority, max_retries, timeout}) of the callback, which receives {"group": id,
-        "ids": [member ids, in order], "statuses": [their final states], "payload": its own payload}.
-        Every member and the callback live in one queue (the first member's, or queue=), so the count
-        is atomic: the callback runs exactly once.  Returns a Group (id, member ids, callback id);
-        Producer.result(group) waits for all members and returns their results in order."""
-        items = list(tasks)
-        if not items:
-            raise ConfigError("a group needs at least one task")
-        norm = []
-        for i, t in enumerate(items):
-            if not isinstance(t, (tuple, list)) or len(t) not in (2, 3) or not isinstance(t[0], str) \
-                    or (len(t) == 3 and not isinstance(t[2], dict)):
-                raise ConfigError(f"group member #{i} {t!r}: expected (name, payload) or (name, payload, {{options}})")
-            try:  # checked here, before the group is opened: a bad member writes nothing
-                check_name(t[0])
-                if len(t) == 3 and t[2].get("max_retries") is not None:
-                    check_int("max_retries", t[2]["max_retries"], 0, MAX_RETRIES)
-            except ConfigError as e:
-                raise ConfigError(f"group member #{i}: {e}") from None
-            norm.append((t[0], t[1], dict(t[2]) if len(t) == 3 else {}))
-        # every member goes to queue= if given, else where its own option or its route sends it; all to one
-        queues = [o.get("queue") or queue or self._options(name, None, None, None, {})[0] for name, _p, o in norm]
-        queue = check_queue(queue or queues[0])
-        for i, (name, _p, o) in enumerate(norm):
-            if queues[i] != queue:
-                raise ConfigError(f"group member #{i} ({name}) goes to queue {queues[i]!r}, not {queue!r}: a group "
-                                  f"lives in one queue (one Redis Cluster slot); pass queue= to group()")
-            o["queue"] = queue
-        cb = None
-        if then is not None:
-            if not isinstance(then, (tuple, list)) or len(then) not in (2, 3) or not isinstance(then[0], str):
-                raise ConfigError(f"invalid then={then!r}: expected (name, payload) or (name, payload, {{options}})")
-            cbo = dict(then[2]) if len(then) == 3 else {}
-            bad = set(cbo) - {"priority", "max_retries", "timeout"}
-            if bad:
-                raise ConfigError(f"callback option(s) {', '.join(sorted(bad))} not supported; allowed: "
-                                  f"priority, max_retries, timeout")
-            _q, cprio, cmaxr, croute = self._options(then[0], queue, cbo.get("priority"), cbo.get("max_retries"), {})
-            ctimeout = cbo.get("timeout", croute.get("timeout"))
-            try:
-                cpayload = orjson.dumps(then[1])
-            except TypeError as e:
-                raise ConfigError(f"callback payload cannot be serialized to JSON: {e}") from None
-            cb = (fast.new_ids(1)[0].decode(), then[0], cpayload, cprio, cmaxr,
-                  timing_args(timeout=ctimeout).get("timeout_ms", ""))
-        qk = queue_keys(queue)
-        gid = fast.new_ids(1)[0].decode()
-        self.broker.group(qk, "open", gid)
-        ids: list[str] = []
-        # consecutive members of one name and options go in one enqueue_many
-        run: list = []
-        for name, payload, o in norm + [(None, None, None)]:
-            if run and (name != run[0][0] or o != run[0][2]):
-                ids += self.enqueue_many(run[0][0], [r[1] for r in run], _group=gid, **run[0][2])
-                run = []
-            if name is not None:
-                run.append((name, payload, o))
-        if cb is not None:
-            self.broker.group(qk, "seal", gid, callback_id=cb[0], name=cb[1], payload=cb[2], priority=cb[3],
-                              max_retries=cb[4], timeout_ms=cb[5], ttl=self.result_ttl)
-            self._remember(queue, [cb[0]])
-        else:
-            self.broker.group(qk, "seal", gid, ttl=self.result_ttl)
-        return Group(gid, queue, ids, cb[0] if cb else None)
-
-    def group_status(self, group: "Group | str", *, queue: str | None = None) -> dict:
-        """A group's progress: total, left (members not ended), finished (bool), callback id."""
-        gid, q = (group.id, group.queue) if isinstance(group, Group) else (group, check_queue(queue or DEFAULT_QUEUE))
-        h, _ids = self.broker.group_state(queue_keys(q), gid)
-        if not h:
-            raise UnknownTask(f"no group with id {gid!r} in queue {q!r} (never made, or its keys expired)")
-        return group_view(gid, q, h)
-
     # --- inspection ---
     def _find(self, task_id: str, queue: str | None) -> str:
         if queue is not None:
@@ -918,17 +1244,6 @@ class Producer(ProducerBase):
                 raise self._missing(task_id, queues)
             self._cache(q, [task_id])  # bounded: a long-lived server (xq web) looks up many ids
         return q
-
-    def status(self, task_id: str, *, queue: str | None = None) -> dict:
-        """The task's record: status, attempts, timestamps (unix seconds), worker, error.  A malformed
-        record is shown with its bad fields escaped or raw and a "malformed" list of notes (see
-        xq.records); an id that is not UTF-8 may be given as listings show it (backslash escapes)."""
-        q = self._find(task_id, queue)
-        raw = raw_id(task_id)
-        rec = self.broker.task_record(queue_keys(q), raw)
-        if not rec:
-            raise self._missing(task_id, [q])
-        return self._status_of(raw, q, rec)
 
     def _missing(self, task_id: str, queues: Sequence[str]) -> UnknownTask:
         """The error for a task with no record in queues: TaskTrimmed if a queue's retention removed it."""
@@ -1138,221 +1453,21 @@ class Producer(ProducerBase):
         finally:
             _close_quietly(ps)
 
-    # --- cancellation ---
-    def cancel(self, task_id: str, *, queue: str | None = None) -> str:
-        """Cancel a task, wherever it is.  Returns what happened:
+    @staticmethod
+    def _operation(fn):
+        """A ProducerCore operation as a plain method (see ProducerCore)."""
+        @functools.wraps(fn)
+        def method(self, *args, **kw):
+            return self._drive(fn(self, *args, **kw))
+        return method
 
-        "canceled"  it was queued, scheduled or retrying: status `canceled`, it never runs;
-        "canceling" it is running: its supervisor interrupts the handler (xq.Cancelled is raised in it, the
-                    child is killed after a grace if it does not stop) and records `canceled`;
-        "finished"  it had already ended (done, dead, expired or canceled): nothing changes.
-        Raises UnknownTask for an id with no record."""
-        q = self._find(task_id, queue)
-        outcome, _before = self.broker.cancel(queue_keys(q), task_id, self.result_ttl)
-        if outcome == "unknown":
-            raise UnknownTask(f"cannot cancel {task_id!r}: no task with that id in queue {q!r}")
-        return outcome
+    def _drive(self, op):
+        return drive(op, self)
 
-    # --- worker registry (delegates to xq.inspect.Inspector) ---
+    _sleep = staticmethod(time.sleep)
+
     def _inspector(self):
         """An Inspector sharing this producer's Broker (the operator reads and writes live there)."""
         from .inspect import Inspector
 
         return Inspector(self.url, broker=self.broker)
-
-    def workers(self) -> list[dict]:
-        """The live supervisors' registry records, newest heartbeat first (see Inspector.workers)."""
-        return self._inspector().workers()
-
-    def worker(self, worker_id: str) -> dict | None:
-        """One live supervisor's registry record, or None (see Inspector.worker)."""
-        return self._inspector().worker(worker_id)
-
-    def queues(self, by_name: bool = False) -> list[dict]:
-        """The counts of every queue (see Inspector.queues)."""
-        return self._inspector().queues(by_name=by_name)
-
-    def queue(self, queue: str = DEFAULT_QUEUE, by_name: bool = False, **kw) -> dict:
-        """One queue's counts per state and its latency, read in one round trip (see Inspector.queue: kw
-        is its `sample`)."""
-        return self._inspector().queue(queue, by_name=by_name, **kw)
-
-    def tasks(self, queue: str, state: str, **kw) -> dict:
-        """One page of a queue's tasks in one state (see Inspector.tasks)."""
-        return self._inspector().tasks(queue, state, **kw)
-
-    def retention(self, queue: str = DEFAULT_QUEUE) -> dict:
-        """The queue's retention policy and what it removed (see Inspector.retention)."""
-        return self._inspector().retention(queue)
-
-    def set_retention(self, queue: str = DEFAULT_QUEUE, **policy) -> dict:
-        """Set the queue's retention policy: keep, max_age, keep_dead, reset (see Inspector.set_retention)."""
-        return self._inspector().set_retention(queue, **policy)
-
-    def history(self, queue: str = DEFAULT_QUEUE, **kw) -> list[dict]:
-        """A queue's (or one task name's) per-minute stats history (see Inspector.history)."""
-        return self._inspector().history(queue, **kw)
-
-    # --- dead letters and schedules ---
-    def _page(self, queue: str, offset: int, limit: int, which: str) -> list[dict]:
-        """status() of each id of one page of a sorted set (records gone meanwhile are skipped), read in
-        one round trip with each field cut at 1 MiB (see Broker.peek; a cut one is named in "truncated")."""
-        qk = queue_keys(check_queue(queue))
-        _check_page(offset, limit)
-        return [task_view(task_id, queue, rec, cut, id_time=id_time)
-                for task_id, _score, rec, cut in self.broker.peek(getattr(qk, which), qk, offset, limit)
-                if rec is not None]  # None: purged, or expired, meanwhile
-
-    def dead_letters(self, queue: str = DEFAULT_QUEUE, *, offset: int = 0, limit: int = 100) -> list[dict]:
-        """One page of the queue's dead-letter set, oldest first: each entry is status() of the task
-        (a malformed record is shown escaped, with a "malformed" note: see xq.records)."""
-        return self._page(queue, offset, limit, "dead")
-
-    def scheduled(self, queue: str = DEFAULT_QUEUE, *, offset: int = 0, limit: int = 100) -> list[dict]:
-        """One page of the queue's scheduled and retrying tasks, soonest due first: status() of each."""
-        return self._page(queue, offset, limit, "sched")
-
-    def dead_count(self, queue: str = DEFAULT_QUEUE) -> int:
-        return self.broker.dead_count(queue_keys(check_queue(queue)))
-
-    def replay(self, queue: str = DEFAULT_QUEUE, ids: Sequence[str] | None = None, *,
-               priority: int | str | None = None, to_queue: str | None = None,
-               progress: Callable[[int, int | None], None] | None = None, chunk: int = 1000) -> list[str]:
-        """Put dead tasks back to work: all of them (ids=None) or those ids; optionally at a new priority
-        and/or into another queue.  Each gets its full retry budget again; in the same queue its attempt
-        numbers go on (xq.current().attempt of the first run after a replay is one more than the last
-        before it, so no attempt is ever confused with an earlier one) and its history is kept; in another
-        queue it starts from attempt 1 (name, payload, priority, max_retries and timeout are kept).  Returns
-        the ids replayed; ids not in the dead-letter set are skipped, and replaying an empty set returns [].
-        progress(done, total) is called after each round trip.  Into another queue, tasks move in chunks of
-        `chunk` (at most 5,000), copy first, original removed after: a replay cut short (a crash, an outage
-        past retry_for) may leave a task in both queues, never in neither, and running it again finishes
-        the move without copying anything twice (docs/design.md, "Bulk operations")."""
-        qk = queue_keys(check_queue(queue))
-        prio = None if priority is None else check_priority(priority)
-        check_int("chunk", chunk, 1, 5000)
-        if to_queue is not None:
-            check_queue(to_queue)
-            if to_queue == queue:
-                to_queue = None
-        if ids is not None:  # an id as listed (escaped if it is not UTF-8) to the bytes Redis holds
-            ids = [raw_id(i) for i in ([ids] if isinstance(ids, str) else ids)]
-        if to_queue is not None:
-            return self._move_dead(qk, ids, prio, queue_keys(to_queue), progress, chunk)
-        if ids is None:
-            return self._replay_all(qk, prio, progress, chunk)
-        done: list[str] = []
-        for i in range(0, len(ids), 500):
-            done += self.broker.replay(qk, list(ids[i:i + 500]), prio)
-            if progress:
-                progress(min(i + 500, len(ids)), len(ids))
-        return done
-
-    def _replay_all(self, qk, prio: int | None, progress, chunk: int) -> list[str]:
-        """Replay every dead letter of qk in place: REPLAY 'head' calls of `chunk` ids, BULK_DEPTH a round
-        trip, as many as the set held at the start (tasks dying meanwhile stay dead).  Safe to retry: a
-        call only ever takes what is still in the set."""
-        from .inspect import BULK_DEPTH
-
-        total = self.broker.dead_count(qk)
-        done: list[str] = []
-        looked = 0
-        window = RetryWindow(self.retry_for)
-        while looked < total:  # bounded: each round takes >= 1 of the `total` entries
-            left = total - looked
-            sizes = [min(chunk, left - k * chunk) for k in range(BULK_DEPTH) if left > k * chunk]
-            try:
-                broker = self.broker.at(qk.name)
-                replies = broker.exchange([broker.pack_replay_head(qk, n, prio) for n in sizes])
-            except ConnectionLost as e:
-                time.sleep(window.pause(e))
-                continue
-            done += [esc(i) for part in replies for i in part]
-            looked += sum(sizes)
-            if progress:
-                progress(min(looked, total), total)
-        return done
-
-    def _move_dead(self, qk, ids: list[bytes] | None, prio: int | None, tqk, progress, chunk: int) -> list[str]:
-        """Move dead letters of qk (all, or those ids) into tqk's ready lists.  The queues live in different
-        hash slots, so each round is three round trips of BULK_DEPTH pipelined script calls: read chunks
-        (DEAD_READ), write copies into the target (IMPORT), then remove the originals (REPLAY 'remove').
-        A failure after the write leaves both; a round retried (or a replay run again) re-reads them, IMPORT
-        skips the ids the target has, and the remove finishes the move: at-least-once, never lost."""
-        from .inspect import BULK_DEPTH
-
-        broker = self.broker
-        self._remember(tqk.name, [])
-        total = len(ids) if ids is not None else broker.dead_count(qk)
-        moved: list[str] = []
-        looked = kept = 0  # kept: dead letters left at the head of the set (no name to copy them by)
-        window = RetryWindow(self.retry_for)
-        while looked < total:  # bounded: each round looks at >= 1 of the `total` ids, or ends the loop
-            try:
-                src, dst = broker.at(qk.name), broker.at(tqk.name)  # on a Cluster: two masters, maybe
-                if ids is None:
-                    left = total - looked
-                    reads = [broker.pack_dead_read(qk, kept + k * chunk, min(chunk, left - k * chunk))
-                             for k in range(BULK_DEPTH) if left > k * chunk]
-                    n = None
-                else:
-                    part = ids[looked:looked + chunk * BULK_DEPTH]
-                    reads = [broker.pack_dead_read(qk, 0, 0, part[k:k + chunk]) for k in range(0, len(part), chunk)]
-                    n = len(part)
-                chunks = src.exchange(reads)
-                dst.exchange([broker.pack_import(tqk, prio, c[0]) for c in chunks if c[0]])
-                # the copies are stored: only now may the originals go
-                gone = src.exchange([broker.pack_remove_dead(qk, c[0][::8] + c[1])
-                                        for c in chunks if c[0] or c[1]])
-            except ConnectionLost as e:
-                time.sleep(window.pause(e))
-                continue
-            moved += [esc(i) for part in gone for i in part]
-            n = sum(c[3] for c in chunks) if n is None else n
-            kept += sum(c[2] for c in chunks)
-            looked += n
-            if progress:
-                progress(min(looked, total), total)
-            if not n:
-                break
-        self._cache(tqk.name, moved)
-        return moved
-
-    # --- pause / resume (delegates to xq.inspect.Inspector) ---
-    def pause_queue(self, queue: str = DEFAULT_QUEUE) -> bool:
-        """Pause the queue: no supervisor claims from it until resume_queue (see Inspector.pause_queue).
-        Returns False if it was paused already."""
-        return self._inspector().pause_queue(queue)
-
-    def resume_queue(self, queue: str = DEFAULT_QUEUE) -> bool:
-        """Resume a paused queue (idle supervisors wake at once).  Returns False if it was not paused."""
-        return self._inspector().resume_queue(queue)
-
-    def paused(self, queue: str = DEFAULT_QUEUE) -> bool:
-        """Is the queue paused?"""
-        return self._inspector().paused(queue)
-
-    def purge_dead(self, queue: str = DEFAULT_QUEUE, ids: Sequence[str] | None = None) -> list[str] | int:
-        """Delete every task in the queue's dead-letter set and return how many; or, given ids, delete those
-        of them still dead (500 a script call) and return their ids (others are skipped)."""
-        qk = queue_keys(check_queue(queue))
-        if ids is None:
-            return self.broker.purge_dead(qk)
-        raw = [raw_id(i) for i in ([ids] if isinstance(ids, str) else ids)]
-        gone: list[str] = []
-        for i in range(0, len(raw), 500):
-            node = self.broker.at(qk.name)
-            gone += [esc(t) for t in node.exchange([node.pack_remove_dead(qk, raw[i:i + 500])])[0]]
-        return gone
-
-    # --- bulk deletes (delegate to xq.inspect.Inspector) ---
-    def flush(self, queue: str, state: str, *, progress: Callable[[int, int | None], None] | None = None,
-              chunk: int = 1000) -> int:
-        """Delete every task of the queue in state queued, scheduled, retrying or dead; returns how many
-        (see Inspector.flush)."""
-        return self._inspector().flush(queue, state, progress=progress, chunk=chunk, result_ttl=self.result_ttl)
-
-    def delete_queue(self, queue: str, *, progress: Callable[[int, int | None], None] | None = None) -> dict:
-        """Delete every key of the queue and its entry in xq:queues; returns counts (see
-        Inspector.delete_queue)."""
-        return self._inspector().delete_queue(queue, progress=progress)

@@ -1618,8 +1618,8 @@ return {ready, nsched, retrying, #sids, nleases, ndead, paused, head, head_enq, 
 # ARGV[1] -> task key prefix
 # ARGV[2], ARGV[3] -> offset, count: a page of the set, oldest death first (used when no ids follow)
 # ARGV[4..] -> ids to read instead of a page (ids not in the set are skipped)
-# Output: {tasks, stale, kept, looked}: tasks is flat, 8 values a task (id, name, payload, ct, pri, maxr,
-#         to, rttl; '' for an absent field); stale: ids whose record is gone or not dead (entries to drop from the
+# Output: {tasks, stale, kept, looked}: tasks is flat, 11 values a task (id, name, payload, ct, pri, maxr,
+#         to, rttl, hist, att, replays; '' for an absent field); stale: ids whose record is gone or not dead (entries to drop from the
 #         set); kept: how many stay (dead, but without a name to enqueue a copy as); looked: ids looked at
 DEAD_READ = """#!lua flags=no-writes
 local prefix = ARGV[1]
@@ -1635,29 +1635,33 @@ else
 end
 local tasks, stale, kept = {}, {}, 0
 for _, id in ipairs(ids) do
-  local f = redis.call('HMGET', prefix .. id, 'state', 'name', 'payload', 'ct', 'pri', 'maxr', 'to', 'rttl')
+  local f = redis.call('HMGET', prefix .. id, 'state', 'name', 'payload', 'ct', 'pri', 'maxr', 'to', 'rttl', 'hist',
+                       'att', 'replays')
   if f[1] ~= 'dead' then stale[#stale + 1] = id
   elseif not f[2] or f[2] == '' then kept = kept + 1
   else
     local n = #tasks
     tasks[n + 1], tasks[n + 2], tasks[n + 3], tasks[n + 4] = id, f[2], f[3] or 'null', f[4] or 'j'
     tasks[n + 5], tasks[n + 6], tasks[n + 7], tasks[n + 8] = f[5] or '', f[6] or '', f[7] or '', f[8] or ''
+    tasks[n + 9], tasks[n + 10], tasks[n + 11] = f[9] or '', f[10] or '', f[11] or ''
   end
 end
 return {tasks, stale, kept, #ids}
 """
 
-# IMPORT: copies of tasks read from another queue (replay to_queue) queued afresh here: attempt 1, a full
-# retry budget, their name, payload, content type, priority, max_retries, timeout and own result ttl; no
-# flow options (a
-# unique key, group or dependents belong to the source queue and were settled when the task died).
+# IMPORT: copies of tasks read from another queue (replay to_queue) queued afresh here, as REPLAY requeues
+# in place: a full retry budget, their name, payload, content type, priority, max_retries, timeout, own
+# result ttl and attempt history; the attempt number goes on (att0 = att: where the budget restarts) and
+# the replay count goes up by one.  No flow options (a unique key, group or dependents belong to the source
+# queue and were settled when the task died).
 # KEYS[1] -> xq:{T}:wake
 # KEYS[2..11] -> xq:{T}:ready:0 .. ready:9
 # ARGV[1] -> the target's task key prefix
 # ARGV[2] -> events channel
 # ARGV[3] -> queue name
 # ARGV[4] -> priority for every task, or '' to keep each one's own (else 5)
-# ARGV[5..] -> per task, 8 values as DEAD_READ gives them: id, name, payload, ct, pri, maxr, to, rttl
+# ARGV[5..] -> per task, 11 values as DEAD_READ gives them: id, name, payload, ct, pri, maxr, to, rttl, hist,
+#              att, replays
 # Output: the number of copies written.  An id that has a record here already is skipped: a copy written by
 #         an earlier run of a move that stopped before removing the originals, so a move may be run again.
 IMPORT = _PRELUDE + """
@@ -1665,7 +1669,7 @@ local prefix = ARGV[1]
 local lists, written, events = {}, 0, {}
 local listen = listening(ARGV[2])
 local now = now_ms()
-for i = 5, #ARGV, 8 do
+for i = 5, #ARGV, 11 do
   local id = ARGV[i]
   local key = prefix .. id
   if redis.call('EXISTS', key) == 0 then
@@ -1678,6 +1682,11 @@ for i = 5, #ARGV, 8 do
     if is_int(t, 1, 99999999999999) then h[#h + 1], h[#h + 2] = 'to', t end
     local rt = tonumber(ARGV[i + 7])
     if is_int(rt, 1, 99999999999999) then h[#h + 1], h[#h + 2] = 'rttl', rt end
+    if ARGV[i + 8] ~= '' then h[#h + 1], h[#h + 2] = 'hist', ARGV[i + 8] end
+    local a = tonumber(ARGV[i + 9])
+    if not is_int(a, 0, 65533) then a = 0 end
+    h[#h + 1], h[#h + 2], h[#h + 3], h[#h + 4] = 'att', a, 'att0', a
+    h[#h + 1], h[#h + 2] = 'replays', (tonumber(ARGV[i + 10]) or 0) + 1
     redis.call('HSET', key, unpack(h))
     local l = lists[p]
     if not l then l = {}; lists[p] = l end
