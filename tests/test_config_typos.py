@@ -3,6 +3,7 @@ and methods, and a misspelled XQ_* environment variable are ConfigErrors naming 
 
 from __future__ import annotations
 
+import asyncio
 import pytest
 from click.testing import CliRunner
 
@@ -105,3 +106,18 @@ def test_a_misspelled_xq_environment_variable_is_a_usage_error(redis_url):
     check_env({"XQ_TEST_REDIS": "x", "XQ_MYAPP_MODE": "1", "XQ_REDIS_URL": "x"})  # a project's own pass
     res = CliRunner().invoke(main, ["queues", "--redis", redis_url], env={"XQ_RETRY_FRO": "5"})
     assert res.exit_code == 2 and "did you mean XQ_RETRY_FOR" in res.output, res.output
+
+
+@pytest.mark.parametrize("key, meant", [("max_retry", "max_retries"), ("retries", "max_retries"),
+                                        ("time_out", "timeout"), ("unique", "unique_key")])
+def test_a_misspelled_enqueue_option_names_the_option_meant(key, meant):
+    from xq.aio import AsyncProducer
+
+    p = xq.Producer("redis://127.0.0.1:1/0")  # refused before any I/O
+    with pytest.raises(xq.ConfigError, match=f"unknown enqueue option '{key}': did you mean '{meant}'"):
+        p.enqueue("echo", 1, **{key: 3})
+    with pytest.raises(xq.ConfigError, match=f"unknown enqueue option '{key}': did you mean '{meant}'"):
+        p.enqueue_many("echo", [1], **{key: 3})
+    ap = AsyncProducer("redis://127.0.0.1:1/0")
+    with pytest.raises(xq.ConfigError, match=f"unknown enqueue option '{key}': did you mean '{meant}'"):
+        asyncio.run(ap.enqueue("echo", 1, **{key: 3}))

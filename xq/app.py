@@ -64,7 +64,9 @@ OPTION_HINTS = {
     "time_limit": "timeout", "soft_time_limit": "timeout", "ttl": "result_ttl", "expire": "expires",
     "expiry": "expires", "expiration": "expires", "rate": "rate_limit", "ratelimit": "rate_limit",
     "queue_name": "queue", "task_name": "name", "middlewares": "middleware", "route": "routes",
-    "default_queues": "default_queue",
+    "default_queues": "default_queue", "unique": "unique_key", "dedup_key": "unique_key", "countdown": "delay",
+    "concurrency": "max_concurrency", "job_id": "task_id", "id": "task_id", "job_timeout": "timeout",
+    "depends": "depends_on", "result_ttl_s": "result_ttl",
 }
 NOT_A_TASK_OPTION = {
     "priority": "priority is set per enqueue (Producer.enqueue(priority=...)) or for a name with "

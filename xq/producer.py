@@ -129,8 +129,9 @@ def enqueue_options(app: App | None, name: str, queue, priority, max_retries,
                     opts: dict) -> tuple[str, int, int | None, dict]:
     """(queue, priority, max_retries to store or None, route defaults) of an enqueue of task name."""
     if opts:
-        raise ConfigError(f"unknown enqueue option(s) {', '.join(sorted(opts))}; "
-                          f"allowed: {', '.join(_ENQUEUE_OPTS)}")
+        from .app import unknown_option
+
+        raise unknown_option("enqueue option", sorted(opts)[0], list(_ENQUEUE_OPTS))
     check_name(name)
     route = app.route_for(name) if app is not None else {}
     queue = check_queue(queue if queue is not None else route.get("queue", DEFAULT_QUEUE))
