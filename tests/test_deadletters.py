@@ -351,7 +351,7 @@ def test_cli_dlq(redis_url, r):
     out = cli(redis_url, "dlq", "replay", "default", "--priority", "11")
     assert out.returncode != 0 and "invalid --priority 11" in out.stderr
     out = cli(redis_url, "dlq", "replay", "default", "--priority", "urgent")
-    assert out.returncode != 0 and "invalid priority 'urgent'" in out.stderr
+    assert out.returncode != 0 and "invalid --priority 'urgent'" in out.stderr
     assert p.dead_count("default") == 4
 
     # replay by id (one id not dead)
