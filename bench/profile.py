@@ -70,12 +70,14 @@ def main() -> None:
         sup = psutil.Process(proc.pid)
         kids: dict[int, float] = {}
         s = 0.0
+        samples = []  # (time, supervisor, children, Redis CPU s): the share of the cores within the drain
         while proc.poll() is None:
             try:
                 for k in sup.children():
                     kids[k.pid] = cpu(k)
                 s = cpu(sup)
                 switches = sup.num_ctx_switches()
+                samples.append((time.time(), s, sum(kids.values()), cpu(rp)))
             except psutil.NoSuchProcess:
                 pass
             time.sleep(0.02)
@@ -84,6 +86,14 @@ def main() -> None:
         first, last = drain_window(r, "default", ids)
         us = 1e6 / n
         print(f"{n} {a.kind} tasks: {n / (last - first):,.0f} tasks/s (first claim -> last finish)")
+        inside = [x for x in samples if first <= x[0] <= last]
+        if len(inside) > 10:  # the middle 80% of the window: no start-up, no tail
+            lo, hi = inside[len(inside) // 10], inside[-len(inside) // 10]
+            cores = len(os.sched_getaffinity(0)) * (hi[0] - lo[0])
+            sh = [(hi[i] - lo[i]) / cores for i in (2, 1, 3)]
+            print(f"share of the {len(os.sched_getaffinity(0))} cores, middle 80% of the drain: children "
+                  f"{sh[0]:.1%}, supervisor {sh[1]:.1%}, Redis {sh[2]:.1%}, the rest (this script, other "
+                  f"processes, idle) {1 - sum(sh):.1%}")
         print(f"CPU per task: Redis {redis_cpu * us:.1f} us, supervisor {s * us:.1f} us (incl. its start and "
               f"stop), children {sum(kids.values()) * us:.1f} us (" + " + ".join(f"{c:.2f}" for c in kids.values())
               + " s)")
