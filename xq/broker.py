@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
+import ssl
 import time
 from typing import Iterable, NamedTuple, Sequence
 
@@ -242,8 +244,29 @@ class Broker:
 
     @io(retry=False)
     def reply_ready(self) -> bool:
-        """Can read_reply() return without waiting (pipelined replies on the main connection)?"""
-        return self._conn is not None and self._conn.can_read(timeout=0)
+        """Can read_reply() return without waiting (pipelined replies on the main connection)?  Asked once a
+        reply, and once more when none is left, on the hot path: a parsed reply, or one non-blocking
+        recv_into the parser's reader (redis-py's can_read makes three syscalls and two poll objects)."""
+        conn = self._conn
+        if conn is None:
+            return False
+        parser = conn._parser
+        reader, sock, buf = getattr(parser, "_reader", None), getattr(parser, "_sock", None), \
+            getattr(parser, "_buffer", None)
+        if reader is None or sock is None or buf is None or isinstance(sock, ssl.SSLSocket):
+            return conn.can_read(timeout=0)  # another parser, or TLS (no recv flags): redis-py's check
+        if reader.has_data():
+            return True
+        try:
+            n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as e:
+            raise redis.ConnectionError(f"Error while reading from {redacted(self.url)}: {e}") from e
+        if n == 0:
+            raise redis.ConnectionError(f"Connection closed by server ({redacted(self.url)})")
+        reader.feed(buf, 0, n)
+        return True
 
     @io(retry=False)
     def read_reply(self):

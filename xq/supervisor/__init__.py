@@ -189,7 +189,8 @@ class Supervisor:
         while self.signals:
             s = self.signals.popleft()
             if s == signal.SIGCHLD:
-                continue  # pidfds tell us; the signal only wakes poll()
+                self.pool.reap_due = True  # reaped in this turn's pool.step (its pidfd woke poll())
+                continue
             if self.accepting:
                 log.info("received %s: stop claiming, finish running tasks (grace %.0f s), return the rest; "
                          "send it again to stop at once", signal.Signals(s).name, self.cfg.grace)

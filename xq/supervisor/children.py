@@ -84,6 +84,8 @@ class ChildPool(Component):
         self.next_rss = time.monotonic() + 5.0 if self.cfg.max_memory_per_child else math.inf
         self.limit = self.cfg.memory_limit_per_child
         self.next_hard = 0.0
+        self.reap_due = True                  # a SIGCHLD came since the last waitpid() loop (Supervisor sets it)
+        self.next_reap = 0.0
 
     def values(self) -> list[Child]:
         return list(self.children.values())
@@ -94,7 +96,9 @@ class ChildPool(Component):
 
     # ------------------------------------------------------------------ loop
     def step(self, now: float) -> None:
-        self._reap()
+        if self.reap_due or now >= self.next_reap:  # a SIGCHLD came (or, as a backstop, once a second)
+            self.reap_due, self.next_reap = False, now + 1.0
+            self._reap()
         if self.limit and now >= self.next_hard:
             self._check_limit()
             self.next_hard = now + HARD_CHECK
