@@ -329,3 +329,34 @@ def test_a_call_that_raised_connection_lost_can_be_repeated_with_its_ids(fault_p
         p.enqueue("echo", 1, task_id="has space")
     p.close()
     r.close()
+
+
+def test_reply_ready_never_waits_for_a_reply(redis_url):
+    """The supervisor asks reply_ready() between other work: with a reply outstanding but not arrived, it
+    answers False at once (a socket with a timeout would otherwise wait for data up to that timeout), then
+    True once the reply is there, and read_reply() returns it."""
+    from xq._impl import fast
+    from xq.broker import Broker
+
+    b = Broker(redis_url)  # socket timeout 30 s, as the supervisor's
+    b.send_packed(fast.pack_command([b"BLPOP", b"xq-test:never", b"1"]))  # replies (nil) after 1 s
+    t0 = time.monotonic()
+    assert b.reply_ready() is False
+    assert time.monotonic() - t0 < 0.5  # it did not wait for the reply (due in 1 s)
+    for _ in range(300):  # bounded: up to 3 s
+        if b.reply_ready():
+            break
+        time.sleep(0.01)
+    assert b.read_reply() is None
+    b.send_packed(fast.pack_command([b"PING"]) * 3)
+    got = []
+    for _ in range(300):
+        if b.reply_ready():
+            got.append(b.read_reply())
+            if len(got) == 3:
+                break
+        else:
+            time.sleep(0.01)
+    assert got == [b"PONG"] * 3
+    assert b.reply_ready() is False
+    b.reset()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import socket
 import ssl
 import time
 from typing import Iterable, NamedTuple, Sequence
@@ -245,20 +244,23 @@ class Broker:
     @io(retry=False)
     def reply_ready(self) -> bool:
         """Can read_reply() return without waiting (pipelined replies on the main connection)?  Asked once a
-        reply, and once more when none is left, on the hot path: a parsed reply, or one non-blocking
-        recv_into the parser's reader (redis-py's can_read makes three syscalls and two poll objects)."""
+        reply, and once more when none is left, on the hot path: buffered data, or one read of the socket
+        into the parser's reader (redis-py's can_read makes three syscalls and two poll objects).  The read
+        is os.readv on the fd, which Python keeps non-blocking for a socket with a timeout: a socket's own
+        recv would first wait up to that timeout for data, whatever its flags."""
         conn = self._conn
         if conn is None:
             return False
         parser = conn._parser
         reader, sock, buf = getattr(parser, "_reader", None), getattr(parser, "_sock", None), \
             getattr(parser, "_buffer", None)
-        if reader is None or sock is None or buf is None or isinstance(sock, ssl.SSLSocket):
-            return conn.can_read(timeout=0)  # another parser, or TLS (no recv flags): redis-py's check
+        if reader is None or sock is None or buf is None or isinstance(sock, ssl.SSLSocket) \
+                or not sock.gettimeout():
+            return conn.can_read(timeout=0)  # another parser, TLS, or a blocking fd: redis-py's check
         if reader.has_data():
             return True
         try:
-            n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+            n = os.readv(sock.fileno(), [buf])
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as e:
