@@ -29,7 +29,7 @@ from redis.exceptions import NoScriptError
 
 from . import broker, scripts
 from .app import DEFAULT_QUEUE, App
-from .broker import Broker
+from .broker import Broker, counts_of, queue_counts
 from .conn import (CLUSTER_MOVES, Backoff, RetryWindow, failure, make_async_client, node_client, parse_url,
                    translate)
 from .errors import ConfigError, ConnectionLost, RedisFull, ResultTimeout, UnknownTask
@@ -329,14 +329,7 @@ class _AsyncBroker:
     @aio_io
     async def counts(self, qk) -> dict[str, int]:
         """As Broker.counts."""
-        pipe = self.client.pipeline(transaction=False)
-        for key in qk.ready:
-            pipe.llen(key)
-        pipe.zcard(qk.sched)
-        pipe.zcard(qk.leases)
-        pipe.zcard(qk.dead)
-        r = await pipe.execute()
-        return {"queued": sum(r[:10]), "sched": r[10], "running": r[11], "dead": r[12]}
+        return counts_of(await queue_counts(self.client.pipeline(transaction=False), qk).execute())
 
     @aio_io(retry=False)
     async def unlink_scan(self, qk, cursor: int, count: int, unlink: Sequence[bytes]) -> tuple[int, tuple]:

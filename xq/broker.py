@@ -104,6 +104,20 @@ def refusals(flat: Sequence) -> list[Refused]:
             for i in range(0, len(flat), 5)]
 
 
+def queue_counts(pipe, qk: QueueKeys):
+    """Queue on pipe (sync or asyncio) the commands of Broker.counts; counts_of reads their replies."""
+    for key in qk.ready:
+        pipe.llen(key)
+    pipe.zcard(qk.sched)
+    pipe.zcard(qk.leases)
+    pipe.zcard(qk.dead)
+    return pipe
+
+
+def counts_of(r: Sequence[int]) -> dict[str, int]:
+    return {"queued": sum(r[:10]), "sched": r[10], "running": r[11], "dead": r[12]}
+
+
 class Broker:
     """Redis access for xq: scripts by name, raw pipelined sends, the blocking wake-up wait.
 
@@ -500,14 +514,7 @@ class Broker:
     @io
     def counts(self, qk: QueueKeys) -> dict[str, int]:
         """Lengths of the ready lists (all levels), sched, leases and dead, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for key in qk.ready:
-            pipe.llen(key)
-        pipe.zcard(qk.sched)
-        pipe.zcard(qk.leases)
-        pipe.zcard(qk.dead)
-        r = pipe.execute()
-        return {"queued": sum(r[:10]), "sched": r[10], "running": r[11], "dead": r[12]}
+        return counts_of(queue_counts(self.client.pipeline(transaction=False), qk).execute())
 
     @io(retry=False)
     def unlink_scan(self, qk: QueueKeys, cursor: int, count: int, unlink: Sequence[bytes]) -> tuple[int, tuple]:
