@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,17 @@ def test_no_shared_memory_left_behind(redis_url):
         wait_for(lambda: len(w.children()) == 2, what="children")
         w.kill()  # SIGKILL: nothing gets to clean up
     assert set(os.listdir("/dev/shm")) - before == set()
+
+
+def test_burst_exits_without_waiting_out_an_idle_wait(redis_url, r):
+    """--burst: once the last task ends, the claim that finds the queues drained goes out at once; it used
+    to sit behind one or two idle waits (BZPOPMIN, 1 s each), so every burst run ended >= 2 s after its
+    last task."""
+    p = xq.Producer(redis_url)
+    ids = p.enqueue_many("sleep", [{"s": 0.2}, {"s": 0.5}, {"s": 0.05}])
+    with XQRun(redis_url, procs=2, burst=True) as w:
+        assert w.wait(60) == 0, w.output()
+        ended = time.time()
+    last = max(int(r.hget(queue_keys("default").task(t), "fin")) for t in ids) / 1000
+    assert states(r, ids) == {"done": 3}
+    assert ended - last < 1.5, f"exited {ended - last:.2f} s after the last task"

@@ -38,6 +38,7 @@ from .router import Router
 log = logging.getLogger("xq")
 
 BUFFER_SECONDS = 0.100           # keep ~100 ms of work queued in each child's ring
+BURST_BUSY_WAIT = 0.1            # --burst: the idle wait's timeout while tasks still run
 SIZES_OFF_AFTER = 64             # claims of only small payloads before CLAIM stops reading sizes first
 LOW_SECONDS = 0.002              # a child with less queued than this is running short: its results go out at once
 MAX_DEPTH = 1024
@@ -187,7 +188,10 @@ class ClaimPipeline(Component):
             due = self._due_now()
             if want > 0 or due or self._results_due():
                 self._send_step(want, promote=due)
-        if self.sup.accepting and self.idle and not self.waiting:
+        # Burst: a short claim while tasks ran says nothing of whether the queues are drained; with nothing
+        # in flight any more, the loop's recheck sends a plain claim at once instead of a wait's (1 s).
+        if self.sup.accepting and self.idle and not self.waiting \
+                and not (self.cfg.burst and self.recheck and not self.inflight):
             want = self._want()
             if want > 0:
                 self._start_waits(want)
@@ -448,11 +452,14 @@ class ClaimPipeline(Component):
         tasks behind it.  The first to wake ends the others (_take_waits): up to want tasks a group, so an
         idle Cluster supervisor may claim more than want at once when several queues fill together."""
         broker, cfg, busy = self.broker, self.cfg, bool(self.inflight)
+        # burst, tasks still running: a short wait, so the claim that may find the queues drained is not
+        # held back by the wait's timeout once they end
+        timeout = min(cfg.wait_timeout, BURST_BUSY_WAIT) if cfg.burst and busy else cfg.wait_timeout
         for g, grp in enumerate(self._groups):
             w = broker if self.router is None else self.router.waiter(g)
             claim = broker.pack_claim(grp.keys, grp.tail, want, self.sup.worker_id, self._lease_ms,
                                       cfg.max_payload, cfg.result_ttl, self._sizes[g])
-            self._wait_fds[g] = w.start_wait(grp.wake, cfg.wait_timeout, claim)
+            self._wait_fds[g] = w.start_wait(grp.wake, timeout, claim)
             self.waiting[g] = (want, busy, w)
             self.claiming += want
 
