@@ -274,7 +274,7 @@ def test_cli_enqueue_with_flow_options_and_events_until_done(redis_url, r):
              "--max-concurrency", "1").stdout.strip()
     assert p.status(b)["status"] == "waiting" and p.status(b)["limits"] == {"ck": "k", "cm": 1}
     bad = _cli(redis_url, "enqueue", "step", "1", "--rate-key", "k", "--rate-limit", "0/s")
-    assert bad.returncode == 2 and "invalid rate_limit '0/s'" in bad.stderr  # a bad option: usage error
+    assert bad.returncode == 2 and "invalid --rate-limit '0/s'" in bad.stderr  # a bad option: usage error
     with XQRun(redis_url, app=APP, procs=1):
         out = _cli(redis_url, "events", "--id", a, "--id", b, "--until-done", "--timeout", "30")
     assert out.returncode == 0, out.stderr

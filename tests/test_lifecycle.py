@@ -406,7 +406,7 @@ def test_cli_enqueue_with_delay_and_cancel(redis_url, r):
     out = xq_cli("cancel", "NOSUCHID")
     assert out.returncode == 1 and "no task with id 'NOSUCHID'" in out.stderr
     out = xq_cli("enqueue", "count", "1", "--delay", "-2")
-    assert out.returncode == 2 and "invalid delay -2" in out.stderr  # a bad option: usage error
+    assert out.returncode == 2 and "invalid --delay -2" in out.stderr  # a bad option: usage error
 
 
 def test_processor_class_lifecycle_options():

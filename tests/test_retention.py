@@ -194,9 +194,9 @@ def test_policy_cli_shows_sets_and_refuses_bad_values(redis_url, r):
     assert r.hgetall(queue_keys(Q).retention) == {b"keep": b"500", b"max_age": b"3600", b"keep_dead": b"20"}
     js = orjson.loads(cli(redis_url, "queue", "retention", Q, "--max-age", "0", "--json").stdout)
     assert js["max_age"] is None and js["keep"] == 500 and js["defaults"] == ["max_age"]
-    for args, msg in ((["--keep", "0"], "invalid keep 0: expected an integer >= 1"),
-                      (["--keep-dead", "-5"], "invalid keep_dead -5"),
-                      (["--max-age", str(10 ** 12)], "max_age is 1000000000000; the limit is")):
+    for args, msg in ((["--keep", "0"], "invalid --keep 0: expected an integer >= 1"),
+                      (["--keep-dead", "-5"], "invalid --keep-dead -5"),
+                      (["--max-age", str(10 ** 12)], "--max-age is 1000000000000; the limit is")):
         out = cli(redis_url, "queue", "retention", Q, *args)
         assert out.returncode == 2 and msg in out.stderr, (args, out.stderr)
     out = cli(redis_url, "queue", "retention", "bad name!")
@@ -225,4 +225,4 @@ def test_enqueue_cli_result_ttl(redis_url, r):
     assert out.returncode == 0, out.stderr
     assert r.hget(queue_keys(Q).task(out.stdout.strip()), "rttl") == b"120"
     out = cli(redis_url, "enqueue", "echo", "1", "--queue", Q, "--result-ttl", "0")
-    assert out.returncode == 2 and "invalid result_ttl 0" in out.stderr, out.stderr
+    assert out.returncode == 2 and "invalid --result-ttl 0" in out.stderr, out.stderr
