@@ -98,9 +98,8 @@ def shares(n: int, weights: list[int], turn: int) -> list[int]:
 
 class ClaimPipeline(Component):
     """Owns: the tasks this supervisor holds (inflight, the local buffer, those held for a large payload's
-    read), results and progress not yet
-    written, the replies it waits for, the ring depth.  Deadline: results due, the next scheduled task due,
-    a ring out of bytes.  Fds: armed result-ring eventfds, the main Redis socket while replies are due, the
+    read), results and progress not yet written, the replies it waits for, the ring depth.  Deadline:
+    results due, the next scheduled task due, a ring out of bytes.  Fds: armed result-ring eventfds, the main Redis socket while replies are due, the
     BZPOPMIN socket while waiting."""
 
     def __init__(self, sup):
