@@ -3,6 +3,7 @@ their results until Redis takes writes again.  Real redis-servers, real `xq run`
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -64,6 +65,44 @@ def test_enqueue_many_says_which_tasks_were_stored(fresh_redis, c):
         c.config_set("maxmemory", 0)
         assert p.enqueue_many("nap", [{"s": 0, "v": 1}] * 10, ids=ids) == ids  # stores only the rest
         assert sum(c.llen(k) for k in QK.ready) == 11
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_large_payloads_go_in_several_commands_and_full_says_which(fresh_redis, c, flavour):
+    """Raw payloads of 1 MB split an enqueue_many into commands of about a MiB (producer.CHUNK_BYTES) with
+    the default chunk of 1000 tasks, and RedisFull still names the ids each command stored or not."""
+    import asyncio
+
+    blobs = [os.urandom(1_000_000) for _ in range(10)]
+    ids = xq.new_ids(10)
+
+    def enqueue(**kw):
+        if flavour == "sync":
+            with xq.Producer(fresh_redis.url) as p:
+                return p.enqueue_many("nap", blobs, ids=ids, **kw)
+
+        async def go():
+            async with xq.AsyncProducer(fresh_redis.url) as p:
+                return await p.enqueue_many("nap", blobs, ids=ids, **kw)
+        return asyncio.run(go())
+
+    with xq.Producer(fresh_redis.url) as p:
+        p.enqueue("nap", {"s": 0, "v": 0})
+    c.config_set("maxmemory", c.info("memory")["used_memory"] + 5_500_000)
+    c.config_resetstat()
+    with pytest.raises(xq.RedisFull) as ei:
+        enqueue()
+    e = ei.value
+    assert e.stored and e.not_stored, (len(e.stored), len(e.not_stored))
+    assert e.stored + e.not_stored == ids
+    assert all(c.exists(QK.task(i)) for i in e.stored)
+    assert not any(c.exists(QK.task(i)) for i in e.not_stored)
+    c.config_set("maxmemory", 0)
+    c.config_resetstat()
+    assert enqueue() == ids
+    assert evalsha_calls(c)[0] == 5  # two payloads a command: the second takes it past the MiB
+    assert [c.hget(QK.task(i), "payload") for i in ids] == blobs
+    assert sum(c.llen(k) for k in QK.ready) == 11
 
 
 def test_supervisor_keeps_results_while_redis_is_full(fresh_redis, c, tmp_path):
