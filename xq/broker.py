@@ -31,6 +31,10 @@ from .records import esc
 
 PEEK_CAP = 1 << 20  # bytes of each field a listing ships at most (a longer one is cut and marked "truncated")
 PEEK_SKIP = ("payload", "result")  # fields a listing leaves out: status() does not show them
+# Bytes one read of the raw connection may take.  redis-py reads 32 KiB at a time, and each read of a
+# socket with a timeout is a poll() and a recv() plus redis-py's Python around them: a 58 KB payload read
+# after a claim took 2-4 of them, most of the supervisor's turns on CPU-bound thumbnails.
+RAW_READ_SIZE = 1 << 18
 
 log = logging.getLogger("xq")
 
@@ -161,7 +165,7 @@ class Broker:
 
     def _raw(self):
         if self._conn is None:
-            conn = dedicated(self.client)
+            conn = dedicated(self.client, RAW_READ_SIZE)
             conn.connect()
             self._conn = conn
         return self._conn

@@ -290,11 +290,13 @@ def node_client(url: str, host: str, port: int, asyncio: bool = False, **kw):
     return cls(host=host, port=port, **parse_url(url).connection_kwargs(), **client_options(**kw))
 
 
-def dedicated(client: redis.Redis):
+def dedicated(client: redis.Redis, read_size: int | None = None):
     """A new, unconnected connection with the client's settings that its pool does not count: its owner
-    connects, disconnects and drops it at will without ever using up a pool slot."""
+    connects, disconnects and drops it at will without ever using up a pool slot.  read_size: the bytes
+    one read of its socket may take (redis-py's default is 32 KiB)."""
     pool = client.connection_pool
-    return pool.connection_class(**pool.connection_kwargs)
+    kw = pool.connection_kwargs if read_size is None else {**pool.connection_kwargs, "socket_read_size": read_size}
+    return pool.connection_class(**kw)
 
 
 # ---------------------------------------------------------------------------------------------- failures
