@@ -364,3 +364,32 @@ def test_progress_frames_keep_the_task_in_flight_and_the_last_one_wins(impl):
     w.write(impl.encode_result_head(1, impl.ST_PROGRESS, b"j", 1.0, 1.0, b""), b"")
     assert impl.drain_results(r, inflight, {}, unacked, 100) == (0, 0.0)  # no progress dict: dropped
     assert list(inflight) == [1]
+
+
+def test_disarm_without_a_wake_up_skips_the_read_and_a_late_one_wakes_once(impl):
+    """disarm(readable=False), the supervisor's call when poll() did not report the eventfd: no read.  A
+    wake-up written after poll() returned is then left in the eventfd; it makes the next poll() return at
+    once (one spurious wake-up, consumed by that disarm), and the one after sleeps again."""
+    import select
+
+    w, r, efd = make_ring(impl)
+
+    def readable(timeout_ms: int) -> bool:
+        p = select.poll()
+        p.register(efd, select.POLLIN)
+        return bool(p.poll(timeout_ms))
+
+    assert r.arm() is True
+    assert not readable(0)
+    r.disarm(False)                       # woken by something else: nothing to consume
+    assert not readable(0)
+    assert r.arm() is True
+    w.write(b"h", b"b")                   # the writer sees the reader asleep and writes the eventfd ...
+    r.disarm(False)                       # ... after the reader's poll() returned for another fd
+    assert r.read() == (b"h", b"b")
+    assert r.arm() is True                # empty again: the reader may sleep
+    assert readable(1000)                 # the late wake-up: at once
+    r.disarm(True)                        # consumed
+    assert r.arm() is True
+    assert not readable(50)               # and the next sleep is a real one
+    r.disarm(False)

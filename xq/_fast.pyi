@@ -72,8 +72,9 @@ class Ring:
     def arm(self) -> bool:
         """Consumer is about to sleep: set sleeping, full fence, re-check.  Returns False (and clears
         sleeping) if data is already there; True if the caller may block on the eventfd."""
-    def disarm(self) -> None:
-        """Clear sleeping and drain the eventfd counter (non-blocking)."""
+    def disarm(self, readable: bool = True) -> None:
+        """Clear sleeping and drain the eventfd counter (non-blocking); readable False (poll() did not
+        report the eventfd) skips the read: a wake-up written since is consumed at the next disarm."""
     def wait(self, timeout: float) -> bool:
         """arm(); if armed, poll the eventfd up to timeout seconds; disarm().  True if data is there."""
 

@@ -309,11 +309,13 @@ cdef class Ring:
             return False
         return True
 
-    def disarm(self):
-        """Clear sleeping and drain the eventfd counter."""
+    def disarm(self, bint readable=True):
+        """Clear sleeping and drain the eventfd counter; readable False (poll() did not see the eventfd
+        readable) skips the read: a wake-up written since is consumed at the next disarm."""
         cdef uint64_t v
         xq_store_u32(self.sleeping, 0)
-        c_read(self.efd, &v, 8)
+        if readable:
+            c_read(self.efd, &v, 8)
 
     def wait(self, double timeout):
         """Block until data is there or timeout seconds passed; True if data is there."""

@@ -197,8 +197,10 @@ class Ring:
             return False
         return True
 
-    def disarm(self) -> None:
+    def disarm(self, readable: bool = True) -> None:
         self._i[_SLEEP] = 0
+        if not readable:
+            return
         try:
             os.read(self._efd, 8)
         except BlockingIOError:

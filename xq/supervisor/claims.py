@@ -231,7 +231,7 @@ class ClaimPipeline(Component):
     def polled(self, ready: set[int]) -> None:
         for c in self._armed:
             if c.outring is not None:
-                c.outring.disarm()
+                c.outring.disarm(c.efds[1] in ready)  # not readable: no wake-up to consume, no read()
         self._armed = []
         if self.waiting:
             self._woke = {g for g in self.waiting if self._wait_fds[g] in ready}
@@ -476,6 +476,14 @@ class ClaimPipeline(Component):
             return True
         r, _, _ = select.select([fd], [], [], 0)
         return bool(r)
+
+    @property
+    def woken(self) -> bool:
+        """Did the last poll() see a wait's reply arrive?"""
+        return bool(self._woke)
+
+    def take_waits(self) -> None:
+        self._take_waits()
 
     def _take_waits(self) -> None:
         """The replies of the CLAIMs sent behind the BZPOPMIN waits (see Broker.start_wait) that arrived;
