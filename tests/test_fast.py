@@ -183,13 +183,32 @@ def test_pack_command_is_valid_resp(impl):
 
 
 def test_pack_enqueue(impl):
-    cmd = impl.pack_enqueue(b"sha", ["k1", "k2"], ["pre", 5, b""], [b"i1", b"i2"], [b"raw", {"x": 1}], 0, 100)
+    cmd, n = impl.pack_enqueue(b"sha", ["k1", "k2"], ["pre", 5, b""], [b"i1", b"i2"], [b"raw", {"x": 1}], 0, 100)
     reader = hiredis.Reader()
     reader.feed(cmd)
-    assert reader.gets() == [b"EVALSHA", b"sha", b"2", b"k1", b"k2", b"pre", b"5", b"",
-                             b"i1", b"raw", b"b", b"i2", b'{"x":1}', b"j"]
-    assert cmd == _pyfast.pack_enqueue(b"sha", ["k1", "k2"], ["pre", 5, b""], [b"i1", b"i2"], [b"raw", {"x": 1}],
-                                       0, 100)
+    assert n == 1 and reader.gets() == [b"EVALSHA", b"sha", b"2", b"k1", b"k2", b"pre", b"5", b"",
+                                        b"i1", b"raw", b"b", b"i2", b'{"x":1}', b"j"]
+    assert (cmd, n) == _pyfast.pack_enqueue(b"sha", ["k1", "k2"], ["pre", 5, b""], [b"i1", b"i2"],
+                                            [b"raw", {"x": 1}], 0, 100)
+
+
+def test_pack_enqueue_stages_payloads_over_the_limit(impl):
+    """Payloads over `inline` bytes go first, as HSET stage+id payload data and PEXPIRE, and the EVALSHA
+    carries (id, '', ct+'+') for them (scripts.ENQUEUE, ARGV[13..])."""
+    args = (b"sha", ["k1"], ["pre"], [b"i1", b"i2", b"i3"], [b"x" * 6, b"y" * 5, {"z": "zz"}], 0, 100,
+            b"st:", 5, 60000)
+    cmd, n = impl.pack_enqueue(*args)
+    reader = hiredis.Reader()
+    reader.feed(cmd)
+    got = []
+    while (x := reader.gets()) is not False:
+        got.append(x)
+    assert n == 5 == len(got)
+    assert got == [[b"HSET", b"st:i1", b"payload", b"x" * 6], [b"PEXPIRE", b"st:i1", b"60000"],
+                   [b"HSET", b"st:i3", b"payload", b'{"z":"zz"}'], [b"PEXPIRE", b"st:i3", b"60000"],
+                   [b"EVALSHA", b"sha", b"1", b"k1", b"pre", b"i1", b"", b"b+", b"i2", b"y" * 5, b"b",
+                    b"i3", b"", b"j+"]]
+    assert (cmd, n) == _pyfast.pack_enqueue(*args)
     with pytest.raises(PayloadTooLarge, match="payload #11 is 8 bytes, over max_payload=5"):
         impl.pack_enqueue(b"sha", [], [], [b"a", b"b"], [b"1", b"12345678"], 10, 5)
     with pytest.raises(TypeError, match="payload #10"):

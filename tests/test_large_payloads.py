@@ -9,12 +9,13 @@ import signal
 
 import orjson
 import pytest
+import redis
 
 import xq
 from test_engine import IMPLS, assert_queue_empty, states
 from xq.broker import Broker
 from xq.keys import queue_keys
-from xq.scripts import CLAIM, INLINE_PAYLOAD
+from xq.scripts import CLAIM, INLINE_PAYLOAD, STAGE_PAYLOAD
 from xqrun import XQRun, wait_for
 
 pytestmark = pytest.mark.topologies("single", "cluster")
@@ -107,3 +108,111 @@ def test_cancel_of_a_claimed_large_payload_task_before_it_starts(redis_url, r):
     started = [x.decode() for x in r.lrange("test:started", 0, -1)]
     assert rest[1] not in started and first in started
     assert orjson.loads(r.hget(QK.task(rest[0]), "result")) == {"s": 0.01, "pad": pad}
+
+
+# --- ENQUEUE: payloads over scripts.STAGE_PAYLOAD are staged and RENAMEd, never passed through Lua ---
+
+def stage_keys(r) -> list:
+    return r.keys(QK.stage_prefix.decode() + "*")
+
+
+def calls(r, command: str) -> int:
+    """Calls of a command since the last CONFIG RESETSTAT (on every master of a Cluster)."""
+    if isinstance(r, redis.RedisCluster):
+        nodes = r.get_primaries()
+        return sum(int(r.info("commandstats", target_nodes=n).get("cmdstat_" + command, {}).get("calls", 0))
+                   for n in nodes)
+    return int(r.info("commandstats").get("cmdstat_" + command, {}).get("calls", 0))
+
+
+def reset_stats(r) -> None:
+    if isinstance(r, redis.RedisCluster):
+        r.config_resetstat(target_nodes=redis.RedisCluster.PRIMARIES)
+    else:
+        r.config_resetstat()
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_enqueue_stages_large_payloads_outside_the_script(redis_url, r, flavour):
+    """A large payload reaches the record through a stage key RENAMEd by ENQUEUE: the record is the same
+    as ever (payload, ct; no TTL), no stage is left, and small payloads still go inline."""
+    import asyncio
+
+    blobs = [os.urandom(n) for n in (10, STAGE_PAYLOAD, STAGE_PAYLOAD + 1, 300_000)]
+    doc = {"big": "é" * STAGE_PAYLOAD}
+
+    def enqueue_many(payloads, **kw):
+        if flavour == "sync":
+            with xq.Producer(redis_url) as p:
+                return p.enqueue_many("reverse", payloads, **kw)
+
+        async def go():
+            async with xq.AsyncProducer(redis_url) as p:
+                return await p.enqueue_many("reverse", payloads, **kw)
+        return asyncio.run(go())
+
+    reset_stats(r)
+    ids = enqueue_many(blobs + [doc])
+    assert calls(r, "rename") == 3  # the two large blobs and the JSON document
+    for tid, blob in zip(ids, blobs):
+        rec = r.hgetall(QK.task(tid))
+        assert rec[b"payload"] == blob and rec[b"ct"] == b"b" and rec[b"state"] == b"queued", rec.keys()
+        assert r.pttl(QK.task(tid)) == -1
+    rec = r.hgetall(QK.task(ids[-1]))
+    assert orjson.loads(rec[b"payload"]) == doc and b"ct" not in rec
+    assert stage_keys(r) == []
+    # a resend of the same ids (a lost reply) stores nothing twice and leaves no stage behind,
+    # even with other bytes: the first record wins
+    assert enqueue_many([b"z" * 9000] * 5, ids=ids) == ids
+    assert r.hget(QK.task(ids[3]), "payload") == blobs[3] and stage_keys(r) == []
+    assert sum(r.llen(k) for k in QK.ready) == 5
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_refused_enqueues_leave_no_stage(redis_url, r, flavour):
+    """An enqueue that stores nothing deletes the stages sent with it (a held unique key; the refusals
+    a producer cannot reach are in the next test); after SCRIPT FLUSH (NOSCRIPT) the resend stages again."""
+    import asyncio
+
+    big = os.urandom(STAGE_PAYLOAD * 2)
+
+    def call(method, *a, **kw):
+        if flavour == "sync":
+            with xq.Producer(redis_url) as p:
+                return getattr(p, method)(*a, **kw)
+
+        async def go():
+            async with xq.AsyncProducer(redis_url) as p:
+                return await getattr(p, method)(*a, **kw)
+        return asyncio.run(go())
+
+    holder = call("enqueue", "reverse", big, unique_key="k1")
+    assert call("enqueue", "reverse", big, unique_key="k1") == holder
+    assert stage_keys(r) == []
+    r.script_flush()
+    tid = call("enqueue", "reverse", big)
+    assert r.hget(QK.task(tid), "payload") == big and stage_keys(r) == []
+
+
+@pytest.mark.single_only("calls ENQUEUE directly, as a foreign producer would")
+def test_a_gone_stage_fails_the_whole_call_naming_it(redis_url, r):
+    """A staged payload that expired or was evicted before ENQUEUE ran: an error naming the task, and
+    nothing of the call is written (its other stages go too).  So do the other refusals."""
+    xq.Producer(redis_url).enqueue("reverse", b"warm")  # loads the scripts
+    r.hset(QK.stage_prefix + b"A1", "payload", b"kept")
+    sha = xq.scripts.SHA["enqueue"]
+    fixed = [QK.task_prefix, "reverse", 5, "", "", "", "", "", "", QK.events, "default", ""]
+    with pytest.raises(redis.ResponseError, match="staged payload of task A2 in queue default is gone"):
+        r.evalsha(sha, 3, QK.ready[5], QK.wake, QK.sched, *fixed, "A1", "", "b+", "A2", "", "b+")
+    assert not r.exists(QK.task("A1"), QK.task("A2")) and stage_keys(r) == []
+    for flow, error in [(b'{"grp":"g0"}', "group g0 is not open"), (b'{"deps":["B0"]}', "unknown dependency B0")]:
+        r.hset(QK.stage_prefix + b"A3", "payload", b"x" * 5000)
+        with pytest.raises(redis.ResponseError, match=error):
+            r.evalsha(sha, 3, QK.ready[5], QK.wake, QK.sched, *fixed[:-1], flow, "A3", "", "b+")
+        assert not r.exists(QK.task("A3")) and stage_keys(r) == []
+    # the same call with both stages stores both
+    for tid in ("A1", "A2"):
+        r.hset(QK.stage_prefix + tid.encode(), "payload", tid * 3000)
+        r.pexpire(QK.stage_prefix + tid.encode(), 60_000)
+    assert r.evalsha(sha, 3, QK.ready[5], QK.wake, QK.sched, *fixed, "A1", "", "b+", "A2", "", "b+") == 2
+    assert r.hget(QK.task("A2"), "payload") == b"A2" * 3000 and r.pttl(QK.task("A2")) == -1

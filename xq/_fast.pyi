@@ -118,11 +118,15 @@ def encode_payloads(payloads: Sequence[object]) -> tuple[list[bytes], list[bytes
 def pack_command(args: Sequence[bytes | str | int | float]) -> bytes:
     """One RESP array of bulk strings (the wire form of a Redis command)."""
 def pack_enqueue(sha: bytes, keys: Sequence[bytes | str], fixed: Sequence[bytes | str | int],
-                 ids: Sequence[bytes], payloads: Sequence[object], first: int, max_payload: int) -> bytes:
-    """EVALSHA sha len(keys) *keys *fixed, then per task: id, data, ct — packed as RESP in one go.
+                 ids: Sequence[bytes], payloads: Sequence[object], first: int, max_payload: int,
+                 stage: bytes = b"", inline: int = 0, ttl_ms: int = 0) -> tuple[bytes, int]:
+    """(RESP, replies): EVALSHA sha len(keys) *keys *fixed, then per task: id, data, ct — packed in one go.
 
     Each payload is encoded as encode_payloads does and dropped once copied, so a large batch keeps only
     packed bytes alive.  TypeError / xq.errors.PayloadTooLarge name the payload's index (first + i).
+    With a stage prefix, each payload over `inline` bytes is staged (scripts.ENQUEUE, ARGV[13..]):
+    `HSET stage+id payload data` and `PEXPIRE stage+id ttl_ms` precede the EVALSHA, whose triple for it is
+    (id, b"", ct + b"+").  replies: how many replies the packed commands get (1 + 2 a staged payload).
     """
 
 

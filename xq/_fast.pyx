@@ -582,13 +582,19 @@ def pack_command(args):
     return _pack([_b(a) for a in args])
 
 
-def pack_enqueue(sha, keys, fixed, ids, payloads, Py_ssize_t first, Py_ssize_t max_payload):
-    """EVALSHA sha nkeys *keys *fixed, then id, data, ct per task, as RESP; payloads are encoded here
-    (raw bytes as ct b'b', else orjson as b'j') and dropped at once, so only the packed bytes stay alive."""
+def pack_enqueue(sha, keys, fixed, ids, payloads, Py_ssize_t first, Py_ssize_t max_payload, stage=b"",
+                 Py_ssize_t inline=0, ttl_ms=0):
+    """(RESP, replies): EVALSHA sha nkeys *keys *fixed, then id, data, ct per task; payloads are encoded
+    here (raw bytes as ct b'b', else orjson as b'j') and dropped at once, so only the packed bytes stay
+    alive.  With a stage prefix, a payload over `inline` bytes is staged instead: HSET stage+id payload
+    data and PEXPIRE stage+id ttl_ms go first, and the task's triple is (id, b'', ct + b'+'); replies is
+    how many replies the lot gets (1 + 2 a staged payload)."""
     from xq.errors import PayloadTooLarge
     cdef list parts = [b"EVALSHA", _b(sha), _b(len(keys))]
+    cdef list staged = []
     cdef Py_ssize_t i, n = len(ids)
-    cdef bytes d
+    cdef bytes d, ttl = _b(ttl_ms), sp = _b(stage)
+    cdef bint staging = PyBytes_GET_SIZE(sp) > 0
     dumps = orjson.dumps
     for k in keys:
         parts.append(_b(k))
@@ -596,7 +602,8 @@ def pack_enqueue(sha, keys, fixed, ids, payloads, Py_ssize_t first, Py_ssize_t m
         parts.append(_b(f))
     for i in range(n):
         p = payloads[i]
-        parts.append(_b(ids[i]))
+        tid = _b(ids[i])
+        parts.append(tid)
         if PyBytes_CheckExact(p):
             d = <bytes>p
             ct = b"b"
@@ -611,9 +618,18 @@ def pack_enqueue(sha, keys, fixed, ids, payloads, Py_ssize_t first, Py_ssize_t m
             ct = b"j"
         if PyBytes_GET_SIZE(d) > max_payload:
             raise PayloadTooLarge(f"payload #{first + i} is {PyBytes_GET_SIZE(d)} bytes, over max_payload={max_payload} bytes")
-        parts.append(d)
-        parts.append(ct)
-    return _pack(parts)
+        if staging and PyBytes_GET_SIZE(d) > inline:
+            staged.append(_pack([b"HSET", sp + tid, b"payload", d]))
+            staged.append(_pack([b"PEXPIRE", sp + tid, ttl]))
+            parts.append(b"")
+            parts.append(ct + b"+")
+        else:
+            parts.append(d)
+            parts.append(ct)
+    if not staged:
+        return _pack(parts), 1
+    staged.append(_pack(parts))
+    return b"".join(staged), 1 + (len(staged) - 1)
 
 
 # ---------------------------------------------------------------- supervisor loops

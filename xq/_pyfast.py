@@ -341,10 +341,12 @@ def pack_command(args) -> bytes:
     return b"".join(parts)
 
 
-def pack_enqueue(sha, keys, fixed, ids, payloads, first, max_payload) -> bytes:
+def pack_enqueue(sha, keys, fixed, ids, payloads, first, max_payload, stage=b"", inline=0, ttl_ms=0):
     from xq.errors import PayloadTooLarge
 
     args = [b"EVALSHA", sha, len(keys), *keys, *fixed]
+    stage = _b(stage)
+    staged = []
     for i, p in enumerate(payloads):
         try:
             (d,), (ct,) = encode_payloads([p])
@@ -352,8 +354,13 @@ def pack_enqueue(sha, keys, fixed, ids, payloads, first, max_payload) -> bytes:
             raise TypeError(str(e).replace("payload #0", f"payload #{first + i}", 1)) from None
         if len(d) > max_payload:
             raise PayloadTooLarge(f"payload #{first + i} is {len(d)} bytes, over max_payload={max_payload} bytes")
-        args += (ids[i], d, ct)
-    return pack_command(args)
+        if stage and len(d) > inline:
+            key = stage + _b(ids[i])
+            staged += [pack_command([b"HSET", key, b"payload", d]), pack_command([b"PEXPIRE", key, ttl_ms])]
+            args += (ids[i], b"", ct + b"+")
+        else:
+            args += (ids[i], d, ct)
+    return b"".join(staged) + pack_command(args), 1 + len(staged)
 
 
 # ---------------------------------------------------------------- supervisor loops

@@ -37,7 +37,7 @@ from .keys import QUEUES, check_queue, queue_keys, worker_key
 from .inspect import AsyncInspector
 from .records import esc
 from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer, ProducerCore,
-                       Resend, batch_pause, event_request, finish_batch, finish_enqueue, missing_task, prepare_batch,
+                       Resend, batch_pause, chunk_reply, event_request, finish_batch, finish_enqueue, missing_task, prepare_batch,
                        prepare_enqueue, retention_view)
 
 SUBSCRIBE_TIMEOUT = 10.0
@@ -160,7 +160,8 @@ class _AsyncBroker:
             groups = list(nodes.values())
             outs = await asyncio.gather(*(node.send_and_read(
                 [rs.prep.commands[i] for rs in g for i in rs.todo] + [c for rs in g for c in rs.tail()], g,
-                sum(len(rs.tail()) for rs in g)) for node, g in groups), return_exceptions=True)
+                sum(len(rs.tail()) for rs in g), [rs.prep.replies[i] for rs in g for i in rs.todo])
+                for node, g in groups), return_exceptions=True)
             for (_node, g), out in zip(groups, outs):
                 if isinstance(out, ConnectionLost):
                     lost.update((id(rs), out) for rs in g)
@@ -179,12 +180,15 @@ class _AsyncBroker:
                 await asyncio.sleep(batch_pause(rss, lost))
 
     @aio_io(retry=False)
-    async def send_and_read(self, commands: Sequence[bytes], rss: Sequence[Resend] = (), tail: int = 0) -> list:
+    async def send_and_read(self, commands: Sequence[bytes], rss: Sequence[Resend] = (), tail: int = 0,
+                            counts: Sequence[int] = ()) -> list:
         """Send every packed command, then read every reply (errors as values), on one pooled connection:
         one round trip for the lot (rss: the Resends whose todo chunks these are, marked sent).  A command
         answered NOSCRIPT is sent again, once, after loading the scripts, and then the last `tail` commands
-        (Resend.tail: the WAITs) too, so they come after it.  A connection left with unread replies (error,
-        cancellation) is dropped, not reused."""
+        (Resend.tail: the WAITs) too, so they come after it.  counts: how many replies each of the first
+        commands gets (an enqueue chunk with staged payloads: producer.chunk_reply makes them one); the
+        others get one.  A connection left with unread replies (error, cancellation) is dropped, not
+        reused."""
         pool = self.client.connection_pool
         try:
             conn = await pool.get_connection()
@@ -195,13 +199,20 @@ class _AsyncBroker:
             await conn.send_packed_command(list(commands), check_health=False)
             for rs in rss:
                 rs.sent.update(rs.todo)
-            out = [await self._read(conn) for _ in commands]
+            counts = list(counts) + [1] * (len(commands) - len(counts))
+
+            async def read(i):
+                if counts[i] == 1:
+                    return await self._read(conn)
+                return chunk_reply([await self._read(conn) for _ in range(counts[i])])
+
+            out = [await read(i) for i in range(len(commands))]
             again = False
             for i, x in enumerate(out):
                 if isinstance(x, NoScriptError):
                     await self.load_scripts()
                     await conn.send_packed_command([commands[i]], check_health=False)
-                    out[i] = await self._read(conn)
+                    out[i] = await read(i)
                     again = True
             if again and tail:
                 n = len(commands) - tail

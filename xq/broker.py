@@ -331,13 +331,14 @@ class Broker:
     # --- producer ---
     def pack_enqueue(self, qk: QueueKeys, name: str, priority: int, max_retries: int | None, ids: Sequence[bytes],
                      payloads: Sequence, first: int, max_payload: int, *, delay_ms="", eta_ms="",
-                     expires_in_ms="", expires_at_ms="", timeout_ms="", flow: bytes = b"") -> bytes:
-        """max_retries None: the record stores none, and the task's own default (or 3) applies."""
+                     expires_in_ms="", expires_at_ms="", timeout_ms="", flow: bytes = b"") -> tuple[bytes, int]:
+        """(packed commands, replies they get); max_retries None: the record stores none, and the task's
+        own default (or 3) applies.  Payloads over scripts.STAGE_PAYLOAD bytes are staged (ENQUEUE's doc)."""
         maxr = b"" if max_retries is None else max_retries
         return fast.pack_enqueue(self._sha["enqueue"], (qk.ready[priority], qk.wake, qk.sched),
                                  (qk.task_prefix, name, priority, maxr, delay_ms, eta_ms, expires_in_ms,
                                   expires_at_ms, timeout_ms, qk.events, qk.name, flow), ids, payloads, first,
-                                 max_payload)
+                                 max_payload, qk.stage_prefix, scripts.STAGE_PAYLOAD, scripts.STAGE_TTL_MS)
 
     @io
     def register_queue(self, queue: str) -> None:

@@ -221,7 +221,7 @@ def check_record(task_id: bytes, name: bytes, ct: bytes, att, to) -> str | None:
 class QueueKeys:
     """The key names of one queue."""
 
-    __slots__ = ("name", "base", "ready", "wake", "leases", "sched", "dead", "cron", "task_prefix", "events", "control")
+    __slots__ = ("name", "base", "ready", "wake", "leases", "sched", "dead", "cron", "task_prefix", "stage_prefix", "events", "control")
 
     def __init__(self, name: str):
         check_queue(name)
@@ -234,6 +234,7 @@ class QueueKeys:
         self.dead = base + "dead"
         self.cron = base + "cron"
         self.task_prefix = base + "t:"
+        self.stage_prefix = (base + "s:").encode()  # payloads staged for ENQUEUE (scripts.ENQUEUE)
         self.events = base + "events"
         self.control = base + "control"
 

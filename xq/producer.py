@@ -150,10 +150,11 @@ class Prepared(NamedTuple):
     queue: str
     priority: int
     ids: list            # bytes, one per payload
-    commands: list       # packed EVALSHA ENQUEUE, one per chunk; each replies one value
+    commands: list       # packed per chunk: its staged payloads' HSET/PEXPIRE (if any), then EVALSHA ENQUEUE
     flow: dict           # flow_args
     timing: dict         # timing_args
     starts: tuple = ()  # the index of each command's first id (chunk_starts)
+    replies: tuple = ()  # how many replies each command gets (chunk_reply makes them one)
 
     def chunk_ids(self, i: int) -> list:
         """The ids packed in command i."""
@@ -203,10 +204,20 @@ def prepare_enqueue(app: App | None, packer, chunk: int, max_payload: int, name:
     fj = flow_json(flow)
     starts = chunk_starts(payloads, chunk)
     ends = starts[1:] + [len(ids)]
-    commands = [packer.pack_enqueue(qk, name, priority, max_retries, ids[i:j], payloads[i:j],
-                                    i, max_payload, flow=fj, **timing)
-                for i, j in zip(starts, ends)]
-    return Prepared(name, queue, priority, ids, commands, flow, timing, tuple(starts))
+    packed = [packer.pack_enqueue(qk, name, priority, max_retries, ids[i:j], payloads[i:j],
+                                  i, max_payload, flow=fj, **timing)
+              for i, j in zip(starts, ends)]
+    return Prepared(name, queue, priority, ids, [c for c, _ in packed], flow, timing, tuple(starts),
+                    tuple(n for _, n in packed))
+
+
+def chunk_reply(replies: Sequence):
+    """The one reply of a chunk from the replies of its commands (its stages' HSET and PEXPIRE, then
+    ENQUEUE's): the first error if any (an OOM refusing a stage stored nothing either), else ENQUEUE's."""
+    for r in replies:
+        if isinstance(r, Exception):
+            return r
+    return replies[-1]
 
 
 # Bytes of raw payloads per ENQUEUE command: a chunk closes at `chunk` tasks or once its bytes payloads
@@ -1252,7 +1263,7 @@ class Producer(ProducerCore):
                 try:
                     for rs in group:
                         for i in rs.todo:
-                            rs.replies[i] = node.read_reply()
+                            rs.replies[i] = chunk_reply([node.read_reply() for _ in range(rs.prep.replies[i])])
                     for rs in group:
                         rs.waited([node.read_reply() for _ in rs.tail()])
                     if [rs for rs in group if rs.settle()]:

@@ -391,11 +391,17 @@ end
 #             ck/cm (concurrency key, max concurrency), rk/rn/rp (rate key, starts, period ms), deps (ids
 #             of this queue the tasks wait for), df ('run': run even if a dependency fails), grp (group id),
 #             rt (the tasks' own result ttl, seconds: kept as 'rttl', exempt from the count cut of retain())
-# ARGV[13..] -> per task, 3 values: id, payload, ct ('j' JSON, 'b' raw bytes)
+# ARGV[13..] -> per task, 3 values: id, payload, ct ('j' JSON, 'b' raw bytes); ct 'j+' / 'b+' says the
+#             payload was staged (payload ''): a hash xq:{Q}:s:<id> whose field 'payload' holds it, written
+#             by plain commands sent just before this script (HSET, then PEXPIRE of STAGE_TTL_MS, which
+#             only matters if the script never runs).  The script RENAMEs it to the task's key, so a large
+#             payload never enters Lua (a string entering a script is hashed byte by byte and copied: ~3 ms
+#             of Redis for 4 MB); a stage of an id that has a record already is deleted
 # Output: the number of tasks enqueued (ids that have a record already are skipped, so a call resent after a
 #         lost reply enqueues nothing twice); or, when the unique key is held, the id of the task holding it (a
-#         bulk string; nothing is enqueued); or an error reply 'XQ ...' naming an unknown dependency or a
-#         group that is not open
+#         bulk string; nothing is enqueued); or an error reply 'XQ ...' naming an unknown dependency, a
+#         group that is not open, or a staged payload that is gone (expired or evicted).  A call that
+#         enqueues nothing deletes its stages, and nothing is written before these checks pass
 # The record holds only what is not implied, since every field costs Redis time at 200k+ tasks/s: the
 # queue is in the key, a missing att is 0, a missing maxr the default, a missing ct 'j', and the enqueue
 # time is the first 48 bits of an xq id (foreign producers may set 'enq' instead).
@@ -411,11 +417,24 @@ if ARGV[7] ~= '' then exp = now + tonumber(ARGV[7]) elseif ARGV[8] ~= '' then ex
 local state = due and 'scheduled' or 'queued'
 local flow, extra, pending, born_dead, hooked, uk_taken = nil, {}, {}, nil, false, nil
 local base = base_of(prefix)
+local function refuse(reply)  -- nothing enqueued: the stages go too
+  for i = 13, #ARGV, 3 do
+    if #ARGV[i + 2] > 1 then redis.call('DEL', base .. 's:' .. ARGV[i]) end
+  end
+  return reply
+end
+for i = 13, #ARGV, 3 do
+  if #ARGV[i + 2] > 1 and redis.call('EXISTS', base .. 's:' .. ARGV[i]) == 0
+      and redis.call('EXISTS', prefix .. ARGV[i]) == 0 then
+    return refuse(redis.error_reply('XQ staged payload of task ' .. ARGV[i] .. ' in queue ' .. ARGV[11] ..
+      ' is gone (expired or evicted before this ENQUEUE ran): nothing was stored; send it again'))
+  end
+end
 if ARGV[12] ~= '' then
   flow = cjson.decode(ARGV[12])
   for _, d in ipairs(flow.deps or {}) do  -- checked before anything is written
     local st = redis.call('HGET', prefix .. d, 'state')
-    if not st then return redis.error_reply('XQ unknown dependency ' .. d .. ' in queue ' .. ARGV[11]) end
+    if not st then return refuse(redis.error_reply('XQ unknown dependency ' .. d .. ' in queue ' .. ARGV[11])) end
     if st ~= 'done' and st ~= 'dead' and st ~= 'expired' and st ~= 'canceled' then
       pending[#pending + 1] = d
     elseif st ~= 'done' and flow.df ~= 'run' and not born_dead then
@@ -423,13 +442,13 @@ if ARGV[12] ~= '' then
     end
   end
   if flow.grp and redis.call('HGET', base .. 'g:' .. flow.grp, 'sealed') ~= '0' then
-    return redis.error_reply('XQ group ' .. flow.grp .. ' is not open in queue ' .. ARGV[11])
+    return refuse(redis.error_reply('XQ group ' .. flow.grp .. ' is not open in queue ' .. ARGV[11]))
   end
   if flow.uk then
     local uk = base .. 'u:' .. flow.uk
     local ok
     if flow.ut then ok = redis.call('SET', uk, ARGV[13], 'NX', 'PX', flow.ut) else ok = redis.call('SET', uk, ARGV[13], 'NX') end
-    if not ok then return redis.call('GET', uk) end
+    if not ok then return refuse(redis.call('GET', uk)) end
     uk_taken = uk
     extra[#extra + 1], extra[#extra + 2] = 'uk', flow.uk
   end
@@ -454,12 +473,19 @@ if ARGV[12] ~= '' then
 end
 local ids, sched = {}, {}
 for i = 13, #ARGV, 3 do
-  local key = prefix .. ARGV[i]
+  local key, ct, stage = prefix .. ARGV[i], ARGV[i + 2], nil
+  if #ct > 1 then stage, ct = base .. 's:' .. ARGV[i], string.sub(ct, 1, 1) end
   -- An id that has a record already was stored by an earlier send of this same call (its reply was lost
   -- to a cut connection): skipping it makes the producer's retry safe.
   if redis.call('EXISTS', key) == 0 then
-    redis.call('HSET', key, 'name', name, 'payload', ARGV[i + 1], 'state', state, 'pri', pri)
-    if ARGV[i + 2] ~= 'j' then redis.call('HSET', key, 'ct', ARGV[i + 2]) end
+    if stage then
+      redis.call('RENAME', stage, key)  -- O(1): the payload's bytes stay where they are
+      redis.call('PERSIST', key)
+      redis.call('HSET', key, 'name', name, 'state', state, 'pri', pri)
+    else
+      redis.call('HSET', key, 'name', name, 'payload', ARGV[i + 1], 'state', state, 'pri', pri)
+    end
+    if ct ~= 'j' then redis.call('HSET', key, 'ct', ct) end
     if maxr ~= '' then redis.call('HSET', key, 'maxr', maxr) end
     if exp then redis.call('HSET', key, 'exp', exp) end
     if timeout ~= '' then redis.call('HSET', key, 'to', timeout) end
@@ -470,6 +496,8 @@ for i = 13, #ARGV, 3 do
       sched[#sched + 1] = ARGV[i]
     end
     ids[#ids + 1] = ARGV[i]
+  elseif stage then
+    redis.call('DEL', stage)
   end
 end
 if #ids == 0 then
@@ -564,6 +592,9 @@ return #ids
 # claimed again before then.
 # A claimed task's payload larger than this is not read by CLAIM: the supervisor reads it with HGET.
 INLINE_PAYLOAD = 4096
+# A payload larger than this is staged by the producer (ENQUEUE, ARGV[13..]): it does not enter Lua.
+STAGE_PAYLOAD = INLINE_PAYLOAD
+STAGE_TTL_MS = 60_000  # a stage the script never consumes (the producer died mid-send) expires
 CLAIM = _PRELUDE + """
 local now = now_ms()
 local want = tonumber(ARGV[1])
