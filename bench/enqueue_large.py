@@ -6,7 +6,9 @@ enqueue_many call and the CPU Redis spent on it (INFO used_cpu_user + used_cpu_s
 One private redis-server for the whole run (warmed by a first, uncounted enqueue of the same volume, so
 the figures are of a Redis whose memory is already mapped, as a running one's is); each round, for each
 tree in turn (the order flips every round): FLUSHALL, then that tree's Producer enqueues --tasks payloads
-of --size random bytes with one enqueue_many call in a fresh process.  Prints each run and the medians.
+of --size random bytes with one enqueue_many call in a fresh process (started in an empty directory: with
+`python -c` the current directory comes first on sys.path, before PYTHONPATH).  Redis' time is its CPU
+(INFO used_cpu_user + used_cpu_sys) over the call.  Prints each run and the medians.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 import redis
 
@@ -43,13 +46,14 @@ def main() -> None:
     trees = [os.path.abspath(t) for t in a.trees]
     walls: dict[str, list[float]] = {t: [] for t in trees}
     cpus: dict[str, list[float]] = {t: [] for t in trees}
+    empty = tempfile.mkdtemp(prefix="xq-bench-")
     with private_redis() as (url, _pid):
         r = redis.Redis.from_url(url)
 
         def run(tree: str) -> tuple[float, float]:
             r.flushall()
             c0 = redis_cpu(r)
-            out = subprocess.run([sys.executable, "-c", ENQ, url, str(a.tasks), str(a.size)], check=True,
+            out = subprocess.run([sys.executable, "-c", ENQ, url, str(a.tasks), str(a.size)], check=True, cwd=empty,
                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": tree}).stdout
             return float(out.split()[-1]), redis_cpu(r) - c0
 
@@ -59,11 +63,12 @@ def main() -> None:
                 wall, cpu = run(tree)
                 walls[tree].append(wall)
                 cpus[tree].append(cpu)
-                print(f"round {k}  {tree:40}  enqueue {wall:.3f} s   Redis CPU {cpu:.3f} s", flush=True)
+                print(f"round {k}  {tree:32}  enqueue {wall:.3f} s   Redis CPU {cpu:.3f} s",
+                      flush=True)
     mb = a.tasks * a.size / 1e6
     for tree in trees:
         w, c = statistics.median(walls[tree]), statistics.median(cpus[tree])
-        print(f"median  {tree:40}  enqueue {w:.3f} s ({mb / w:.0f} MB/s)   Redis CPU {c:.3f} s "
+        print(f"median  {tree:32}  enqueue {w:.3f} s ({mb / w:.0f} MB/s)   Redis CPU {c:.3f} s "
               f"({c / a.tasks * 1e3:.2f} ms a payload)")
 
 
