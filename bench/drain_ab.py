@@ -46,7 +46,7 @@ def main() -> None:
             for t in (trees if rnd % 2 == 0 else trees[::-1]):
                 flush(r)
                 env = dict(os.environ, PYTHONPATH=t)
-                subprocess.run([sys.executable, "-c", ENQ, url, str(a.tasks), ids_file], env=env, check=True)
+                subprocess.run([sys.executable, "-c", ENQ, url, str(a.tasks), ids_file], cwd=BENCH, env=env, check=True)
                 with open(ids_file) as f:
                     ids = f.read().split()
                 t0 = time.time()
