@@ -193,8 +193,8 @@ def test_pack_enqueue(impl):
 
 
 def test_pack_enqueue_stages_payloads_over_the_limit(impl):
-    """Payloads over `inline` bytes go first, as HSET stage+id payload data and PEXPIRE, and the EVALSHA
-    carries (id, '', ct+'+') for them (scripts.ENQUEUE, ARGV[13..])."""
+    """Payloads over `inline` bytes go first, as HSET stage+id payload data and PEXPIRE in one MULTI/EXEC,
+    and the EVALSHA carries (id, '', ct+'+') for them (scripts.ENQUEUE, ARGV[13..])."""
     args = (b"sha", ["k1"], ["pre"], [b"i1", b"i2", b"i3"], [b"x" * 6, b"y" * 5, {"z": "zz"}], 0, 100,
             b"st:", 5, 60000)
     cmd, n = impl.pack_enqueue(*args)
@@ -203,9 +203,11 @@ def test_pack_enqueue_stages_payloads_over_the_limit(impl):
     got = []
     while (x := reader.gets()) is not False:
         got.append(x)
-    assert n == 5 == len(got)
-    assert got == [[b"HSET", b"st:i1", b"payload", b"x" * 6], [b"PEXPIRE", b"st:i1", b"60000"],
+    assert n == 7 == len(got)
+    assert got == [[b"MULTI"],
+                   [b"HSET", b"st:i1", b"payload", b"x" * 6], [b"PEXPIRE", b"st:i1", b"60000"],
                    [b"HSET", b"st:i3", b"payload", b'{"z":"zz"}'], [b"PEXPIRE", b"st:i3", b"60000"],
+                   [b"EXEC"],
                    [b"EVALSHA", b"sha", b"1", b"k1", b"pre", b"i1", b"", b"b+", b"i2", b"y" * 5, b"b",
                     b"i3", b"", b"j+"]]
     assert (cmd, n) == _pyfast.pack_enqueue(*args)

@@ -23,7 +23,7 @@ import xq
 from helpers import free_port, keep_every_record, stop_process
 from test_engine import assert_queue_empty, execs, states
 from xq.keys import queue_keys
-from xq.scripts import INLINE_PAYLOAD
+from xq.scripts import INLINE_PAYLOAD, STAGE_PAYLOAD
 from xqrun import TESTS, XQRun, wait_for
 
 QK = queue_keys("default")
@@ -391,7 +391,9 @@ def test_enqueue_cut_in_flight_never_duplicates(fault_proxy):
         known |= set(p.enqueue_many("echo", list(range(N_E))))
         took = time.monotonic() - t0
         for rep, mode in enumerate(modes):
-            payloads = [{"rep": rep, "i": i} for i in range(N_E)]
+            # every 50th payload over scripts.STAGE_PAYLOAD: staged in a MULTI/EXEC before its ENQUEUE
+            payloads = [{"rep": rep, "i": i, "pad": "x" * (STAGE_PAYLOAD + 10) if i % 50 == 0 else ""}
+                        for i in range(N_E)]
             # a call on a live connection first: a reconnection's handshake (CLIENT SETINFO) waits for its
             # reply, so a producer that reconnected under stall("down") would send nothing
             known.add(p.enqueue("echo", rep))
@@ -447,6 +449,9 @@ def test_enqueue_cut_in_flight_never_duplicates(fault_proxy):
             assert queued == len(have), f"rep {rep} ({mode}): {queued} queued, {len(have)} records"
             seen[mode] += 1
     assert raised >= 1, "no call raised ConnectionLost, though Redis was refused past retry_for"
+    # a stage whose ENQUEUE never ran (the call gave up) is left only with its expiry
+    stages = list(real.scan_iter(match=QK.stage_prefix.decode() + "*"))
+    assert all(real.pttl(k) > 0 for k in stages), [(k, real.pttl(k)) for k in stages if real.pttl(k) <= 0]
     print(f"\nenqueue_many of {N_E} cut in flight {len(modes)} times ({seen}): {proxy.cuts} connections cut, "
           f"{raised} calls raised ConnectionLost and were re-sent; {len(records(real))} records, none twice")
 

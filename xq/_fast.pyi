@@ -125,8 +125,9 @@ def pack_enqueue(sha: bytes, keys: Sequence[bytes | str], fixed: Sequence[bytes 
     Each payload is encoded as encode_payloads does and dropped once copied, so a large batch keeps only
     packed bytes alive.  TypeError / xq.errors.PayloadTooLarge name the payload's index (first + i).
     With a stage prefix, each payload over `inline` bytes is staged (scripts.ENQUEUE, ARGV[13..]):
-    `HSET stage+id payload data` and `PEXPIRE stage+id ttl_ms` precede the EVALSHA, whose triple for it is
-    (id, b"", ct + b"+").  replies: how many replies the packed commands get (1 + 2 a staged payload).
+    `HSET stage+id payload data` and `PEXPIRE stage+id ttl_ms`, all in one MULTI/EXEC, precede the
+    EVALSHA, whose triple for it is (id, b"", ct + b"+").  replies: how many replies the packed commands
+    get (1 without stages, else 3 + 2 a staged payload).
     """
 
 

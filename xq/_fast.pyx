@@ -582,13 +582,17 @@ def pack_command(args):
     return _pack([_b(a) for a in args])
 
 
+_MULTI = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC = b"*1\r\n$4\r\nEXEC\r\n"
+
+
 def pack_enqueue(sha, keys, fixed, ids, payloads, Py_ssize_t first, Py_ssize_t max_payload, stage=b"",
                  Py_ssize_t inline=0, ttl_ms=0):
     """(RESP, replies): EVALSHA sha nkeys *keys *fixed, then id, data, ct per task; payloads are encoded
     here (raw bytes as ct b'b', else orjson as b'j') and dropped at once, so only the packed bytes stay
     alive.  With a stage prefix, a payload over `inline` bytes is staged instead: HSET stage+id payload
-    data and PEXPIRE stage+id ttl_ms go first, and the task's triple is (id, b'', ct + b'+'); replies is
-    how many replies the lot gets (1 + 2 a staged payload)."""
+    data and PEXPIRE stage+id ttl_ms go first, all of them in one MULTI/EXEC, and the task's triple is
+    (id, b'', ct + b'+'); replies is how many replies the lot gets (1, or 3 + 2 a staged payload)."""
     from xq.errors import PayloadTooLarge
     cdef list parts = [b"EVALSHA", _b(sha), _b(len(keys))]
     cdef list staged = []
@@ -628,8 +632,12 @@ def pack_enqueue(sha, keys, fixed, ids, payloads, Py_ssize_t first, Py_ssize_t m
             parts.append(ct)
     if not staged:
         return _pack(parts), 1
+    # MULTI/EXEC: a stage is written with its expiry or not at all, whatever cuts the connection
+    n = len(staged)
+    staged.insert(0, _MULTI)
+    staged.append(_EXEC)
     staged.append(_pack(parts))
-    return b"".join(staged), 1 + (len(staged) - 1)
+    return b"".join(staged), n + 3
 
 
 # ---------------------------------------------------------------- supervisor loops

@@ -360,7 +360,10 @@ def pack_enqueue(sha, keys, fixed, ids, payloads, first, max_payload, stage=b"",
             args += (ids[i], b"", ct + b"+")
         else:
             args += (ids[i], d, ct)
-    return b"".join(staged) + pack_command(args), 1 + len(staged)
+    if not staged:
+        return pack_command(args), 1
+    multi, exec_ = pack_command([b"MULTI"]), pack_command([b"EXEC"])
+    return multi + b"".join(staged) + exec_ + pack_command(args), len(staged) + 3
 
 
 # ---------------------------------------------------------------- supervisor loops

@@ -150,7 +150,7 @@ class Prepared(NamedTuple):
     queue: str
     priority: int
     ids: list            # bytes, one per payload
-    commands: list       # packed per chunk: its staged payloads' HSET/PEXPIRE (if any), then EVALSHA ENQUEUE
+    commands: list       # packed per chunk: MULTI, its stages' HSET/PEXPIRE, EXEC (if any), then EVALSHA ENQUEUE
     flow: dict           # flow_args
     timing: dict         # timing_args
     starts: tuple = ()  # the index of each command's first id (chunk_starts)
@@ -212,7 +212,7 @@ def prepare_enqueue(app: App | None, packer, chunk: int, max_payload: int, name:
 
 
 def chunk_reply(replies: Sequence):
-    """The one reply of a chunk from the replies of its commands (its stages' HSET and PEXPIRE, then
+    """The one reply of a chunk from the replies of its commands (its stages' MULTI/EXEC, then
     ENQUEUE's): the first error if any (an OOM refusing a stage stored nothing either), else ENQUEUE's."""
     for r in replies:
         if isinstance(r, Exception):

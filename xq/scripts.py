@@ -393,10 +393,11 @@ end
 #             rt (the tasks' own result ttl, seconds: kept as 'rttl', exempt from the count cut of retain())
 # ARGV[13..] -> per task, 3 values: id, payload, ct ('j' JSON, 'b' raw bytes); ct 'j+' / 'b+' says the
 #             payload was staged (payload ''): a hash xq:{Q}:s:<id> whose field 'payload' holds it, written
-#             by plain commands sent just before this script (HSET, then PEXPIRE of STAGE_TTL_MS, which
-#             only matters if the script never runs).  The script RENAMEs it to the task's key, so a large
-#             payload never enters Lua (a string entering a script is hashed byte by byte and copied: ~3 ms
-#             of Redis for 4 MB); a stage of an id that has a record already is deleted
+#             by plain commands sent just before this script (MULTI, HSET and PEXPIRE of STAGE_TTL_MS
+#             for each, EXEC; the expiry only matters if the script never runs).  The script RENAMEs it to
+#             the task's key, so a large payload never enters Lua (a string entering a script is hashed
+#             byte by byte and copied: ~15 ms of Redis for 4 MB); a stage of an id that has a record
+#             already is deleted
 # Output: the number of tasks enqueued (ids that have a record already are skipped, so a call resent after a
 #         lost reply enqueues nothing twice); or, when the unique key is held, the id of the task holding it (a
 #         bulk string; nothing is enqueued); or an error reply 'XQ ...' naming an unknown dependency, a
