@@ -37,8 +37,8 @@ from .keys import QUEUES, check_queue, queue_keys, worker_key
 from .inspect import AsyncInspector
 from .records import esc
 from .producer import (DEFAULT_MAX_PAYLOAD, OUTCOME_FIELDS, TERMINAL, EventFilter, Group, Producer, ProducerCore,
-                       Resend, batch_pause, chunk_reply, event_request, finish_batch, finish_enqueue, missing_task, prepare_batch,
-                       prepare_enqueue, retention_view)
+                       Resend, batch_pause, chunk_reply, event_request, finish_batch, finish_enqueue, missing_task,
+                       prepare_batch, prepare_enqueue, retention_view)
 
 SUBSCRIBE_TIMEOUT = 10.0
 

@@ -221,7 +221,8 @@ def check_record(task_id: bytes, name: bytes, ct: bytes, att, to) -> str | None:
 class QueueKeys:
     """The key names of one queue."""
 
-    __slots__ = ("name", "base", "ready", "wake", "leases", "sched", "dead", "cron", "task_prefix", "stage_prefix", "events", "control")
+    __slots__ = ("name", "base", "ready", "wake", "leases", "sched", "dead", "cron", "task_prefix", "stage_prefix",
+                 "events", "control")
 
     def __init__(self, name: str):
         check_queue(name)
