@@ -35,6 +35,7 @@ import orjson
 
 from . import __version__
 from .app import App
+from .cpus import usable_cpus
 from .errors import ConfigError, ConnectionLost, RedisRefused, XQError
 
 EXIT_USAGE = 2
@@ -212,7 +213,7 @@ FINITE = FiniteFloat()
 
 def _procs(value: str) -> int:
     if value == "auto":
-        return len(os.sched_getaffinity(0))
+        return usable_cpus()  # its affinity, capped by a container's CPU quota
     try:
         n = int(value)
     except ValueError:
@@ -230,7 +231,8 @@ def main() -> None:
 
 @main.command()
 @click.argument("app_ref", metavar="MODULE:APP")
-@click.option("--procs", default="auto", show_default=True, help="child processes: a number or 'auto' (usable cores)")
+@click.option("--procs", default="auto", show_default=True,
+              help="child processes: a number or 'auto' (usable CPUs: the affinity, capped by a cgroup CPU quota)")
 @click.option("--queues", default=None,
               help="comma-separated queues, highest priority first [default: the app's]; with weights, e.g. "
                    "critical:6,default:3,low:1, each claim shares its batch between them in those proportions")

@@ -14,6 +14,7 @@ from fractions import Fraction
 from typing import Any
 
 from .. import context
+from ..cpus import usable_cpus
 from .common import (MediaError, check_dest, check_int, check_keys, check_number, options, partial_path,
                      remove_quiet, require, source_path, write_dest)
 
@@ -32,7 +33,7 @@ def threads() -> int:
         if env.isdigit() and int(env) > 0:
             _threads = int(env)
         else:
-            cores = len(os.sched_getaffinity(0))
+            cores = usable_cpus()
             siblings = 1
             if context._current is not None:  # a worker's child: its supervisor forked only children
                 import psutil
