@@ -221,10 +221,10 @@ def chunk_reply(replies: Sequence):
 
 
 # Bytes of raw payloads per ENQUEUE command: a chunk closes at `chunk` tasks or once its bytes payloads
-# reach this.  Redis runs a command only once all of it has arrived, and a script holds every argument in
-# memory twice (query buffer and Lua) while it runs: 40 payloads of 4.3 MB in one command took 0.5-1.6 s
-# to enqueue and ~400 MB of Redis' memory at peak, and no task could start before the last byte arrived;
-# one command a MiB lets the first tasks run while the rest are still on the wire.
+# reach this.  Redis runs a command only once all of it has arrived: 40 payloads of 4.3 MB in one command
+# (passed through Lua, as they were then) took 0.5-1.6 s to enqueue and 411 MB of Redis' memory at peak,
+# and no task could start before the last byte arrived; one command a MiB lets the first tasks run while
+# the rest are still on the wire (large payloads are staged besides: see scripts.ENQUEUE).
 CHUNK_BYTES = 1 << 20
 
 
