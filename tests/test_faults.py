@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
 import psutil
 import pytest
+import redis
 
 import xq
 from xq.keys import queue_keys
+from xq.scripts import STAGE_PAYLOAD
 from xqrun import XQRun, wait_for
 from test_engine import IMPLS, assert_queue_empty, execs, states
 
@@ -198,6 +201,24 @@ def test_redis_restart_mid_run_loses_nothing(fresh_redis):
         for i in first + second:
             assert p.status(i)["status"] == "done"
         assert w.proc.poll() is None
+
+
+def test_large_payloads_enqueued_across_a_redis_restart_are_whole(fresh_redis):
+    """The same producer, its connection killed by a real restart (scripts gone too), enqueues payloads
+    over scripts.STAGE_PAYLOAD: the resend stages them again, every record holds its own bytes and no
+    stage is left behind; a worker then runs them all."""
+    url, qk = fresh_redis.url, queue_keys("default")
+    p = xq.Producer(url)
+    p.enqueue("echo", 0)  # connected, scripts loaded
+    fresh_redis.restart()
+    blobs = [os.urandom(STAGE_PAYLOAD * k) for k in (2, 50, 300)] * 3
+    ids = p.enqueue_many("reverse", blobs)
+    r = redis.Redis.from_url(url)
+    assert [r.hget(qk.task(i), "payload") for i in ids] == blobs
+    assert r.keys(qk.stage_prefix.decode() + "*") == []
+    with XQRun(url, procs=2, burst=True) as w:
+        assert w.wait(60) == 0, w.output()
+    assert [p.result(i, timeout=5) for i in ids] == [b[::-1] for b in blobs]
 
 
 def test_max_tasks_per_child_recycles(redis_url, r):
