@@ -418,15 +418,16 @@ if ARGV[7] ~= '' then exp = now + tonumber(ARGV[7]) elseif ARGV[8] ~= '' then ex
 local state = due and 'scheduled' or 'queued'
 local flow, extra, pending, born_dead, hooked, uk_taken = nil, {}, {}, nil, false, nil
 local base = base_of(prefix)
+local stages = {}  -- ARGV index of a staged payload's id -> its stage key
+for i = 13, #ARGV, 3 do
+  if #ARGV[i + 2] > 1 then stages[i] = base .. 's:' .. ARGV[i] end
+end
 local function refuse(reply)  -- nothing enqueued: the stages go too
-  for i = 13, #ARGV, 3 do
-    if #ARGV[i + 2] > 1 then redis.call('DEL', base .. 's:' .. ARGV[i]) end
-  end
+  for _, stage in pairs(stages) do redis.call('DEL', stage) end
   return reply
 end
-for i = 13, #ARGV, 3 do
-  if #ARGV[i + 2] > 1 and redis.call('EXISTS', base .. 's:' .. ARGV[i]) == 0
-      and redis.call('EXISTS', prefix .. ARGV[i]) == 0 then
+for i, stage in pairs(stages) do
+  if redis.call('EXISTS', stage) == 0 and redis.call('EXISTS', prefix .. ARGV[i]) == 0 then
     return refuse(redis.error_reply('XQ staged payload of task ' .. ARGV[i] .. ' in queue ' .. ARGV[11] ..
       ' is gone (expired or evicted before this ENQUEUE ran): nothing was stored; send it again'))
   end
@@ -474,8 +475,8 @@ if ARGV[12] ~= '' then
 end
 local ids, sched = {}, {}
 for i = 13, #ARGV, 3 do
-  local key, ct, stage = prefix .. ARGV[i], ARGV[i + 2], nil
-  if #ct > 1 then stage, ct = base .. 's:' .. ARGV[i], string.sub(ct, 1, 1) end
+  local key, ct, stage = prefix .. ARGV[i], ARGV[i + 2], stages[i]
+  if stage then ct = string.sub(ct, 1, 1) end
   -- An id that has a record already was stored by an earlier send of this same call (its reply was lost
   -- to a cut connection): skipping it makes the producer's retry safe.
   if redis.call('EXISTS', key) == 0 then
