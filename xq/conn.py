@@ -259,6 +259,8 @@ def _client(url: str, kw: dict, Redis, RedisCluster, ClusterNode, Sentinel):
     t = parse_url(url)
     try:
         if t.kind == "single":
+            if not t.nodes:  # unix://: redis-py's socket-file connection takes no TCP options
+                kw = {k: v for k, v in kw.items() if not k.startswith("socket_keepalive")}
             return Redis.from_url(url, **kw)
         if t.kind == "cluster":
             return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in t.nodes], **t.connection_kwargs(),
