@@ -128,7 +128,7 @@ class ClaimPipeline(Component):
         self._woke: set[int] = set()               # groups whose wait's reply the last poll() saw arrive
         self._unblocked: set[int] = set()          # groups whose wait was ended by CLIENT UNBLOCK
         self.end_wait = False                      # stopping: end the wait at the next sync
-        self.ring_full = False                     # the last dispatch found a ring out of bytes
+        self.refill_in: float | None = None        # the last dispatch found a ring out of bytes: look again in
         self.pending: deque[tuple] = deque()       # replies expected on the main connection, in order
         self.claiming = 0                          # tasks asked for by claims in flight
         self.next_due: float | None = None         # monotonic time the first scheduled/retrying task is due
@@ -238,8 +238,10 @@ class ClaimPipeline(Component):
 
     def deadline(self) -> float:
         d = self._wake_at
-        if self.ring_full or self.partials():
-            d = min(d, time.monotonic() + 0.001)  # a ring is out of bytes: the child frees space without telling us
+        if self.partials():
+            d = min(d, time.monotonic() + 0.001)  # a message is half-written: the child frees space without telling us
+        elif self.refill_in is not None:
+            d = min(d, time.monotonic() + self.refill_in)
         if self.sup.up:
             if self.next_due is not None and self.sup.accepting:
                 d = min(d, self.next_due)
@@ -374,7 +376,7 @@ class ClaimPipeline(Component):
         now_ms = int(time.monotonic() * 1000)
         held_ms = 1000 * min(BUFFER_SECONDS, max(HELD_MIN, HELD_FACTOR * self.avg))
         kids = [c for c in kids if c.running_ms(now_ms) <= held_ms]
-        self.ring_full = False
+        self.refill_in = None
         if not kids:
             return
         depth = self.depth
@@ -393,7 +395,11 @@ class ClaimPipeline(Component):
                 self._fail_unframed(buffer[0], e)
                 why = 0
             if why == 1:
-                self.ring_full = True  # out of bytes for now
+                # Out of bytes for now; the child frees space without telling us.  Look again once it has
+                # worked through about half of what it holds (at least 1 ms, at most RESULT_DELAY): polling
+                # each ms woke this process ~600 times a second while 55 KB payloads filled the rings.
+                wait = min(RESULT_DELAY, max(0.001, len(c.unacked) * self.avg / 2))
+                self.refill_in = wait if self.refill_in is None else min(self.refill_in, wait)
             elif why == 2:  # a large message streams through in chunks
                 seq = buffer.popleft()
                 t = inflight[seq]
