@@ -360,3 +360,47 @@ def test_reply_ready_never_waits_for_a_reply(redis_url):
     assert got == [b"PONG"] * 3
     assert b.reply_ready() is False
     b.reset()
+
+
+def test_raw_sends_larger_than_the_socket_takes_at_once_arrive_whole(redis_url, r):
+    """send_packed writes what the socket takes with one write() and hands only the rest to redis-py's
+    sendall: a command far larger than the socket's buffer (so the write is partial) still arrives whole,
+    and the replies of large pipelined commands, read as they come, are all there and in order."""
+    from xq._impl import fast
+
+    b = Broker(redis_url)
+    b.send_packed(fast.pack_command([b"PING"]))  # connects
+    assert b.read_reply() == b"PONG"
+    big = bytes(range(256)) * (24 * 4096)  # 24 MiB
+    b.send_packed(fast.pack_command([b"SET", b"xq-test:big", big]) + fast.pack_command([b"STRLEN", b"xq-test:big"]))
+    assert b.read_reply() == b"OK"
+    assert b.read_reply() == len(big)
+    assert r.get("xq-test:big") == big
+    b.send_packed(b"".join(fast.pack_command([b"GETRANGE", b"xq-test:big", i * 1000, i * 1000 + 999_999])
+                           for i in range(20)))
+    got = []
+    for _ in range(1000):  # bounded: up to 10 s
+        while len(got) < 20 and b.reply_ready():
+            got.append(b.read_reply())
+        if len(got) == 20:
+            break
+        time.sleep(0.01)
+    assert got == [big[i * 1000:i * 1000 + 1_000_000] for i in range(20)]
+    assert b.reply_ready() is False
+    b.reset()
+
+
+def test_a_raw_send_to_a_cut_connection_is_a_connection_error(fault_proxy):
+    """A write to a connection the network cut is an outage the caller sees (one of conn.OUTAGE, what the
+    supervisor's loop backs off and reconnects on), not a hang and not a silent loss."""
+    from xq._impl import fast
+
+    b = Broker(fault_proxy.url())
+    b.send_packed(fast.pack_command([b"PING"]))
+    assert b.read_reply() == b"PONG"
+    fault_proxy.cut()
+    with pytest.raises(conn.OUTAGE):
+        for _ in range(50):  # a reset reaches the client within a few writes
+            b.send_packed(fast.pack_command([b"SET", b"xq-test:k", b"x" * 1_000_000]))
+            time.sleep(0.02)
+    b.reset()
