@@ -276,10 +276,21 @@ class Runner:
         try:
             delay = _failure_policy(spec, attempt, e)
         except Exception as pe:  # a broken backoff must not lose the task: fail it, saying why
+            _log_failure(spec, attempt, e, "not retried: its retry policy failed")
             return seq, fast.ST_FAILED, b"j", b"", _error_text(e) + f"\n(retry policy failed: {pe!r})".encode()
         if delay is None:
+            _log_failure(spec, attempt, e, "not retried")
             return seq, fast.ST_FAILED, b"j", b"", _error_text(e)
+        _log_failure(spec, attempt, e, f"a retry (if any is left) in {delay:.3g} s")
         return seq, fast.ST_RETRY, b"j", _retry_body(delay, spec.max_retries), _error_text(e)
+
+
+def _log_failure(spec, attempt: int, e: BaseException, then: str) -> None:
+    """One line a failed attempt, as Celery and RQ log them (the traceback is in the task's record)."""
+    ctx = context._current
+    first = str(e).splitlines()[0] if str(e) else ""
+    log.warning("task %s (%s) attempt %d failed, %s: %s%s", ctx.id if ctx else "?", spec.name, attempt, then,
+                type(e).__name__, f": {first[:300]}" if first else "")
 
 
 def _retry_body(delay: float, max_retries: int) -> bytes:
