@@ -360,6 +360,10 @@ def test_xq_run_serves_images_and_kills_bad_ones_without_retry(redis_url, tmp_pa
         for tid, reason in ((bad, "cannot decode the image (68 bytes)"), (ref, "does not exist")):
             st = wait_for(lambda: (s := p.status(tid))["status"] == "dead" and s, 30, what="dead")
             assert st["attempts"] == 1 and "MediaError" in st["error"] and reason in st["error"]
+            # one log line a failed attempt, as Celery and RQ log them
+            wait_for(lambda: f"task {tid} (media.image.thumbnail" in w.output() or f"task {tid} (media.image.resize"
+                     in w.output(), 10, what="the failure's log line")
+        assert f"task {bad} (media.image.thumbnail) attempt 1 failed, not retried: MediaError: " in w.output()
     p.close()
 
 
@@ -415,4 +419,185 @@ def test_redis_cli_example_of_the_protocol_doc_runs(redis_server, redis_url, tmp
     p = xq.Producer(redis_url)
     assert p.result(task_id, timeout=5)["format"] == "WEBP"
     assert opened((tmp_path / "out.webp").read_bytes()).size == (800, 600)
+    p.close()
+
+
+# ---------------------------------------------------------------------------------------------- a new user's trial
+# Each case below failed before it was fixed: a retried encode error, a white 16-bit image, a retried bad
+# destination, partial outputs left by a timeout, a video decompression bomb, a TypeError retried, bad EXIF
+# failing a "keep", one damaged packet failing a whole video, frames left by a failed task, text probed as video.
+def task(name):
+    """The handler xq runs for name (the registered one, wrapped in final_errors)."""
+    return app.tasks[name].resolve()
+
+
+def encoded(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("im, fmt, mode", [
+    (Image.new("CMYK", (40, 30), (0, 255, 0, 0)), "png", "RGB"),
+    (Image.new("CMYK", (40, 30), (0, 255, 0, 0)), "webp", "RGB"),
+    (Image.new("F", (40, 30), 0.5), None, "L"),
+    (Image.new("LA", (40, 30), (90, 128)), "jpeg", "L"),
+    (Image.new("I;16", (40, 30), 300), "png", "I;16"),
+], ids=["cmyk-png", "cmyk-webp", "float-tiff", "grey-alpha-jpeg", "16bit-png"])
+def test_every_input_mode_converts_to_what_the_output_format_writes(im, fmt, mode):
+    src = encoded(im, "TIFF" if im.mode in ("F", "I;16") else "JPEG" if im.mode == "CMYK" else "PNG")
+    line = b'{"format": "%s"}\n' % fmt.encode() if fmt else b""
+    out = opened(images.thumbnail(line + src))
+    assert out.mode == mode or (mode == "I;16" and out.mode in ("I", "I;16"))
+
+
+def test_16_bit_images_are_scaled_to_8_bits_not_clipped_white():
+    im = Image.linear_gradient("L").resize((256, 64)).convert("I").point(lambda v: v * 257).convert("I;16")
+    src = encoded(im, "PNG")
+    for fmt in ("jpeg", "webp"):
+        out = opened(images.convert(b'{"format": "%s"}\n' % fmt.encode() + src)).convert("L")
+        lo, hi = out.getextrema()
+        mean = sum(i * n for i, n in enumerate(out.histogram())) / (out.width * out.height)
+        assert lo < 10 and hi > 245 and 100 < mean < 155, (fmt, lo, hi, mean)  # a gradient, not white
+
+
+def test_encoder_limits_and_payload_types_fail_at_once_with_a_media_error(tmp_path):
+    src = tmp_path / "in.png"
+    src.write_bytes(encoded(Image.new("RGB", (100, 10)), "PNG"))
+    for name, payload, reason in [
+        ("media.image.resize", {"src": {"path": str(src)}, "width": 20000, "height": 100, "mode": "exact",
+                                "format": "webp"}, "WebP images are at most 16383 pixels a side"),
+        ("media.image.thumbnail", {"src": {"path": str(src)}, "format": ["png"]}, "invalid format"),
+        ("media.image.chain", {"src": {"path": str(src)}, "steps": [{"op": ["resize"]}]}, "invalid step"),
+        ("media.image.convert", {"src": {"path": str(src)}, "format": None}, "format option is required"),
+        ("media.video.frames", {"src": {"path": str(src)}, "dest": {"dir": str(tmp_path)}, "every": None},
+         "exactly one of every"),
+        ("media.image.resize", {"src": {"path": str(src)}, "width": 10, "quality": {"a": 1}}, "invalid quality"),
+    ]:
+        with pytest.raises(MediaError, match=reason):
+            task(name)(payload)
+
+
+def test_an_unexpected_error_of_the_payload_is_final_but_a_file_error_is_retried():
+    def broken(payload):
+        return payload["a"]["b"]
+
+    wrapped = __import__("xq.media.common", fromlist=["final_errors"]).final_errors("media.test.broken", broken)
+    with pytest.raises(MediaError, match=r"media.test.broken: TypeError"):
+        wrapped({"a": 3})
+
+    def disk_full(payload):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError) as ei:
+        __import__("xq.media.common", fromlist=["final_errors"]).final_errors("media.test.full", disk_full)({})
+    assert not isinstance(ei.value, MediaError)
+
+
+def test_bad_exif_is_dropped_not_fatal_when_metadata_is_kept():
+    good = jpeg(orientation=6)
+    start = good.index(b"Exif\x00\x00")
+    garbage = good[:start + 6] + b"\x00" * 40 + good[start + 46:]  # the TIFF header of the EXIF block zeroed
+    for data in (garbage,):
+        out = opened(images.thumbnail(b'{"metadata": "keep"}\n' + data))
+        assert out.format == "JPEG"
+
+
+def test_destinations_are_checked_before_the_work_and_name_the_users_path(clip, tmp_path):
+    src = tmp_path / "in.jpg"
+    src.write_bytes(jpeg())
+    (tmp_path / "a-file").write_bytes(b"x")
+    for name, payload, reason in [
+        ("media.image.thumbnail", {"src": {"path": str(src)}, "dest": {"path": str(tmp_path / "no" / "x.jpg")}},
+         "directory '.*/no' does not exist"),
+        ("media.image.thumbnail", {"src": {"path": str(src)}, "dest": {"path": str(tmp_path)}}, "is a directory"),
+        ("media.image.thumbnail", {"src": {"path": str(src)}, "dest": {"path": str(tmp_path / "a-file" / "x")}},
+         "is not a directory"),
+        ("media.video.transcode", {"src": {"path": clip}, "dest": {"path": str(tmp_path / "no" / "x.mp4")}},
+         "does not exist"),
+        ("media.video.transcode", {"src": {"path": clip}, "dest": {"path": str(tmp_path)}}, "is a directory"),
+        ("media.video.frames", {"src": {"path": clip}, "dest": {"dir": str(tmp_path / "a-file")}, "every": 1},
+         "not a directory"),
+    ]:
+        with pytest.raises(MediaError, match=reason):
+            task(name)(payload)
+    assert sorted(os.listdir(tmp_path)) == ["a-file", "in.jpg"]  # nothing created, no partial output
+
+
+def test_a_partial_output_of_a_dead_process_is_swept_by_the_next_write(tmp_path):
+    from xq.media import common
+
+    dest = tmp_path / "out.jpg"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".out.jpg.partial-{common._HOST}-{dead.pid}"
+    stale.write_bytes(b"half")
+    other_host = tmp_path / f".out.jpg.partial-elsewhere-{dead.pid}"
+    other_host.write_bytes(b"theirs")
+    common.write_dest({"path": str(dest)}, b"whole", "image/jpeg")
+    assert dest.read_bytes() == b"whole"
+    assert not stale.exists() and other_host.exists()  # another host's writer may still be at work
+
+
+def test_a_video_declaring_huge_frames_is_refused_before_decoding(tmp_path):
+    gif = tmp_path / "bomb.gif"
+    gif.write_bytes(encoded(Image.new("P", (10000, 10000)), "GIF"))
+    for name, payload in [("media.video.poster", {"src": {"path": str(gif)}}),
+                          ("media.video.frames", {"src": {"path": str(gif)}, "dest": {"dir": str(tmp_path / "f")},
+                                                  "every": 1})]:
+        with pytest.raises(MediaError, match="10000x10000 = 100000000 pixels, over the limit"):
+            task(name)(payload)
+    assert not (tmp_path / "f").exists()
+    assert task("media.video.poster")({"src": {"path": str(gif)}, "max_pixels": 100_000_000})[:2] == b"\xff\xd8"
+
+
+def damaged(clip: str, out: Path) -> str:
+    """clip with the first 8 bytes of one video packet of its middle flipped (its NAL length prefix: the
+    decoder rejects that packet as invalid data)."""
+    with av.open(clip) as c:
+        offs = [p.pos for p in c.demux(c.streams.video[0]) if p.pos is not None and p.size > 64]
+    data = bytearray(open(clip, "rb").read())
+    at = offs[len(offs) // 2]
+    data[at:at + 8] = bytes(255 - b for b in data[at:at + 8])
+    out.write_bytes(bytes(data))
+    return str(out)
+
+
+def test_a_damaged_packet_is_skipped_and_counted_as_ffmpeg_would(clip, tmp_path):
+    bad = damaged(clip, tmp_path / "bad.mp4")
+    res = task("media.video.transcode")({"src": {"path": bad}, "dest": {"path": str(tmp_path / "o.mp4")},
+                                         "audio": False})
+    assert res["damaged_packets"] >= 1 and res["duration"] > 1.5
+    got = task("media.video.frames")({"src": {"path": bad}, "dest": {"dir": str(tmp_path / "f")}, "every": 0.5})
+    assert got["count"] == 4 and got["damaged_packets"] >= 1
+
+
+def test_frames_are_written_all_or_none(clip, tmp_path):
+    out = tmp_path / "f"
+    with pytest.raises(MediaError, match="more than max_frames=3"):
+        task("media.video.frames")({"src": {"path": clip}, "dest": {"dir": str(out)}, "every": 0.2,
+                                    "max_frames": 3})
+    assert os.listdir(out) == []
+    got = task("media.video.frames")({"src": {"path": clip}, "dest": {"dir": str(out)}, "every": 0.5})
+    assert sorted(os.listdir(out)) == [f"frame-0000{i}.jpg" for i in range(1, 5)] and got["count"] == 4
+
+
+def test_probe_refuses_what_is_neither_video_nor_audio(tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("just some text, not a picture\n" * 20)
+    with pytest.raises(MediaError, match="not a video or audio file"):
+        task("media.video.probe")({"src": {"path": str(text)}})
+
+
+def test_a_timeout_removes_the_partial_output_of_its_transcode(redis_url, tmp_path):
+    big = make_video(str(tmp_path / "big.mp4"), seconds=10, size=(640, 480))
+    out = tmp_path / "out"
+    out.mkdir()
+    p = xq.Producer(redis_url)
+    with XQRun(redis_url, app="xq.media:app", procs=1) as w:
+        tid = p.enqueue("media.video.transcode", {"src": {"path": big}, "dest": {"path": str(out / "o.mp4")},
+                                                  "preset": "veryslow"}, timeout=2, max_retries=0)
+        st = wait_for(lambda: (s := p.status(tid))["status"] == "dead" and s, 60, what="the timeout")
+        assert "timeout" in st["error"].lower() or "timed out" in st["reason"], w.output()
+        assert os.listdir(out) == [], "the timed-out transcode left its partial file"
     p.close()

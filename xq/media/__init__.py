@@ -4,7 +4,9 @@ Images (Pillow, extra `images`): media.image.thumbnail, media.image.resize, medi
 media.image.chain.  Video (PyAV, extra `video`): media.video.probe, media.video.frames, media.video.poster,
 media.video.transcode.  Payload and result schemas: docs/protocol.md, "Built-in media processors".
 
-Bad media or bad options raise MediaError (an xq.NonRetryable): the task ends dead at once with the reason.
+Bad media or bad options raise MediaError (an xq.NonRetryable): the task ends dead at once with the reason;
+so does any other error of the payload's or the media's making (final_errors).  A file or disk error
+(OSError) is retried, unless it is one no retry fixes (a missing directory, no permission).
 Sources and destinations given as URLs go through hooks set with set_fetch / set_put in a module of yours
 that imports this app (`from xq.media import app, set_fetch`) and is the one `xq run` loads.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from ..app import App
 from . import images, video
-from .common import MediaError, set_fetch, set_put
+from .common import MediaError, final_errors, set_fetch, set_put
 
 __all__ = ["app", "MediaError", "set_fetch", "set_put", "TASKS"]
 
@@ -30,4 +32,4 @@ TASKS = {
     "media.video.transcode": video.transcode,
 }
 for _name, _fn in TASKS.items():
-    app.register(_fn, name=_name)
+    app.register(final_errors(_name, _fn), name=_name)

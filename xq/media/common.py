@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import os
+import shutil
+import signal
+import socket
+import threading
 from typing import Any, Callable
 
 import orjson
@@ -120,11 +127,16 @@ def read_source(src: Any, what: str) -> bytes:
     if isinstance(src, dict) and "url" in src:
         raise MediaError(f"{what}: invalid src {src!r}: expected {{\"url\": \"...\"}} alone")
     path = source_path(src, what)
-    with open(path, "rb") as f:
-        return f.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise file_error(e, path, what, "read") from None
 
 
 def check_dest(dest: Any, what: str, kinds: tuple = ("path", "url")) -> dict | None:
+    """A checked destination, before any work is done: a {"path"} must be a file name in an existing,
+    writable directory (not a directory itself); a {"url"} needs the put hook."""
     if dest is None:
         return None
     if not (isinstance(dest, dict) and len(dest) == 1 and next(iter(dest)) in kinds
@@ -134,30 +146,112 @@ def check_dest(dest: Any, what: str, kinds: tuple = ("path", "url")) -> dict | N
     if "url" in dest and _hooks["put"] is None:
         raise MediaError(f"{what}: dest is a URL ({dest['url']!r}) but no put hook is set in this worker: "
                          f"call xq.media.set_put(fn) in the module `xq run` loads")
+    if "path" in dest:
+        path = dest["path"]
+        if os.path.isdir(path):
+            raise MediaError(f"{what}: dest {path!r} is a directory; expected a file name")
+        check_dir(os.path.dirname(os.path.abspath(path)), f"{what}: dest {path!r}")
     return dest
+
+
+def check_dir(d: str, what: str) -> None:
+    """MediaError unless d is an existing directory this process may write into."""
+    if not os.path.isdir(d):
+        raise MediaError(f"{what}: directory {d!r} " + ("is not a directory" if os.path.exists(d) else
+                                                         "does not exist"))
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise MediaError(f"{what}: directory {d!r} is not writable by this worker (uid {os.getuid()})")
+
+
+# errno values of a failed write that no retry fixes: the task ends dead naming the path
+_FINAL_ERRNOS = frozenset(getattr(errno, n) for n in (
+    "ENOENT", "ENOTDIR", "EISDIR", "EACCES", "EPERM", "EROFS", "ENAMETOOLONG", "EXDEV", "EINVAL", "ELOOP",
+    "EFBIG") if hasattr(errno, n))
+
+
+def file_error(e: OSError, path: str, what: str, verb: str = "write") -> Exception:
+    """A failed read or write of path as the error to raise: MediaError (final) or an OSError naming path
+    (retried: a full disk, an I/O error, a stale network mount may pass)."""
+    why = e.strerror or str(e)
+    if e.errno in _FINAL_ERRNOS:
+        return MediaError(f"{what}: cannot {verb} {path!r}: {why}")
+    return OSError(e.errno, f"{what}: cannot {verb} {path!r}: {why}")
+
+
+_HOST = socket.gethostname().replace("/", "_")
 
 
 def partial_path(path: str) -> str:
     """Where an output is written before it is renamed to path: the same directory, a name no reader takes
-    for the finished file."""
+    for the finished file, naming this host and process (see sweep_partials)."""
     d, base = os.path.split(os.path.abspath(path))
-    return os.path.join(d, f".{base}.partial-{os.getpid()}")
+    return os.path.join(d, f".{base}.partial-{_HOST}-{os.getpid()}")
 
 
-def write_dest(dest: dict, data: bytes, content_type: str) -> str:
+def sweep_partials(path: str) -> None:
+    """Remove the partial outputs of path left by processes of this host that are gone (a child SIGKILLed
+    past its timeout's grace, a machine that lost power): the next write of the same output cleans up.
+    Partials of other hosts (a shared network directory) are never touched."""
+    d, base = os.path.split(os.path.abspath(path))
+    prefix = f".{base}.partial-{_HOST}-"
+    try:
+        names = [n for n in os.listdir(d) if n.startswith(prefix)]
+    except OSError:
+        return
+    for n in names:
+        pid = n[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            remove_tree_quiet(os.path.join(d, n))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def removed_if_stopped(path: str):
+    """While the body writes path (a partial file or directory): a SIGTERM (the supervisor ending a task past
+    its timeout) removes it before the process ends as SIGTERM's default action would, and any exception
+    (a cancel, bad media, a full disk) removes it too.  SIGKILL leaves it to sweep_partials."""
+    prev = None
+    if threading.current_thread() is threading.main_thread():
+        def on_term(signum, frame):
+            remove_tree_quiet(path)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        prev = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    except BaseException:
+        remove_tree_quiet(path)
+        raise
+    finally:
+        if prev is not None:
+            signal.signal(signal.SIGTERM, prev)
+
+
+def write_dest(dest: dict, data: bytes, content_type: str, what: str = "media") -> str:
     """Write data to a {"path"} (atomically: a partial file renamed) or {"url"} (the put hook); the dest."""
     if "url" in dest:
         _hooks["put"](dest["url"], data, content_type)
         return dest["url"]
     path = dest["path"]
+    sweep_partials(path)
     tmp = partial_path(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        remove_quiet(tmp)
-        raise
+        with removed_if_stopped(tmp):
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+    except OSError as e:
+        raise file_error(e, path, what) from None
     return path
 
 
@@ -166,3 +260,31 @@ def remove_quiet(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def remove_tree_quiet(path: str) -> None:
+    """Remove a file or a directory tree; nothing if it is gone."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def final_errors(name: str, fn: Callable) -> Callable:
+    """Task `name` whose unexpected errors of the payload's or the media's making end it dead: a TypeError,
+    ValueError, KeyError... is the same on every attempt, so it becomes MediaError naming the task and the
+    error.  OSError (a file, a disk, a mount) and MemoryError pass: a retry may succeed."""
+
+    @functools.wraps(fn)
+    def task(payload):
+        try:
+            return fn(payload)
+        except (MediaError, OSError, MemoryError):
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError, LookupError,
+                UnicodeError, AssertionError) as e:
+            raise MediaError(f"{name}: {type(e).__name__}: {e}") from None
+    return task

@@ -13,6 +13,8 @@ from typing import Any
 from .common import (MediaError, check_dest, check_int, check_keys, options, read_source, require,
                      split_bytes_payload, write_dest)
 
+WEBP_MAX_SIDE = 16383  # libwebp's limit
+
 FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "AVIF": "image/avif"}
 _FEATURE = {"JPEG": "jpg", "PNG": "zlib", "WEBP": "webp", "AVIF": "avif"}
 DEFAULT_THUMBNAIL = (256, 256)
@@ -32,7 +34,7 @@ def available_formats() -> list[str]:
 def _format(value, what: str) -> str | None:
     if value is None:
         return None
-    name = value.upper() if isinstance(value, str) else value
+    name = value.upper() if isinstance(value, str) else None
     name = {"JPG": "JPEG"}.get(name, name)
     if name not in FORMATS:
         raise MediaError(f"{what}: invalid format {value!r}: expected one of jpeg, png, webp, avif")
@@ -56,7 +58,7 @@ def parse_steps(steps: Any, what: str) -> list[dict]:
     out = []
     for i, step in enumerate(steps):
         w = f"{what}, step {i}"
-        if not isinstance(step, dict) or step.get("op") not in STEP_KEYS:
+        if not isinstance(step, dict) or not isinstance(step.get("op"), str) or step["op"] not in STEP_KEYS:
             raise MediaError(f"{w}: invalid step {step!r}: expected an object with op "
                              f"{', '.join(STEP_KEYS)}")
         op = step["op"]
@@ -118,12 +120,23 @@ def _target(im, step: dict) -> tuple[int, int]:
 
 
 def process(data: bytes, steps: list[dict], *, fmt: str | None = None, quality: int | None = None,
-            metadata: str = "strip", orient: bool = True, max_pixels: int | None = None) -> tuple[bytes, Any]:
-    """Run steps on the encoded image data; returns (encoded output, the output PIL image).
+            metadata: str = "strip", orient: bool = True, max_pixels: int | None = None) -> tuple:
+    """Run steps on the encoded image data; returns (encoded output, width, height, output format).
 
     fmt: output format (default: the source's when writable, else PNG; a convert step overrides);
-    metadata: "strip" (default) or "keep" (EXIF with orientation reset, ICC profile); max_pixels: the
-    limit on decoded and output pixels (default PIL.Image.MAX_IMAGE_PIXELS)."""
+    metadata: "strip" (default) or "keep" (EXIF with orientation reset, ICC profile; an EXIF block Pillow
+    cannot read is dropped, as is an orientation it cannot apply); max_pixels: the limit on decoded and
+    output pixels (default PIL.Image.MAX_IMAGE_PIXELS).  Decoding, the steps and encoding work on these bytes
+    alone, so whatever fails here fails the same way on every attempt: MediaError."""
+    try:
+        return _process(data, steps, fmt, quality, metadata, orient, max_pixels)
+    except (MediaError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow raises OSError, ValueError, SyntaxError, struct.error...
+        raise MediaError(f"cannot process the image: {type(e).__name__}: {e}") from None
+
+
+def _process(data, steps, fmt, quality, metadata, orient, max_pixels) -> tuple:
     Image = require("PIL.Image", "images")
     ImageOps = require("PIL.ImageOps", "images")
     limit = max_pixels or Image.MAX_IMAGE_PIXELS
@@ -134,12 +147,16 @@ def process(data: bytes, steps: list[dict], *, fmt: str | None = None, quality: 
         side = 2 * max(first["size"])  # decode at reduced scale when it can; sides may swap on orientation
         im.draft("RGB" if im.mode not in ("L", "RGB") else im.mode, (side, side))
     _load(im)
-    exif = im.getexif() if metadata == "keep" else None
+    exif = _exif(im) if metadata == "keep" else None
     icc = im.info.get("icc_profile") if metadata == "keep" else None
     if orient:
-        im = ImageOps.exif_transpose(im)
-        if exif is not None:
-            exif = im.getexif()  # orientation tag removed by the transpose
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception:  # noqa: BLE001 - an orientation tag of the wrong type: the image stays as stored
+            pass
+        else:
+            if exif is not None:
+                exif = _exif(im)  # orientation tag removed by the transpose
     for step in steps:
         op = step["op"]
         if op == "thumbnail":
@@ -157,24 +174,73 @@ def process(data: bytes, steps: list[dict], *, fmt: str | None = None, quality: 
             fmt = step["format"] or fmt
             quality = step["quality"] or quality
     out_fmt = fmt or (src_format if src_format in FORMATS and src_format in available_formats() else "PNG")
+    if out_fmt == "WEBP" and max(im.size) > WEBP_MAX_SIDE:
+        raise MediaError(f"WebP images are at most {WEBP_MAX_SIDE} pixels a side; this one would be "
+                         f"{im.width}x{im.height}")
     for k in _METADATA_KEYS:
         im.info.pop(k, None)
-    if out_fmt == "JPEG" and im.mode not in ("L", "RGB", "CMYK"):
-        im = im.convert("RGB")
-    elif out_fmt in ("WEBP", "AVIF") and im.mode not in ("RGB", "RGBA"):
-        im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+    im = _for_format(im, out_fmt)
     save: dict = {}
     if quality is not None and out_fmt != "PNG":
         save["quality"] = quality
     elif out_fmt == "JPEG":
         save["quality"] = 85
     if exif is not None and len(exif):
-        save["exif"] = exif.tobytes()
+        try:
+            save["exif"] = exif.tobytes()
+        except Exception:  # noqa: BLE001 - a tag Pillow read but cannot write back: dropped, like unreadable EXIF
+            pass
     if icc:
         save["icc_profile"] = icc
     buf = io.BytesIO()
     im.save(buf, out_fmt, **save)
     return buf.getvalue(), im.width, im.height, out_fmt
+
+
+def _exif(im):
+    """im's EXIF, or None where Pillow cannot read it (a broken block is dropped, not kept)."""
+    try:
+        exif = im.getexif()
+        exif.tobytes()  # a tag that cannot be written back shows here, not at save time
+        return exif
+    except Exception:  # noqa: BLE001 - Pillow raises SyntaxError, struct.error, TypeError... on bad EXIF
+        return None
+
+
+# modes each output format writes as they are; any other is converted first (_for_format)
+_WRITES = {"JPEG": ("L", "RGB", "CMYK"), "PNG": ("1", "L", "LA", "I;16", "P", "RGB", "RGBA"),
+           "WEBP": ("RGB", "RGBA"), "AVIF": ("RGB", "RGBA")}
+
+
+def _for_format(im, fmt: str):
+    """im in a mode fmt can write: 16-bit and 32-bit pixels scaled to 8 bits (PNG keeps 16-bit grey),
+    alpha kept where the format has it, everything else (CMYK, YCbCr, LAB, P, 1, ...) as RGB or L."""
+    if im.mode in _WRITES[fmt]:
+        return im
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        if fmt == "PNG" and im.mode != "F":
+            lo, hi = im.getextrema()
+            if lo >= 0 and hi <= 65535:
+                return im.convert("I;16") if im.mode != "I;16" else im
+        return _to_8bit(im)
+    alpha = "A" in im.mode or "a" in im.mode or "transparency" in im.info
+    if fmt == "JPEG":
+        return im.convert("L" if im.mode in ("1", "LA", "La") else "RGB")
+    if fmt == "PNG":
+        return im.convert("RGBA" if alpha else "RGB")
+    return im.convert("RGBA" if alpha else "RGB")
+
+
+def _to_8bit(im):
+    """Grey pixels of 16 or 32 bits (or floats) as 8-bit L: 16-bit values scaled by 1/256 (a dark image stays
+    dark); wider integers and floats spread over 0..255 from their own min and max."""
+    lo, hi = im.getextrema()
+    if im.mode != "F" and 0 <= lo and hi <= 65535:
+        scale, offset = 1 / 256, 0
+    else:
+        scale, offset = (255.0 / (hi - lo) if hi > lo else 0.0), lo
+    f = im if im.mode == "F" else (im if im.mode == "I" else im.convert("I")).convert("F")
+    return f.point(lambda v: (v - offset) * scale).convert("L")
 
 
 def run(task: str, payload: Any, default_steps: list[dict] | None, step_keys: tuple = ()) -> Any:
@@ -217,7 +283,7 @@ def run(task: str, payload: Any, default_steps: list[dict] | None, step_keys: tu
         raise MediaError(f"{task}: {e}") from None
     if dest is None:
         return out
-    written = write_dest(dest, out, FORMATS[out_fmt])
+    written = write_dest(dest, out, FORMATS[out_fmt], task)
     return {"dest": written, "width": width, "height": height, "format": out_fmt, "bytes": len(out)}
 
 
@@ -236,7 +302,7 @@ def convert(payload: Any) -> Any:
     """media.image.convert: re-encode as format (jpeg, png, webp, avif) at quality."""
     opts = payload if isinstance(payload, dict) else split_bytes_payload(payload, "media.image.convert")[0] \
         if isinstance(payload, (bytes, bytearray, memoryview)) else {"format": None}
-    if "format" not in opts:
+    if opts.get("format") is None:
         raise MediaError("media.image.convert: the format option is required (jpeg, png, webp or avif)")
     return run("media.image.convert", payload, [{"op": "convert"}], ())
 
