@@ -44,7 +44,6 @@ LOW_SECONDS = 0.002              # a child with less queued than this is running
 MAX_DEPTH = 1024
 MAX_STEPS = 2                    # round trips in flight at once
 RESULT_DELAY = 0.010             # longest a result waits while its child still has work queued
-RELAXED_SECONDS = 0.030          # every child has this much work queued: Redis' replies wait for that timer too
 HELD_FACTOR = 4                  # a child whose current task has run this many times the average run time
 HELD_MIN = 0.005                 # (at least this, at most BUFFER_SECONDS) gets no more tasks for now
 
@@ -209,13 +208,11 @@ class ClaimPipeline(Component):
         out, armed, wake_at = [], [], math.inf
         low = self._low()
         steps_full = sup.up and len(self.pending) >= MAX_STEPS
-        fed = 0  # children with RELAXED_SECONDS of work queued or more
         for c in sup.pool.children.values():
             if (len(c.unacked) > low or steps_full) and not c.stopping and sup.accepting:
                 # Plenty queued in its ring: its results can wait a few ms and be written in one batch,
                 # instead of waking this process for every task.
                 wake_at = min(wake_at, now + RESULT_DELAY)
-                fed += len(c.unacked) * self.avg >= RELAXED_SECONDS
             elif c.outring.arm():
                 armed.append(c)
                 out.append(c.efds[1])
@@ -224,9 +221,7 @@ class ClaimPipeline(Component):
         self._armed, self._wake_at = armed, wake_at
         for g in self.waiting:
             out.append(self._wait_fds[g])
-        # Every child well fed: the replies due are read when the RESULT_DELAY timer wakes this process anyway,
-        # not each as it arrives (a claim's, then its payloads', then a COMPLETE's: 3 wake-ups where 1 does).
-        if self.pending and sup.up and fed < len(sup.pool.children):
+        if self.pending and sup.up:
             if self.router is not None:
                 out += self.router.fds
             elif self._main_fd >= 0:
