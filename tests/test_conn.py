@@ -363,9 +363,9 @@ def test_reply_ready_never_waits_for_a_reply(redis_url):
 
 
 def test_raw_sends_larger_than_the_socket_takes_at_once_arrive_whole(redis_url, r):
-    """send_packed writes what the socket takes with one write() and hands only the rest to redis-py's
-    sendall: a command far larger than the socket's buffer (so the write is partial) still arrives whole,
-    and the replies of large pipelined commands, read as they come, are all there and in order."""
+    """The supervisor's raw path: a command far larger than the socket's buffer (its writes are partial)
+    arrives whole, and the replies of large pipelined commands, read as they come, are all there and in
+    order."""
     from xq._impl import fast
 
     b = Broker(redis_url)

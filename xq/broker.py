@@ -244,23 +244,8 @@ class Broker:
 
     @io(retry=False)
     def send_packed(self, command: bytes) -> None:
-        """Send one packed command without reading its reply (see read_replies).  A socket with a timeout
-        is non-blocking underneath, and its sendall() polls before every send: one os.write() goes first, and
-        only what the socket would not take at once goes through redis-py's sendall."""
-        conn = self._raw()
-        sock = conn._sock
-        if sock is None or isinstance(sock, ssl.SSLSocket) or not sock.gettimeout():
-            conn.send_packed_command([command], check_health=False)  # not connected yet, TLS, or blocking
-            return
-        try:
-            n = os.write(sock.fileno(), command)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError as e:
-            conn.disconnect()
-            raise redis.ConnectionError(f"Error while writing to {redacted(self.url)}: {e}") from e
-        if n < len(command):
-            conn.send_packed_command([memoryview(command)[n:]], check_health=False)
+        """Send one packed command without reading its reply (see read_replies)."""
+        self._raw().send_packed_command([command], check_health=False)
 
     @io(retry=False)
     def read_replies(self, commands: Sequence[bytes]) -> list:
@@ -292,20 +277,16 @@ class Broker:
             return conn.can_read(timeout=0)  # another parser, TLS, or a blocking fd: redis-py's check
         if reader.has_data():
             return True
-        fd, size, fed = sock.fileno(), len(buf), False
-        while True:  # what has arrived, all of it: a reply left half-read would be finished by a poll() + recv()
-            try:
-                n = os.readv(fd, [buf])
-            except (BlockingIOError, InterruptedError):
-                return fed
-            except OSError as e:
-                raise redis.ConnectionError(f"Error while reading from {redacted(self.url)}: {e}") from e
-            if n == 0:
-                raise redis.ConnectionError(f"Connection closed by server ({redacted(self.url)})")
-            reader.feed(buf, 0, n)
-            fed = True
-            if n < size:
-                return True
+        try:
+            n = os.readv(sock.fileno(), [buf])
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as e:
+            raise redis.ConnectionError(f"Error while reading from {redacted(self.url)}: {e}") from e
+        if n == 0:
+            raise redis.ConnectionError(f"Connection closed by server ({redacted(self.url)})")
+        reader.feed(buf, 0, n)
+        return True
 
     @io(retry=False)
     def read_reply(self):
