@@ -272,3 +272,31 @@ def test_a_max_retries_over_the_limit_in_a_record_counts_as_the_limit(redis_url,
         log = w.output()
     st, reason, _err = final_state(r, "MAXR1")
     assert st == b"dead" and reason == "failed on the last of 1001 attempts", (st, reason, log)
+
+
+def test_a_task_canceled_by_a_foreign_producers_own_hset_is_finished_like_cancel_finishes_it(redis_url, r):
+    """docs/protocol.md lets a producer cancel a task not yet running by setting `state canceled` on its
+    record.  The supervisor that pops it used to drop the id only: the record never expired, was in no
+    index and no event told a waiter.  It now finishes it as the CANCEL script does."""
+    raw_task(r, "HANDCXL1", uk=None)
+    r.hset(QK.task("HANDCXL1"), "state", "canceled")
+    p = xq.Producer(redis_url)
+    events = r.pubsub(ignore_subscribe_messages=True)
+    events.subscribe(QK.events)
+    with XQRun(redis_url, procs=1) as w:
+        after = p.enqueue("echo", "next")  # the claim that pops the canceled id pops this one too
+        assert p.result(after, timeout=20) == "next", w.output()
+        key = QK.task("HANDCXL1")
+        assert r.hget(key, "state") == b"canceled" and r.hget(key, "fin")
+        assert 0 < r.ttl(key) <= 86400
+        assert r.zscore(QK.finished("canceled"), "HANDCXL1") is not None
+        assert p.status("HANDCXL1")["status"] == "canceled"
+        seen = []
+        for _ in range(100):  # bounded: up to 5 s
+            m = events.get_message(timeout=0.05)
+            if m and b"HANDCXL1" in m["data"]:
+                seen.append(m["data"])
+                break
+        events.close()
+        assert seen and b"canceled" in seen[0], "no canceled event was published"
+    p.close()

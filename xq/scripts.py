@@ -635,7 +635,8 @@ local total_weight = 0
 for q = 1, nq do
   local a = 5 + q * 4
   local c = {base = (q - 1) * 14, prefix = ARGV[a], channel = ARGV[a + 1], queue = ARGV[a + 2],
-             weight = tonumber(ARGV[a + 3]), leases = {}, events = {}, first = 1, expired = {}, finals = false}
+             weight = tonumber(ARGV[a + 3]), leases = {}, events = {}, first = 1, expired = {}, canceled = {},
+             finals = false}
   c.listen = listening(c.channel)
   c.ctx = {base = base_of(c.prefix), queue = c.queue, listen = c.listen, events = c.events, ttl = ttl}
   qs[q] = c
@@ -819,6 +820,15 @@ local function claim_one(c, id)
     elseif f[4] ~= 'canceled' then  -- a canceled task's entry is left in its list and dropped here
       notes[#notes + 1] = id
       notes[#notes + 1] = 'state is ' .. tostring(f[4]) .. ', not queued: stale queue entry dropped'
+    elseif redis.call('HEXISTS', key, 'fin') == 0 then
+      -- canceled by a producer's own HSET (docs/protocol.md, "Cancel"): finished here as CANCEL finishes
+      -- a queued task, so it expires, is indexed and its dependents, group and unique key are settled
+      redis.call('HSET', key, 'fin', now, 'error', 'canceled while queued')
+      expire_finished(key, ttl, redis.call('HGET', key, 'rttl'))
+      c.canceled[#c.canceled + 1] = id
+      c.finals = true
+      if c.listen then c.events[#c.events + 1] = event(id, c.queue, 'canceled', now) end
+      settle(c.ctx, id, 'canceled', now)
     end
     return 0
   end
@@ -978,7 +988,7 @@ for q = 1, nq do
   local c = qs[q]
   local base = c.base
   if #c.leases > 0 then push_chunks('ZADD', KEYS[base + 12], c.leases) end
-  if c.finals then retain(c.ctx.base, now, ttl, {expired = c.expired}) end
+  if c.finals then retain(c.ctx.base, now, ttl, {expired = c.expired, canceled = c.canceled}) end
   publish(c.channel, c.events)
   leased = leased + redis.call('ZCARD', KEYS[base + 12])
   -- Work left behind wakes the next idle supervisor; the one that took the marker may have filled up.
