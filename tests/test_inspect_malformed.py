@@ -291,3 +291,15 @@ def test_timed_out_last_attempt_says_so_in_the_reason(redis_url, r):
     assert st["reason"] == "timed out after 0.5 s on the last of 2 attempts", st
     assert [h["outcome"] for h in st["history"]] == ["timeout", "timeout"]
     p.close()
+
+
+def test_dlq_ls_says_a_reason_once_when_the_error_repeats_it(redis_url, r):
+    """An invalid record's reason and error are the same text: the line printed it twice, joined by ': '."""
+    why = "invalid record: field name is missing"
+    put(r, "SAMEWHY1", dead_record(reason=why, error=why))
+    put(r, "OTHERWHY", dead_record())
+    out = cli(redis_url, "dlq", "ls", "default")
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
+    assert lines["SAMEWHY1"].count(why) == 1 and lines["SAMEWHY1"].endswith(why)
+    assert lines["OTHERWHY"].endswith("failed on the last of 1 attempts: RuntimeError: boom")

@@ -547,8 +547,8 @@ def _dead_line(t: dict) -> str:
     died = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dead_at)) \
         if isinstance(dead_at, float) else cut(dead_at or "?", 30)
     err = t["error"].splitlines()[0] if t["error"] and t["error"].strip() else ""
-    line = (f"{cut(t['id'])}  {died}  {cut(t['name'])}  attempts={cut(t['attempts'], 20)}  "
-            f"{cut(t['reason'])}: {cut(err, 100)}")
+    why = cut(t["reason"]) if not err or err == t["reason"] else f"{cut(t['reason'])}: {cut(err, 100)}"
+    line = f"{cut(t['id'])}  {died}  {cut(t['name'])}  attempts={cut(t['attempts'], 20)}  {why}"
     notes = list(t.get("malformed") or [])
     if t.get("truncated"):
         notes.append("truncated: " + ", ".join(f"{k} ({n} bytes)" for k, n in t["truncated"].items()))
