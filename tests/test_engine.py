@@ -131,6 +131,9 @@ def test_handler_error_fails_only_that_task(redis_url, r):
     good = p.enqueue_many("echo", [1, 2, 3])
     with XQRun(redis_url, burst=True) as w:
         assert w.wait(60) == 0
+        # one log line for the failed attempt, as Celery and RQ log them; no guess at whether a retry follows
+        # (the record's max_retries decides, in Redis): here none does
+        assert f"task {bad} (boom) attempt 1 failed: ValueError: boom 7" in w.output(), w.output()
     st = p.status(bad)
     assert st["status"] == "dead" and "ValueError: boom 7" in st["error"] and st["attempts"] == 1
     assert st["reason"] == "failed on the last of 1 attempts"

@@ -281,7 +281,7 @@ class Runner:
         if delay is None:
             _log_failure(spec, attempt, e, "not retried")
             return seq, fast.ST_FAILED, b"j", b"", _error_text(e)
-        _log_failure(spec, attempt, e, f"a retry (if any is left) in {delay:.3g} s")
+        _log_failure(spec, attempt, e, "")  # retried or dead: the record's max_retries decides, in COMPLETE
         return seq, fast.ST_RETRY, b"j", _retry_body(delay, spec.max_retries), _error_text(e)
 
 
@@ -289,8 +289,8 @@ def _log_failure(spec, attempt: int, e: BaseException, then: str) -> None:
     """One line a failed attempt, as Celery and RQ log them (the traceback is in the task's record)."""
     ctx = context._current
     first = str(e).splitlines()[0] if str(e) else ""
-    log.warning("task %s (%s) attempt %d failed, %s: %s%s", ctx.id if ctx else "?", spec.name, attempt, then,
-                type(e).__name__, f": {first[:300]}" if first else "")
+    log.warning("task %s (%s) attempt %d failed%s: %s%s", ctx.id if ctx else "?", spec.name, attempt,
+                f", {then}" if then else "", type(e).__name__, f": {first[:300]}" if first else "")
 
 
 def _retry_body(delay: float, max_retries: int) -> bytes:
