@@ -601,3 +601,14 @@ def test_a_timeout_removes_the_partial_output_of_its_transcode(redis_url, tmp_pa
         assert "timeout" in st["error"].lower() or "timed out" in st["reason"], w.output()
         assert os.listdir(out) == [], "the timed-out transcode left its partial file"
     p.close()
+
+
+def test_errors_of_single_operation_tasks_do_not_speak_of_steps():
+    """Only media.image.chain has steps; the others' errors named a 'step 0' the user never wrote."""
+    for fn, payload in [(images.resize, {"src": {"path": "/x"}, "width": 10, "mode": "fill"}),
+                        (images.thumbnail, b'{"size": "big"}\n' + jpeg())]:
+        with pytest.raises(MediaError) as ei:
+            fn(payload)
+        assert "step" not in str(ei.value), ei.value
+    with pytest.raises(MediaError, match=r"media.image.chain, step 1: invalid size"):
+        images.chain({"src": {"path": "/x"}, "steps": [{"op": "thumbnail"}, {"op": "thumbnail", "size": "big"}]})

@@ -50,20 +50,21 @@ def _size(value, what: str) -> tuple[int, int]:
     return value[0], value[1]
 
 
-def parse_steps(steps: Any, what: str) -> list[dict]:
-    """Checked steps: [{"op": "thumbnail"|"resize"|"convert", ...}], each op's options validated."""
+def parse_steps(steps: Any, what: str, numbered: bool = True) -> list[dict]:
+    """Checked steps: [{"op": "thumbnail"|"resize"|"convert", ...}], each op's options validated; errors name
+    the step ("step 2") when numbered (a chain's steps), else the task alone."""
     if not isinstance(steps, list) or not steps or len(steps) > 32:
         raise MediaError(f"{what}: invalid steps {steps!r}: expected a list of 1..32 steps such as "
                          f'{{"op": "resize", "width": 800}}')
     out = []
     for i, step in enumerate(steps):
-        w = f"{what}, step {i}"
+        w = f"{what}, step {i}" if numbered else what
         if not isinstance(step, dict) or not isinstance(step.get("op"), str) or step["op"] not in STEP_KEYS:
             raise MediaError(f"{w}: invalid step {step!r}: expected an object with op "
                              f"{', '.join(STEP_KEYS)}")
         op = step["op"]
         opts = {k: v for k, v in step.items() if k != "op"}
-        check_keys(opts, STEP_KEYS[op], f"{w} ({op})")
+        check_keys(opts, STEP_KEYS[op], f"{w} ({op})" if numbered else w)
         if op == "thumbnail":
             out.append({"op": op, "size": _size(opts.get("size", list(DEFAULT_THUMBNAIL)), w)})
         elif op == "resize":
@@ -263,7 +264,7 @@ def run(task: str, payload: Any, default_steps: list[dict] | None, step_keys: tu
         steps = parse_steps(opts.get("steps"), task)
     else:
         steps = parse_steps([{"op": default_steps[0]["op"], **{k: opts[k] for k in step_keys if k in opts}}]
-                            if step_keys else default_steps, task)
+                            if step_keys else default_steps, task, numbered=False)
     metadata = opts.get("metadata", "strip")
     if metadata not in ("strip", "keep"):
         raise MediaError(f"{task}: invalid metadata {metadata!r}: expected strip or keep")
