@@ -12,6 +12,33 @@ import click
 import orjson
 
 
+EXIT_REDIS_UNREACHABLE = 6  # as xq run's
+
+
+def _unreachable(url: str) -> int:
+    """0 if the Redis the user named answers; else say why at once (the producer would retry for its retry
+    window, 30 s, before giving up: a long silence for a first try) and return the exit code: 2 for a bad
+    URL, EXIT_REDIS_UNREACHABLE for a Redis that does not answer."""
+    from .conn import make_client, redacted
+    from .errors import ConfigError
+
+    try:
+        client = make_client(url, socket_timeout=3, socket_connect_timeout=3)
+        try:
+            client.ping()
+        finally:
+            client.close()
+        return 0
+    except ConfigError as e:
+        click.echo(f"xq demo: {e}", err=True)
+        return 2
+    except Exception as e:  # noqa: BLE001 - any failure to reach it is reported the same way
+        click.echo(f"xq demo: Redis at {redacted(url)} does not answer ({type(e).__name__}: {e}); start it, or run "
+                   f"xq demo without --redis and $XQ_REDIS_URL: it then uses a local Redis or starts a private "
+                   f"redis-server", err=True)
+    return EXIT_REDIS_UNREACHABLE
+
+
 def run_demo(*, tasks: int, procs: str, url: str | None, data_dir: str | None) -> int:
     try:
         import PIL  # noqa: F401
@@ -25,6 +52,9 @@ def run_demo(*, tasks: int, procs: str, url: str | None, data_dir: str | None) -
     from .producer import TERMINAL, Producer
 
     url, private = resolve_url(url, data_dir=data_dir, log=lambda m: click.echo(f"xq demo: {m}"))
+    code = _unreachable(url) if private is None else 0
+    if code:
+        return code
     try:
         producer = Producer(url)
         queue = "demo"
