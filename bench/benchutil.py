@@ -65,6 +65,21 @@ def xq_run(url: str, *args: str, procs: str = "auto") -> subprocess.Popen:
                              "--procs", procs, "--log-level", "warning", *args, *extra], cwd=BENCH)
 
 
+def thumb_drain(url: str, images: list[bytes], tasks: int, tree: str | None = None) -> subprocess.Popen:
+    """Enqueue `tasks` thumbnails of `images` (bench/benchapp.py `thumb`), start `xq run --procs auto --burst`
+    of the xq at `tree` (a checkout; None: this one), and wait 1.5 s, past its start-up: its Popen."""
+    import xq
+
+    env = dict(os.environ)
+    if tree:
+        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(tree), env.get("PYTHONPATH", "")])
+    xq.Producer(url).enqueue_many("thumb", [images[i % len(images)] for i in range(tasks)])
+    sup = subprocess.Popen([sys.executable, "-m", "xq.cli", "run", "benchapp:app", "--redis", url, "--procs", "auto",
+                            "--log-level", "error", "--burst"], cwd=BENCH, env=env)
+    time.sleep(1.5)
+    return sup
+
+
 def drain_window(r, queue: str, ids) -> tuple[float, float]:
     """(first claim, last finish) in seconds, from the task records (Redis TIME and child clocks)."""
     from xq.keys import queue_keys

@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 
 import psutil
@@ -30,22 +29,14 @@ import redis
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
 
-from benchutil import flush, private_redis  # noqa: E402
+from benchutil import flush, private_redis, thumb_drain  # noqa: E402
 
 
 def one_run(tree: str | None, tasks: int, images: list[bytes]) -> dict[str, float]:
-    import xq
-
-    env = dict(os.environ)
-    if tree:
-        env["PYTHONPATH"] = os.pathsep.join([tree, env.get("PYTHONPATH", "")])
     with private_redis() as (url, redis_pid), tempfile.TemporaryDirectory() as tmp:
         r = redis.Redis.from_url(url)
         flush(r)
-        xq.Producer(url).enqueue_many("thumb", [images[i % len(images)] for i in range(tasks)])
-        sup = subprocess.Popen([sys.executable, "-m", "xq.cli", "run", "benchapp:app", "--redis", url, "--procs",
-                                "auto", "--log-level", "error", "--burst"], cwd=BENCH, env=env)
-        time.sleep(1.5)  # past its start-up
+        sup = thumb_drain(url, images, tasks, tree)
         kids = {c.pid for c in psutil.Process(sup.pid).children()}
         data = os.path.join(tmp, "perf.data")
         perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "1000", "-a", "-o", data],

@@ -19,31 +19,23 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 
 import redis
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
 
-from benchutil import flush, private_redis  # noqa: E402
+from benchutil import flush, private_redis, thumb_drain  # noqa: E402
 
 
 def one_run(tree: str | None, tasks: int, images: list[bytes]) -> tuple[float, float]:
-    import xq
     from xq.keys import queue_keys
 
-    env = dict(os.environ)
-    if tree:
-        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(tree), env.get("PYTHONPATH", "")])
     done = queue_keys("default").finished("done")
     with private_redis() as (url, _):
         r = redis.Redis.from_url(url)
         flush(r)
-        xq.Producer(url).enqueue_many("thumb", [images[i % len(images)] for i in range(tasks)])
-        sup = subprocess.Popen([sys.executable, "-m", "xq.cli", "run", "benchapp:app", "--redis", url, "--procs",
-                                "auto", "--log-level", "error", "--burst"], cwd=BENCH, env=env)
-        time.sleep(1.5)  # past its start-up
+        sup = thumb_drain(url, images, tasks, tree)
         first = r.zcard(done)
         perf = subprocess.Popen(["perf", "stat", "-i", "-x,", "-e", "task-clock,syscalls:sys_enter_poll", "-p",
                                  str(sup.pid)], stderr=subprocess.PIPE, text=True)
