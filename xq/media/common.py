@@ -219,22 +219,24 @@ def removed_if_stopped(path: str):
     """While the body writes path (a partial file or directory): a SIGTERM (the supervisor ending a task past
     its timeout) removes it before the process ends as SIGTERM's default action would, and any exception
     (a cancel, bad media, a full disk) removes it too.  SIGKILL leaves it to sweep_partials."""
-    prev = None
+    installed, prev = False, None
     if threading.current_thread() is threading.main_thread():
         def on_term(signum, frame):
             remove_tree_quiet(path)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 
-        prev = signal.signal(signal.SIGTERM, on_term)
+        prev = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, on_term)
+        installed = True
     try:
         yield
     except BaseException:
         remove_tree_quiet(path)
         raise
     finally:
-        if prev is not None:
-            signal.signal(signal.SIGTERM, prev)
+        if installed:
+            signal.signal(signal.SIGTERM, prev if prev is not None else signal.SIG_DFL)
 
 
 def write_dest(dest: dict, data: bytes, content_type: str, what: str = "media") -> str:
@@ -253,13 +255,6 @@ def write_dest(dest: dict, data: bytes, content_type: str, what: str = "media") 
     except OSError as e:
         raise file_error(e, path, what) from None
     return path
-
-
-def remove_quiet(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def remove_tree_quiet(path: str) -> None:
