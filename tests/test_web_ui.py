@@ -173,9 +173,38 @@ def test_a_task_page_shows_its_progress_bar_move(web, page, redis_url, r, shots,
         expect(page.locator("#workers a")).to_have_text("steps")
         page.screenshot(path=os.path.join(shots, "workers.png"), full_page=True)
         page.goto(f"{web}/tasks/{tid}")
+        expect(page.locator("#live-outcome")).to_contain_text("none yet")
         r.set("test:go:2", 1)
         expect(page.locator("#progress")).to_have_attribute("value", "100")
         wait_until(lambda: p.status(tid)["status"] == "done", 10, what="the task to finish")
+        # it ended while the page was open: its result shows without a reload (it used to say "none yet")
+        expect(page.locator("#status")).to_have_text("done")
+        expect(page.locator("#live-outcome pre")).to_have_text('"ok"')
+
+
+def test_a_task_page_without_progress_shows_no_bar_and_says_why_a_result_is_missing(web, page, redis_url, shots):
+    """A task that never reports progress showed an empty bar at 0% (finished or dead, it looked stuck), and a
+    dead task's result said "none yet" as if one were coming; the overview showed a latency of 0s for a queue
+    with nothing ready (the API says null).  No page logs a console error (the favicon request was a 404)."""
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    with xq.Producer(redis_url) as p:
+        ok = p.enqueue("ok", {"v": 1}, queue="plain")
+        bad = p.enqueue("boom", {}, queue="plain")
+        XQRun(redis_url, app=APP, procs=1, queues="plain", burst=True).wait(30)
+        login(page, web, path=f"/tasks/{ok}")
+        expect(page.locator("#status")).to_have_text("done")
+        expect(page.locator("#progress-box")).to_be_hidden()
+        expect(page.locator("#live-outcome pre")).to_contain_text('"v": 1')
+        page.goto(f"{web}/tasks/{bad}")
+        expect(page.locator("#status")).to_have_text("dead")
+        expect(page.locator("#progress-box")).to_be_hidden()
+        expect(page.locator("#live-outcome")).to_contain_text("none: the task failed")
+        expect(page.locator("#live-outcome pre.err")).to_contain_text("ValueError: boom")
+        page.screenshot(path=os.path.join(shots, "task-dead.png"), full_page=True)
+        page.goto(web + "/")
+        expect(page.locator("tr[data-queue=plain] td.latency")).to_have_text("-")
+    assert errors == [], errors
 
 
 def test_the_queue_page_charts_done_and_failed_per_minute_and_updates_live(web, page, redis_url, shots):

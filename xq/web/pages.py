@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import ConfigError, UnknownTask
 from ..inspect import FINISHED, LISTED
-from ..producer import EVENT_STATES
+from ..producer import EVENT_STATES, TERMINAL
 from . import api, auth
 from .session import COOKIE, TTL
 
@@ -82,7 +82,7 @@ def layout(title: str, body: str, session: dict | None) -> HTMLResponse:
     return HTMLResponse(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<title>{e(title)} · xq</title><link rel="stylesheet" href="/static/app.css"></head>'
+        f'<title>{e(title)} · xq</title><link rel="icon" href="data:,"><link rel="stylesheet" href="/static/app.css"></head>'
         f'<body>{nav}<main><h1>{e(title)}</h1>{body}</main><script src="/static/app.js"></script></body></html>')
 
 
@@ -254,7 +254,7 @@ def queue_rows(queues: list[dict], hist: dict) -> str:
             f'<td class="n ready">{e(q.get("ready"))}</td><td class="n running">{e(q.get("running"))}</td>'
             f'<td class="n scheduled">{e(q.get("scheduled"))}</td><td class="n dead">'
             f'<a href="/queues/{quote(n)}/dead">{e(q.get("dead"))}</a></td>'
-            f'<td class="n">{e(round(q.get("latency") or 0, 1))}s</td>'
+            f'<td class="n latency">{e(latency(q.get("latency")))}</td>'
             f'<td class="paused">{"paused" if q.get("paused") else ""}</td>'
             f'<td class="n done1h">{e(q.get("done_1h"))}</td><td>{sparkline(hist.get(n, []))}</td></tr>')
     return ("<table id=queues><thead><tr><th>Queue</th><th>Ready</th><th>Running</th><th>Sched.</th>"
@@ -390,25 +390,42 @@ async def task_view(state, tid: str, queue: str | None) -> dict:
     return await api.task_view(state, tid, queue)  # a big payload or result is not read
 
 
+def latency(seconds) -> str:
+    """A queue's latency cell: "-" when nothing is ready (the API's null), not 0s."""
+    return "-" if seconds is None else f"{round(seconds, 1)}s"
+
+
 def progress_bar(view: dict) -> str:
+    """The task's progress bar; hidden until the task reports progress (app.js shows it at the first report),
+    so a task that never reports does not look stuck at 0%."""
     p = view.get("progress")
     pct = p.get("pct") if isinstance(p, dict) else p
+    hidden = "" if pct is not None else " hidden"
     pct = float(pct or 0)
     msg = p.get("msg") if isinstance(p, dict) else None
-    return (f'<progress id="progress" max="100" value="{pct:g}">{pct:g}%</progress> '
-            f'<span id="progress-pct">{pct:g}%</span> <span id="progress-msg">{e(msg)}</span>')
+    return (f'<span id="progress-box"{hidden}><progress id="progress" max="100" value="{pct:g}">{pct:g}%</progress> '
+            f'<span id="progress-pct">{pct:g}%</span> <span id="progress-msg">{e(msg)}</span></span>')
 
 
 def preview(view: dict, field: str) -> str:
     """The payload or result of api.task_view: JSON pretty-printed, else its size and a download link."""
     info = view[field + "_info"]
     if info is None:
-        return "<i>none yet</i>"
+        status = view.get("status")
+        return ("<i>none yet</i>" if status not in TERMINAL else
+                "<i>none: the task failed</i>" if status == "dead" else f"<i>none: the task was {e(status)}</i>")
     if info["inline"]:
         return f"<pre>{e(orjson.dumps(view[field], option=orjson.OPT_INDENT_2).decode())}</pre>"
     what = "raw bytes" if info["type"] == "bytes" else "JSON, too large to preview"
     href = info["href"].removeprefix("/api")  # the dashboard's route: same download, the session cookie
     return f'<p>{info["size"]} bytes ({what}) · <a id="{field}-download" href="{e(href)}" download>download</a></p>'
+
+
+def outcome(view: dict) -> str:
+    """The Result and Error sections of a task page: refreshed live, so a task that ends while the page is
+    open shows its result (or error) without a reload."""
+    return (f'<h2>Result</h2>{preview(view, "result")}'
+            + (f'<h2>Error</h2><pre class=err>{e(view.get("error"))}</pre>' if view.get("error") else ""))
 
 
 def timeline(view: dict) -> str:
@@ -441,9 +458,8 @@ async def task_page(state, request, s):
                    f'<div id="live-status">{status_line(view)}</div><div id="live-progress">{progress_bar(view)}</div>')
             + f'</div>{malformed}'
             f'<h2>Payload</h2>{preview(view, "payload")}'
-            f'<h2>Result</h2>{preview(view, "result")}'
-            + (f'<h2>Error</h2><pre class=err>{e(view.get("error"))}</pre>' if view.get("error") else "")
-            + f'<h2>Attempts</h2><div id="live-attempts">{timeline(view)}</div>')
+            f'<div id="live-outcome">{outcome(view)}</div>'
+            f'<h2>Attempts</h2><div id="live-attempts">{timeline(view)}</div>')
     return layout(f"Task {tid}", body, s)
 
 
@@ -473,7 +489,7 @@ async def live_task(state, request, s):
     tid = request.path_params["task_id"]
     view = await task_view(state, tid, request.query_params.get("queue") or None)
     return live_json({"live-status": status_line(view), "live-progress": progress_bar(view),
-                      "live-attempts": timeline(view)}, task_events(tid, view["queue"]))
+                      "live-outcome": outcome(view), "live-attempts": timeline(view)}, task_events(tid, view["queue"]))
 
 
 def task_events(tid: str, queue: str) -> str:

@@ -51,6 +51,7 @@
   function apply(ev) {
     if (ev.state === "progress") {
       const pct = Number(ev.progress) || 0;
+      document.getElementById("progress-box")?.removeAttribute("hidden");  // the first report shows the bar
       document.getElementById("progress")?.setAttribute("value", String(pct));
       text("progress-pct", pct + "%");
       text("progress-msg", ev.message ?? "");
