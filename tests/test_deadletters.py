@@ -357,7 +357,7 @@ def test_cli_dlq(redis_url, r):
     # replay by id (one id not dead)
     out = cli(redis_url, "dlq", "replay", "default", a, "NO-SUCH-ID")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "replayed 1 task(s) into default; 1 id(s) were not in the dead-letter set"
+    assert out.stdout.strip() == "replayed 1 task(s) into default; 1 id(s) were not in the dead-letter set: NO-SUCH-ID"
     assert p.status(a)["status"] == "queued" and p.dead_count("default") == 3
 
     # replay into another queue at a new priority

@@ -73,9 +73,9 @@ def test_dead_letters_list_replay_purge_and_flush(redis_url, r):
             resp = await c.post("/api/queues/default/dead/replay", headers=AS_ADMIN,
                                 json={"ids": ids[:2], "priority": "high", "to_queue": "other"})
             assert resp.status_code == 200, resp.text
-            assert resp.json() == {"queue": "other", "replayed": ids[:2], "count": 2}
-            resp = await c.post("/api/queues/default/dead/replay", headers=AS_ADMIN, json={"ids": [ids[2]]})
-            assert resp.json()["replayed"] == [ids[2]]
+            assert resp.json() == {"queue": "other", "replayed": ids[:2], "count": 2, "skipped": []}
+            resp = await c.post("/api/queues/default/dead/replay", headers=AS_ADMIN, json={"ids": [ids[2], "NOPE"]})
+            assert resp.json()["replayed"] == [ids[2]] and resp.json()["skipped"] == ["NOPE"]  # named, not silent
             error_of(await c.post("/api/queues/default/dead/replay", headers=AS_ADMIN, json={"priority": 42}),
                      422, "invalid", "priority")
             error_of(await c.post("/api/queues/default/dead/replay", headers=AS_ADMIN, json={"ids": "x"}),

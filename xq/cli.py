@@ -582,9 +582,13 @@ def dlq_replay(queue, task_ids, priority, to_queue, progress, url) -> None:
     prio = None if priority is None else (int(priority) if priority.isdigit() else priority)
     with _producer(url) as p, _Progress("replayed", progress) as bar:
         done = p.replay(queue, list(task_ids) or None, priority=prio, to_queue=to_queue, progress=bar)
-    skipped = len(task_ids) - len(done) if task_ids else 0
+    replayed = set(done)
+    skipped = [t for t in dict.fromkeys(task_ids) if t not in replayed]
+    # ids given that were not replayed are named (a replay is idempotent: run again, the ids replayed the
+    # first time are among them, which is not an error)
+    shown = ", ".join(skipped[:20]) + (f" and {len(skipped) - 20} more" if len(skipped) > 20 else "")
     click.echo(f"replayed {len(done)} task(s) into {to_queue or queue}"
-               + (f"; {skipped} id(s) were not in the dead-letter set" if skipped else ""))
+               + (f"; {len(skipped)} id(s) were not in the dead-letter set: {shown}" if skipped else ""))
 
 
 @dlq.command("purge")

@@ -484,12 +484,16 @@ async def replay_dead(state, request):
     q = request.path_params["queue"]
     body = _body_fields(await read_json(request), {"ids": ("array",), "priority": ("integer", "string"),
                                                   "to_queue": ("string",)})
+    ids = _ids(body)
     try:
-        done = await in_thread(state, state.sync.replay, q, _ids(body), priority=body.get("priority"),
+        done = await in_thread(state, state.sync.replay, q, ids, priority=body.get("priority"),
                                to_queue=body.get("to_queue"))
     except ConfigError as e:
         raise ApiError(422, "invalid", str(e), _field_of(e, ["priority", "to_queue", "queue"])) from None
-    return json_response({"queue": body.get("to_queue", q), "replayed": done, "count": len(done)})
+    replayed = set(done)
+    skipped = [i for i in dict.fromkeys(ids or []) if i not in replayed]
+    return json_response({"queue": body.get("to_queue", q), "replayed": done, "count": len(done),
+                          "skipped": skipped})
 
 
 @endpoint("admin")

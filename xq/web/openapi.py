@@ -188,8 +188,9 @@ DOCUMENT["paths"].update({
     "/api/queues/{queue}/dead/replay": {"post": _op(
         "put dead letters back to work: all or those ids, optionally at a priority and into another queue",
         _json({"type": "object", "properties": {"queue": {"type": "string"}, "count": {"type": "integer"},
-                                                "replayed": {"type": "array", "items": {"type": "string"}}}},
-              "the ids replayed (ids not dead are skipped)"), 400, *ADMIN_ERRORS, 413, params=[QUEUE], admin=True,
+                                                "replayed": {"type": "array", "items": {"type": "string"}},
+                                                "skipped": {"type": "array", "items": {"type": "string"}}}},
+              "the ids replayed; skipped: the ids given that were not dead letters of the queue"), 400, *ADMIN_ERRORS, 413, params=[QUEUE], admin=True,
         body={"type": "object", "additionalProperties": False, "properties": {
             "ids": IDS, "priority": PRIORITY, "to_queue": {"type": "string"}}})},
     "/api/queues/{queue}/dead/purge": {"post": _op(
