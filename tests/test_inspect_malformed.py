@@ -303,3 +303,26 @@ def test_dlq_ls_says_a_reason_once_when_the_error_repeats_it(redis_url, r):
     lines = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
     assert lines["SAMEWHY1"].count(why) == 1 and lines["SAMEWHY1"].endswith(why)
     assert lines["OTHERWHY"].endswith("failed on the last of 1 attempts: RuntimeError: boom")
+
+
+def test_xq_status_shows_the_payload_and_result_or_their_type_and_size(redis_url, r):
+    """`xq status` printed the record without its payload or result, not even their size: a JSON result
+    (a probe's, say) could not be seen from the command line at all.  Now the JSON itself up to 4 KiB, and
+    for raw bytes or a larger JSON their type and size."""
+    with xq.Producer(redis_url) as p:
+        small = p.enqueue("echo", {"a": 1})
+        raw = p.enqueue("reverse", b"\x00\x01" * 3000)
+        big = p.enqueue("echo", {"blob": "x" * 10_000})
+        XQRun(redis_url, burst=True).wait(60)
+    for tid, payload, result, info in [
+        (small, {"a": 1}, {"a": 1}, ("json", 7, "json", 7)),
+        (raw, None, None, ("bytes", 6000, "bytes", 6000)),
+        (big, None, None, ("json", 10_011, "json", 10_011)),
+    ]:
+        out = cli(redis_url, "status", tid)
+        assert out.returncode == 0, out.stderr
+        st = orjson.loads(out.stdout)
+        assert st["status"] == "done" and st["payload"] == payload and st["result"] == result, st
+        got = (st["payload_info"]["type"], st["payload_info"]["size"], st["result_info"]["type"],
+               st["result_info"]["size"])
+        assert got == info, (tid, got)

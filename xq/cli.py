@@ -42,6 +42,7 @@ EXIT_USAGE = 2
 EXIT_REDIS_REFUSED = 5
 EXIT_REDIS_UNREACHABLE = 6
 EXIT_REDIS_UNSAFE = 7
+STATUS_PREVIEW = 4096       # bytes of a JSON payload or result `xq status` prints in full
 SOCKET_TIMEOUT = 30.0      # seconds: the supervisor's Redis socket timeout (Broker's default)
 MIN_SOCKET_TIMEOUT = 5.0   # ... and the least --connect-timeout brings it down to
 
@@ -908,9 +909,16 @@ def tasks(queue_name, state, name, offset, limit, as_json, url) -> None:
 @click.option("--queue", default=None)
 @click.option("--redis", "url", default=None, help="Redis URL")
 def status(task_id, queue, url) -> None:
-    """Print a task's record as JSON."""
+    """Print a task's record as JSON, with its payload and result: the JSON itself up to 4 KiB, else (and for
+    raw bytes) their type and size in payload_info / result_info (`xq web` downloads them whole)."""
     with _producer(url) as p:
-        click.echo(_dump(p.status(task_id, queue=queue)))
+        st = p.status(task_id, queue=queue)
+    with _inspector(url) as insp:
+        view = insp.task(st["queue"], task_id, preview=STATUS_PREVIEW)
+    if view is not None:
+        for k in ("payload", "payload_info", "result", "result_info"):
+            st[k] = view[k]
+    click.echo(_dump(st))
 
 
 @main.command()
