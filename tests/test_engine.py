@@ -98,8 +98,11 @@ def test_status_moves_queued_running_done(redis_url, r):
         st = p.status(tid)
         assert st["status"] == "running" and st["attempts"] == 1
         assert st["worker"] and st["claimed_at"] >= st["enqueued_at"] and st["finished_at"] is None
+        # a running task has a start time (it was null until the outcome: the claim's time stands for it)
+        assert st["started_at"] == st["claimed_at"] == st["history"][-1]["started_at"]
         assert p.result(tid, timeout=20) == {"s": 1.0}
-        assert p.status(tid)["status"] == "done"
+        done = p.status(tid)
+        assert done["status"] == "done" and done["claimed_at"] <= done["started_at"] <= done["finished_at"]
     assert w.proc.returncode == 0
 
 

@@ -187,7 +187,9 @@ def task_view(task_id: bytes | str, queue: str, raw: dict, truncated: dict | Non
         "priority": f.int("pri", DEFAULT_PRIORITY, lo=0, hi=PRIORITIES - 1),
         "enqueued_at": enq if enq is not None else (id_time(tid) if id_time else None),
         "claimed_at": f.ms("claimed"),
-        "started_at": f.ms("started"),
+        # the handler's start is written with the outcome; while it runs, the claim's time stands for it (as
+        # in its history), at most a ring's worth of queued work (~100 ms) early
+        "started_at": f.ms("started") if state != "running" or f.get("started") else f.ms("claimed"),
         "finished_at": f.ms("fin"),
         "worker": f.text("worker"),
         # a done task's record may still hold an earlier attempt's error (it is in the history)
