@@ -175,3 +175,29 @@ def test_inspector_task_leaves_out_a_payload_over_the_preview(redis_url, r):
         v = insp.task("i", big)
         assert v["payload"] is None and not v["payload_info"]["inline"]
         assert any(m.startswith("payload: not JSON") for m in v["malformed"])
+
+
+def test_image_and_video_bytes_download_with_their_own_type_and_extension(redis_url):
+    """A thumbnail's result downloaded as application/octet-stream named <id>.result: a browser could not
+    show it.  Bytes whose first bytes show a format the media processors use come with its type and
+    extension; anything else stays application/octet-stream."""
+    import io
+
+    from PIL import Image
+
+    from xq.web.api import sniff
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(jpeg, "JPEG")
+    with web(redis_url) as c, XQRun(redis_url, procs=1, queues="img"):
+        tid = submit_bytes(c, jpeg.getvalue(), "name=echo&queue=img").json()["id"]
+        done(c, tid)
+        got = c.get(f"/api/tasks/{tid}/result", headers=AS_READ)
+        assert got.content == jpeg.getvalue() and got.headers["content-type"] == "image/jpeg"
+        assert got.headers["content-disposition"] == f'attachment; filename="{tid}.result.jpg"'
+    assert sniff(b"\x89PNG\r\n\x1a\n....") == ("image/png", ".png")
+    assert sniff(b"RIFF\x10\x00\x00\x00WEBPVP8 ") == ("image/webp", ".webp")
+    assert sniff(b"\x00\x00\x00\x1cftypavif") == ("image/avif", ".avif")
+    assert sniff(b"\x00\x00\x00\x20ftypisom") == ("video/mp4", ".mp4")
+    assert sniff(b"GIF89a\x01\x00") == ("image/gif", ".gif")
+    assert sniff(b"\xff\xfe") == sniff(b"") == ("application/octet-stream", "")

@@ -311,8 +311,8 @@ NOT_READY = ("queued", "scheduled", "retrying", "running", "waiting")
 
 
 async def download(state, tid: str, queue: str | None, field: str) -> Response:
-    """The task's payload or result whole: raw bytes as an application/octet-stream attachment
-    "<id>.<field>", JSON as application/json.  A result: 409 not_ready while the task is unfinished, 404
+    """The task's payload or result whole: raw bytes as an attachment "<id>.<field>[.jpg|.png|...]" of the
+    content type their first bytes show (sniff), else application/octet-stream; JSON as application/json.  A result: 409 not_ready while the task is unfinished, 404
     no_result once it has failed (dead, expired, canceled)."""
     q = await state.producer._find(tid, queue)
     st, data, ct = (await state.producer.broker.records(queue_keys(q), [tid], "state", field,
@@ -325,10 +325,33 @@ async def download(state, tid: str, queue: str | None, field: str) -> Response:
             raise ApiError(409, "not_ready", f"task {tid} is {state_}: it has no result yet")
         raise ApiError(404, "no_result", f"task {tid} is {state_}: it has no result")
     if ct == b"b":
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", tid) + "." + field
-        return Response(data or b"", media_type="application/octet-stream",
+        media, ext = sniff(data or b"")
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", tid) + "." + field + ext
+        return Response(data or b"", media_type=media,
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
     return Response(data or b"null", media_type="application/json")
+
+
+# (magic bytes at the start, or at offset 8 for ISO media, content type, file extension): the formats the
+# media processors read and write; anything else is application/octet-stream
+_MAGIC = ((b"\xff\xd8\xff", "image/jpeg", ".jpg"), (b"\x89PNG\r\n\x1a\n", "image/png", ".png"),
+          (b"GIF87a", "image/gif", ".gif"), (b"GIF89a", "image/gif", ".gif"))
+
+
+def sniff(data: bytes) -> tuple[str, str]:
+    """The content type and extension of raw bytes whose format their first bytes show (JPEG, PNG, GIF, WebP,
+    AVIF, MP4), else application/octet-stream and no extension."""
+    for magic, media, ext in _MAGIC:
+        if data.startswith(magic):
+            return media, ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp", ".webp"
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in (b"avif", b"avis"):
+            return "image/avif", ".avif"
+        return "video/mp4", ".mp4"
+    return "application/octet-stream", ""
 
 
 @endpoint("read")
