@@ -912,13 +912,10 @@ def status(task_id, queue, url) -> None:
     """Print a task's record as JSON, with its payload and result: the JSON itself up to 4 KiB, else (and for
     raw bytes) their type and size in payload_info / result_info (`xq web` downloads them whole)."""
     with _producer(url) as p:
-        st = p.status(task_id, queue=queue)
+        st = p.status(task_id, queue=queue)  # finds the queue, or says the task is unknown
     with _inspector(url) as insp:
-        view = insp.task(st["queue"], task_id, preview=STATUS_PREVIEW)
-    if view is not None:
-        for k in ("payload", "payload_info", "result", "result_info"):
-            st[k] = view[k]
-    click.echo(_dump(st))
+        view = insp.task(st["queue"], task_id, preview=STATUS_PREVIEW)  # the same view, with those fields
+    click.echo(_dump(view if view is not None else st))
 
 
 @main.command()

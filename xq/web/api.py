@@ -312,8 +312,9 @@ NOT_READY = ("queued", "scheduled", "retrying", "running", "waiting")
 
 async def download(state, tid: str, queue: str | None, field: str) -> Response:
     """The task's payload or result whole: raw bytes as an attachment "<id>.<field>[.jpg|.png|...]" of the
-    content type their first bytes show (sniff), else application/octet-stream; JSON as application/json.  A result: 409 not_ready while the task is unfinished, 404
-    no_result once it has failed (dead, expired, canceled)."""
+    content type their first bytes show (sniff), else application/octet-stream; JSON as application/json.
+    A result: 409 not_ready while the task is unfinished, 404 no_result once it has failed (dead, expired,
+    canceled)."""
     q = await state.producer._find(tid, queue)
     st, data, ct = (await state.producer.broker.records(queue_keys(q), [tid], "state", field,
                                                         "ct" if field == "payload" else "rct"))[0]

@@ -190,7 +190,8 @@ DOCUMENT["paths"].update({
         _json({"type": "object", "properties": {"queue": {"type": "string"}, "count": {"type": "integer"},
                                                 "replayed": {"type": "array", "items": {"type": "string"}},
                                                 "skipped": {"type": "array", "items": {"type": "string"}}}},
-              "the ids replayed; skipped: the ids given that were not dead letters of the queue"), 400, *ADMIN_ERRORS, 413, params=[QUEUE], admin=True,
+              "the ids replayed; skipped: the ids given that were not dead letters of the queue"),
+        400, *ADMIN_ERRORS, 413, params=[QUEUE], admin=True,
         body={"type": "object", "additionalProperties": False, "properties": {
             "ids": IDS, "priority": PRIORITY, "to_queue": {"type": "string"}}})},
     "/api/queues/{queue}/dead/purge": {"post": _op(

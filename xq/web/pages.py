@@ -82,7 +82,8 @@ def layout(title: str, body: str, session: dict | None) -> HTMLResponse:
     return HTMLResponse(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<title>{e(title)} · xq</title><link rel="icon" href="data:,"><link rel="stylesheet" href="/static/app.css"></head>'
+        f'<title>{e(title)} · xq</title><link rel="icon" href="data:,">'  # no favicon request (a 404 each page)
+        f'<link rel="stylesheet" href="/static/app.css"></head>'
         f'<body>{nav}<main><h1>{e(title)}</h1>{body}</main><script src="/static/app.js"></script></body></html>')
 
 
