@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,14 @@ def _free_subnet() -> int:
         if not ip("-4", "route", "show", "root", f"10.77.{x}.0/24").stdout.strip():
             return x
     raise RuntimeError("no free 10.77.X.0/24 subnet in the root namespace")
+
+
+def _duration(text: str) -> float:
+    """Seconds of an `ss` timer such as 340ms, 3.2sec, 1min4sec."""
+    total = 0.0
+    for n, unit in re.findall(r"([\d.]+)(ms|sec|min)", text):
+        total += float(n) * {"ms": 0.001, "sec": 1.0, "min": 60.0}[unit]
+    return total
 
 
 class Hosts:
@@ -178,6 +187,21 @@ class Hosts:
         """Undo cut(host): packets flow again; TCP's retransmissions deliver what was sent meanwhile."""
         for ns, dev in self._ends(host):
             ip("netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root")
+
+    def retransmits(self, host: str) -> list[float]:
+        """Seconds until the next retransmission of every established TCP connection between host and Redis
+        that has unacknowledged data (both ends: `ss -tnoi`'s `timer:(on,...)`), e.g. while it is cut."""
+        addr = f"10.77.{self.subnet}.{10 + self.hosts.index(host)}"
+        out = []
+        for ns in (self.ns[host], self.redis_ns):
+            p = subprocess.run(["ip", "netns", "exec", ns, "ss", "-tnoH", "state", "established"],
+                               capture_output=True, text=True, timeout=10, check=True)
+            for line in p.stdout.splitlines():
+                if f"{addr}:" in line and f"{self.addr}:{self.port}" in line:
+                    m = re.search(r"timer:\(on,([^,]+),", line)
+                    if m:
+                        out.append(_duration(m.group(1)))
+        return out
 
     def close(self) -> None:
         """Stop what this object started (by PID) and delete its namespaces and links; safe to call twice."""

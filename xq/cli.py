@@ -43,8 +43,8 @@ EXIT_REDIS_REFUSED = 5
 EXIT_REDIS_UNREACHABLE = 6
 EXIT_REDIS_UNSAFE = 7
 STATUS_PREVIEW = 4096       # bytes of a JSON payload or result `xq status` prints in full
-SOCKET_TIMEOUT = 30.0      # seconds: the supervisor's Redis socket timeout (Broker's default)
-MIN_SOCKET_TIMEOUT = 5.0   # ... and the least --connect-timeout brings it down to
+SOCKET_TIMEOUT = 30.0      # seconds: the supervisor's Redis socket timeout at most (Broker's default)
+MIN_SOCKET_TIMEOUT = 5.0   # ... and the least --lease or --connect-timeout brings it down to
 
 log = logging.getLogger("xq")
 
@@ -230,6 +230,21 @@ def main() -> None:
     """xq: a fast, crash-safe task queue on Redis for CPU-heavy work."""
 
 
+def supervisor_socket_timeout(lease: float, connect_timeout: float | None) -> float:
+    """The supervisor's Redis socket timeout: how long one call may wait for its reply before the
+    supervisor calls Redis unreachable, drops its connections and connects again.
+
+    A third of the lease: a call stuck on a connection that a network cut ate is otherwise resent only by
+    TCP's retransmissions, which back off to minutes, so after a cut shorter than the lease the reply could
+    come after the lease ran out (another supervisor then recovers the task and it runs twice); a new
+    connection renews it in time.  Within --connect-timeout, so that one bounds a stalled Redis (accepts,
+    never answers) too.  Never under 5 s, well above the claims' 1 s blocking wait."""
+    t = min(SOCKET_TIMEOUT, lease / 3)
+    if connect_timeout is not None:
+        t = min(t, connect_timeout)
+    return max(MIN_SOCKET_TIMEOUT, t)
+
+
 @main.command()
 @click.argument("app_ref", metavar="MODULE:APP")
 @click.option("--procs", default="auto", show_default=True,
@@ -314,10 +329,7 @@ def run(app_ref, procs, queues, url, burst, connect_timeout, lease, result_ttl, 
             from .producer import retry_window
 
             connect_timeout = retry_window(None)
-        # A Redis that stalls (accepts, never answers) is noticed after one socket timeout: keep it within
-        # the connect timeout (but above the claims' 1 s blocking wait), so that one bounds a stall too.
-        broker = Broker(url) if connect_timeout is None else \
-            Broker(url, socket_timeout=min(SOCKET_TIMEOUT, max(MIN_SOCKET_TIMEOUT, connect_timeout)))
+        broker = Broker(url, socket_timeout=supervisor_socket_timeout(lease, connect_timeout))
     except ConfigError as e:
         raise click.BadParameter(str(e), param_hint="--redis") from None
     checked = _check_redis(broker, connect_timeout, allow_eviction)
