@@ -81,3 +81,22 @@ def test_without_burst_xq_run_keeps_retrying():
         assert run.proc.poll() is None, run.output()
     finally:
         run.close()
+
+
+def test_xq_run_waits_for_a_cluster_whose_seeds_do_not_answer_yet():
+    # The Cluster client reads the slot map as it is made: a Cluster not up yet made `xq run` exit 6 at
+    # once, where one Redis not up yet is waited for (forever, or --connect-timeout).
+    from helpers import free_port
+
+    url = f"redis+cluster://127.0.0.1:{free_port()}/"
+    w = XQRun(url, procs=1)
+    try:
+        time.sleep(3)
+        assert w.proc.poll() is None, w.output()
+        assert w.output().count("waiting for it") == 1 and "Traceback" not in w.output(), w.output()
+    finally:
+        w.close()
+    t0 = time.monotonic()
+    w = XQRun(url, "--connect-timeout", "2", procs=1)
+    assert w.wait(30) == 6, w.output()
+    assert time.monotonic() - t0 >= 2 and "gave up after --connect-timeout 2 s" in w.output(), w.output()

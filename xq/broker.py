@@ -24,7 +24,7 @@ from . import scripts, stats
 from ._impl import fast
 from .conn import (DEFAULT_URL, RetryWindow, dedicated, failure, make_client, node_client, parse_url,  # noqa: F401 - DEFAULT_URL re-exported
                    redacted, translate)
-from .conn import CLUSTER_MOVES
+from .conn import CLUSTER_MOVES, MasterWatch, cluster_node_error, replica_error
 from .errors import ConnectionLost, RedisFull, ResultTimeout
 from .keys import QUEUES, WORKERS, QueueKeys, worker_key
 from .records import esc
@@ -49,7 +49,8 @@ def io(method=None, *, retry: bool = True):
 
     @functools.wraps(method)
     def guarded(self, *args, **kw):
-        window = None  # made at the first failure: the hot path pays nothing for it
+        window = None  # made at the first failure: the hot path pays nothing for it but the clock
+        start = time.monotonic()
         while True:
             try:
                 return method(self, *args, **kw)
@@ -60,7 +61,7 @@ def io(method=None, *, retry: bool = True):
                     # was read and every connection is in step, and a reset would throw away the replies
                     # the supervisor's main connection still awaits (a claim's: tasks leased, never seen)
                     self.reset()
-                window = window or RetryWindow(self.retry_for if retry else 0.0)
+                window = window or RetryWindow(self.retry_for if retry else 0.0, start)
                 time.sleep(window.pause(t))
     return guarded
 
@@ -144,6 +145,7 @@ class Broker:
         self._wconn = None   # dedicated connection for the blocking wake-up wait
         self._wid = 0        # its CLIENT ID, to unblock it
         self._wreader = None  # hiredis reader of its replies
+        self._watch = MasterWatch(url) if client is None else None  # Sentinel: a failover not yet noticed
 
     # --- connection management ---
     @io
@@ -152,7 +154,27 @@ class Broker:
         after a failover then goes to the promoted master at its first try (redis-py re-reads the map when
         a command fails, which during a failover is before the promotion)."""
         self._refresh()
-        return bool(self.client.ping())
+        ok = bool(self.client.ping())
+        if not self.cluster and self._owner is None:
+            self._check_role()
+        return ok
+
+    def _check_role(self) -> None:
+        """One Redis or a Sentinel's master: not a replica (ConnectionLost: it cannot take writes until
+        promoted, so it is waited for) nor a Cluster node given as redis:// (RedisRefused: only the URL can
+        change that).  Left unchecked where ROLE or INFO is denied (an ACL)."""
+        try:
+            role = self.client.execute_command("ROLE")
+        except redis.ResponseError:
+            role = None
+        if role and role[0] in (b"slave", "slave"):
+            raise replica_error(self.url, role)
+        try:
+            enabled = self.client.info("cluster").get("cluster_enabled")
+        except redis.ResponseError:
+            enabled = None
+        if enabled:
+            raise cluster_node_error(self.url)
 
     @io
     def load_scripts(self) -> None:
@@ -173,8 +195,10 @@ class Broker:
     def at(self, queue: str) -> "Broker":
         """The Broker whose raw path (send_packed, exchange, unlink_scan) reaches queue's slot: self, but on
         a Cluster the one bound to the master serving that slot now (after a failure of one, the slot map
-        is read again first: a failover or a MOVED reply moved the slot)."""
+        is read again first: a failover or a MOVED reply moved the slot).  On a Sentinel set, ConnectionLost
+        when the sentinels name a new master (check_master)."""
         if not self.cluster:
+            self.check_master()
             return self
         self._refresh()
         node = self.client.get_node_from_key(QueueKeys(queue).base)
@@ -185,6 +209,16 @@ class Broker:
             self._nodes[node.name] = b
             b._owner = self
         return b
+
+    def check_master(self) -> None:
+        """On a Sentinel set, at most once a second: ConnectionLost if the sentinels now name another master
+        than the one this client's connections reach (they are dropped: see conn.MasterWatch)."""
+        if self._watch is not None and self._watch.due():
+            self._check_master()
+
+    @io(retry=False)
+    def _check_master(self) -> None:
+        self._watch.check(self.client)
 
     def _refresh(self) -> None:
         """On a Cluster after a failure (self._stale): read the slot map again (a failover or a MOVED reply

@@ -329,7 +329,7 @@ def run(app_ref, procs, queues, url, burst, connect_timeout, lease, result_ttl, 
             from .producer import retry_window
 
             connect_timeout = retry_window(None)
-        broker = Broker(url, socket_timeout=supervisor_socket_timeout(lease, connect_timeout))
+        broker = _first_broker(url, supervisor_socket_timeout(lease, connect_timeout), connect_timeout)
     except ConfigError as e:
         raise click.BadParameter(str(e), param_hint="--redis") from None
     checked = _check_redis(broker, connect_timeout, allow_eviction)
@@ -353,6 +353,29 @@ def run(app_ref, procs, queues, url, burst, connect_timeout, lease, result_ttl, 
         log.exception("supervisor crashed")
         code = 1
     sys.exit(code)
+
+
+def _first_broker(url: str, socket_timeout: float, connect_timeout: float | None):
+    """The supervisor's Broker.  On a Cluster its client reads the slot map as it is made, so a Cluster whose
+    seeds do not answer yet is waited for here, as one Redis is by the supervisor: forever without a connect
+    timeout, else for connect_timeout seconds (then ConnectionLost: exit 6)."""
+    from .broker import Broker
+    from .conn import Backoff
+
+    deadline = None if connect_timeout is None else time.monotonic() + connect_timeout
+    backoff, said = Backoff(0.1, 2.0), False
+    while True:
+        try:
+            return Broker(url, socket_timeout=socket_timeout)
+        except ConnectionLost as e:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ConnectionLost(f"{e}; gave up after --connect-timeout {connect_timeout:g} s", url=e.url) from None
+            if not said:
+                log.error("%s; waiting for it (--connect-timeout: %s)", e,
+                          "none, retrying forever" if deadline is None else f"{connect_timeout:g} s")
+                said = True
+            pause = backoff.next()
+            time.sleep(pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic())))
 
 
 def _check_redis(broker, connect_timeout: float | None, allow_eviction: bool = False) -> bool:

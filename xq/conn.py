@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import random
 import re
 import socket
@@ -48,6 +49,8 @@ from urllib.parse import parse_qsl, unquote, urlparse
 
 import hiredis
 import redis
+import redis.asyncio.sentinel
+import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -66,7 +69,9 @@ _NETWORK_ERRNOS = frozenset(getattr(errno, n) for n in (
     "ENETUNREACH", "ENETDOWN", "ENETRESET", "ENOTCONN", "ESHUTDOWN", "EADDRNOTAVAIL", "ENOENT",
     "EAGAIN", "EINPROGRESS", "EALREADY", "ENOBUFS") if hasattr(errno, n))
 # error replies that mean "not now" (retry) or "not you" (configuration), by their first word
-_BUSY_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
+# NOREPLICAS: a master under min-replicas-to-write with too few replicas in touch refuses writes until they
+# are back, or until a failover replaces it: waited out like an outage
+_BUSY_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "NOREPLICAS")
 _REFUSED_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM", "ERR invalid password", "ERR AUTH", "ERR Client sent AUTH")
 # ... and phrases of refusals whose first word is only ERR (redis-py drops that word)
 _REFUSED_PHRASES = ("DB index is out of range", "invalid DB index", "invalid password", "invalid username-password",
@@ -238,9 +243,8 @@ def make_client(url: str, **kw):
     key's slot), or a Sentinel master_for client (finding the master again after a failover); ConfigError
     if the URL is wrong."""
     from redis.cluster import ClusterNode, RedisCluster
-    from redis.sentinel import Sentinel
 
-    return _client(url, client_options(**kw), redis.Redis, RedisCluster, ClusterNode, Sentinel)
+    return _client(url, client_options(**kw), redis.Redis, RedisCluster, ClusterNode, _Sentinel)
 
 
 def make_async_client(url: str, **kw):
@@ -248,10 +252,9 @@ def make_async_client(url: str, **kw):
     import redis.asyncio as aredis
     from redis.asyncio.cluster import ClusterNode, RedisCluster
     from redis.asyncio.retry import Retry as AsyncRetry
-    from redis.asyncio.sentinel import Sentinel
 
     kw.setdefault("retry", AsyncRetry(NoBackoff(), 0))
-    return _client(url, client_options(**kw), aredis.Redis, RedisCluster, ClusterNode, Sentinel)
+    return _client(url, client_options(**kw), aredis.Redis, RedisCluster, ClusterNode, _AsyncSentinel)
 
 
 def _client(url: str, kw: dict, Redis, RedisCluster, ClusterNode, Sentinel):
@@ -271,6 +274,9 @@ def _client(url: str, kw: dict, Redis, RedisCluster, ClusterNode, Sentinel):
     except ValueError as e:
         raise _bad(url, str(e)) from None
     except redis.exceptions.RedisClusterException as e:  # the sync RedisCluster reads the slot map here
+        if "Cluster mode is not enabled" in str(e):
+            raise _bad(url, "its nodes are not a Redis Cluster (cluster mode is not enabled on them): for one Redis "
+                            "use redis://host:port/db") from None
         t = translate(e, url)
         if t is e:
             raise
@@ -278,7 +284,10 @@ def _client(url: str, kw: dict, Redis, RedisCluster, ClusterNode, Sentinel):
 
 
 def _sentinel_client_options(kw: dict) -> dict:
-    return {k: kw[k] for k in ("retry", "socket_timeout", "socket_connect_timeout", "socket_keepalive") if k in kw}
+    out = {k: kw[k] for k in ("retry", "socket_timeout", "socket_connect_timeout", "socket_keepalive") if k in kw}
+    for k in ("socket_timeout", "socket_connect_timeout"):  # a sentinel that does not answer: ask the next
+        out[k] = min(out.get(k) or SENTINEL_TIMEOUT, SENTINEL_TIMEOUT)
+    return out
 
 
 def node_client(url: str, host: str, port: int, asyncio: bool = False, **kw):
@@ -385,7 +394,36 @@ def translate(e: BaseException, url: str) -> BaseException:
                 "missing ACL permission" if "NOPERM" in msg or isinstance(e, redis.exceptions.NoPermissionError)
                 else "authentication failed (wrong or missing user or password in the URL)")
         return RedisRefused(f"{where} refused us: {what}: {reason}", url=redacted(url))
+    if isinstance(e, redis.exceptions.MovedError) and _kind(url) != "cluster":
+        return RedisRefused(f"{where} refused us: it is a node of a Redis Cluster ({reason}): use a "
+                            f"redis+cluster:// URL", url=redacted(url))
+    if isinstance(e, redis.ReadOnlyError) and _kind(url) == "single":
+        return ConnectionLost(f"{where} unreachable: it is a read-only replica ({reason}); xq writes to the "
+                              f"master: give the master's address, or the sentinels' in a redis+sentinel:// URL",
+                              url=redacted(url))
     return ConnectionLost(f"{where} unreachable: {reason}", url=redacted(url))
+
+
+def _kind(url: str) -> str | None:
+    try:
+        return parse_url(url).kind
+    except ConfigError:
+        return None
+
+
+def replica_error(url: str, role) -> ConnectionLost:
+    """What `ROLE` saying replica means to xq, which writes: the server is unusable until promoted."""
+    def s(v):
+        return v.decode() if isinstance(v, bytes) else str(v)
+    of = f" of {s(role[1])}:{s(role[2])}" if len(role) > 2 else ""
+    return ConnectionLost(f"Redis at {redacted(url)} unreachable: it is a read-only replica{of}; xq writes to the "
+                          f"master: give the master's address, or the sentinels' in a redis+sentinel:// URL",
+                          url=redacted(url))
+
+
+def cluster_node_error(url: str) -> RedisRefused:
+    return RedisRefused(f"Redis at {redacted(url)} refused us: it is a node of a Redis Cluster (cluster_enabled:1): "
+                        f"use a redis+cluster:// URL", url=redacted(url))
 
 
 def full_message(url: str, what: str = "the write was refused", e: BaseException | None = None) -> str:
@@ -422,8 +460,12 @@ class RetryWindow:
 
     __slots__ = ("seconds", "deadline", "backoff")
 
-    def __init__(self, seconds: float):
-        self.seconds, self.deadline, self.backoff = seconds, None, Backoff(0.05, 2.0)
+    def __init__(self, seconds: float, start: float | None = None):
+        """start: the monotonic time the caller's call began, when the window counts from it (a call that
+        stalls for a socket timeout before it fails has used that much of its window); else it counts
+        from the first failure (long bulk operations, each outage of which gets the window)."""
+        self.seconds, self.backoff = seconds, Backoff(0.05, 2.0)
+        self.deadline = None if start is None else start + seconds
 
     def pause(self, e: BaseException) -> float:
         if self.seconds <= 0 or not isinstance(e, ConnectionLost):
@@ -476,6 +518,8 @@ class Health:
                 log.error("%s: Redis is full at %s (used memory > maxmemory under noeviction): writes are "
                           "refused; results and releases are kept here until Redis accepts writes "
                           "again%s", self.what, self.url, then)
+            elif kind == "refused" and "redis+cluster://" in reason:
+                log.error("%s: Redis at %s refuses us (%s)%s", self.what, self.url, reason, then)
             elif kind == "refused":
                 log.error("%s: Redis at %s refuses us (%s); check the password, user ACL and database in "
                           "the URL%s", self.what, self.url, reason, then)
@@ -503,6 +547,167 @@ class Health:
             log.warning("%s: Redis at %s takes writes again after %.1f s refusing them", self.what, self.url,
                         time.monotonic() - self.since)
             self.ok, self.reason = True, ""
+
+
+MASTER_CHECK_EVERY = 1.0   # seconds between two asks of the sentinels for the master's address
+SENTINEL_TIMEOUT = 1.0     # seconds a sentinel may take to answer before the next one is asked
+
+
+def _named(replies) -> list[tuple[str, int]]:
+    return [(r[0].decode() if isinstance(r[0], bytes) else r[0], int(r[1])) for r in replies
+            if isinstance(r, (list, tuple)) and len(r) == 2]
+
+
+def _choose(named: list, current, is_master) -> tuple | None:
+    """The master to use from the addresses the sentinels named: a new one (not `current`) as soon as one
+    sentinel names it and it says it is a master (is_master(addr)); else current if named; else the one most
+    name.  A sentinel that is behind or wrong cannot move us to a server that is not a master."""
+    if not named:
+        return None
+    for a in dict.fromkeys(named):
+        if a != current and current is not None and is_master(a):
+            return a
+    if current in named:
+        return current
+    return max(set(named), key=named.count)
+
+
+def _is_master(role) -> bool:
+    return bool(role) and role[0] in (b"master", "master")
+
+
+class _Sentinel(redis.sentinel.Sentinel):
+    """redis-py's Sentinel, finding the master by GET-MASTER-ADDR-BY-NAME, which names a promoted replica as
+    soon as it is one (SENTINEL MASTERS, which redis-py reads, names the old master until the whole failover
+    is over: a reconnect during a planned failover went back to the old master, still taking writes)."""
+
+    current = None
+
+    def discover_master(self, service_name):
+        replies, errors = [], []
+        for s in self.sentinels:
+            try:
+                replies.append(s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", service_name))
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
+                errors.append(f"{s.connection_pool.connection_kwargs.get('host')}:"
+                              f"{s.connection_pool.connection_kwargs.get('port')}: {type(e).__name__}: {e}")
+
+        def is_master(a):
+            try:
+                with redis.Redis(host=a[0], port=a[1], **_probe_options(self.connection_kwargs)) as node:
+                    return _is_master(node.execute_command("ROLE"))
+            except Exception:  # noqa: BLE001 - not reachable (yet): not followed now
+                return False
+        chosen = _choose(_named(replies), self.current, is_master)
+        if chosen is None:
+            raise redis.sentinel.MasterNotFoundError(
+                f"no sentinel names a master {service_name!r}" + (f" ({'; '.join(errors)})" if errors else ""))
+        self.current = chosen
+        return chosen
+
+
+class _AsyncSentinel(redis.asyncio.sentinel.Sentinel):
+    """_Sentinel for redis.asyncio."""
+
+    current = None
+
+    async def discover_master(self, service_name):
+        import redis.asyncio as aredis
+
+        replies, errors = [], []
+        for s in self.sentinels:
+            try:
+                replies.append(await s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", service_name))
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
+                kw = s.connection_pool.connection_kwargs
+                errors.append(f"{kw.get('host')}:{kw.get('port')}: {type(e).__name__}: {e}")
+        named = _named(replies)
+        masters = set()
+        for a in dict.fromkeys(named):
+            if a != self.current and self.current is not None:
+                node = aredis.Redis(host=a[0], port=a[1], **_probe_options(self.connection_kwargs))
+                try:
+                    if _is_master(await node.execute_command("ROLE")):
+                        masters.add(a)
+                except Exception:  # noqa: BLE001
+                    pass
+                finally:
+                    await node.aclose()
+        chosen = _choose(named, self.current, masters.__contains__)
+        if chosen is None:
+            raise redis.sentinel.MasterNotFoundError(
+                f"no sentinel names a master {service_name!r}" + (f" ({'; '.join(errors)})" if errors else ""))
+        self.current = chosen
+        return chosen
+
+
+def _probe_options(kw: dict) -> dict:
+    keep = ("username", "password", "ssl", *TLS_OPTIONS)
+    return {**{k: v for k, v in kw.items() if k in keep}, "socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+
+
+class MasterWatch:
+    """On a Sentinel set: notices that the sentinels name another master than the one a client's
+    connections were made to, and drops them, so that the next command reaches the new master.
+
+    redis-py asks the sentinels only when it opens a connection, and an open one stays on the old master as
+    long as that one answers: after a planned `SENTINEL FAILOVER` the old master takes writes until the
+    sentinels demote it (up to 10 s, their INFO period), and every write in between (enqueues acknowledged,
+    completions) is thrown away with its data.  check() asks them (the client's _Sentinel) at most once a
+    MASTER_CHECK_EVERY and compares with its last answer; a sentinel that does not answer costs at most
+    SENTINEL_TIMEOUT, and a check no sentinel answers is skipped (the connections stand until they fail).
+    A change raises ConnectionLost, which every caller handles as an outage (the supervisor reconnects at
+    once, a producer resends on the new master: ENQUEUE skips the ids it has).  A no-op on other URLs."""
+
+    __slots__ = ("url", "topology", "next", "seen")
+
+    def __init__(self, url: str):
+        self.url = url
+        self.topology = parse_url(url)
+        self.next = 0.0 if self.topology.kind == "sentinel" else math.inf
+        self.seen = None  # the master the sentinels named at the last check
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.next
+
+    def _moved(self, old, new) -> ConnectionLost:
+        return ConnectionLost(f"Redis at {redacted(self.url)}: the sentinels now name {new[0]}:{new[1]} as master "
+                              f"{self.topology.master!r} (it was {old[0]}:{old[1]}, a failover); reconnecting to it",
+                              url=redacted(self.url))
+
+    def _saw(self, new) -> tuple | None:
+        old, self.seen = self.seen, tuple(new)
+        return old if old is not None and old != self.seen else None
+
+    def check(self, client) -> None:
+        """ConnectionLost if client's master was replaced (its connections are dropped first)."""
+        if not self.due():
+            return
+        self.next = time.monotonic() + MASTER_CHECK_EVERY
+        pool = client.connection_pool
+        try:
+            new = pool.sentinel_manager.discover_master(self.topology.master)
+        except Exception:  # noqa: BLE001 - no sentinel answers: nothing to compare with
+            return
+        old = self._saw(new)
+        if old is not None:
+            pool.disconnect()
+            raise self._moved(old, self.seen)
+
+    async def acheck(self, client) -> None:
+        """check() for a redis.asyncio client."""
+        if not self.due():
+            return
+        self.next = time.monotonic() + MASTER_CHECK_EVERY
+        pool = client.connection_pool
+        try:
+            new = await pool.sentinel_manager.discover_master(self.topology.master)
+        except Exception:  # noqa: BLE001
+            return
+        old = self._saw(new)
+        if old is not None:
+            await pool.disconnect()
+            raise self._moved(old, self.seen)
 
 
 # What a caller above this layer catches, and all it catches, for a Redis failure: the broker translates

@@ -113,8 +113,10 @@ class RedisFull(XQError):
 
 class NotReplicated(XQError):
     """An enqueue of a Producer(replicas=N) that fewer than N replicas acknowledged within replicas_timeout
-    (Redis' WAIT).  The tasks ARE stored on the master and will run: nothing is lost now, but a failover
-    before a replica has them would lose them.  `.ids` lists them, `.acked` how many replicas acknowledged,
+    (Redis' WAIT).  The server that took the tasks has them, but no replica is known to: a failover
+    before one has them loses them, and so does a server that was a master being replaced (during a
+    Sentinel failover the old master takes writes until it is demoted).  Enqueueing them again with
+    ids=err.ids is safe: an id stored already is skipped.  `.ids` lists them, `.acked` how many replicas acknowledged,
     `.wanted` how many were asked for."""
 
     def __init__(self, message: str, *, ids: list | None = None, acked: int = 0, wanted: int = 0):

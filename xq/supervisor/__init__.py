@@ -274,21 +274,25 @@ class Supervisor:
         if not self.up and now < self.retry_at:
             return
         try:
-            if not self.up:
-                self.broker.ping()
+            back = not self.up
+            if back:
+                self.broker.ping()  # also: not a replica, not a Cluster node given as redis://
                 if self.cfg.check_server and self._server_unsafe():
                     return
                 self.broker.load_scripts()
                 if self.redis_errors:
                     self.reconnects += 1
                 self.up = True
+                for c in self.components:
+                    c.reconnected()
+            else:
+                self.broker.check_master()  # Sentinel: a failover its open connections did not notice
+            for c in self.redis_components:
+                c.sync(now)
+            if back:  # back only once our own commands went through, not at a PING alone
                 self.down_since = None
                 self.backoff.reset()
                 self.health.up()
-                for c in self.components:
-                    c.reconnected()
-            for c in self.redis_components:
-                c.sync(now)
         except OUTAGE as e:
             self._outage(e, now)
 
