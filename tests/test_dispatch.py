@@ -68,3 +68,31 @@ def done(r) -> int:
     from xq.keys import queue_keys
 
     return r.zcard(queue_keys("default").finished("done"))
+
+
+def test_a_slow_link_to_redis_does_not_make_the_supervisor_spin(fault_proxy):
+    """100 ms each way to Redis: both round trip slots are taken while results wait.  The results' due
+    time, passed, kept the poll() timeout at zero until a reply came: a busy loop (poll() returning at
+    once, ~3,200 times a second, most of a core) for a few dozen tasks a second.  A reply's arrival wakes
+    the supervisor; until then it sleeps."""
+    import redis as redis_
+
+    r = redis_.Redis.from_url(fault_proxy.redis.url)
+    p = xq.Producer(fault_proxy.redis.url)
+    n = 400
+    p.enqueue_many("sleep", [{"s": 0.01}] * n)
+    with XQRun(fault_proxy.url(), procs=2, env={"XQ_TEST_REDIS": fault_proxy.redis.url}) as w:
+        wait_for(lambda: done(r) >= 20, 60, what="the first tasks: " + w.output())
+        fault_proxy.delay(0.1)
+        time.sleep(0.5)
+        sup = psutil.Process(w.pid)
+        t0, c0, d0 = time.monotonic(), sum(sup.cpu_times()[:2]), done(r)
+        time.sleep(2.0)
+        t1, c1, d1 = time.monotonic(), sum(sup.cpu_times()[:2]), done(r)
+        fault_proxy.delay(0)
+        assert d1 - d0 > 10 and d1 < n, "the window must fall inside the drain"
+        # a few ms of CPU a round trip; the busy loop took 0.4 - 0.5 s of each second
+        assert (c1 - c0) / (t1 - t0) < 0.2, f"{c1 - c0:.2f} s of CPU in {t1 - t0:.1f} s for {d1 - d0} tasks"
+        wait_for(lambda: done(r) == n, 120, what="the drain to end")
+    p.close()
+    r.close()

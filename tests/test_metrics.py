@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -148,3 +149,42 @@ def test_metrics_port_without_prometheus_client_is_a_clear_error(redis_url, tmp_
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2, out.stderr
     assert "pip install 'xq-queue[metrics]'" in out.stderr
+
+
+def test_results_redis_refused_are_not_counted_as_done(fault_proxy):
+    # Redis came back empty after an outage (its data lost): the results the supervisor kept meanwhile are
+    # refused (their records are gone) and were counted as done all the same, in the metrics and in the
+    # worker's own counts that `xq workers` shows.
+    import redis as redis_
+
+    real = fault_proxy.redis.url
+    r = redis_.Redis.from_url(real)
+    port = _free_port()
+    p = xq.Producer(real)
+    try:
+        with XQRun(fault_proxy.url(), "--metrics-port", str(port), procs=2, env={"XQ_TEST_REDIS": real}) as run:
+            wait_for(lambda: _get(port, "/readyz")[0] == 200, 20, what="/readyz 200")
+            ids = p.enqueue_many("sleep", [{"s": 1.0}] * 2)
+            wait_for(lambda: r.llen("test:started") == 2, 20, what="both tasks to start: " + run.output())
+            fault_proxy.refuse(True)
+            r.flushall()  # as a Redis restarted without its data
+            time.sleep(1.5)  # both end meanwhile: their results are kept
+            fault_proxy.refuse(False)
+            wait_for(lambda: run.output().count("its record is gone") == 2, 20, what="the refusals: " + run.output())
+            assert p.result(p.enqueue("echo", 7), timeout=20) == 7
+            wait_for(lambda: _v(_scrape(port), "xq_tasks_total", queue="default", name="echo", outcome="done") == 1,
+                     10, what="the echo counted")
+            m = _scrape(port)
+            assert _v(m, "xq_tasks_total", queue="default", name="sleep", outcome="done") in (None, 0), m
+            assert all(p.status(i)["status"] != "done" for i in ids if _exists(p, i))
+    finally:
+        p.close()
+        r.close()
+
+
+def _exists(p, tid) -> bool:
+    try:
+        p.status(tid)
+        return True
+    except xq.UnknownTask:
+        return False

@@ -32,7 +32,7 @@ from ..conn import cannot_persist, full_message, redacted, refuses_writes
 from ..errors import RedisFull
 from ..keys import check_record
 from .component import Component
-from .leases import log_refused
+from .leases import log_refused, resent
 from .router import Router
 
 log = logging.getLogger("xq")
@@ -245,7 +245,8 @@ class ClaimPipeline(Component):
         if self.sup.up:
             if self.next_due is not None and self.sup.accepting:
                 d = min(d, self.next_due)
-            if self.completions or self.progress:
+            if (self.completions or self.progress) and len(self.pending) < MAX_STEPS:
+                # (with every round trip slot taken they cannot go before a reply comes: its socket wakes us)
                 d = min(d, self.results_due)
         return d
 
@@ -610,13 +611,20 @@ class ClaimPipeline(Component):
                 else:
                     self.sup.health.wrote()
                     items = entry[2]
+                    if reply[1]:  # outcomes of attempts we no longer held were not written: not counted
+                        refused = refusals(reply[1])
+                        log_refused(refused, "result", self.sup.worker_id)
+                        lost = {r.id for r in refused if not resent(r, self.sup.worker_id)}
+                        if lost:
+                            if self.sup.metrics is not None:
+                                self.sup.metrics.forget(lost)
+                            items = [v for k in range(0, len(items), 7) if items[k] not in lost
+                                     for v in items[k:k + 7]]
                     ok = items[2::7].count(b"done")
                     self.done_total += ok
                     self.failed_total += len(items) // 7 - ok
-                    if self.sup.metrics is not None:
+                    if self.sup.metrics is not None and items:
                         self.sup.metrics.completed(entry[1], items)
-                    if reply[1]:
-                        log_refused(refusals(reply[1]), "result", self.sup.worker_id)
             elif entry[0] == "stats":
                 # best effort, like progress: counts a failed write loses are not sent again
                 for i in range(entry[1]):

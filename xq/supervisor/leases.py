@@ -49,6 +49,13 @@ class Leases(Component):
         self.recovered = 0
         self._lease_ms = int(self.cfg.lease * 1000)
 
+    def reconnected(self) -> None:
+        # Renew before anything else once Redis answers again: after an outage longer than the lease, the
+        # recovery below (ours or any supervisor's) would otherwise put back the tasks we still run, or
+        # whose results we hold, and have them run again.  RENEW extends a lease that ran out as long as
+        # nobody recovered its task yet (the fence is the record's worker and attempt, not the score).
+        self.next_renew = 0.0
+
     def release(self, mode: str, tasks: list, **options) -> None:
         """End these attempts (InFlight records this supervisor no longer holds in memory) at the next sync."""
         by_q: dict[int, list] = {}
@@ -94,9 +101,9 @@ class Leases(Component):
         by_q: dict[int, list] = {}
         for t in sup.claims.inflight.values():
             by_q.setdefault(t.qidx, []).append((t.id, t.attempt))
-        if sup.health.full:  # results kept until Redis takes writes again: their tasks stay ours meanwhile
-            for q, items in sup.claims.completions.items():
-                by_q.setdefault(q, []).extend(zip(items[0::7], items[1::7]))
+        # results kept until Redis takes them (an outage, Redis full): their tasks stay ours meanwhile
+        for q, items in sup.claims.completions.items():
+            by_q.setdefault(q, []).extend(zip(items[0::7], items[1::7]))
         for q, pairs in by_q.items():
             for i in range(0, len(pairs), 5000):
                 lost_ids, cancel = self.broker.renew(sup.qks[q], sup.worker_id, self._lease_ms, pairs[i:i + 5000])
@@ -134,12 +141,20 @@ class Leases(Component):
                             qk.name, len(requeued) + len(failed), len(requeued), len(failed))
 
 
+FINAL = (b"done", b"dead", b"canceled", b"expired")  # what a resend of our own outcome finds written
+
+
+def resent(r, worker_id: str) -> bool:
+    """Is this refusal our own outcome met again (a resend after its first reply was lost), not a refusal?"""
+    return r.state in FINAL and r.attempt == r.now_attempt and r.worker.decode() == worker_id
+
+
 def log_refused(refused, what: str, worker_id: str) -> None:
     """One line per report Redis refused because this worker no longer holds that attempt.  A resend
     after a lost reply meets the state its own first send wrote (this worker, this attempt, ended): that
     is no refusal worth a warning."""
     for r in refused:
-        if r.state and r.state != b"running" and r.attempt == r.now_attempt and r.worker.decode() == worker_id:
+        if resent(r, worker_id):
             log.debug("%s of task %s attempt %d: written already (a resend after a lost reply)", what,
                       r.id.decode(), r.attempt)
             continue

@@ -206,7 +206,9 @@ class Metrics(Component):
     def readyz(self) -> tuple[int, str]:
         s = self.sup
         if not s.up:
-            return 503, f"redis unreachable: {s.health.reason or 'not connected yet'}\n"
+            kind, _, why = (s.health.reason or "").partition(":")
+            what = {"full": "redis refuses writes", "refused": "redis refuses us"}.get(kind, "redis unreachable")
+            return 503, f"{what}: {why or 'not connected yet'}\n"
         if not s.accepting:
             return 503, "draining: stopping, no new claims\n"
         kids = list(s.pool.children.values())
@@ -234,6 +236,11 @@ class Metrics(Component):
         if len(self.names) > NAMES_CAP:
             self.names.clear()  # ids released without completing here; their names show as '?'
         self.names.update(zip(tasks[1::7], tasks[2::7]))
+
+    def forget(self, ids) -> None:
+        """Tasks whose outcome Redis refused (the attempt was no longer ours): not counted, names dropped."""
+        for i in ids:
+            self.names.pop(i, None)
 
     def completed(self, qidx: int, items: list) -> None:
         """One accepted COMPLETE: items are 7 a task (id, attempt, outcome, text, result, started, finished ms)."""
