@@ -30,7 +30,7 @@ from redis.exceptions import NoScriptError
 from . import broker, scripts
 from .app import DEFAULT_QUEUE, App
 from .broker import Broker, counts_of, queue_counts
-from .conn import (CLUSTER_MOVES, Backoff, RetryWindow, failure, make_async_client, node_client, parse_url,
+from .conn import (CLUSTER_MOVES, Backoff, MasterWatch, RetryWindow, failure, make_async_client, node_client, parse_url,
                    translate)
 from .errors import ConfigError, ConnectionLost, RedisFull, ResultTimeout, UnknownTask
 from .keys import QUEUES, check_queue, queue_keys, worker_key
@@ -51,12 +51,13 @@ def aio_io(method=None, *, retry: bool = True):
 
     @functools.wraps(method)
     async def guarded(self, *args, **kw):
-        window = None  # made at the first failure: the hot path pays nothing for it
+        window = None  # made at the first failure: the hot path pays nothing for it but the clock
+        start = time.monotonic()
         while True:
             try:
                 return await method(self, *args, **kw)
             except Exception as e:  # noqa: BLE001 - sorted by conn.failure: only Redis failures go on
-                window = window or RetryWindow(self.retry_for if retry else 0.0)
+                window = window or RetryWindow(self.retry_for if retry else 0.0, start)
                 await asyncio.sleep(window.pause(failure(e, self.url)))
     return guarded
 
@@ -98,6 +99,7 @@ class _AsyncBroker:
         self._sha = scripts.SHA
         self._nodes: dict[str, _AsyncBroker] = {}  # cluster: as Broker.at
         self._stale = False
+        self._watch = MasterWatch(url) if client is None else None  # Sentinel: a failover not yet noticed
 
     async def close(self) -> None:
         for b in self._nodes.values():
@@ -108,6 +110,8 @@ class _AsyncBroker:
     async def at(self, queue: str) -> "_AsyncBroker":
         """As Broker.at: the broker whose raw path (send_and_read) reaches queue's slot."""
         if not self.cluster:
+            if self._watch is not None and self._watch.due():
+                await self._check_master()
             return self
         try:
             await self.client.initialize()  # a no-op once the slot map is read
@@ -123,6 +127,10 @@ class _AsyncBroker:
             b = self._nodes[node.name] = _AsyncBroker(self.url, retry_for=self.retry_for, client=node_client(
                 self.url, node.host, node.port, asyncio=True, socket_timeout=self.socket_timeout))
         return b
+
+    @aio_io(retry=False)
+    async def _check_master(self) -> None:
+        await self._watch.acheck(self.client)
 
     @aio_io
     async def load_scripts(self) -> None:
@@ -174,7 +182,11 @@ class _AsyncBroker:
                         rs.replies[i] = next(replies)
                 for rs in g:
                     rs.waited([next(replies) for _ in rs.tail()])
-                    rs.todo = []
+                    rs.settle()
+                busy = next((rs.busy for rs in g if rs.busy is not None), None)
+                if busy is not None:  # refused for now (READONLY, NOREPLICAS, ...): paused for as an outage
+                    err = translate(busy, _node.url)
+                    lost.update((id(rs), err) for rs in g)
             if lost:
                 self._stale = self.cluster
                 await asyncio.sleep(batch_pause(rss, lost))
@@ -196,9 +208,9 @@ class _AsyncBroker:
             conn = await pool.get_connection("EVALSHA")
         clean = False
         try:
+            for rs in rss:  # before the write: one that fails half-way may have delivered its first chunks,
+                rs.sent.update(rs.todo)  # which are then "unknown", never "not sent"
             await conn.send_packed_command(list(commands), check_health=False)
-            for rs in rss:
-                rs.sent.update(rs.todo)
             counts = list(counts) + [1] * (len(commands) - len(counts))
 
             async def read(i):
@@ -526,9 +538,15 @@ class _Waiters:
         return self.broker.retry_for
 
     async def _read(self) -> None:
-        backoff, down_since = Backoff(0.05, 2.0), None
+        backoff, down_since, resubscribe = Backoff(0.05, 2.0), None, False
         while True:
             try:
+                if resubscribe:
+                    # until a SUBSCRIBE gets through: redis-py records channels only then, and _next()
+                    # would otherwise idle on a connection subscribed to nothing, forever
+                    if self.channels:
+                        await self._subscribe(list(self.channels))
+                    resubscribe = False
                 msg = await self._next()
                 backoff.reset()
                 down_since = None
@@ -543,10 +561,7 @@ class _Waiters:
                     return
                 await self._reset()
                 await asyncio.sleep(backoff.next())
-                try:
-                    await self._subscribe(list(self.channels))
-                except ConnectionLost:
-                    continue
+                resubscribe = True
                 continue
             if msg is None:
                 continue

@@ -16,7 +16,7 @@ from redis.exceptions import NoScriptError
 from ._impl import fast
 from .app import DEFAULT_QUEUE, App, check_seconds
 from .broker import DEFAULT_URL, Broker
-from .conn import RetryWindow, cannot_persist, parse_url, refuses_writes
+from .conn import RetryWindow, cannot_persist, classify, parse_url, refuses_writes, translate
 from .errors import (ConfigError, ConnectionLost, MalformedRecord, NotReplicated, RedisFull, ResultTimeout, TaskFailed,
                      TaskTrimmed, UnknownTask)
 from .flow import flow_args, flow_json
@@ -211,6 +211,11 @@ def prepare_enqueue(app: App | None, packer, chunk: int, max_payload: int, name:
                     tuple(n for _, n in packed))
 
 
+def _busy(reply) -> bool:
+    """Is this reply an error that waiting can fix (a replica's READONLY, NOREPLICAS, LOADING, ...)?"""
+    return isinstance(reply, Exception) and not isinstance(reply, NoScriptError) and classify(reply) == "network"
+
+
 def chunk_reply(replies: Sequence):
     """The one reply of a chunk from the replies of its commands (its stages' MULTI/EXEC, then
     ENQUEUE's): the first error if any (an OOM refusing a stage stored nothing either), else ENQUEUE's."""
@@ -274,11 +279,12 @@ class Resend:
         self.replies: list = [None] * len(prep.commands)
         self.todo = list(range(len(prep.commands)))
         self.sent: set[int] = set()  # chunks that left at least once: stored or not, only a reply says
-        self.window = RetryWindow(retry_for)
+        self.window = RetryWindow(retry_for, time.monotonic())  # from the call's start: a stall counts
         self.replicas, self.replicas_timeout = replicas, replicas_timeout
         self.wait = fast.pack_command([b"WAIT", b"%d" % replicas, b"%d" % max(1, round(replicas_timeout * 1000))]) \
             if replicas else b""
         self.sync = b""      # the PUBLISH sent before the WAIT after an outage
+        self.busy = None     # settle(): the first reply refusing a chunk for now (READONLY, NOREPLICAS, ...)
         self.acked = None    # the last WAIT's reply: how many replicas have this connection's writes
 
     def tail(self) -> list[bytes]:
@@ -299,21 +305,27 @@ class Resend:
             n = len(ids)
             raise NotReplicated(
                 f"enqueue of {n} {self.prep.name!r} task(s) in queue {self.prep.queue!r}: {self.acked or 0} of "
-                f"{self.replicas} replica(s) acknowledged within {self.replicas_timeout:g} s (WAIT); the tasks "
-                f"ARE stored on the master and will run (err.ids), but a failover before a replica has them "
-                f"would lose them (check the replicas: INFO replication)", ids=ids, acked=self.acked or 0,
+                f"{self.replicas} replica(s) acknowledged within {self.replicas_timeout:g} s (WAIT); the server "
+                f"that took them has them (err.ids), but no replica is known to: if it is being replaced (a "
+                f"failover under way, or it was demoted) they are lost. Enqueueing them again with ids=err.ids "
+                f"is safe (an id stored already is skipped); check the replicas: INFO replication",
+                ids=ids, acked=self.acked or 0,
                 wanted=self.replicas)
 
     def settle(self) -> bool:
         """After a round whose replies were all read: keep the chunks answered NOSCRIPT (Redis restarted
-        or was flushed) to go again; True if there are any (the caller loads the scripts first)."""
-        self.todo = [i for i in self.todo if isinstance(self.replies[i], NoScriptError)]
-        return bool(self.todo)
+        or was flushed) to go again, True if there are any (the caller loads the scripts first); and those
+        refused for now (a replica's READONLY, NOREPLICAS, LOADING, ...: conn.classify says 'network'),
+        the first such reply in .busy (the caller pauses as for an outage, then sends them again)."""
+        self.todo = [i for i in self.todo if isinstance(self.replies[i], NoScriptError) or _busy(self.replies[i])]
+        self.busy = next((self.replies[i] for i in self.todo if _busy(self.replies[i])), None)
+        return any(isinstance(self.replies[i], NoScriptError) for i in self.todo)
 
     def pause(self, e: ConnectionLost) -> float:
         """After an outage in a round: the seconds to wait before the next, or ConnectionLost when the
         retry window is used up."""
-        self.todo = [i for i in self.todo if self.replies[i] is None or isinstance(self.replies[i], NoScriptError)]
+        self.todo = [i for i in self.todo if self.replies[i] is None or isinstance(self.replies[i], NoScriptError)
+                     or _busy(self.replies[i])]
         for i in self.todo:
             self.replies[i] = None
         try:
@@ -1107,8 +1119,9 @@ class Producer(ProducerCore):
     master has it, and a failover (the master lost, a replica promoted by Sentinel or the Cluster) loses
     the acknowledged writes no replica had received yet.  With replicas=N (N > 0), enqueue / enqueue_many
     (and group) return only after N replicas have the tasks (Redis' WAIT, on the connection that wrote
-    them), waiting at most replicas_timeout seconds; fewer in time raise xq.NotReplicated, the tasks being
-    stored on the master all the same.  That narrows the loss to a failover promoting a replica that had
+    them), waiting at most replicas_timeout seconds; fewer in time raise xq.NotReplicated: the server that
+    took the tasks has them, but if it is an old master being replaced they are lost, so enqueue them again
+    with ids=err.ids (stored ids are skipped) once Redis is settled.  That narrows the loss to a failover promoting a replica that had
     not acknowledged (Sentinel prefers the most up-to-date one) and to every server holding them failing
     together; WAIT makes no write synchronous, and a replica can still lose it on restart.  Costs a round
     trip to a replica per call.  One Redis or Sentinel set; refused on a Cluster."""
@@ -1268,6 +1281,9 @@ class Producer(ProducerCore):
                         rs.waited([node.read_reply() for _ in rs.tail()])
                     if [rs for rs in group if rs.settle()]:
                         node.load_scripts()
+                    busy = next((rs.busy for rs in group if rs.busy is not None), None)
+                    if busy is not None:
+                        raise translate(busy, node.url)
                 except ConnectionLost as e:
                     lost.update((id(rs), e) for rs in group)
             if lost:
@@ -1313,7 +1329,7 @@ class Producer(ProducerCore):
 
     def _terminal(self, task_id: str, q: str):
         """(True, value) if the task has finished (raises TaskFailed for a failure), else (False, None)."""
-        rec = self.broker.client.hmget(queue_keys(q).task(task_id), *OUTCOME_FIELDS)
+        rec = self.broker.records(queue_keys(q), [task_id], *OUTCOME_FIELDS)[0]  # through broker.io: xq's errors
         if rec[0] is None:
             raise self._missing(task_id, [q])
         return self._outcome(task_id, q, rec)
