@@ -7,6 +7,7 @@ helpers.wait_until).  Screenshots go to $XQ_SCREENSHOTS (docs/img to refresh the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -48,6 +49,12 @@ def web(redis_url, monkeypatch):
     """The base URL of a real uvicorn serving the app, stopped after the test.  The pages' fallback poll is
     set to 10 minutes, so anything live within a test came through the event stream."""
     monkeypatch.setattr(pages, "FALLBACK", 600.0)
+    with serve(redis_url) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def serve(redis_url: str):
     port = free_port()
     app = create_app(redis_url, tokens=TOKENS, secret="test-secret")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -424,3 +431,18 @@ def test_inspector_payload_shows_json_bytes_and_large_payloads_by_size(redis_url
         got = insp.payload("pl", big)
         assert got["json"] is None and got["size"] == PREVIEW + 12 and not got["bytes"]
         assert insp.payload("pl", "01NOSUCHTASK0000000000000") is None
+
+
+def test_pages_say_redis_is_unavailable_instead_of_a_server_error(fresh_redis, page, shots):
+    # Every page and live part answered a bare "Internal Server Error" (500) while Redis was down, its
+    # traceback in the log; the API said 503 redis_unavailable.  Now the page says so, with a 503.
+    with serve(fresh_redis.url) as base:
+        login(page, base, READ)
+        fresh_redis.stop()
+        for path in ("/", "/queues/default", "/workers"):
+            resp = page.goto(base + path)
+            assert resp.status == 503, (path, resp.status)
+            expect(page.locator("#redis-error")).to_contain_text("unreachable")
+        page.screenshot(path=os.path.join(shots, "redis-unavailable.png"))
+        resp = page.request.get(base + "/ui/live/overview")
+        assert resp.status == 503

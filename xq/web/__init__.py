@@ -72,12 +72,13 @@ WS_ROUTES = [WebSocketRoute("/api/events/ws", api.events_ws)]  # not in the Open
 
 
 def create_app(url: str | None = None, *, tokens=None, anonymous: bool = False, retry_for: float = 2.0,
-               socket_timeout: float = 10.0, max_payload: int | None = None, secret: str | None = None) -> Starlette:
+               socket_timeout: float = 5.0, max_payload: int | None = None, secret: str | None = None) -> Starlette:
     """The ASGI app of the API, to run with any ASGI server or mount in your own app.
 
     tokens: Token objects or "name:role:token" strings (None: $XQ_WEB_TOKENS).  Without any token every
     request is allowed as admin, so that needs anonymous=True (xq web allows it on loopback only).
-    retry_for: seconds a request retries through a Redis outage before answering 503.  Mounted in another
+    retry_for: seconds a request retries through a Redis outage before answering 503; socket_timeout:
+    seconds a stalled Redis (it accepts, never answers) is waited for before that.  Mounted in another
     app, whose lifespan does not run this one's, await app.state.xq.producer.close() and call
     app.state.xq.sync.close() at shutdown.
     secret: the key signing the dashboard's session cookies (None: $XQ_WEB_SECRET, else random per start)."""

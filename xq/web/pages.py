@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..errors import ConfigError, UnknownTask
+from ..errors import ConfigError, ConnectionLost, RedisFull, RedisRefused, UnknownTask
 from ..inspect import FINISHED, LISTED
 from ..producer import EVENT_STATES, TERMINAL
 from . import api, auth
@@ -195,6 +195,13 @@ def page(role: str = "read", write: bool = False):
             except ConfigError as err:
                 r = layout("Bad request", f"<p class=err>{e(err)}</p>", s)
                 r.status_code = 422
+                return r
+            except (ConnectionLost, RedisRefused, RedisFull) as err:  # as the API: 503, or 507 when full
+                full = isinstance(err, RedisFull)
+                r = layout("Redis is full" if full else "Redis unavailable",
+                           f'<p class=err id="redis-error">{e(err)}</p><p><a href="{e(request.url.path)}">Try '
+                           f'again</a> once Redis answers.</p>', s)
+                r.status_code = 507 if full else 503
                 return r
         return run
     return wrap
