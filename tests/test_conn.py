@@ -404,3 +404,18 @@ def test_a_raw_send_to_a_cut_connection_is_a_connection_error(fault_proxy):
             b.send_packed(fast.pack_command([b"SET", b"xq-test:k", b"x" * 1_000_000]))
             time.sleep(0.02)
     b.reset()
+
+
+def test_the_sentinels_answer_moves_to_a_promoted_master_and_not_back_on_a_minority():
+    # During a failover one sentinel names the promoted replica first; the others catch up seconds later,
+    # while the old master still says it is a master.  Follow the first; do not go back on the others.
+    from xq.conn import _choose
+
+    a, b = ("10.0.0.1", 6379), ("10.0.0.2", 6379)
+    masters = {a, b}.__contains__  # both say ROLE master during the window
+    assert _choose([a, a, a], None, masters) == a
+    assert _choose([b, a, a], a, masters) == b                 # the leader names the promoted one: follow
+    assert _choose([b, a, a], b, masters, previous=a) == b     # the others still name the old one: stay
+    assert _choose([a, a, a], b, masters, previous=a) == a     # ... unless all name it again (a new failover)
+    assert _choose([b, a, a], a, {a}.__contains__) == a        # a named address that is no master: ignored
+    assert _choose([], a, masters) is None

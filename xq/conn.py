@@ -558,14 +558,20 @@ def _named(replies) -> list[tuple[str, int]]:
             if isinstance(r, (list, tuple)) and len(r) == 2]
 
 
-def _choose(named: list, current, is_master) -> tuple | None:
+def _choose(named: list, current, is_master, previous=None) -> tuple | None:
     """The master to use from the addresses the sentinels named: a new one (not `current`) as soon as one
     sentinel names it and it says it is a master (is_master(addr)); else current if named; else the one most
-    name.  A sentinel that is behind or wrong cannot move us to a server that is not a master."""
+    name.  A sentinel that is behind or wrong cannot move us to a server that is not a master, nor back to
+    the master we left (`previous`: it still says it is one until the sentinels demote it) unless every
+    sentinel that answers names it again."""
     if not named:
         return None
     for a in dict.fromkeys(named):
-        if a != current and current is not None and is_master(a):
+        if a == current or current is None:
+            continue
+        if a == previous and named.count(a) < len(named):
+            continue
+        if is_master(a):
             return a
     if current in named:
         return current
@@ -581,7 +587,7 @@ class _Sentinel(redis.sentinel.Sentinel):
     soon as it is one (SENTINEL MASTERS, which redis-py reads, names the old master until the whole failover
     is over: a reconnect during a planned failover went back to the old master, still taking writes)."""
 
-    current = None
+    current = previous = None
 
     def discover_master(self, service_name):
         replies, errors = [], []
@@ -598,18 +604,19 @@ class _Sentinel(redis.sentinel.Sentinel):
                     return _is_master(node.execute_command("ROLE"))
             except Exception:  # noqa: BLE001 - not reachable (yet): not followed now
                 return False
-        chosen = _choose(_named(replies), self.current, is_master)
+        chosen = _choose(_named(replies), self.current, is_master, self.previous)
         if chosen is None:
             raise redis.sentinel.MasterNotFoundError(
                 f"no sentinel names a master {service_name!r}" + (f" ({'; '.join(errors)})" if errors else ""))
-        self.current = chosen
+        if chosen != self.current:
+            self.previous, self.current = self.current, chosen
         return chosen
 
 
 class _AsyncSentinel(redis.asyncio.sentinel.Sentinel):
     """_Sentinel for redis.asyncio."""
 
-    current = None
+    current = previous = None
 
     async def discover_master(self, service_name):
         import redis.asyncio as aredis
@@ -633,11 +640,12 @@ class _AsyncSentinel(redis.asyncio.sentinel.Sentinel):
                     pass
                 finally:
                     await node.aclose()
-        chosen = _choose(named, self.current, masters.__contains__)
+        chosen = _choose(named, self.current, masters.__contains__, self.previous)
         if chosen is None:
             raise redis.sentinel.MasterNotFoundError(
                 f"no sentinel names a master {service_name!r}" + (f" ({'; '.join(errors)})" if errors else ""))
-        self.current = chosen
+        if chosen != self.current:
+            self.previous, self.current = self.current, chosen
         return chosen
 
 
