@@ -18,7 +18,7 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 import xq
@@ -200,13 +200,16 @@ def test_events_over_sse_and_websocket_from_a_real_run(redis_url, r):
         with XQRun(redis_url, procs=1), httpx.Client(base_url=base, timeout=10) as c, TestClient(app) as tc:
             for path, code, words in [("?token=nope", 4401, "Bearer"), ("?states=nope", 4401, "Bearer"),
                                       (f"?states=nope&token={READ}", 4422, "unknown event state")]:
-                with pytest.raises(WebSocketDisconnect) as e:  # the handshake is refused
-                    with tc.websocket_connect("/api/events/ws" + path):
-                        pass
+                with pytest.raises(WebSocketDisconnect) as e:  # accepted, then closed with the code
+                    with tc.websocket_connect("/api/events/ws" + path) as ws:
+                        ws.receive_text()
                 assert e.value.code == code and words in e.value.reason
-            with pytest.raises(InvalidStatus) as e:  # the same refusal over a real WebSocket: HTTP 403
-                ws_connect(f"ws{base[4:]}/api/events/ws?token=nope", proxy=None, open_timeout=10)
-            assert e.value.response.status_code == 403
+            # the same refusal over a real WebSocket: its close code and reason reach the client (a refusal
+            # before accepting reached it as a bare HTTP 403, whatever the error)
+            with ws_connect(f"ws{base[4:]}/api/events/ws?token=nope", proxy=None, open_timeout=10) as ws:
+                with pytest.raises(ConnectionClosed) as e:
+                    ws.recv(timeout=10)
+            assert e.value.rcvd.code == 4401 and "Bearer" in e.value.rcvd.reason
             with c.stream("GET", f"/api/events?queue=default&token={READ}") as sse, \
                     ws_connect(f"ws{base[4:]}/api/events/ws?queue=default&states=queued,running,done",
                                additional_headers=AS_READ, proxy=None, open_timeout=10) as ws:
@@ -366,3 +369,34 @@ def test_sigterm_stops_xq_web_with_event_streams_open(redis_url, r):
         assert READ not in out and "token=***" in out  # the WebSocket's ?token= is hidden in uvicorn's log
     finally:
         stop_process(proc)
+
+
+def test_event_streams_say_why_they_end_when_redis_goes_away(fresh_redis):
+    # An outage longer than the app's retry window ended /api/events with no word (curl exited 0) and
+    # the WebSocket with a plain 1000: now an `event: error` frame, and close code 4503 with the reason.
+    async def go():
+        app = create_app(fresh_redis.url, tokens=TOKENS)
+        try:
+            def stopped(chunks):  # stop Redis once subscribed; read on until the stream ends
+                if chunks[-1] == b": subscribed\n\n":
+                    fresh_redis.stop()
+                return False
+            return await _raw_sse(app, "/api/events?token=" + READ, stopped, timeout=30)
+        finally:
+            await app.state.xq.producer.close()
+            app.state.xq.sync.close()
+    chunks = run(go(), timeout=40)
+    assert chunks[0]["status"] == 200
+    last = chunks[-1]
+    assert last.startswith(b"event: error\ndata: "), chunks
+    assert orjson.loads(last.split(b"data: ", 1)[1])["error"]["code"] == "redis_unavailable"
+
+
+def test_a_websocket_stream_closes_with_4503_when_redis_goes_away(fresh_redis):
+    app = create_app(fresh_redis.url, tokens=TOKENS)
+    with TestClient(app) as tc:
+        with tc.websocket_connect(f"/api/events/ws?token={READ}") as ws:
+            fresh_redis.stop()
+            with pytest.raises(WebSocketDisconnect) as e:
+                ws.receive_text()
+    assert e.value.code == 4503 and "unreachable" in e.value.reason

@@ -608,6 +608,7 @@ class _Pump:
         self.events: list[dict] = []
         self.dropped = 0
         self.ended = False
+        self.error: ConnectionLost | None = None  # why the stream ended, when Redis ended it
         self._ready = asyncio.Event()
         self._stream = stream
         self._task = asyncio.create_task(self._run(stream))
@@ -622,6 +623,7 @@ class _Pump:
                 self._ready.set()
         except ConnectionLost as e:
             log.warning("event stream ended: %s", e)
+            self.error = e
         finally:
             self.ended = True
             self._ready.set()
@@ -690,6 +692,9 @@ async def sse_response(state, request) -> Response:
                 if dropped:
                     out += b"event: overflow\ndata: " + orjson.dumps({"dropped": dropped}) + b"\n\n"
                 yield out
+            if pump.error is not None:  # said before the end, not a silent close (browsers reconnect anyway)
+                yield b"event: error\ndata: " + orjson.dumps(
+                    {"error": {"code": "redis_unavailable", "message": str(pump.error)}}) + b"\n\n"
         finally:  # the client went away or the stream ended: unsubscribe, shielded from Starlette's
             # cancelling the response on a disconnect (its cancel scope would cut every await here)
             with anyio.CancelScope(shield=True):
@@ -703,9 +708,10 @@ async def sse_response(state, request) -> Response:
 
 async def events_ws(websocket) -> None:
     """WebSocket /api/events/ws: the events as JSON text messages, and {"overflow": true, "dropped": n}
-    where a client reading too slowly lost n events (see _Pump).  An error (bad token, bad filter) refuses
-    the handshake: a close with code 4000 + the HTTP status it stands for (4401, 4403, 4422, 4503) and the
-    message as its reason (uvicorn answers such a refusal as HTTP 403)."""
+    where a client reading too slowly lost n events (see _Pump).  An error (bad token, bad filter) ends
+    the connection: a close with code 4000 + the HTTP status it stands for (4401, 4403, 4422, 4503) and the
+    message as its reason, sent after accepting (a refusal before it reaches the client as a bare HTTP 403,
+    whatever the error).  A stream ended by a Redis outage closes with 4503 and the reason."""
     from starlette.websockets import WebSocketDisconnect
 
     state = websocket.app.state.xq
@@ -718,6 +724,7 @@ async def events_ws(websocket) -> None:
         if err is None:
             log.exception("WebSocket %s failed", websocket.url.path)
             err = ApiError(500, "internal", f"internal error ({type(e).__name__}); see the server log")
+        await websocket.accept()
         await websocket.close(code=4000 + err.status, reason=err.message[:120])  # a close frame's reason: <= 123 bytes
         return
     await websocket.accept()
@@ -730,7 +737,10 @@ async def events_ws(websocket) -> None:
                 await websocket.send_text(orjson.dumps(ev).decode())
             if dropped:
                 await websocket.send_text(orjson.dumps({"overflow": True, "dropped": dropped}).decode())
-        await websocket.close()
+        if pump.error is not None:
+            await websocket.close(code=4503, reason=str(pump.error)[:120])
+        else:
+            await websocket.close()
 
     sender = asyncio.create_task(send())
     try:
