@@ -207,3 +207,50 @@ def test_a_stalled_redis_ends_a_call_within_its_retry_window_and_one_socket_time
     finally:
         fault_proxy.resume()
         p.close()
+
+
+@pytest.mark.parametrize("flavour", ["sync", "asyncio"])
+def test_a_large_enqueue_gets_through_a_link_cut_more_often_than_it_takes(fault_proxy, flavour):
+    # 30 MB of payloads take ~2.5 s through the slowed proxy, which is cut every second: each round
+    # sent every chunk again from the first, and the call never finished.  Chunks a cut round stored are
+    # now found (EXISTS of their ids) and not sent again.
+    import asyncio
+    import threading
+
+    real = redis.Redis.from_url(fault_proxy.redis.url)
+    qk = queue_keys("default")
+    ids = xq.new_ids(300)
+    payloads = [b"x" * 100_000] * len(ids)
+    stop = threading.Event()
+
+    def cutter():
+        for _ in range(60):  # bounded: at most a minute of cuts
+            if stop.wait(1.0):
+                return
+            fault_proxy.cut()
+    fault_proxy.delay(0.025)  # 256 KiB a chunk: ~10 MB/s
+    t = threading.Thread(target=cutter, daemon=True)
+    t.start()
+    try:
+        if flavour == "sync":
+            p = xq.Producer(fault_proxy.url(), retry_for=40)
+            try:
+                got = p.enqueue_many("echo", payloads, ids=ids)
+            finally:
+                p.close()
+        else:
+            async def go():
+                ap = xq.AsyncProducer(fault_proxy.url(), retry_for=40)
+                try:
+                    return await ap.enqueue_many("echo", payloads, ids=ids)
+                finally:
+                    await ap.close()
+            got = asyncio.run(go())
+    finally:
+        stop.set()
+        t.join(5)
+        fault_proxy.delay(0)
+    assert got == ids
+    assert all(real.exists(qk.task(i)) for i in ids)
+    assert sum(real.llen(k) for k in qk.ready) == len(ids)  # each stored once
+    real.close()

@@ -165,7 +165,22 @@ class _AsyncBroker:
                     lost[id(rs)] = e
                     continue
                 nodes.setdefault(id(node), (node, []))[1].append(rs)
-            groups = list(nodes.values())
+            for key, (node, g) in list(nodes.items()):  # after an outage: what the cut round stored goes no more
+                probes = [(rs, rs.probes()) for rs in g]
+                cmds = [c for _, ps in probes for _, c in ps]
+                if not cmds:
+                    continue
+                load = Broker.pack_load_scripts()  # a Redis that never answered a round may lack the scripts
+                try:
+                    got = iter((await node.send_and_read(load + cmds))[len(load):])
+                except ConnectionLost as e:
+                    lost.update((id(rs), e) for rs in g)
+                    del nodes[key]
+                    continue
+                for rs, ps in probes:
+                    if ps:
+                        rs.probed([i for i, _ in ps], [next(got) for _ in ps])
+            groups = [(node, g) for node, g in nodes.values() if any(rs.todo or rs.tail() for rs in g)]
             outs = await asyncio.gather(*(node.send_and_read(
                 [rs.prep.commands[i] for rs in g for i in rs.todo] + [c for rs in g for c in rs.tail()], g,
                 sum(len(rs.tail()) for rs in g), [rs.prep.replies[i] for rs in g for i in rs.todo])

@@ -182,6 +182,11 @@ class Broker:
             sha = self.client.script_load(src)
             assert sha.encode() == self._sha[name], name
 
+    @staticmethod
+    def pack_load_scripts() -> list[bytes]:
+        """SCRIPT LOAD of every script, packed: to load them in the same round trip as other commands."""
+        return [fast.pack_command([b"SCRIPT", b"LOAD", src.encode()]) for src in scripts.ALL.values()]
+
     def sha(self, name: str) -> bytes:
         return self._sha[name]
 

@@ -312,6 +312,25 @@ class Resend:
                 ids=ids, acked=self.acked or 0,
                 wanted=self.replicas)
 
+    def probes(self) -> list[tuple[int, bytes]]:
+        """After a round an outage cut: (chunk, EXISTS of every id of it) for each chunk sent but not
+        answered.  ENQUEUE is one script, so a chunk all of whose ids have records is stored (by that round,
+        or earlier: ENQUEUE would skip them all), and need not go again: without this, a large call on a link
+        cut more often than the whole call takes sent everything again each round and never finished.  Not
+        with replicas, where every chunk goes again on the new connection for its WAIT (see the class doc)."""
+        if self.replicas:
+            return []
+        qk = queue_keys(self.prep.queue)
+        return [(i, fast.pack_command([b"EXISTS", *[qk.task(x) for x in self.prep.chunk_ids(i)]]))
+                for i in self.todo if i in self.sent]
+
+    def probed(self, chunks: Sequence[int], counts: Sequence) -> None:
+        """The EXISTS counts of probes(): a chunk whose every id has a record is settled as stored."""
+        done = {i for i, n in zip(chunks, counts) if n == len(self.prep.chunk_ids(i))}
+        for i in done:
+            self.replies[i] = len(self.prep.chunk_ids(i))  # as ENQUEUE answers: the count of its ids
+        self.todo = [i for i in self.todo if i not in done]
+
     def settle(self) -> bool:
         """After a round whose replies were all read: keep the chunks answered NOSCRIPT (Redis restarted
         or was flushed) to go again, True if there are any (the caller loads the scripts first); and those
@@ -1261,6 +1280,14 @@ class Producer(ProducerCore):
                 nodes.setdefault(id(node), (node, []))[1].append(rs)
             for node, group in nodes.values():
                 try:
+                    probes = [(rs, rs.probes()) for rs in group]  # after an outage: what the cut round
+                    cmds = [c for _, ps in probes for _, c in ps]     # stored goes no more
+                    if cmds:  # with the scripts loaded in the same round trip: a Redis that never answered
+                        load = node.pack_load_scripts()               # a round may lack them
+                        got = iter(node.exchange(load + cmds)[len(load):])
+                        for rs, ps in probes:
+                            if ps:
+                                rs.probed([i for i, _ in ps], [next(got) for _ in ps])
                     for rs in group:
                         for i in rs.todo:
                             node.send_packed(rs.prep.commands[i])
