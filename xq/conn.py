@@ -595,8 +595,7 @@ class _Sentinel(redis.sentinel.Sentinel):
             try:
                 replies.append(s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", service_name))
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
-                errors.append(f"{s.connection_pool.connection_kwargs.get('host')}:"
-                              f"{s.connection_pool.connection_kwargs.get('port')}: {type(e).__name__}: {e}")
+                errors.append(_sentinel_error(s, e))
 
         def is_master(a):
             try:
@@ -604,13 +603,7 @@ class _Sentinel(redis.sentinel.Sentinel):
                     return _is_master(node.execute_command("ROLE"))
             except Exception:  # noqa: BLE001 - not reachable (yet): not followed now
                 return False
-        chosen = _choose(_named(replies), self.current, is_master, self.previous)
-        if chosen is None:
-            raise redis.sentinel.MasterNotFoundError(
-                f"no sentinel names a master {service_name!r}" + (f" ({'; '.join(errors)})" if errors else ""))
-        if chosen != self.current:
-            self.previous, self.current = self.current, chosen
-        return chosen
+        return _adopt(self, _choose(_named(replies), self.current, is_master, self.previous), service_name, errors)
 
 
 class _AsyncSentinel(redis.asyncio.sentinel.Sentinel):
@@ -626,8 +619,7 @@ class _AsyncSentinel(redis.asyncio.sentinel.Sentinel):
             try:
                 replies.append(await s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", service_name))
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
-                kw = s.connection_pool.connection_kwargs
-                errors.append(f"{kw.get('host')}:{kw.get('port')}: {type(e).__name__}: {e}")
+                errors.append(_sentinel_error(s, e))
         named = _named(replies)
         masters = set()
         for a in dict.fromkeys(named):
@@ -640,13 +632,22 @@ class _AsyncSentinel(redis.asyncio.sentinel.Sentinel):
                     pass
                 finally:
                     await node.aclose()
-        chosen = _choose(named, self.current, masters.__contains__, self.previous)
-        if chosen is None:
-            raise redis.sentinel.MasterNotFoundError(
-                f"no sentinel names a master {service_name!r}" + (f" ({'; '.join(errors)})" if errors else ""))
-        if chosen != self.current:
-            self.previous, self.current = self.current, chosen
-        return chosen
+        return _adopt(self, _choose(named, self.current, masters.__contains__, self.previous), service_name, errors)
+
+
+def _sentinel_error(sentinel, e: BaseException) -> str:
+    kw = sentinel.connection_pool.connection_kwargs
+    return f"{kw.get('host')}:{kw.get('port')}: {type(e).__name__}: {e}"
+
+
+def _adopt(sentinel, chosen, service_name: str, errors: list) -> tuple:
+    """The master a discover_master chose, remembered (with the one it replaces) for the next choice."""
+    if chosen is None:
+        raise redis.sentinel.MasterNotFoundError(
+            f"no sentinel names a master {service_name!r}" + (f" ({'; '.join(errors)})" if errors else ""))
+    if chosen != sentinel.current:
+        sentinel.previous, sentinel.current = sentinel.current, chosen
+    return chosen
 
 
 def _probe_options(kw: dict) -> dict:
